@@ -1,0 +1,69 @@
+"""The `v4` command line: the TUI by default, and the headless commands.
+
+Each command is a small function taking parsed arguments and returning an exit code. Commands that
+later work fills in say so and exit 2, so scripts can tell "not built" from "failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import index_command
+
+EXIT_NOT_BUILT = 2
+
+PENDING: dict[str, tuple[str, str]] = {
+    # command: (help, the issue that builds it)
+    "model": ("inspect, convert and check a DeepSeek V4 checkpoint", "[engine]"),
+    "refactor": ("headless: apply a multi-file change described in words", "[agent]"),
+    "review": ("review the pending diff or a commit range", "[agent]"),
+    "undo": ("revert the last commit v4 made", "[agent]"),
+    "watch": ("keep the index and the model's context warm as files change", "[watch]"),
+    "serve": ("serve the engine as an OpenAI-compatible endpoint", "[engine]"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; with no command, `v4` opens the TUI in the current directory."""
+    parser = argparse.ArgumentParser(
+        prog="v4",
+        description="A coding agent whose model has read the whole repository. "
+        "Run with no command to open the TUI in the current directory.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    index_command.add_parser(commands)
+    for name, (help_text, _) in PENDING.items():
+        sub = commands.add_parser(name, help=f"{help_text} (not built yet)", description=help_text)
+        sub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"v4 {name}: not built yet (tracked by the {issue} issue).", file=sys.stderr)
+        return EXIT_NOT_BUILT
+
+    return run
+
+
+def _tui(_: argparse.Namespace) -> int:
+    print("v4: the TUI is not built yet (tracked by the [tui] issue). "
+          "Try `v4 index` to see how v4 reads this repository.", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `v4` console script."""
+    args = build_parser().parse_args(argv)
+    handlers: dict[str | None, Callable[[argparse.Namespace], int]] = {
+        None: _tui,
+        "index": index_command.run,
+        **{name: _not_built(name, issue) for name, (_, issue) in PENDING.items()},
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

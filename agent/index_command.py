@@ -1,0 +1,112 @@
+"""`v4 index`: show how v4 reads a repository, as a table or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from repo_index import DEFAULT_BUDGET, ContextPlan, DiscoveryConfig, IndexConfig, RepoIndex
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register `v4 index` and its options."""
+    sub = commands.add_parser("index", help="show the ordered, token-counted context plan of a repository",
+                              description="Order the repository with tree-sitter and fit it to a token budget.")
+    sub.add_argument("path", nargs="?", default=".", help="repository root (default: the current directory)")
+    sub.add_argument("--budget", type=_positive, default=DEFAULT_BUDGET, help="token budget (default: 1,000,000)")
+    sub.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sub.add_argument("--model", metavar="DIR", help="count tokens with this checkpoint's tokenizer.json")
+    sub.add_argument("--max-file-bytes", type=_positive, default=DiscoveryConfig.max_file_bytes,
+                     help="skip files larger than this (default: 1,000,000)")
+    sub.add_argument("--include-secrets", action="store_true", help="include .env files, keys and the like")
+    sub.add_argument("--include-vendored", action="store_true", help="include vendor/, node_modules/, ...")
+    sub.add_argument("--no-cache", action="store_true", help="do not read or write .v4/ under the repository")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the plan and print it; 1 on a bad path or tokenizer, with the reason on stderr."""
+    from repo_index.tokens import TokenizerError, load_tokenizer
+
+    root = Path(args.path)
+    if not root.is_dir():
+        print(f"v4 index: not a directory: {root}", file=sys.stderr)
+        return 1
+    try:
+        tokenizer = load_tokenizer(args.model)
+    except TokenizerError as exc:
+        print(f"v4 index: {exc}", file=sys.stderr)
+        return 1
+    config = IndexConfig(
+        discovery=DiscoveryConfig(max_file_bytes=args.max_file_bytes, include_secrets=args.include_secrets,
+                                  include_vendored=args.include_vendored),
+        use_cache=not args.no_cache,
+    )
+    plan = _plan_with_progress(root, tokenizer, config, args.budget, show=not args.json and sys.stderr.isatty())
+    if args.json:
+        json.dump(plan.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        _print_table(plan)
+    return 0
+
+
+def _plan_with_progress(root: Path, tokenizer: object, config: IndexConfig, budget: int, show: bool) -> ContextPlan:
+    if not show:
+        return RepoIndex(root, tokenizer=tokenizer, config=config).plan(budget)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, console=_console(sys.stderr)) as bar:
+        task = bar.add_task("reading files", total=None)
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, description=f"{phase} files", completed=done, total=total)
+
+        return RepoIndex(root, tokenizer=tokenizer, config=config, progress=progress).plan(budget)
+
+
+def _console(file: object) -> object:
+    from rich.console import Console
+
+    return Console(file=file)
+
+
+def _print_table(plan: ContextPlan) -> None:
+    from rich.table import Table
+
+    console = _console(sys.stdout)
+    table = Table(title=f"context plan of {plan.root}", show_lines=False, header_style="bold")
+    for column, justify in (("#", "right"), ("path", "left"), ("language", "left"), ("mode", "left"),
+                            ("tokens", "right")):
+        table.add_column(column, justify=justify)
+    for number, segment in enumerate(plan.segments, 1):
+        style = {"outline": "yellow", "omitted": "dim"}.get(segment.mode, "")
+        table.add_row(str(number), segment.path, segment.language or "text", segment.mode,
+                      f"{segment.num_tokens:,}", style=style)
+    console.print(table)
+    modes = Counter(s.mode for s in plan.segments)
+    console.print(f"{plan.total_tokens:,} of {plan.budget:,} tokens; {modes['full']} full, "
+                  f"{modes['outline']} outline, {modes['omitted']} omitted; {len(plan.skipped)} skipped; "
+                  f"{plan.elapsed_s:.2f}s")
+    if plan.skipped:
+        skipped = Table(title="skipped", header_style="bold")
+        skipped.add_column("path")
+        skipped.add_column("reason")
+        for item in plan.skipped:
+            skipped.add_row(item.path, item.reason)
+        console.print(skipped)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)

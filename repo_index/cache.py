@@ -1,0 +1,148 @@
+"""The on-disk index cache under `<root>/.v4/`: parses by content hash, token ids by segment.
+
+Keyed by content (sha256), not mtime: the bytes are read anyway to render segments, and a hash
+never mistakes a same-size edit within one mtime tick for no change.
+
+SQLite (one file, transactional, safe with a second process) rather than one file per entry. The
+directory holds a `.gitignore` of `*`, so git ignores it without touching the user's own ignore file.
+Values are JSON and raw int32 arrays, never pickle: a cache file must not be able to run code. Any
+error (corrupt, unreadable, read-only) warns once and falls back: the cache never fails the index.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from array import array
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+CACHE_VERSION = 1
+CACHE_DIR = ".v4"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS symbols (sha256 TEXT, language TEXT, data TEXT, PRIMARY KEY (sha256, language));
+CREATE TABLE IF NOT EXISTS tokens (key TEXT PRIMARY KEY, ids BLOB);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class IndexCache:
+    """Key-value tables over SQLite; every method is total: on error it warns and degrades."""
+
+    def __init__(self, root: Path | None, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._warned = False
+        self.path = None if root is None else root / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                ignore = self.path.parent / ".gitignore"
+                if not ignore.exists():
+                    ignore.write_text("# v4's cache: never committed\n*\n")
+                return self._connect(self.path)
+            except (OSError, sqlite3.Error) as exc:
+                self._report(f"index cache {self.path} unusable ({exc}); rebuilding it")
+                try:
+                    self.path.unlink(missing_ok=True)
+                    return self._connect(self.path)
+                except (OSError, sqlite3.Error) as again:
+                    self._report(f"index cache {self.path} cannot be rebuilt ({again}); using memory")
+        return self._connect(Path(":memory:"))
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), timeout=10, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        db.execute("SELECT count(*) FROM symbols").fetchone()  # corrupt files fail here, not later
+        return db
+
+    def _report(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            self._warn(message)
+
+    def _fail(self, exc: Exception) -> None:
+        self._report(f"index cache error ({exc}); continuing without it")
+        self._db = self._connect(Path(":memory:"))
+
+    def symbols(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], object]:
+        """(sha256, language) -> the decoded JSON stored for it, for the keys present."""
+        found: dict[tuple[str, str], object] = {}
+        try:
+            wanted = set(keys)
+            for sha, language, data in self._select("symbols", "sha256", sorted({h for h, _ in keys}),
+                                                    "sha256, language, data"):
+                if (sha, language) not in wanted:
+                    continue
+                try:
+                    found[sha, language] = json.loads(data)
+                except ValueError:
+                    continue  # a damaged row is re-parsed
+        except sqlite3.Error as exc:
+            self._fail(exc)
+        return found
+
+    def put_symbols(self, rows: Iterable[tuple[str, str, object]]) -> None:
+        self._write("INSERT OR REPLACE INTO symbols VALUES (?, ?, ?)",
+                    ((h, l, json.dumps(d, separators=(",", ":"))) for h, l, d in rows))
+
+    def tokens(self, keys: list[str]) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        try:
+            for key, blob in self._select("tokens", "key", keys, "key, ids"):
+                ids = array("i")
+                try:
+                    ids.frombytes(blob)
+                except (TypeError, ValueError):
+                    continue
+                if sys.byteorder != "little":
+                    ids.byteswap()
+                found[key] = ids.tolist()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+        return found
+
+    def put_tokens(self, rows: Iterable[tuple[str, list[int]]]) -> None:
+        def encoded(ids: list[int]) -> bytes:
+            packed = array("i", ids)
+            if sys.byteorder != "little":
+                packed.byteswap()
+            return packed.tobytes()
+
+        self._write("INSERT OR REPLACE INTO tokens VALUES (?, ?)", ((k, encoded(v)) for k, v in rows))
+
+    def meta(self, key: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return None
+        return None if row is None else row[0]
+
+    def put_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(key, value)])
+
+    def _select(self, table: str, key_sql: str, keys: list[str], columns: str) -> list[tuple]:
+        rows: list[tuple] = []
+        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += self._db.execute(f"SELECT {columns} FROM {table} WHERE {key_sql} IN ({marks})", chunk).fetchall()
+        return rows
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        try:
+            with self._db:
+                self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass

@@ -1,0 +1,314 @@
+"""RepoIndex: the one object the agent and the watcher hold; `plan(budget)` and `update(paths)`.
+
+It keeps every file's text, hash and parse in memory, backed by the on-disk cache, so a new process
+re-parses nothing that did not change, and an update re-reads only the paths it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .budget import FULL, OMITTED, OUTLINE, choose_modes, rank_files
+from .cache import IndexCache
+from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
+                    path_skip_reason, stat_candidate)
+from .graph import (FileFacts, context_order, dependency_edges, git_stability, mtime_stability,
+                    reference_counts)
+from .history import commit_counts, head_commit
+from .languages import detect_language, is_parsed
+from .parse import FileSymbols, Import, ParseError, Tag, parse_source
+from .plan import ContextPlan, Segment, markdown_outline, render_full, render_outline
+from .resolve import PathTable, resolve_imports
+
+DEFAULT_BUDGET = 1_000_000
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class Encoder(Protocol):
+    """All repo_index knows of a tokenizer."""
+
+    fingerprint: str
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    """How a repository is indexed."""
+
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    use_cache: bool = True
+
+
+@dataclass(slots=True)
+class FileEntry:
+    """One indexed file: its text and what its parse found."""
+
+    path: str
+    language: str
+    sha256: str
+    text: str
+    tracked: bool
+    mtime_ns: int
+    symbols: FileSymbols | None  # None: included unparsed
+    facts: FileFacts | None = field(default=None)  # derived; reset when the file list changes
+
+
+class RepoIndex:
+    """A repository turned into ContextPlans, kept current by `update`."""
+
+    def __init__(self, root: str | os.PathLike, *, tokenizer: Encoder | None = None,
+                 config: IndexConfig = IndexConfig(), progress: Progress | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"not a directory: {self.root}")
+        self.root = self.root.resolve()
+        if tokenizer is None:
+            from .tokens import load_tokenizer
+
+            tokenizer = load_tokenizer(None)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.progress = progress
+        self.warnings: list[str] = []
+        self._cache = IndexCache(self.root if config.use_cache else None, self.warnings.append)
+        self._entries: dict[str, FileEntry] = {}
+        self._skipped: dict[str, Skipped] = {}
+        self._is_git = False
+        self._loaded = False
+        self._table: PathTable | None = None
+        self._tokens: dict[str, tuple[int, ...]] = {}
+        self._history: dict[str, int] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Discover and (re)read every file; unchanged content is not parsed again."""
+        listing = discover(self.root, self.config.discovery)
+        self._is_git = listing.is_git
+        self._skipped = {s.path: s for s in listing.skipped}
+        self._entries = {}
+        self._ingest(listing.candidates)
+        self._history = self._load_history() if self._is_git else {}
+        self._table = None
+        self._loaded = True
+
+    def update(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Re-read just `paths` (changed, added or deleted); everything else stays as it was."""
+        if not self._loaded:
+            self.refresh()
+            return
+        candidates = []
+        for raw in paths:
+            rel = self._relative(raw)
+            if rel is None:
+                continue
+            old = self._entries.pop(rel, None)
+            had = old is not None
+            self._skipped.pop(rel, None)
+            reason = path_skip_reason(rel, self.config.discovery)
+            info = None
+            if reason is None:
+                reason, info = stat_candidate(self.root, rel, self.config.discovery)
+            if info is not None:
+                tracked = old.tracked if old is not None else False
+                candidates.append(Candidate(rel, tracked, info.st_mtime_ns, info.st_size))
+            elif reason:
+                self._skipped[rel] = Skipped(rel, reason)
+            if not had or info is None:
+                self._table = None  # the file list changed
+        self._ingest(candidates)
+
+    def _relative(self, raw: str | os.PathLike) -> str | None:
+        path = Path(raw)
+        if path.is_absolute():
+            try:
+                path = path.relative_to(self.root)
+            except ValueError:
+                return None
+        rel = path.as_posix()
+        return None if rel.startswith("../") or rel in ("", ".") else rel
+
+    def _ingest(self, candidates: list[Candidate]) -> None:
+        pending: list[tuple[Candidate, str, str, bytes, str]] = []
+        for candidate in candidates:
+            try:
+                data = (self.root / candidate.path).read_bytes()
+            except OSError as exc:
+                self._skipped[candidate.path] = Skipped(candidate.path, f"unreadable: {exc.strerror or exc}")
+                continue
+            reason = content_skip_reason(data, self.config.discovery)
+            if reason is None:
+                try:
+                    text = decode_text(data)
+                except UnicodeDecodeError as exc:
+                    reason = f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            if reason is not None:
+                self._skipped[candidate.path] = Skipped(candidate.path, reason)
+                continue
+            language = detect_language(candidate.path, text[:4096])
+            pending.append((candidate, language, hashlib.sha256(data).hexdigest(), data, text))
+        wanted = [(sha, language) for _, language, sha, _, _ in pending if is_parsed(language)]
+        cached = self._cache.symbols(wanted) if wanted else {}
+        fresh = []
+        for done, (candidate, language, sha, data, text) in enumerate(pending, 1):
+            symbols = None
+            if is_parsed(language):
+                stored = cached.get((sha, language))
+                symbols = _symbols_from_json(candidate.path, stored) if stored is not None else None
+                if symbols is None:
+                    symbols = self._parse(candidate.path, language, data)
+                    fresh.append((sha, language, _symbols_to_json(symbols)))
+            self._entries[candidate.path] = FileEntry(candidate.path, language, sha, text, candidate.tracked,
+                                                      candidate.mtime_ns, symbols)
+            if self.progress:
+                self.progress("parse", done, len(pending))
+        if fresh:
+            self._cache.put_symbols(fresh)
+
+    def _parse(self, path: str, language: str, data: bytes) -> FileSymbols:
+        try:
+            return parse_source(path, language, data)
+        except ParseError as exc:
+            self.warnings.append(str(exc))
+            return FileSymbols((), (), (), error=str(exc))
+
+    def _load_history(self) -> dict[str, int]:
+        head = head_commit(self.root)
+        key = f"history:{head}"
+        if head is not None:
+            stored = self._cache.meta(key)
+            if stored is not None:
+                try:
+                    return {str(k): int(v) for k, v in json.loads(stored).items()}
+                except (ValueError, AttributeError, TypeError):
+                    pass
+        counts = commit_counts(self.root)
+        if head is not None:
+            self._cache.put_meta(key, json.dumps(counts))
+        return counts
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self, budget: int = DEFAULT_BUDGET) -> ContextPlan:
+        """The repository in context order, fitted to `budget` tokens."""
+        if budget <= 0:
+            raise ValueError(f"budget must be a positive number of tokens, got {budget}")
+        started = time.perf_counter()
+        if not self._loaded:
+            self.refresh()
+        facts = self._facts()
+        if self._is_git:
+            stability = git_stability(list(facts), self._history, {p: e.tracked for p, e in self._entries.items()})
+        else:
+            stability = mtime_stability({p: e.mtime_ns / 1e9 for p, e in self._entries.items()})
+        order = [p for group in context_order(dependency_edges(facts), stability) for p in group]
+        full_ids = self._segment_ids(order, FULL)
+        modes = {p: FULL for p in order}
+        if sum(len(full_ids[p]) for p in order) > budget:
+            ranks = rank_files(facts)
+            ranked = sorted(order, key=lambda p: (-ranks.get(p, 0.0), p))
+            outline_ids = self._segment_ids([p for p in order if self._outline_ranges(p)], OUTLINE)
+            modes = choose_modes(ranked, {p: len(full_ids[p]) for p in order},
+                                 {p: len(ids) for p, ids in outline_ids.items()}, budget)
+        segments = []
+        for path in order:
+            entry, mode = self._entries[path], modes[path]
+            ids = () if mode == OMITTED else self._tokens[self._token_key(path, mode)]
+            text = "" if mode == OMITTED else self._render(path, mode)
+            segments.append(Segment(path, entry.language, mode, entry.sha256, text, ids, len(full_ids[path])))
+        skipped = [self._skipped[p] for p in sorted(self._skipped)]
+        return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
+                           time.perf_counter() - started, list(self.warnings))
+
+    def _facts(self) -> dict[str, FileFacts]:
+        if self._table is None:
+            self._table = PathTable(self._entries)
+            for entry in self._entries.values():
+                entry.facts = None
+        go_modules = self._go_modules()
+        facts = {}
+        for path in sorted(self._entries):
+            entry = self._entries[path]
+            if entry.facts is None:
+                symbols = entry.symbols or FileSymbols((), (), ())
+                imports = resolve_imports(path, entry.language, symbols.imports, self._table, go_modules)
+                definitions = tuple(sorted({(t.name, t.subkind) for t in symbols.tags if t.kind == "def"}))
+                references = reference_counts([t.name for t in symbols.tags if t.kind == "ref"])
+                entry.facts = FileFacts(path, imports, definitions, references)
+            facts[path] = entry.facts
+        return facts
+
+    def _go_modules(self) -> dict[str, str]:
+        modules = {}
+        for path, entry in self._entries.items():
+            if path == "go.mod" or path.endswith("/go.mod"):
+                for line in entry.text.splitlines():
+                    if line.startswith("module "):
+                        modules[os.path.dirname(path)] = line.split()[1].strip('"')
+                        break
+        return modules
+
+    def _outline_ranges(self, path: str) -> tuple[tuple[int, int], ...]:
+        entry = self._entries[path]
+        if entry.symbols is not None:
+            return entry.symbols.outline
+        return markdown_outline(entry.text) if entry.language == "markdown" else ()
+
+    def _render(self, path: str, mode: str) -> str:
+        entry = self._entries[path]
+        if mode == OUTLINE:
+            return render_outline(path, entry.text, self._outline_ranges(path))
+        return render_full(path, entry.text)
+
+    def _token_key(self, path: str, mode: str) -> str:
+        return f"{self.tokenizer.fingerprint}:{mode}:{self._entries[path].sha256}:{path}"
+
+    def _segment_ids(self, paths: list[str], mode: str) -> dict[str, tuple[int, ...]]:
+        """Token ids of each path's segment in `mode`: from memory, then disk, then the tokenizer."""
+        keys = {p: self._token_key(p, mode) for p in paths}
+        missing = [k for k in keys.values() if k not in self._tokens]
+        if missing:
+            for key, ids in self._cache.tokens(missing).items():
+                self._tokens[key] = tuple(ids)
+        todo = [p for p in paths if keys[p] not in self._tokens]
+        if todo:
+            texts = [self._render(p, mode) for p in todo]
+            encode_batch = getattr(self.tokenizer, "encode_batch", None)
+            encoded = encode_batch(texts) if encode_batch else [self.tokenizer.encode(t) for t in texts]
+            for path, ids in zip(todo, encoded):
+                self._tokens[keys[path]] = tuple(ids)
+            self._cache.put_tokens((keys[p], ids) for p, ids in zip(todo, encoded))
+        return {p: self._tokens[keys[p]] for p in paths}
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def _symbols_to_json(symbols: FileSymbols) -> dict:
+    return {
+        "tags": [[t.line, t.name, t.kind, t.subkind] for t in symbols.tags],
+        "imports": [[i.source, list(i.names), i.line, i.kind] for i in symbols.imports],
+        "outline": [list(r) for r in symbols.outline],
+        "error": symbols.error,
+    }
+
+
+def _symbols_from_json(path: str, data: object) -> FileSymbols | None:
+    """A cached parse, or None when the row is not what this version wrote (then it is re-parsed)."""
+    try:
+        tags = tuple(Tag(path, int(line), str(name), str(kind), str(sub)) for line, name, kind, sub in data["tags"])
+        imports = tuple(Import(str(src), tuple(map(str, names)), int(line), str(kind))
+                        for src, names, line, kind in data["imports"])
+        outline = tuple((int(a), int(b)) for a, b in data["outline"])
+        error = data["error"]
+        return FileSymbols(tags, imports, outline, None if error is None else str(error))
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,131 @@
+"""tree-sitter parse of one file into tags (definitions, references), imports and outline lines.
+
+The tags queries (`queries/<language>.scm`) follow one capture convention:
+- `@definition.<kind>` on a definition node, with `@name` on its name in the same pattern;
+  the node's `body` field, if any, marks where the signature ends (for outlines).
+- `@reference.<kind>` on a use, with `@name` on the referenced identifier.
+- `@import` on an import statement, `@import.source` on the module it names (quotes are stripped),
+  and optionally `@import.name` on names it imports (Python's `from a import b`: `b` may be a module).
+- `@import` with `@import.submodule` on the name of a module declared in another file (Rust `mod foo;`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tree_sitter import Node, Parser, QueryCursor
+
+from .languages import grammar, tags_query
+
+# A definition's signature is at most this many lines in an outline (long parameter lists are cut).
+MAX_SIGNATURE_LINES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """A definition or a reference of a name, at a 1-based line of a file."""
+
+    path: str
+    line: int
+    name: str
+    kind: str  # "def" | "ref"
+    subkind: str  # "function", "class", "call", "type", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    """One import: the module as written (`a.b`, `./util`, `stdio.h`) and any names it imports."""
+
+    source: str
+    names: tuple[str, ...]
+    line: int
+    kind: str = "import"  # "import" | "mod" (a Rust `mod foo;` declaration)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSymbols:
+    """What the parse of one file yields; `outline` holds 0-based inclusive line ranges of signatures."""
+
+    tags: tuple[Tag, ...]
+    imports: tuple[Import, ...]
+    outline: tuple[tuple[int, int], ...]
+    error: str | None = None
+
+
+class ParseError(Exception):
+    """A grammar failed on a file; the file is still included, unparsed."""
+
+
+def parse_source(path: str, language: str, source: bytes) -> FileSymbols:
+    """Parse `source` as `language` and extract its tags, imports and outline ranges.
+
+    Raises ParseError when the grammar cannot parse the file at all.
+    """
+    try:
+        parser = Parser(grammar(language))
+        tree = parser.parse(source)
+    except Exception as exc:  # the binding raises plain ValueError/RuntimeError on bad input
+        raise ParseError(f"{path}: tree-sitter failed: {exc}") from exc
+    cursor = QueryCursor(tags_query(language))
+    tags: list[Tag] = []
+    imports: list[Import] = []
+    outline: list[tuple[int, int]] = []
+    for _, captures in cursor.matches(tree.root_node):
+        for capture, nodes in captures.items():
+            if capture.startswith("definition."):
+                name_nodes = captures.get("name")
+                if name_nodes:
+                    name = _text(name_nodes[0])
+                    tags.append(Tag(path, name_nodes[0].start_point[0] + 1, name, "def", capture[11:]))
+                outline.extend(_signature(node, source) for node in nodes)
+            elif capture.startswith("reference."):
+                for name_node in captures.get("name", ()):
+                    tags.append(Tag(path, name_node.start_point[0] + 1, _text(name_node), "ref", capture[10:]))
+            elif capture == "import":
+                sources = captures.get("import.source", ())
+                names = tuple(_text(n) for n in captures.get("import.name", ()))
+                for source_node in sources:
+                    spec = _unquote(_text(source_node))
+                    if spec:
+                        imports.append(Import(spec, names, source_node.start_point[0] + 1))
+                for module_node in captures.get("import.submodule", ()):
+                    imports.append(Import(_text(module_node), (), module_node.start_point[0] + 1, "mod"))
+    tags = sorted(set(tags), key=lambda t: (t.line, t.kind, t.name, t.subkind))
+    imports = sorted(set(imports), key=lambda i: (i.line, i.source, i.names))
+    return FileSymbols(tuple(tags), tuple(imports), _merge(outline))
+
+
+def _text(node: Node) -> str:
+    return node.text.decode("utf-8", "replace") if node.text is not None else ""
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] in "\"'`<" and text[-1] in "\"'`>":
+        text = text[1:-1]
+    return text.strip()
+
+
+def _signature(node: Node, source: bytes) -> tuple[int, int]:
+    """Line range of a definition's signature: from its first line to where its body starts."""
+    first = node.start_point[0]
+    body = node.child_by_field_name("body")
+    if body is None:
+        last = node.end_point[0]
+    else:
+        body_row, body_col = body.start_point
+        line_start = source.rfind(b"\n", 0, body.start_byte) + 1
+        # `def f(a,\n b):` + body on the next line ends the signature one line above the body;
+        # `int f(int a) {` keeps the line where the body opens.
+        last = body_row if source[line_start : line_start + body_col].strip() else body_row - 1
+    return first, max(first, min(last, first + MAX_SIGNATURE_LINES - 1))
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from repo_index import DEFAULT_BUDGET, ContextPlan, DiscoveryConfig, IndexConfig, RepoIndex
+from repo_index.files import DEFAULT_MAX_FILE_BYTES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--budget", type=_positive, default=DEFAULT_BUDGET, help="token budget (default: 1,000,000)")
     sub.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_argument("--model", metavar="DIR", help="count tokens with this checkpoint's tokenizer.json")
-    sub.add_argument("--max-file-bytes", type=_positive, default=DiscoveryConfig.max_file_bytes,
+    sub.add_argument("--max-file-bytes", type=_positive, default=DEFAULT_MAX_FILE_BYTES,
                      help="skip files larger than this (default: 1,000,000)")
     sub.add_argument("--include-secrets", action="store_true", help="include .env files, keys and the like")
     sub.add_argument("--include-vendored", action="store_true", help="include vendor/, node_modules/, ...")

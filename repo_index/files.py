@@ -42,6 +42,7 @@ BINARY_SUFFIXES = frozenset({
     ".sqlite", ".db", ".parquet", ".arrow", ".wasm",
 })
 SNIFF_BYTES = 8192
+DEFAULT_MAX_FILE_BYTES = 1_000_000
 MAX_AVERAGE_LINE = 300  # a file whose lines average longer than this is minified
 MAX_LONGEST_LINE = 5000
 
@@ -50,7 +51,7 @@ MAX_LONGEST_LINE = 5000
 class DiscoveryConfig:
     """Discovery limits and opt-ins."""
 
-    max_file_bytes: int = 1_000_000
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     include_secrets: bool = False
     include_vendored: bool = False
     include_generated: bool = False

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-# A reference orders two files only when it is unambiguous: the name is defined in exactly one
-# other file, is not private-looking or too short to mean one thing, and names a top-level kind
-# of definition (a call to `x.run()` says little about which `run` it is).
+# A reference orders two files only when it is unambiguous: the name is used bare (a member access
+# `x.run()` says little about which `run` it is), is defined in exactly one other file, is not
+# private-looking or too short to mean one thing, and names a top-level kind of definition.
+# In languages where every name from another file arrives through an import (Python, JS/TS), the
+# resolved imports are the dependencies and reference edges would only add name collisions; Go
+# (same-package files), C/C++ (declared in one file, defined in another), Java (same package) and
+# Rust need them. All languages' references feed the ranking (budget.py).
+IMPORT_COMPLETE_LANGUAGES = frozenset({"python", "javascript", "typescript", "tsx"})
 MAX_DEFINERS_FOR_ORDER_EDGE = 1
 MIN_ORDER_NAME_LEN = 3
 ORDER_DEFINITION_KINDS = frozenset({
@@ -30,9 +35,11 @@ class FileFacts:
     """What ordering and ranking need to know of one file."""
 
     path: str
+    language: str
     imports: tuple[str, ...]  # files of the repository this file imports (resolved)
     definitions: tuple[tuple[str, str], ...]  # (name, kind)
-    references: tuple[tuple[str, int], ...]  # (name, count)
+    references: tuple[tuple[str, int], ...]  # (name, count), every kind of use
+    bare_references: tuple[str, ...] = ()  # names used other than as a member (`x.name`), sorted
 
 
 def definers_by_name(files: Mapping[str, FileFacts]) -> dict[str, list[tuple[str, str]]]:
@@ -50,7 +57,8 @@ def dependency_edges(files: Mapping[str, FileFacts]) -> dict[str, tuple[str, ...
     edges: dict[str, tuple[str, ...]] = {}
     for path, facts in files.items():
         targets = {t for t in facts.imports if t in files}
-        for name, _ in facts.references:
+        names = () if facts.language in IMPORT_COMPLETE_LANGUAGES else facts.bare_references
+        for name in names:
             if len(name) < MIN_ORDER_NAME_LEN or name.startswith("_"):
                 continue
             owners = {p for p, kind in definers.get(name, ()) if kind in ORDER_DEFINITION_KINDS}

@@ -28,6 +28,7 @@ from .plan import ContextPlan, Segment, markdown_outline, render_full, render_ou
 from .resolve import PathTable, resolve_imports
 
 DEFAULT_BUDGET = 1_000_000
+MEMBER_KINDS = frozenset({"member", "method", "field"})  # reference kinds of `x.name` uses
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -242,7 +243,8 @@ class RepoIndex:
                 imports = resolve_imports(path, entry.language, symbols.imports, self._table, go_modules)
                 definitions = tuple(sorted({(t.name, t.subkind) for t in symbols.tags if t.kind == "def"}))
                 references = reference_counts([t.name for t in symbols.tags if t.kind == "ref"])
-                entry.facts = FileFacts(path, imports, definitions, references)
+                bare = tuple(sorted({t.name for t in symbols.tags if t.kind == "ref" and t.subkind not in MEMBER_KINDS}))
+                entry.facts = FileFacts(path, entry.language, imports, definitions, references, bare)
             facts[path] = entry.facts
         return facts
 

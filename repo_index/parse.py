@@ -62,15 +62,14 @@ def parse_source(path: str, language: str, source: bytes) -> FileSymbols:
     Raises ParseError when the grammar cannot parse the file at all.
     """
     try:
-        parser = Parser(grammar(language))
-        tree = parser.parse(source)
-    except Exception as exc:  # the binding raises plain ValueError/RuntimeError on bad input
+        tree = Parser(grammar(language)).parse(source)
+        matches = QueryCursor(tags_query(language)).matches(tree.root_node)
+    except Exception as exc:  # a grammar or query failure: plain ValueError/OSError/... from the binding
         raise ParseError(f"{path}: tree-sitter failed: {exc}") from exc
-    cursor = QueryCursor(tags_query(language))
     tags: list[Tag] = []
     imports: list[Import] = []
     outline: list[tuple[int, int]] = []
-    for _, captures in cursor.matches(tree.root_node):
+    for _, captures in matches:
         for capture, nodes in captures.items():
             if capture.startswith("definition."):
                 name_nodes = captures.get("name")

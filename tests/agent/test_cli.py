@@ -1,0 +1,58 @@
+"""The `v4` command line: the index command and the commands other issues fill in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.cli import PENDING, main
+
+
+def test_index_json_lists_files_in_context_order(order_repo: Path, capsys) -> None:
+    assert main(["index", str(order_repo), "--json", "--budget", "500000"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) >= {"root", "budget", "total_tokens", "elapsed_s", "files", "skipped"}
+    assert document["budget"] == 500_000
+    assert document["files"][0]["path"] == "README.md"
+    first = document["files"][0]
+    assert set(first) >= {"path", "language", "mode", "tokens", "sha256"}
+    assert len(first["sha256"]) == 64 and first["mode"] == "full"
+    assert document["total_tokens"] == sum(f["tokens"] for f in document["files"])
+
+
+def test_index_table_is_readable(order_repo: Path, capsys) -> None:
+    assert main(["index", str(order_repo)]) == 0
+    out = capsys.readouterr().out
+    assert "py/app/store.py" in out and "of 1,000,000 tokens" in out
+
+
+def test_index_of_a_file_is_an_error_not_a_crash(tmp_path: Path, capsys) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    assert main(["index", str(tmp_path / "f.txt")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_index_with_a_missing_model_tokenizer_is_an_error(order_repo: Path, tmp_path: Path, capsys) -> None:
+    assert main(["index", str(order_repo), "--model", str(tmp_path / "no-model")]) == 1
+    assert "no-model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(PENDING))
+def test_commands_not_built_yet_say_so_and_exit_2(command: str, capsys) -> None:
+    assert main([command]) == 2
+    assert "not built yet" in capsys.readouterr().err
+
+
+def test_no_command_is_the_tui(capsys) -> None:
+    assert main([]) == 2
+    assert "TUI" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("index", "model", "refactor", "review", "undo", "watch", "serve"):
+        assert command in out

@@ -1,0 +1,79 @@
+"""Budget trimming: rank, outline the lowest-ranked, omit the rest, keep the dependency order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from repo_index import RepoIndex
+from repo_index.budget import choose_modes
+from tests.conftest import make_repo
+
+
+def _module(name: str, uses: list[str], body_lines: int = 40) -> str:
+    imports = "".join(f"from .{u} import {u}_api\n" for u in uses)
+    calls = "".join(f"    {u}_api()\n" for u in uses)
+    body = "".join(f"    value_{i} = {i} * 2  # body line {i}\n" for i in range(body_lines))
+    return f'{imports}\n\ndef {name}_api(\n    first: int = 0,\n    second: int = 1,\n) -> int:\n{calls}{body}    return 0\n\n\nclass {name.title()}Thing:\n    def method(self) -> None:\n        pass\n'
+
+
+@pytest.fixture
+def ranked_repo(tmp_path: Path) -> Path:
+    # core is used by everyone, util by two, leaf modules by nobody: PageRank puts core first.
+    files = {"pkg/__init__.py": "", "pkg/core.py": _module("core", []), "pkg/util.py": _module("util", ["core"])}
+    for i in range(6):
+        files[f"pkg/leaf{i}.py"] = _module(f"leaf{i}", ["core", "util"] if i < 2 else ["core"])
+    return make_repo(tmp_path / "repo", files)
+
+
+def test_everything_fits_in_a_large_budget(ranked_repo: Path, tokenizer) -> None:
+    plan = RepoIndex(ranked_repo, tokenizer=tokenizer).plan(1_000_000)
+    assert {s.mode for s in plan.segments} == {"full"}
+
+
+def test_a_tight_budget_outlines_low_ranked_files_and_keeps_the_order(ranked_repo: Path, tokenizer) -> None:
+    index = RepoIndex(ranked_repo, tokenizer=tokenizer)
+    full = index.plan(1_000_000)
+    budget = full.total_tokens // 2
+    plan = index.plan(budget)
+    assert plan.total_tokens <= budget
+    modes = {s.path: s.mode for s in plan.segments}
+    assert modes["pkg/core.py"] == "full"  # the most referenced file stays whole
+    assert "outline" in modes.values()
+    assert [s.path for s in plan.segments] == [s.path for s in full.segments]  # same dependency order
+    outline = next(s for s in plan.segments if s.mode == "outline")
+    assert outline.text.startswith(f"==> {outline.path} (outline) <==\n")
+    assert "def " in outline.text and "first: int = 0," in outline.text  # the whole multi-line signature
+    assert "body line" not in outline.text  # no body lines
+    assert "⋮" in outline.text
+    assert list(outline.token_ids) == tokenizer.encode(outline.text)
+    assert outline.full_tokens > len(outline.token_ids)
+
+
+def test_a_tiny_budget_omits_the_lowest_ranked(ranked_repo: Path, tokenizer) -> None:
+    index = RepoIndex(ranked_repo, tokenizer=tokenizer)
+    outlines_only = sum(s.num_tokens for s in index.plan(1).segments)  # what fits in 1 token: nothing
+    assert outlines_only == 0
+    probe = index.plan(10**9)
+    core = next(s for s in probe.segments if s.path == "pkg/core.py")
+    plan = index.plan(core.full_tokens // 3)
+    modes = {s.path: s.mode for s in plan.segments}
+    assert plan.total_tokens <= core.full_tokens // 3
+    assert "omitted" in modes.values() and "outline" in modes.values()
+    assert modes["pkg/core.py"] != "omitted"
+    omitted = [s for s in plan.segments if s.mode == "omitted"]
+    assert all(s.text == "" and s.token_ids == () for s in omitted)
+    assert all(s.path.startswith("pkg/leaf") or s.path == "pkg/__init__.py" for s in omitted)
+
+
+def test_choose_modes_outlines_by_rank_then_upgrades_in_rank_order() -> None:
+    ranked = ["a", "b", "c", "d"]
+    full = {"a": 50, "b": 40, "c": 30, "d": 20}
+    outline = {"a": 10, "b": 10, "c": 10, "d": None}
+    assert choose_modes(ranked, full, outline, 1000) == {p: "full" for p in ranked}
+    # outlines cost 30; a upgrades (+40 -> 70); b (+30 -> 100) fits; c (+20) does not; d has no outline.
+    assert choose_modes(ranked, full, outline, 100) == {"a": "full", "b": "full", "c": "outline", "d": "omitted"}
+    # outlines alone (30) overflow 15: the lowest-ranked outlines go first.
+    assert choose_modes(ranked, full, outline, 15) == {"a": "outline", "b": "omitted", "c": "omitted", "d": "omitted"}
+    assert choose_modes(ranked, full, outline, 25) == {"a": "outline", "b": "outline", "c": "omitted", "d": "omitted"}

@@ -1,0 +1,104 @@
+"""Incremental updates: one changed file is parsed once; the disk cache serves a new process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import repo_index.index as index_module
+from repo_index import IndexConfig, RepoIndex
+from repo_index.cache import CACHE_DIR, CACHE_VERSION
+
+
+@pytest.fixture
+def parse_calls(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real_parse = index_module.parse_source
+
+    def counting(path: str, language: str, data: bytes):
+        calls.append(path)
+        return real_parse(path, language, data)
+
+    monkeypatch.setattr(index_module, "parse_source", counting)
+    return calls
+
+
+def test_a_one_file_change_reparses_one_file(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    index.plan()
+    parse_calls.clear()
+    (order_repo / "py/app/store.py").write_text("from .models import User\n\n\ndef purge() -> None:\n    pass\n")
+    index.update([order_repo / "py/app/store.py"])
+    plan = index.plan()
+    assert parse_calls == ["py/app/store.py"]
+    store = next(s for s in plan.segments if s.path == "py/app/store.py")
+    assert "def purge() -> None:" in store.text
+    assert "def save" not in store.text
+
+
+def test_added_and_deleted_files_are_picked_up_by_update(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    before = [s.path for s in index.plan().segments]
+    (order_repo / "py/app/cycle_b.py").unlink()
+    (order_repo / "py/app/extra.py").write_text("from .store import save\n")
+    parse_calls.clear()
+    index.update(["py/app/cycle_b.py", "py/app/extra.py"])
+    after = [s.path for s in index.plan().segments]
+    assert parse_calls == ["py/app/extra.py"]
+    assert "py/app/cycle_b.py" in before and "py/app/cycle_b.py" not in after
+    assert after.index("py/app/extra.py") > after.index("py/app/store.py")  # it imports store
+
+
+def test_update_of_a_file_that_becomes_binary_moves_it_to_skipped(order_repo: Path, tokenizer) -> None:
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    index.plan()
+    (order_repo / "docs/guide.md").write_bytes(b"\x00\x01binary now")
+    index.update(["docs/guide.md"])
+    plan = index.plan()
+    assert "docs/guide.md" not in [s.path for s in plan.segments]
+    assert {s.path: s.reason for s in plan.skipped}["docs/guide.md"] == "binary"
+
+
+def test_paths_outside_the_root_are_ignored_by_update(order_repo: Path, tmp_path: Path, tokenizer) -> None:
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    before = [s.path for s in index.plan().segments]
+    index.update([tmp_path / "elsewhere.py", "../escape.py"])
+    assert [s.path for s in index.plan().segments] == before
+
+
+def test_a_new_process_reuses_the_disk_cache(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
+    RepoIndex(order_repo, tokenizer=tokenizer).plan()
+    assert parse_calls
+    parse_calls.clear()
+    RepoIndex(order_repo, tokenizer=tokenizer).plan()
+    assert parse_calls == []
+    assert (order_repo / CACHE_DIR / ".gitignore").read_text().strip().endswith("*")
+
+
+def test_a_corrupt_cache_warns_and_is_rebuilt(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
+    reference = RepoIndex(order_repo, tokenizer=tokenizer, config=IndexConfig(use_cache=False)).plan()
+    cache_file = order_repo / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_bytes(b"this is not a database" * 100)
+    plan = RepoIndex(order_repo, tokenizer=tokenizer).plan()
+    assert [s.token_ids for s in plan.segments] == [s.token_ids for s in reference.segments]
+    assert any("index cache" in w for w in plan.warnings)
+    parse_calls.clear()
+    again = RepoIndex(order_repo, tokenizer=tokenizer).plan()  # the rebuilt cache now works
+    assert parse_calls == [] and again.warnings == []
+
+
+def test_damaged_cache_rows_are_reparsed(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
+    import sqlite3
+
+    RepoIndex(order_repo, tokenizer=tokenizer).plan()
+    cache_file = order_repo / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+    with sqlite3.connect(cache_file) as db:
+        db.execute("UPDATE symbols SET data = '{\"tags\": 5}'")
+        db.execute("UPDATE tokens SET ids = x'010203'")  # not a whole number of int32s
+    parse_calls.clear()
+    plan = RepoIndex(order_repo, tokenizer=tokenizer).plan()
+    assert len(parse_calls) == sum(1 for s in plan.segments if s.language in ("python", "c", "cpp", "go", "java", "rust", "typescript", "tsx"))
+    store = next(s for s in plan.segments if s.path == "py/app/store.py")
+    assert list(store.token_ids) == tokenizer.encode(store.text)

@@ -1,7 +1,9 @@
 """Fitting the repository into the token budget: rank files, then choose full, outline or omitted.
 
 Ranking is PageRank over the reference graph (references -> definitions, plus imports), with the
-identifier weights Aider's repo map found useful. Pure functions; weights are named here.
+identifier weights Aider's repo map found useful. Pure functions; weights are named here. PageRank
+runs as a few sparse matrix-vector products (scipy) over integer node ids, which at 3,000 files and
+hundreds of thousands of edges is two orders faster than building a networkx graph for it.
 """
 
 from __future__ import annotations
@@ -18,35 +20,67 @@ PRIVATE_NAME_MULTIPLIER = 0.1  # `_helper` is rarely what a reader needs to see
 COMMON_NAME_DEFINERS = 5
 COMMON_NAME_MULTIPLIER = 0.1  # defined in many files: says little about any of them
 DAMPING = 0.85
+MAX_PAGERANK_ITERATIONS = 100
+# A name defined in more files than this links nothing in particular (`get`, `__init__`); leaving it
+# out keeps the graph linear in the repository's size.
+MAX_RANK_DEFINERS = 20
 
 FULL, OUTLINE, OMITTED = "full", "outline", "omitted"
 
 
 def rank_files(files: Mapping[str, FileFacts]) -> dict[str, float]:
     """PageRank of each file over weighted reference -> definition and import edges."""
-    import networkx as nx  # PageRank runs on scipy through networkx
-
-    graph = nx.DiGraph()
-    graph.add_nodes_from(sorted(files))
+    paths = sorted(files)
+    position = {path: i for i, path in enumerate(paths)}
     definers = definers_by_name(files)
-    weights: dict[tuple[str, str], float] = {}
-    for path in sorted(files):
+    owners_of = {name: sorted({p for p, _ in pairs}) for name, pairs in definers.items()
+                 if len(pairs) <= MAX_RANK_DEFINERS}
+    weights: dict[tuple[int, int], float] = {}
+    for path in paths:
+        source = position[path]
         facts = files[path]
         for target in facts.imports:
-            if target in files and target != path:
-                weights[path, target] = weights.get((path, target), 0.0) + IMPORT_EDGE_WEIGHT
+            if target in position and target != path:
+                key = (source, position[target])
+                weights[key] = weights.get(key, 0.0) + IMPORT_EDGE_WEIGHT
         for name, count in facts.references:
-            owners = sorted({p for p, _ in definers.get(name, ()) if p != path})
+            owners = owners_of.get(name)
             if not owners:
                 continue
-            weight = _name_multiplier(name, len(definers[name])) * math.sqrt(count) / len(owners)
+            weight = _name_multiplier(name, len(owners)) * math.sqrt(count) / len(owners)
             for owner in owners:
-                weights[path, owner] = weights.get((path, owner), 0.0) + weight
-    for (source, target), weight in sorted(weights.items()):
-        graph.add_edge(source, target, weight=weight)
-    if graph.number_of_edges() == 0:
-        return {path: 1.0 / max(1, len(files)) for path in files}
-    return nx.pagerank(graph, alpha=DAMPING, weight="weight")
+                if owner != path:
+                    key = (source, position[owner])
+                    weights[key] = weights.get(key, 0.0) + weight
+    ranks = pagerank(len(paths), weights)
+    return {path: ranks[i] for i, path in enumerate(paths)}
+
+
+def pagerank(num_nodes: int, weights: Mapping[tuple[int, int], float], tolerance: float = 1e-10) -> list[float]:
+    """PageRank by power iteration on a scipy sparse matrix; dangling nodes spread uniformly."""
+    import numpy as np
+    from scipy import sparse
+
+    if num_nodes == 0:
+        return []
+    if not weights:
+        return [1.0 / num_nodes] * num_nodes
+    rows, cols = np.array(list(weights), dtype=np.int64).T
+    values = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
+    matrix = sparse.csr_array((values, (rows, cols)), shape=(num_nodes, num_nodes))
+    out_weight = np.asarray(matrix.sum(axis=1)).ravel()
+    dangling = out_weight == 0
+    scale = np.divide(1.0, out_weight, out=np.zeros_like(out_weight), where=~dangling)
+    transition = sparse.diags_array(scale) @ matrix  # row-stochastic except dangling rows
+    rank = np.full(num_nodes, 1.0 / num_nodes)
+    for _ in range(MAX_PAGERANK_ITERATIONS):
+        spread = DAMPING * rank[dangling].sum() / num_nodes + (1.0 - DAMPING) / num_nodes
+        updated = DAMPING * (transition.T @ rank) + spread
+        if np.abs(updated - rank).sum() < num_nodes * tolerance:
+            rank = updated
+            break
+        rank = updated
+    return rank.tolist()
 
 
 def _name_multiplier(name: str, num_definers: int) -> float:

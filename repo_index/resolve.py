@@ -36,6 +36,7 @@ class PathTable:
                 if posixpath.join(parent, "__init__.py") not in self.paths:
                     roots.add(parent)
         self.python_roots = sorted(roots)
+        self.memo: dict[tuple, list[str]] = {}  # resolutions, valid for as long as this file list
 
     def first(self, candidates: Iterable[str]) -> str | None:
         """The first candidate path that is a file of the repository."""
@@ -59,9 +60,15 @@ def resolve_imports(
     resolver = _RESOLVERS.get(language)
     if resolver is None:
         return ()
+    # What an import resolves to depends on the importing file's directory only (Rust: on the file).
+    where = path if language == "rust" else posixpath.dirname(path)
     targets: set[str] = set()
     for item in imports:
-        targets.update(resolver(path, item, table, go_modules))
+        key = (resolver, where, item.source, item.names, item.kind)
+        found = table.memo.get(key)
+        if found is None:
+            found = table.memo[key] = resolver(path, item, table, go_modules)
+        targets.update(found)
     targets.discard(path)
     return tuple(sorted(targets))
 

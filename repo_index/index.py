@@ -23,7 +23,7 @@ from .graph import (FileFacts, context_order, dependency_edges, git_stability, m
                     reference_counts)
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
-from .parse import FileSymbols, Import, ParseError, Tag, parse_source
+from .parse import FileSymbols, Import, ParseError, Tag, parse_many
 from .plan import ContextPlan, Segment, markdown_outline, render_full, render_outline
 from .resolve import PathTable, resolve_imports
 
@@ -87,6 +87,12 @@ class RepoIndex:
         self._table: PathTable | None = None
         self._tokens: dict[str, tuple[int, ...]] = {}
         self._history: dict[str, int] = {}
+        # The order and the ranks depend only on the files' facts and history; most edits change
+        # neither (a body edit keeps every name), so they are kept until a version moves.
+        self._facts_seen: dict[str, FileFacts] = {}
+        self._graph_version = 0
+        self._order_memo: tuple[int, list[str]] | None = None
+        self._rank_memo: tuple[int, dict[str, float]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -99,6 +105,7 @@ class RepoIndex:
         self._ingest(listing.candidates)
         self._history = self._load_history() if self._is_git else {}
         self._table = None
+        self._graph_version += 1  # history and tracked flags may have moved
         self._loaded = True
 
     def update(self, paths: Iterable[str | os.PathLike]) -> None:
@@ -158,28 +165,36 @@ class RepoIndex:
             pending.append((candidate, language, hashlib.sha256(data).hexdigest(), data, text))
         wanted = [(sha, language) for _, language, sha, _, _ in pending if is_parsed(language)]
         cached = self._cache.symbols(wanted) if wanted else {}
-        fresh = []
-        for done, (candidate, language, sha, data, text) in enumerate(pending, 1):
-            symbols = None
+        symbols_of: dict[str, FileSymbols] = {}
+        jobs: list[tuple[str, str, bytes]] = []
+        for candidate, language, sha, data, _ in pending:
             if is_parsed(language):
                 stored = cached.get((sha, language))
                 symbols = _symbols_from_json(candidate.path, stored) if stored is not None else None
                 if symbols is None:
-                    symbols = self._parse(candidate.path, language, data)
-                    fresh.append((sha, language, _symbols_to_json(symbols)))
-            self._entries[candidate.path] = FileEntry(candidate.path, language, sha, text, candidate.tracked,
-                                                      candidate.mtime_ns, symbols)
+                    jobs.append((candidate.path, language, data))
+                else:
+                    symbols_of[candidate.path] = symbols
+        reused = len(pending) - len(jobs)
+
+        def report(done: int) -> None:
             if self.progress:
-                self.progress("parse", done, len(pending))
+                self.progress("parse", reused + done, len(pending))
+
+        fresh = []
+        by_path = {c.path: (sha, language) for c, language, sha, _, _ in pending}
+        for (path, _, _), result in zip(jobs, parse_many(jobs, report)):
+            if isinstance(result, ParseError):  # not cached: the next run tries again
+                self.warnings.append(str(result))
+                symbols_of[path] = FileSymbols((), (), (), error=str(result))
+                continue
+            symbols_of[path] = result
+            fresh.append((*by_path[path], _symbols_to_json(result)))
         if fresh:
             self._cache.put_symbols(fresh)
-
-    def _parse(self, path: str, language: str, data: bytes) -> FileSymbols:
-        try:
-            return parse_source(path, language, data)
-        except ParseError as exc:
-            self.warnings.append(str(exc))
-            return FileSymbols((), (), (), error=str(exc))
+        for candidate, language, sha, _, text in pending:
+            self._entries[candidate.path] = FileEntry(candidate.path, language, sha, text, candidate.tracked,
+                                                      candidate.mtime_ns, symbols_of.get(candidate.path))
 
     def _load_history(self) -> dict[str, int]:
         head = head_commit(self.root)
@@ -206,15 +221,13 @@ class RepoIndex:
         if not self._loaded:
             self.refresh()
         facts = self._facts()
-        if self._is_git:
-            stability = git_stability(list(facts), self._history, {p: e.tracked for p, e in self._entries.items()})
-        else:
-            stability = mtime_stability({p: e.mtime_ns / 1e9 for p, e in self._entries.items()})
-        order = [p for group in context_order(dependency_edges(facts), stability) for p in group]
+        order = self._order(facts)
         full_ids = self._segment_ids(order, FULL)
         modes = {p: FULL for p in order}
         if sum(len(full_ids[p]) for p in order) > budget:
-            ranks = rank_files(facts)
+            if self._rank_memo is None or self._rank_memo[0] != self._graph_version:
+                self._rank_memo = (self._graph_version, rank_files(facts))
+            ranks = self._rank_memo[1]
             ranked = sorted(order, key=lambda p: (-ranks.get(p, 0.0), p))
             outline_ids = self._segment_ids([p for p in order if self._outline_ranges(p)], OUTLINE)
             modes = choose_modes(ranked, {p: len(full_ids[p]) for p in order},
@@ -229,13 +242,26 @@ class RepoIndex:
         return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
                            time.perf_counter() - started, list(self.warnings))
 
+    def _order(self, facts: dict[str, FileFacts]) -> list[str]:
+        if self._order_memo is None or self._order_memo[0] != self._graph_version:
+            if self._is_git:
+                tracked = {p: e.tracked for p, e in self._entries.items()}
+                stability = git_stability(list(facts), self._history, tracked)
+            else:
+                stability = mtime_stability({p: e.mtime_ns / 1e9 for p, e in self._entries.items()})
+            groups = context_order(dependency_edges(facts), stability)
+            self._order_memo = (self._graph_version, [p for group in groups for p in group])
+        return self._order_memo[1]
+
     def _facts(self) -> dict[str, FileFacts]:
+        """Every file's facts; bumps the graph version when any file's facts differ from last time."""
         if self._table is None:
             self._table = PathTable(self._entries)
             for entry in self._entries.values():
                 entry.facts = None
         go_modules = self._go_modules()
         facts = {}
+        changed = len(self._facts_seen) != len(self._entries)
         for path in sorted(self._entries):
             entry = self._entries[path]
             if entry.facts is None:
@@ -245,7 +271,11 @@ class RepoIndex:
                 references = reference_counts([t.name for t in symbols.tags if t.kind == "ref"])
                 bare = tuple(sorted({t.name for t in symbols.tags if t.kind == "ref" and t.subkind not in MEMBER_KINDS}))
                 entry.facts = FileFacts(path, entry.language, imports, definitions, references, bare)
+                changed = changed or self._facts_seen.get(path) != entry.facts
             facts[path] = entry.facts
+        if changed:
+            self._graph_version += 1
+        self._facts_seen = facts
         return facts
 
     def _go_modules(self) -> dict[str, str]:

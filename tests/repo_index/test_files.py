@@ -157,17 +157,17 @@ def test_special_files_are_skipped(tmp_path: Path, tokenizer) -> None:
 
 
 def test_a_grammar_failure_keeps_the_file_unparsed_and_warns(tmp_path: Path, tokenizer, monkeypatch) -> None:
-    import repo_index.index as index_module
+    import repo_index.parse as parse_module
 
     root = make_repo(tmp_path / "repo", {"good.py": SOURCE, "bad.py": SOURCE})
-    real_parse = index_module.parse_source
+    real_parse = parse_module.parse_source
 
     def parse_source(path: str, language: str, data: bytes):
         if path == "bad.py":
             raise ParseError("bad.py: tree-sitter failed: simulated")
         return real_parse(path, language, data)
 
-    monkeypatch.setattr(index_module, "parse_source", parse_source)
+    monkeypatch.setattr(parse_module, "parse_source", parse_source)
     plan = RepoIndex(root, tokenizer=tokenizer, config=IndexConfig(use_cache=False)).plan()
     assert set(_paths(plan)) == {"bad.py", "good.py"}
     assert plan.warnings == ["bad.py: tree-sitter failed: simulated"]

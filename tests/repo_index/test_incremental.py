@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import repo_index.index as index_module
+import repo_index.parse as parse_module
 from repo_index import IndexConfig, RepoIndex
 from repo_index.cache import CACHE_DIR, CACHE_VERSION
 
@@ -14,13 +14,13 @@ from repo_index.cache import CACHE_DIR, CACHE_VERSION
 @pytest.fixture
 def parse_calls(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real_parse = index_module.parse_source
+    real_parse = parse_module.parse_source
 
     def counting(path: str, language: str, data: bytes):
         calls.append(path)
         return real_parse(path, language, data)
 
-    monkeypatch.setattr(index_module, "parse_source", counting)
+    monkeypatch.setattr(parse_module, "parse_source", counting)
     return calls
 
 

@@ -153,13 +153,22 @@ def parse_many(jobs: list[tuple[str, str, bytes]], progress: Callable[[int], Non
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # forkserver: no fork of a process whose tokenizer threads are running.
+    # forkserver: never fork a process whose tokenizer, watcher or UI threads are running.
     context = multiprocessing.get_context("forkserver")
+    chunksize = max(1, min(64, len(jobs) // (workers * 8)))
     results = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for result in pool.map(_parse_job, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
-            results.append(result)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for result in pool.map(_parse_job, jobs, chunksize=chunksize):
+                results.append(result)
+                if progress:
+                    progress(len(results))
+    except (BrokenProcessPool, OSError):
+        # A worker could not start (e.g. a __main__ without a main guard): finish in this process.
+        for job in jobs[len(results):]:
+            results.append(_parse_job(job))
             if progress:
                 progress(len(results))
     return results

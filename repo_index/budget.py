@@ -9,7 +9,7 @@ hundreds of thousands of edges is two orders faster than building a networkx gra
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .graph import FileFacts, definers_by_name
 
@@ -95,35 +95,52 @@ def _name_multiplier(name: str, num_definers: int) -> float:
     return multiplier
 
 
-def choose_modes(
-    ranked: list[str], full_tokens: Mapping[str, int], outline_tokens: Mapping[str, int | None], budget: int
-) -> dict[str, str]:
-    """Mode per file so the total fits `budget`; `ranked` is most important first.
+def all_fit(paths: list[str], full_cost: Callable[[str], int], budget: int,
+            full_lower_bound: Callable[[str], int] = lambda _: 0) -> bool:
+    """Whether every file fits in full. True lower bounds decide a clear overflow without counting;
+    otherwise files are counted in the given order up to the first overflow."""
+    if sum(full_lower_bound(p) for p in paths) > budget:
+        return False
+    used = 0
+    for path in paths:
+        used += full_cost(path)
+        if used > budget:
+            return False
+    return True
 
-    Everything fits: all full. Otherwise every file starts as its outline (files with no outline
-    start omitted); if the outlines alone overflow, the lowest-ranked are omitted; then files are
-    upgraded to full in rank order wherever the remaining budget allows.
+
+def choose_modes(
+    ranked: list[str],
+    full_cost: Callable[[str], int],
+    outline_cost: Callable[[str], int | None],
+    budget: int,
+    full_floor: Callable[[str], int] = lambda _: 0,
+) -> dict[str, str]:
+    """Mode per file when not everything fits (see `all_fit`); `ranked` is most important first.
+
+    The highest-ranked files keep an outline for as long as the outlines fit (files with no
+    outline are omitted), then files are upgraded to full in rank order wherever the remaining
+    budget allows. Costs are asked for lazily, in rank order, and a file whose `full_floor` (a
+    cheap, plausible minimum of its full cost) exceeds the room left is passed over uncounted, so
+    a repository many times the budget is never tokenized whole. Every cost used is exact.
     """
-    if sum(full_tokens[p] for p in ranked) <= budget:
-        return {p: FULL for p in ranked}
-    modes: dict[str, str] = {}
-    cost: dict[str, int] = {}
+    modes = dict.fromkeys(ranked, OMITTED)
+    cost = dict.fromkeys(ranked, 0)
+    used = 0
     for path in ranked:
-        outline = outline_tokens.get(path)
-        if outline is not None and outline < full_tokens[path]:
-            modes[path], cost[path] = OUTLINE, outline
-        else:
-            modes[path], cost[path] = OMITTED, 0
-    used = sum(cost.values())
-    for path in reversed(ranked):
-        if used <= budget:
-            break
-        if modes[path] == OUTLINE:
-            used -= cost[path]
-            modes[path], cost[path] = OMITTED, 0
+        outline = outline_cost(path)
+        if outline is None:
+            continue
+        if used + outline > budget:
+            break  # this one and every lower-ranked outline stay omitted
+        modes[path], cost[path] = OUTLINE, outline
+        used += outline
     for path in ranked:
-        extra = full_tokens[path] - cost[path]
-        if used + extra <= budget:
-            used += extra
-            modes[path], cost[path] = FULL, full_tokens[path]
+        remaining = budget - used + cost[path]
+        if full_floor(path) > remaining:
+            continue
+        full = full_cost(path)
+        if full <= remaining and full > cost[path]:
+            used += full - cost[path]
+            modes[path], cost[path] = FULL, full
     return modes

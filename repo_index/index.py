@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .budget import FULL, OMITTED, OUTLINE, choose_modes, rank_files
+from .budget import FULL, OMITTED, OUTLINE, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
                     path_skip_reason, stat_candidate)
@@ -28,6 +28,10 @@ from .plan import ContextPlan, Segment, markdown_outline, render_full, render_ou
 from .resolve import PathTable, resolve_imports
 
 DEFAULT_BUDGET = 1_000_000
+# Source code runs 2.5-4.5 bytes per token under code tokenizers; twice the densest is a safe floor
+# for deciding that a file is not worth counting because it cannot fit in what is left.
+PLAUSIBLE_BYTES_PER_TOKEN = 8
+TOKENIZE_BATCH = 128  # files per tokenizer call when counting lazily
 MEMBER_KINDS = frozenset({"member", "method", "field"})  # reference kinds of `x.name` uses
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -58,6 +62,7 @@ class FileEntry:
     text: str
     tracked: bool
     mtime_ns: int
+    num_bytes: int
     symbols: FileSymbols | None  # None: included unparsed
     facts: FileFacts | None = field(default=None)  # derived; reset when the file list changes
 
@@ -86,6 +91,7 @@ class RepoIndex:
         self._loaded = False
         self._table: PathTable | None = None
         self._tokens: dict[str, tuple[int, ...]] = {}
+        self._texts: dict[str, str] = {}  # rendered segments, by the same key as their tokens
         self._history: dict[str, int] = {}
         # The order and the ranks depend only on the files' facts and history; most edits change
         # neither (a body edit keeps every name), so they are kept until a version moves.
@@ -93,6 +99,7 @@ class RepoIndex:
         self._graph_version = 0
         self._order_memo: tuple[int, list[str]] | None = None
         self._rank_memo: tuple[int, dict[str, float]] | None = None
+        self._position_memo: tuple[list[str], dict[str, int]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -109,7 +116,8 @@ class RepoIndex:
         self._loaded = True
 
     def update(self, paths: Iterable[str | os.PathLike]) -> None:
-        """Re-read just `paths` (changed, added or deleted); everything else stays as it was."""
+        """Re-read just `paths` (changed, added or deleted; absolute, or relative to the root);
+        everything else stays as it was. Paths outside the root are ignored."""
         if not self._loaded:
             self.refresh()
             return
@@ -130,8 +138,8 @@ class RepoIndex:
                 candidates.append(Candidate(rel, tracked, info.st_mtime_ns, info.st_size))
             elif reason:
                 self._skipped[rel] = Skipped(rel, reason)
-            if not had or info is None:
-                self._table = None  # the file list changed
+            if had != (info is not None):
+                self._table = None  # the file list changed: imports resolve anew
         self._ingest(candidates)
 
     def _relative(self, raw: str | os.PathLike) -> str | None:
@@ -192,9 +200,10 @@ class RepoIndex:
             fresh.append((*by_path[path], _symbols_to_json(result)))
         if fresh:
             self._cache.put_symbols(fresh)
-        for candidate, language, sha, _, text in pending:
+        for candidate, language, sha, data, text in pending:
             self._entries[candidate.path] = FileEntry(candidate.path, language, sha, text, candidate.tracked,
-                                                      candidate.mtime_ns, symbols_of.get(candidate.path))
+                                                      candidate.mtime_ns, len(data),
+                                                      symbols_of.get(candidate.path))
 
     def _load_history(self) -> dict[str, int]:
         head = head_commit(self.root)
@@ -222,22 +231,29 @@ class RepoIndex:
             self.refresh()
         facts = self._facts()
         order = self._order(facts)
-        full_ids = self._segment_ids(order, FULL)
-        modes = {p: FULL for p in order}
-        if sum(len(full_ids[p]) for p in order) > budget:
+        if all_fit(order, lambda p: len(self._ids(p, FULL, order)), budget, self._full_lower_bound):
+            modes = dict.fromkeys(order, FULL)
+        else:
             if self._rank_memo is None or self._rank_memo[0] != self._graph_version:
                 self._rank_memo = (self._graph_version, rank_files(facts))
             ranks = self._rank_memo[1]
             ranked = sorted(order, key=lambda p: (-ranks.get(p, 0.0), p))
-            outline_ids = self._segment_ids([p for p in order if self._outline_ranges(p)], OUTLINE)
-            modes = choose_modes(ranked, {p: len(full_ids[p]) for p in order},
-                                 {p: len(ids) for p, ids in outline_ids.items()}, budget)
+            with_outline = [p for p in ranked if self._outline_ranges(p)]
+            modes = choose_modes(
+                ranked,
+                lambda p: len(self._ids(p, FULL, [p])),  # no read-ahead: most full files are never asked for
+                lambda p: len(self._ids(p, OUTLINE, with_outline)) if self._outline_ranges(p) else None,
+                budget,
+                self._full_floor,
+            )
         segments = []
         for path in order:
             entry, mode = self._entries[path], modes[path]
-            ids = () if mode == OMITTED else self._tokens[self._token_key(path, mode)]
+            ids = () if mode == OMITTED else self._ids(path, mode, [path])
             text = "" if mode == OMITTED else self._render(path, mode)
-            segments.append(Segment(path, entry.language, mode, entry.sha256, text, ids, len(full_ids[path])))
+            full = self._tokens.get(self._token_key(path, FULL))
+            segments.append(Segment(path, entry.language, mode, entry.sha256, text, ids,
+                                    None if full is None else len(full)))
         skipped = [self._skipped[p] for p in sorted(self._skipped)]
         return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
                            time.perf_counter() - started, list(self.warnings))
@@ -295,30 +311,57 @@ class RepoIndex:
         return markdown_outline(entry.text) if entry.language == "markdown" else ()
 
     def _render(self, path: str, mode: str) -> str:
-        entry = self._entries[path]
-        if mode == OUTLINE:
-            return render_outline(path, entry.text, self._outline_ranges(path))
-        return render_full(path, entry.text)
+        key = self._token_key(path, mode)
+        text = self._texts.get(key)
+        if text is None:
+            entry = self._entries[path]
+            if mode == OUTLINE:
+                text = render_outline(path, entry.text, self._outline_ranges(path))
+            else:
+                text = render_full(path, entry.text)
+            self._texts[key] = text
+        return text
 
     def _token_key(self, path: str, mode: str) -> str:
         return f"{self.tokenizer.fingerprint}:{mode}:{self._entries[path].sha256}:{path}"
 
-    def _segment_ids(self, paths: list[str], mode: str) -> dict[str, tuple[int, ...]]:
-        """Token ids of each path's segment in `mode`: from memory, then disk, then the tokenizer."""
-        keys = {p: self._token_key(p, mode) for p in paths}
-        missing = [k for k in keys.values() if k not in self._tokens]
-        if missing:
-            for key, ids in self._cache.tokens(missing).items():
-                self._tokens[key] = tuple(ids)
-        todo = [p for p in paths if keys[p] not in self._tokens]
+    def _full_lower_bound(self, path: str) -> int:
+        """Fewest tokens the full segment can have: no token covers more bytes than the longest."""
+        max_bytes = getattr(self.tokenizer, "max_token_bytes", 0)
+        return self._entries[path].num_bytes // max_bytes if max_bytes else 0
+
+    def _full_floor(self, path: str) -> int:
+        """A plausible minimum of the full cost, for skipping files that cannot fit (budget.choose_modes)."""
+        return max(self._full_lower_bound(path), self._entries[path].num_bytes // PLAUSIBLE_BYTES_PER_TOKEN)
+
+    def _ids(self, path: str, mode: str, sequence: list[str]) -> tuple[int, ...]:
+        """Token ids of `path`'s segment in `mode`. On a miss, the next files of `sequence` (the order
+        they will be asked for in) are counted with it, one batch for the tokenizer's threads."""
+        key = self._token_key(path, mode)
+        ids = self._tokens.get(key)
+        if ids is not None:
+            return ids
+        start = self._positions(sequence).get(path, 0)
+        window = [p for p in sequence[start : start + TOKENIZE_BATCH] if self._token_key(p, mode) not in self._tokens]
+        if path not in window:
+            window.insert(0, path)
+        keys = {p: self._token_key(p, mode) for p in window}
+        for stored_key, stored in self._cache.tokens(list(keys.values())).items():
+            self._tokens[stored_key] = tuple(stored)
+        todo = [p for p in window if keys[p] not in self._tokens]
         if todo:
             texts = [self._render(p, mode) for p in todo]
             encode_batch = getattr(self.tokenizer, "encode_batch", None)
             encoded = encode_batch(texts) if encode_batch else [self.tokenizer.encode(t) for t in texts]
-            for path, ids in zip(todo, encoded):
-                self._tokens[keys[path]] = tuple(ids)
-            self._cache.put_tokens((keys[p], ids) for p, ids in zip(todo, encoded))
-        return {p: self._tokens[keys[p]] for p in paths}
+            for p, token_ids in zip(todo, encoded):
+                self._tokens[keys[p]] = tuple(token_ids)
+            self._cache.put_tokens((keys[p], token_ids) for p, token_ids in zip(todo, encoded))
+        return self._tokens[key]
+
+    def _positions(self, sequence: list[str]) -> dict[str, int]:
+        if self._position_memo is None or self._position_memo[0] is not sequence:
+            self._position_memo = (sequence, {p: i for i, p in enumerate(sequence)})
+        return self._position_memo[1]
 
     def close(self) -> None:
         self._cache.close()

@@ -25,7 +25,7 @@ class Segment:
     sha256: str  # of the file's bytes
     text: str  # the rendered segment ("" when omitted)
     token_ids: tuple[int, ...]
-    full_tokens: int  # what the full segment costs, whatever the mode
+    full_tokens: int | None  # what the full segment costs, if it was counted (see budget.choose_modes)
 
     @property
     def num_tokens(self) -> int:

@@ -36,6 +36,17 @@ class PathTable:
                 if posixpath.join(parent, "__init__.py") not in self.paths:
                     roots.add(parent)
         self.python_roots = sorted(roots)
+        # Dotted module name -> file, under every source root (the first root, in sorted order, wins).
+        self.python_modules: dict[str, str] = {}
+        for root in self.python_roots:
+            prefix = root + "/" if root else ""
+            for path in sorted(self.paths):
+                if path.startswith(prefix) and path.endswith(PY_SUFFIXES):
+                    parts = path[len(prefix):].rsplit(".", 1)[0].split("/")
+                    if parts[-1] == "__init__":
+                        parts = parts[:-1]
+                    if parts and all(part.isidentifier() for part in parts):
+                        self.python_modules.setdefault(".".join(parts), path)
         self.memo: dict[tuple, list[str]] = {}  # resolutions, valid for as long as this file list
 
     def first(self, candidates: Iterable[str]) -> str | None:
@@ -75,28 +86,30 @@ def resolve_imports(
 
 def _python(path: str, item: Import, table: PathTable, _: Mapping[str, str]) -> list[str]:
     spec = item.source
+    names = [n for n in item.names if n != "*"]
     if spec.startswith("."):
         dots = len(spec) - len(spec.lstrip("."))
         base = posixpath.dirname(path)
         for _ in range(dots - 1):
             base = posixpath.dirname(base)
-        bases = [base]
-        module = spec[dots:]
+        parts = [p for p in spec[dots:].split(".") if p]
+
+        def lookup(module: list[str]) -> str | None:
+            return _python_module(table, base, module)
     else:
-        bases = [*table.python_roots, posixpath.dirname(path)]  # the last: a script's own directory
-        module = spec
-    parts = [p for p in module.split(".") if p]
-    names = [n for n in item.names if n != "*"]
-    for base in bases:
-        # `from a import b`: b may be a submodule; only when some name is not, the edge goes to `a`.
-        found = [hit for name in names if (hit := _python_module(table, base, [*parts, name]))]
-        if len(found) < len(names) or not names:
-            hit = _python_module(table, base, parts)
-            if hit:
-                found.append(hit)
-        if found:
-            return found
-    return []
+        parts = spec.split(".")
+        script_dir = posixpath.dirname(path)  # a script imports its neighbours by bare name
+
+        def lookup(module: list[str]) -> str | None:
+            return table.python_modules.get(".".join(module)) or _python_module(table, script_dir, module)
+
+    # `from a import b`: b may be a submodule; only when some name is not, the edge goes to `a`.
+    found = [hit for name in names if (hit := lookup([*parts, name]))]
+    if len(found) < len(names) or not names:
+        hit = lookup(parts)
+        if hit:
+            found.append(hit)
+    return found
 
 
 def _python_module(table: PathTable, base: str, parts: list[str]) -> str | None:

@@ -29,6 +29,7 @@ class TextTokenizer:
         self._tokenizer = tokenizer
         self.fingerprint = fingerprint  # keys token caches: same file, same counts
         self.source = source
+        self.max_token_bytes = _max_token_bytes(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         """Token ids for `text`."""
@@ -44,6 +45,18 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer(source={self.source!r}, fingerprint={self.fingerprint!r})"
+
+
+def _max_token_bytes(tokenizer: Tokenizer) -> int:
+    """The most bytes one token can stand for: text of n bytes has at least n // this many tokens.
+
+    Byte-level BPE spells each byte as one character, so a token's length is its byte count; for
+    other models the UTF-8 length of the vocabulary string is an upper bound.
+    """
+    byte_level = type(tokenizer.decoder).__name__ == "ByteLevel"
+    model = [len(t) if byte_level else len(t.encode("utf-8")) for t in tokenizer.get_vocab(with_added_tokens=False)]
+    added = [len(t.content.encode("utf-8")) for t in tokenizer.get_added_tokens_decoder().values()]
+    return max(model + added, default=0)
 
 
 def _from_bytes(data: bytes, source: str) -> TextTokenizer:

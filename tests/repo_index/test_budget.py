@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from repo_index import RepoIndex
-from repo_index.budget import choose_modes
+from repo_index.budget import all_fit, choose_modes
 from tests.conftest import make_repo
 
 
@@ -71,9 +71,59 @@ def test_choose_modes_outlines_by_rank_then_upgrades_in_rank_order() -> None:
     ranked = ["a", "b", "c", "d"]
     full = {"a": 50, "b": 40, "c": 30, "d": 20}
     outline = {"a": 10, "b": 10, "c": 10, "d": None}
-    assert choose_modes(ranked, full, outline, 1000) == {p: "full" for p in ranked}
+
+    def modes(budget: int) -> dict[str, str]:
+        assert not all_fit(ranked, full.__getitem__, budget)
+        return choose_modes(ranked, full.__getitem__, outline.__getitem__, budget)
+
+    assert all_fit(ranked, full.__getitem__, 140) and not all_fit(ranked, full.__getitem__, 139)
     # outlines cost 30; a upgrades (+40 -> 70); b (+30 -> 100) fits; c (+20) does not; d has no outline.
-    assert choose_modes(ranked, full, outline, 100) == {"a": "full", "b": "full", "c": "outline", "d": "omitted"}
-    # outlines alone (30) overflow 15: the lowest-ranked outlines go first.
-    assert choose_modes(ranked, full, outline, 15) == {"a": "outline", "b": "omitted", "c": "omitted", "d": "omitted"}
-    assert choose_modes(ranked, full, outline, 25) == {"a": "outline", "b": "outline", "c": "omitted", "d": "omitted"}
+    assert modes(100) == {"a": "full", "b": "full", "c": "outline", "d": "omitted"}
+    # outlines alone (30) overflow 15: only the highest-ranked outline is kept.
+    assert modes(15) == {"a": "outline", "b": "omitted", "c": "omitted", "d": "omitted"}
+    # 25: a and b as outlines (20); nothing else fits, not even d in full (20 > 5).
+    assert modes(25) == {"a": "outline", "b": "outline", "c": "omitted", "d": "omitted"}
+    # 50: outlines 30; a (+40) and b (+30) do not fit, c (+20) just does; then nothing is left for d.
+    assert modes(50) == {"a": "outline", "b": "outline", "c": "full", "d": "omitted"}
+
+
+def test_choose_modes_counts_lazily_and_skips_what_cannot_fit() -> None:
+    ranked = [f"f{i}" for i in range(100)]
+    counted: list[str] = []
+
+    def full_cost(path: str) -> int:
+        counted.append(path)
+        return 1000
+
+    assert not all_fit(ranked, full_cost, 2500)
+    assert counted == ["f0", "f1", "f2"]  # counting stops at the first overflow
+    counted.clear()
+    modes = choose_modes(ranked, full_cost, lambda _: 10, 2500, full_floor=lambda _: 900)
+    assert list(modes.values()).count("full") == 1
+    # after the outlines (1000 tokens) f0 is counted and upgraded; then a lower bound of 900 rules
+    # out every other upgrade without counting it.
+    assert counted == ["f0"]
+    counted.clear()
+    assert not all_fit(ranked, full_cost, 2500, full_lower_bound=lambda _: 100)  # 100 x 100 > 2500
+    assert counted == []
+
+
+def test_pagerank_matches_networkx() -> None:
+    import random
+
+    import networkx as nx
+
+    from repo_index.budget import pagerank
+
+    rng = random.Random(0)
+    weights: dict[tuple[int, int], float] = {}
+    for _ in range(300):
+        a, b = rng.randrange(50), rng.randrange(50)
+        if a != b:
+            weights[a, b] = weights.get((a, b), 0.0) + rng.random()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(50))
+    graph.add_weighted_edges_from((a, b, w) for (a, b), w in weights.items())
+    reference = nx.pagerank(graph, weight="weight", tol=1e-12)
+    ours = pagerank(50, weights)
+    assert max(abs(reference[i] - ours[i]) for i in range(50)) < 1e-8

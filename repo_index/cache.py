@@ -18,7 +18,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_DIR = ".v4"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS symbols (sha256 TEXT, language TEXT, data TEXT, PRIMARY KEY (sha256, language));

@@ -7,7 +7,7 @@ so it is deterministic for the same tree and an edit invalidates as short a tail
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -99,8 +99,3 @@ def git_stability(paths: list[str], commit_counts: Mapping[str, int], tracked: M
 def mtime_stability(mtimes: Mapping[str, float]) -> dict[str, StabilityKey]:
     """Outside git: the longest-unchanged file first."""
     return {p: (mtime,) for p, mtime in mtimes.items()}
-
-
-def reference_counts(names: list[str]) -> tuple[tuple[str, int], ...]:
-    """(name, count) pairs in name order, for `FileFacts.references`."""
-    return tuple(sorted(Counter(names).items()))

@@ -19,11 +19,10 @@ from .budget import FULL, OMITTED, OUTLINE, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
                     path_skip_reason, stat_candidate)
-from .graph import (FileFacts, context_order, dependency_edges, git_stability, mtime_stability,
-                    reference_counts)
+from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
-from .parse import FileSymbols, Import, ParseError, Tag, parse_many
+from .parse import EMPTY_SUMMARY, FileSummary, Import, ParseError, parse_many
 from .plan import ContextPlan, Segment, markdown_outline, render_full, render_outline
 from .resolve import PathTable, resolve_imports
 
@@ -32,7 +31,6 @@ DEFAULT_BUDGET = 1_000_000
 # for deciding that a file is not worth counting because it cannot fit in what is left.
 PLAUSIBLE_BYTES_PER_TOKEN = 8
 TOKENIZE_BATCH = 128  # files per tokenizer call when counting lazily
-MEMBER_KINDS = frozenset({"member", "method", "field"})  # reference kinds of `x.name` uses
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -63,7 +61,7 @@ class FileEntry:
     tracked: bool
     mtime_ns: int
     num_bytes: int
-    symbols: FileSymbols | None  # None: included unparsed
+    summary: FileSummary | None  # None: included unparsed
     facts: FileFacts | None = field(default=None)  # derived; reset when the file list changes
 
 
@@ -128,6 +126,10 @@ class RepoIndex:
                 continue
             old = self._entries.pop(rel, None)
             had = old is not None
+            if old is not None:  # a long watch session must not keep every version of a file
+                for mode in (FULL, OUTLINE):
+                    self._tokens.pop(self._token_key(rel, mode, old.sha256), None)
+                    self._texts.pop(self._token_key(rel, mode, old.sha256), None)
             self._skipped.pop(rel, None)
             reason = path_skip_reason(rel, self.config.discovery)
             info = None
@@ -173,16 +175,16 @@ class RepoIndex:
             pending.append((candidate, language, hashlib.sha256(data).hexdigest(), data, text))
         wanted = [(sha, language) for _, language, sha, _, _ in pending if is_parsed(language)]
         cached = self._cache.symbols(wanted) if wanted else {}
-        symbols_of: dict[str, FileSymbols] = {}
+        summaries: dict[str, FileSummary] = {}
         jobs: list[tuple[str, str, bytes]] = []
         for candidate, language, sha, data, _ in pending:
             if is_parsed(language):
                 stored = cached.get((sha, language))
-                symbols = _symbols_from_json(candidate.path, stored) if stored is not None else None
-                if symbols is None:
+                summary = _summary_from_json(stored) if stored is not None else None
+                if summary is None:
                     jobs.append((candidate.path, language, data))
                 else:
-                    symbols_of[candidate.path] = symbols
+                    summaries[candidate.path] = summary
         reused = len(pending) - len(jobs)
 
         def report(done: int) -> None:
@@ -194,16 +196,16 @@ class RepoIndex:
         for (path, _, _), result in zip(jobs, parse_many(jobs, report)):
             if isinstance(result, ParseError):  # not cached: the next run tries again
                 self.warnings.append(str(result))
-                symbols_of[path] = FileSymbols((), (), (), error=str(result))
+                summaries[path] = FileSummary((), (), (), (), (), error=str(result))
                 continue
-            symbols_of[path] = result
-            fresh.append((*by_path[path], _symbols_to_json(result)))
+            summaries[path] = result
+            fresh.append((*by_path[path], _summary_to_json(result)))
         if fresh:
             self._cache.put_symbols(fresh)
         for candidate, language, sha, data, text in pending:
             self._entries[candidate.path] = FileEntry(candidate.path, language, sha, text, candidate.tracked,
                                                       candidate.mtime_ns, len(data),
-                                                      symbols_of.get(candidate.path))
+                                                      summaries.get(candidate.path))
 
     def _load_history(self) -> dict[str, int]:
         head = head_commit(self.root)
@@ -281,12 +283,10 @@ class RepoIndex:
         for path in sorted(self._entries):
             entry = self._entries[path]
             if entry.facts is None:
-                symbols = entry.symbols or FileSymbols((), (), ())
-                imports = resolve_imports(path, entry.language, symbols.imports, self._table, go_modules)
-                definitions = tuple(sorted({(t.name, t.subkind) for t in symbols.tags if t.kind == "def"}))
-                references = reference_counts([t.name for t in symbols.tags if t.kind == "ref"])
-                bare = tuple(sorted({t.name for t in symbols.tags if t.kind == "ref" and t.subkind not in MEMBER_KINDS}))
-                entry.facts = FileFacts(path, entry.language, imports, definitions, references, bare)
+                summary = entry.summary or EMPTY_SUMMARY
+                imports = resolve_imports(path, entry.language, summary.imports, self._table, go_modules)
+                entry.facts = FileFacts(path, entry.language, imports, summary.definitions, summary.references,
+                                        summary.bare_references)
                 changed = changed or self._facts_seen.get(path) != entry.facts
             facts[path] = entry.facts
         if changed:
@@ -306,8 +306,8 @@ class RepoIndex:
 
     def _outline_ranges(self, path: str) -> tuple[tuple[int, int], ...]:
         entry = self._entries[path]
-        if entry.symbols is not None:
-            return entry.symbols.outline
+        if entry.summary is not None:
+            return entry.summary.outline
         return markdown_outline(entry.text) if entry.language == "markdown" else ()
 
     def _render(self, path: str, mode: str) -> str:
@@ -322,8 +322,9 @@ class RepoIndex:
             self._texts[key] = text
         return text
 
-    def _token_key(self, path: str, mode: str) -> str:
-        return f"{self.tokenizer.fingerprint}:{mode}:{self._entries[path].sha256}:{path}"
+    def _token_key(self, path: str, mode: str, sha256: str | None = None) -> str:
+        sha256 = sha256 or self._entries[path].sha256
+        return f"{self.tokenizer.fingerprint}:{mode}:{sha256}:{path}"
 
     def _full_lower_bound(self, path: str) -> int:
         """Fewest tokens the full segment can have: no token covers more bytes than the longest."""
@@ -367,23 +368,27 @@ class RepoIndex:
         self._cache.close()
 
 
-def _symbols_to_json(symbols: FileSymbols) -> dict:
+def _summary_to_json(summary: FileSummary) -> dict:
     return {
-        "tags": [[t.line, t.name, t.kind, t.subkind] for t in symbols.tags],
-        "imports": [[i.source, list(i.names), i.line, i.kind] for i in symbols.imports],
-        "outline": [list(r) for r in symbols.outline],
-        "error": symbols.error,
+        "definitions": [list(d) for d in summary.definitions],
+        "references": [list(r) for r in summary.references],
+        "bare": list(summary.bare_references),
+        "imports": [[i.source, list(i.names), i.line, i.kind] for i in summary.imports],
+        "outline": [list(r) for r in summary.outline],
+        "error": summary.error,
     }
 
 
-def _symbols_from_json(path: str, data: object) -> FileSymbols | None:
-    """A cached parse, or None when the row is not what this version wrote (then it is re-parsed)."""
+def _summary_from_json(data: object) -> FileSummary | None:
+    """A cached summary, or None when the row is not what this version wrote (then it is re-parsed)."""
     try:
-        tags = tuple(Tag(path, int(line), str(name), str(kind), str(sub)) for line, name, kind, sub in data["tags"])
+        definitions = tuple((str(name), str(kind)) for name, kind in data["definitions"])
+        references = tuple((str(name), int(count)) for name, count in data["references"])
+        bare = tuple(str(name) for name in data["bare"])
         imports = tuple(Import(str(src), tuple(map(str, names)), int(line), str(kind))
                         for src, names, line, kind in data["imports"])
         outline = tuple((int(a), int(b)) for a, b in data["outline"])
         error = data["error"]
-        return FileSymbols(tags, imports, outline, None if error is None else str(error))
+        return FileSummary(definitions, references, bare, imports, outline, None if error is None else str(error))
     except (KeyError, TypeError, ValueError):
         return None

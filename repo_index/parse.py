@@ -54,6 +54,42 @@ class FileSymbols:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FileSummary:
+    """What ordering, ranking and outlines need of a parse: names, not every tag with its line.
+
+    This, not the tag list, crosses process boundaries and goes into the cache: a large file has
+    tens of thousands of tags but a few hundred distinct names.
+    """
+
+    definitions: tuple[tuple[str, str], ...]  # (name, kind), sorted
+    references: tuple[tuple[str, int], ...]  # (name, count), sorted
+    bare_references: tuple[str, ...]  # names used other than as a member (`x.name`), sorted
+    imports: tuple[Import, ...]
+    outline: tuple[tuple[int, int], ...]
+    error: str | None = None
+
+
+EMPTY_SUMMARY = FileSummary((), (), (), (), ())
+MEMBER_REFERENCE_KINDS = frozenset({"member", "method", "field"})
+
+
+def summarize(symbols: FileSymbols) -> FileSummary:
+    """Reduce a parse to its distinct names (see FileSummary)."""
+    counts: dict[str, int] = {}
+    bare: set[str] = set()
+    definitions: set[tuple[str, str]] = set()
+    for tag in symbols.tags:
+        if tag.kind == "def":
+            definitions.add((tag.name, tag.subkind))
+        else:
+            counts[tag.name] = counts.get(tag.name, 0) + 1
+            if tag.subkind not in MEMBER_REFERENCE_KINDS:
+                bare.add(tag.name)
+    return FileSummary(tuple(sorted(definitions)), tuple(sorted(counts.items())), tuple(sorted(bare)),
+                       symbols.imports, symbols.outline, symbols.error)
+
+
 class ParseError(Exception):
     """A grammar failed on a file; the file is still included, unparsed."""
 
@@ -137,8 +173,8 @@ MIN_FILES_PER_WORKER = 200
 
 
 def parse_many(jobs: list[tuple[str, str, bytes]], progress: Callable[[int], None] | None = None
-               ) -> list[FileSymbols | ParseError]:
-    """`parse_source` over many (path, language, source) jobs, across processes when it pays.
+               ) -> list[FileSummary | ParseError]:
+    """`parse_source` + `summarize` over (path, language, source) jobs, across processes when it pays.
 
     tree-sitter holds the GIL while it parses, so threads would not help; processes do. Results
     come back in job order; a failure comes back as its ParseError instead of raising.
@@ -157,25 +193,30 @@ def parse_many(jobs: list[tuple[str, str, bytes]], progress: Callable[[int], Non
 
     # forkserver: never fork a process whose tokenizer, watcher or UI threads are running.
     context = multiprocessing.get_context("forkserver")
-    chunksize = max(1, min(64, len(jobs) // (workers * 8)))
-    results = []
+    # Largest files first, in small chunks, so no worker is left with the big ones at the end.
+    by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][2]))
+    results: list[FileSummary | ParseError | None] = [None] * len(jobs)
+    done = 0
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for result in pool.map(_parse_job, jobs, chunksize=chunksize):
-                results.append(result)
+            for i, result in zip(by_size, pool.map(_parse_job, [jobs[i] for i in by_size], chunksize=4)):
+                results[i] = result
+                done += 1
                 if progress:
-                    progress(len(results))
+                    progress(done)
     except (BrokenProcessPool, OSError):
         # A worker could not start (e.g. a __main__ without a main guard): finish in this process.
-        for job in jobs[len(results):]:
-            results.append(_parse_job(job))
-            if progress:
-                progress(len(results))
-    return results
+        for i in by_size:
+            if results[i] is None:
+                results[i] = _parse_job(jobs[i])
+                done += 1
+                if progress:
+                    progress(done)
+    return results  # type: ignore[return-value]
 
 
-def _parse_job(job: tuple[str, str, bytes]) -> FileSymbols | ParseError:
+def _parse_job(job: tuple[str, str, bytes]) -> FileSummary | ParseError:
     try:
-        return parse_source(*job)
+        return summarize(parse_source(*job))
     except ParseError as exc:
         return exc

@@ -47,6 +47,10 @@ class PathTable:
                         parts = parts[:-1]
                     if parts and all(part.isidentifier() for part in parts):
                         self.python_modules.setdefault(".".join(parts), path)
+        # Every directory and every Python file without its suffix: a module path whose first part
+        # is neither cannot resolve, which settles most standard-library imports at once.
+        self.python_prefixes = {posixpath.dirname(p) for p in self.paths} | {
+            p.rsplit(".", 1)[0] for p in self.paths if p.endswith(PY_SUFFIXES)}
         self.memo: dict[tuple, list[str]] = {}  # resolutions, valid for as long as this file list
 
     def first(self, candidates: Iterable[str]) -> str | None:
@@ -113,6 +117,8 @@ def _python(path: str, item: Import, table: PathTable, _: Mapping[str, str]) -> 
 
 
 def _python_module(table: PathTable, base: str, parts: list[str]) -> str | None:
+    if parts and posixpath.join(base, parts[0]) not in table.python_prefixes:
+        return None
     stem = posixpath.join(base, *parts) if parts else base
     candidates = [stem + s for s in PY_SUFFIXES] + [posixpath.join(stem, "__init__" + s) for s in PY_SUFFIXES]
     return table.first(c for c in candidates if c and not c.startswith("../"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -188,6 +189,39 @@ def _stat(root: Path, real_root: Path, rel: str, config: DiscoveryConfig) -> tup
     if info.st_size > config.max_file_bytes:
         return f"too large ({info.st_size:,} bytes > {config.max_file_bytes:,})", None
     return None, info
+
+
+def ignored_paths(root: Path, rels: list[str], is_git: bool) -> set[str]:
+    """The paths among `rels` that git (or, outside git, the .gitignore files) ignores."""
+    if is_git:
+        done = subprocess.run(["git", "-C", str(root), "check-ignore", "-z", "--stdin"], input="\0".join(rels),
+                              capture_output=True, text=True, encoding="utf-8", errors="replace")
+        return {p for p in done.stdout.split("\0") if p} if done.returncode in (0, 1) else set()
+    return {rel for rel in rels if _ignored_outside_git(root, rel)}
+
+
+def _ignored_outside_git(root: Path, rel: str) -> bool:
+    parts = rel.split("/")
+    if any(part in ALWAYS_IGNORED_DIRS for part in parts[:-1]):
+        return True
+    verdict = False
+    for depth in range(len(parts)):  # .gitignore files from the root down; deeper ones win
+        prefix = "/".join(parts[:depth])
+        ignore_file = root / prefix / ".gitignore"
+        if not ignore_file.is_file() or ignore_file.is_symlink():
+            continue
+        try:
+            spec = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text("utf-8", "replace").splitlines())
+        except OSError:
+            continue
+        for end in range(depth + 1, len(parts) + 1):  # a directory on the way, then the file
+            sub = "/".join(parts[depth:end]) + ("/" if end < len(parts) else "")
+            result = spec.check_file(sub)
+            if result.include is not None:
+                verdict = result.include
+                if verdict and end < len(parts):
+                    return True  # an ignored directory hides everything under it
+    return verdict
 
 
 def _git_listing(root: Path) -> list[tuple[str, bool]] | None:

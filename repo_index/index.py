@@ -18,7 +18,7 @@ from typing import Protocol
 from .budget import FULL, OMITTED, OUTLINE, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
-                    path_skip_reason, stat_candidate)
+                    ignored_paths, path_skip_reason, stat_candidate)
 from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
@@ -119,11 +119,11 @@ class RepoIndex:
         if not self._loaded:
             self.refresh()
             return
+        wanted = self._expand(paths)
+        new = [rel for rel in wanted if rel not in self._entries]
+        ignored = ignored_paths(self.root, new, self._is_git) if new else set()
         candidates = []
-        for raw in paths:
-            rel = self._relative(raw)
-            if rel is None:
-                continue
+        for rel in sorted(wanted):
             old = self._entries.pop(rel, None)
             had = old is not None
             if old is not None:  # a long watch session must not keep every version of a file
@@ -131,7 +131,7 @@ class RepoIndex:
                     self._tokens.pop(self._token_key(rel, mode, old.sha256), None)
                     self._texts.pop(self._token_key(rel, mode, old.sha256), None)
             self._skipped.pop(rel, None)
-            reason = path_skip_reason(rel, self.config.discovery)
+            reason = "" if rel in ignored else path_skip_reason(rel, self.config.discovery)
             info = None
             if reason is None:
                 reason, info = stat_candidate(self.root, rel, self.config.discovery)
@@ -143,6 +143,29 @@ class RepoIndex:
             if had != (info is not None):
                 self._table = None  # the file list changed: imports resolve anew
         self._ingest(candidates)
+
+    def _expand(self, paths: Iterable[str | os.PathLike]) -> set[str]:
+        """The files behind `paths`: a directory stands for the files under it, whether it was
+        just moved in (listed the way `refresh` lists) or just deleted (what we held under it)."""
+        files: set[str] = set()
+        listing = None
+        for raw in paths:
+            rel = self._relative(raw)
+            if rel is None:
+                continue
+            full = self.root / rel
+            if full.is_dir() and not full.is_symlink():
+                listing = listing or discover(self.root, self.config.discovery)
+                prefix = rel + "/"
+                files.update(c.path for c in listing.candidates if c.path.startswith(prefix))
+                files.update(s.path for s in listing.skipped if s.path.startswith(prefix))
+            elif not full.exists() and not full.is_symlink() and rel not in self._entries:
+                prefix = rel + "/"
+                files.update(p for p in [*self._entries, *self._skipped] if p.startswith(prefix))
+                files.add(rel)
+            else:
+                files.add(rel)
+        return files
 
     def _relative(self, raw: str | os.PathLike) -> str | None:
         path = Path(raw)

@@ -102,3 +102,47 @@ def test_damaged_cache_rows_are_reparsed(order_repo: Path, tokenizer, parse_call
     assert len(parse_calls) == sum(1 for s in plan.segments if s.language in ("python", "c", "cpp", "go", "java", "rust", "typescript", "tsx"))
     store = next(s for s in plan.segments if s.path == "py/app/store.py")
     assert list(store.token_ids) == tokenizer.encode(store.text)
+
+
+def test_update_honours_gitignore_for_new_files(tmp_path: Path, tokenizer) -> None:
+    from tests.conftest import make_repo
+
+    root = make_repo(tmp_path / "repo", {"main.py": "X = 1\n", ".gitignore": "build/\n*.log\n"})
+    index = RepoIndex(root, tokenizer=tokenizer)
+    index.plan()
+    (root / "build").mkdir()
+    (root / "build" / "out.py").write_text("Y = 1\n")
+    (root / "debug.log").write_text("log\n")
+    (root / "new.py").write_text("Z = 1\n")
+    index.update([root / "build" / "out.py", root / "debug.log", root / "new.py"])
+    assert [s.path for s in index.plan().segments] == [".gitignore", "main.py", "new.py"]
+
+
+def test_update_outside_git_honours_nested_gitignore(tmp_path: Path, tokenizer) -> None:
+    root = tmp_path / "plain"
+    (root / "sub").mkdir(parents=True)
+    (root / ".gitignore").write_text("*.log\n")
+    (root / "sub" / ".gitignore").write_text("tmp_*\n!tmp_keep.py\n")
+    (root / "main.py").write_text("X = 1\n")
+    index = RepoIndex(root, tokenizer=tokenizer)
+    index.plan()
+    for name in ("a.log", "tmp_x.py", "tmp_keep.py", "real.py"):
+        (root / "sub" / name).write_text("Y = 1\n")
+    index.update([root / "sub" / n for n in ("a.log", "tmp_x.py", "tmp_keep.py", "real.py")])
+    assert {s.path for s in index.plan().segments} == {".gitignore", "main.py", "sub/.gitignore",
+                                                         "sub/real.py", "sub/tmp_keep.py"}
+
+
+def test_update_of_a_directory_adds_or_removes_the_files_under_it(order_repo: Path, tokenizer) -> None:
+    import shutil
+
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    index.plan()
+    shutil.rmtree(order_repo / "java")
+    index.update([order_repo / "java"])
+    paths = [s.path for s in index.plan().segments]
+    assert not any(p.startswith("java/") for p in paths)
+    (order_repo / "lib" / "pkg").mkdir(parents=True)
+    (order_repo / "lib" / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    index.update([order_repo / "lib"])
+    assert "lib/pkg/mod.py" in [s.path for s in index.plan().segments]

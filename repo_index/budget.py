@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-from .graph import FileFacts, definers_by_name
+from .graph import FileFacts, family
 
 IMPORT_EDGE_WEIGHT = 1.0
 LONG_NAME_MIN_LEN = 8
@@ -29,57 +29,74 @@ FULL, OUTLINE, OMITTED = "full", "outline", "omitted"
 
 
 def rank_files(files: Mapping[str, FileFacts]) -> dict[str, float]:
-    """PageRank of each file over weighted reference -> definition and import edges."""
-    paths = sorted(files)
-    position = {path: i for i, path in enumerate(paths)}
-    definers = definers_by_name(files)
-    owners_of = {name: sorted({p for p, _ in pairs}) for name, pairs in definers.items()
-                 if len(pairs) <= MAX_RANK_DEFINERS}
-    weights: dict[tuple[int, int], float] = {}
-    for path in paths:
-        source = position[path]
-        facts = files[path]
-        for target in facts.imports:
-            if target in position and target != path:
-                key = (source, position[target])
-                weights[key] = weights.get(key, 0.0) + IMPORT_EDGE_WEIGHT
-        for name, count in facts.references:
-            owners = owners_of.get(name)
-            if not owners:
-                continue
-            weight = _name_multiplier(name, len(owners)) * math.sqrt(count) / len(owners)
-            for owner in owners:
-                if owner != path:
-                    key = (source, position[owner])
-                    weights[key] = weights.get(key, 0.0) + weight
-    ranks = pagerank(len(paths), weights)
-    return {path: ranks[i] for i, path in enumerate(paths)}
+    """PageRank of each file over weighted reference -> definition and import edges.
 
-
-def pagerank(num_nodes: int, weights: Mapping[tuple[int, int], float], tolerance: float = 1e-10) -> list[float]:
-    """PageRank by power iteration on a scipy sparse matrix; dangling nodes spread uniformly."""
+    Edge weight A -> B: for each name A uses and B defines (same language family, at most
+    MAX_RANK_DEFINERS definers), multiplier(name) * sqrt(uses in A) / number of definers; plus
+    IMPORT_EDGE_WEIGHT per resolved import. Built as sparse products: refs (files x names) times
+    defs (names x files).
+    """
     import numpy as np
     from scipy import sparse
 
+    paths = sorted(files)
+    position = {path: i for i, path in enumerate(paths)}
+    key_ids: dict[tuple[str, str], int] = {}
+    ref_rows, ref_cols, ref_vals, def_rows, def_cols, imp_rows, imp_cols = [], [], [], [], [], [], []
+    for row, path in enumerate(paths):
+        facts = files[path]
+        group = family(facts.language)
+        for name in {name for name, _ in facts.definitions}:
+            def_rows.append(row)
+            def_cols.append(key_ids.setdefault((group, name), len(key_ids)))
+        for name, count in facts.references:
+            ref_rows.append(row)
+            ref_cols.append(key_ids.setdefault((group, name), len(key_ids)))
+            ref_vals.append(count)
+        for target in facts.imports:
+            if target in position and target != path:
+                imp_rows.append(row)
+                imp_cols.append(position[target])
+    num_files, num_keys = len(paths), len(key_ids)
+    defs = sparse.csr_array((np.ones(len(def_rows)), (def_rows, def_cols)), shape=(num_files, num_keys))
+    refs = sparse.csr_array((np.sqrt(np.asarray(ref_vals, dtype=np.float64)), (ref_rows, ref_cols)),
+                            shape=(num_files, num_keys))
+    num_definers = np.asarray(defs.sum(axis=0)).ravel()
+    names = [name for (_, name) in key_ids]
+    multiplier = np.fromiter((_name_multiplier(n, int(d)) for n, d in zip(names, num_definers)),
+                             dtype=np.float64, count=num_keys)
+    usable = (num_definers > 0) & (num_definers <= MAX_RANK_DEFINERS)
+    scale = np.divide(multiplier, num_definers, out=np.zeros(num_keys), where=usable)
+    weights = (refs @ sparse.diags_array(scale) @ defs.T).tocsr()
+    weights.setdiag(0)  # a file's use of its own names is no edge
+    weights = weights + sparse.csr_array((np.full(len(imp_rows), IMPORT_EDGE_WEIGHT), (imp_rows, imp_cols)),
+                                         shape=(num_files, num_files))
+    weights.eliminate_zeros()
+    ranks = pagerank(weights)
+    return {path: ranks[i] for i, path in enumerate(paths)}
+
+
+def pagerank(weights: "sparse.csr_array", tolerance: float = 1e-10) -> list[float]:
+    """PageRank by power iteration over a square weight matrix (row -> column); dangling rows spread
+    uniformly, as networkx does."""
+    import numpy as np
+    from scipy import sparse
+
+    num_nodes = weights.shape[0]
     if num_nodes == 0:
         return []
-    if not weights:
-        return [1.0 / num_nodes] * num_nodes
-    rows, cols = np.array(list(weights), dtype=np.int64).T
-    values = np.fromiter(weights.values(), dtype=np.float64, count=len(weights))
-    matrix = sparse.csr_array((values, (rows, cols)), shape=(num_nodes, num_nodes))
-    out_weight = np.asarray(matrix.sum(axis=1)).ravel()
+    out_weight = np.asarray(weights.sum(axis=1)).ravel()
     dangling = out_weight == 0
     scale = np.divide(1.0, out_weight, out=np.zeros_like(out_weight), where=~dangling)
-    transition = sparse.diags_array(scale) @ matrix  # row-stochastic except dangling rows
+    transition = (sparse.diags_array(scale) @ weights).T.tocsr()
     rank = np.full(num_nodes, 1.0 / num_nodes)
     for _ in range(MAX_PAGERANK_ITERATIONS):
         spread = DAMPING * rank[dangling].sum() / num_nodes + (1.0 - DAMPING) / num_nodes
-        updated = DAMPING * (transition.T @ rank) + spread
-        if np.abs(updated - rank).sum() < num_nodes * tolerance:
-            rank = updated
-            break
+        updated = DAMPING * (transition @ rank) + spread
+        converged = np.abs(updated - rank).sum() < num_nodes * tolerance
         rank = updated
+        if converged:
+            break
     return rank.tolist()
 
 

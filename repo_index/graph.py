@@ -21,6 +21,8 @@ import networkx as nx
 # (same-package files), C/C++ (declared in one file, defined in another), Java (same package) and
 # Rust need them. All languages' references feed the ranking (budget.py).
 IMPORT_COMPLETE_LANGUAGES = frozenset({"python", "javascript", "typescript", "tsx"})
+# Names link files of one language family only: a Go call to `Add` says nothing of a Python `Add`.
+LANGUAGE_FAMILY = {"c": "c", "cpp": "c", "javascript": "js", "typescript": "js", "tsx": "js"}
 MAX_DEFINERS_FOR_ORDER_EDGE = 1
 MIN_ORDER_NAME_LEN = 3
 ORDER_DEFINITION_KINDS = frozenset({
@@ -42,13 +44,27 @@ class FileFacts:
     bare_references: tuple[str, ...] = ()  # names used other than as a member (`x.name`), sorted
 
 
-def definers_by_name(files: Mapping[str, FileFacts]) -> dict[str, list[tuple[str, str]]]:
-    """name -> sorted (path, kind) of every file defining it."""
-    found: dict[str, set[tuple[str, str]]] = defaultdict(set)
+def family(language: str) -> str:
+    """The language family whose files can use each other's names."""
+    return LANGUAGE_FAMILY.get(language, language)
+
+
+def definers_by_name(files: Mapping[str, FileFacts]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(family, name) -> sorted (path, kind) of every file of that family defining the name."""
+    found: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
     for facts in files.values():
+        group = family(facts.language)
         for name, kind in facts.definitions:
-            found[name].add((facts.path, kind))
-    return {name: sorted(pairs) for name, pairs in found.items()}
+            found[group, name].add((facts.path, kind))
+    return {key: sorted(pairs) for key, pairs in found.items()}
+
+
+def order_key(facts: FileFacts) -> tuple:
+    """What of a file can move the order: its imports, and in languages with reference edges its
+    definitions and bare references. An edit that keeps this keeps the order."""
+    if facts.language in IMPORT_COMPLETE_LANGUAGES:
+        return (facts.language, facts.imports)
+    return (facts.language, facts.imports, facts.definitions, facts.bare_references)
 
 
 def dependency_edges(files: Mapping[str, FileFacts]) -> dict[str, tuple[str, ...]]:
@@ -58,10 +74,11 @@ def dependency_edges(files: Mapping[str, FileFacts]) -> dict[str, tuple[str, ...
     for path, facts in files.items():
         targets = {t for t in facts.imports if t in files}
         names = () if facts.language in IMPORT_COMPLETE_LANGUAGES else facts.bare_references
+        group = family(facts.language)
         for name in names:
             if len(name) < MIN_ORDER_NAME_LEN or name.startswith("_"):
                 continue
-            owners = {p for p, kind in definers.get(name, ()) if kind in ORDER_DEFINITION_KINDS}
+            owners = {p for p, kind in definers.get((group, name), ()) if kind in ORDER_DEFINITION_KINDS}
             if 0 < len(owners) <= MAX_DEFINERS_FOR_ORDER_EDGE and path not in owners:
                 targets.update(owners)
         targets.discard(path)

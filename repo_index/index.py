@@ -19,7 +19,7 @@ from .budget import FULL, OMITTED, OUTLINE, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
                     ignored_paths, path_skip_reason, stat_candidate)
-from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability
+from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability, order_key
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
 from .parse import EMPTY_SUMMARY, FileSummary, Import, ParseError, parse_many
@@ -94,7 +94,8 @@ class RepoIndex:
         # The order and the ranks depend only on the files' facts and history; most edits change
         # neither (a body edit keeps every name), so they are kept until a version moves.
         self._facts_seen: dict[str, FileFacts] = {}
-        self._graph_version = 0
+        self._graph_version = 0  # moves when any file's facts change: the ranks are stale
+        self._order_version = 0  # moves when any file's order key changes: the order is stale
         self._order_memo: tuple[int, list[str]] | None = None
         self._rank_memo: tuple[int, dict[str, float]] | None = None
         self._position_memo: tuple[list[str], dict[str, int]] | None = None
@@ -111,6 +112,7 @@ class RepoIndex:
         self._history = self._load_history() if self._is_git else {}
         self._table = None
         self._graph_version += 1  # history and tracked flags may have moved
+        self._order_version += 1
         self._loaded = True
 
     def update(self, paths: Iterable[str | os.PathLike]) -> None:
@@ -284,14 +286,14 @@ class RepoIndex:
                            time.perf_counter() - started, list(self.warnings))
 
     def _order(self, facts: dict[str, FileFacts]) -> list[str]:
-        if self._order_memo is None or self._order_memo[0] != self._graph_version:
+        if self._order_memo is None or self._order_memo[0] != self._order_version:
             if self._is_git:
                 tracked = {p: e.tracked for p, e in self._entries.items()}
                 stability = git_stability(list(facts), self._history, tracked)
             else:
                 stability = mtime_stability({p: e.mtime_ns / 1e9 for p, e in self._entries.items()})
             groups = context_order(dependency_edges(facts), stability)
-            self._order_memo = (self._graph_version, [p for group in groups for p in group])
+            self._order_memo = (self._order_version, [p for group in groups for p in group])
         return self._order_memo[1]
 
     def _facts(self) -> dict[str, FileFacts]:
@@ -302,7 +304,7 @@ class RepoIndex:
                 entry.facts = None
         go_modules = self._go_modules()
         facts = {}
-        changed = len(self._facts_seen) != len(self._entries)
+        changed = reordered = len(self._facts_seen) != len(self._entries)
         for path in sorted(self._entries):
             entry = self._entries[path]
             if entry.facts is None:
@@ -310,10 +312,15 @@ class RepoIndex:
                 imports = resolve_imports(path, entry.language, summary.imports, self._table, go_modules)
                 entry.facts = FileFacts(path, entry.language, imports, summary.definitions, summary.references,
                                         summary.bare_references)
-                changed = changed or self._facts_seen.get(path) != entry.facts
+                before = self._facts_seen.get(path)
+                if before != entry.facts:
+                    changed = True
+                    reordered = reordered or before is None or order_key(before) != order_key(entry.facts)
             facts[path] = entry.facts
         if changed:
             self._graph_version += 1
+        if reordered:
+            self._order_version += 1
         self._facts_seen = facts
         return facts
 

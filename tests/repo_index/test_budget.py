@@ -125,5 +125,8 @@ def test_pagerank_matches_networkx() -> None:
     graph.add_nodes_from(range(50))
     graph.add_weighted_edges_from((a, b, w) for (a, b), w in weights.items())
     reference = nx.pagerank(graph, weight="weight", tol=1e-12)
-    ours = pagerank(50, weights)
+    from scipy import sparse
+
+    rows, cols = zip(*weights)
+    ours = pagerank(sparse.csr_array((list(weights.values()), (rows, cols)), shape=(50, 50)))
     assert max(abs(reference[i] - ours[i]) for i in range(50)) < 1e-8

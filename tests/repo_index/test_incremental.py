@@ -146,3 +146,22 @@ def test_update_of_a_directory_adds_or_removes_the_files_under_it(order_repo: Pa
     (order_repo / "lib" / "pkg" / "mod.py").write_text("VALUE = 1\n")
     index.update([order_repo / "lib"])
     assert "lib/pkg/mod.py" in [s.path for s in index.plan().segments]
+
+
+def test_an_incremental_plan_equals_a_plan_from_scratch(order_repo: Path, tokenizer) -> None:
+    index = RepoIndex(order_repo, tokenizer=tokenizer)
+    index.plan(300)
+    edits = {
+        "py/app/models.py": "\n# a body edit\n",  # no name changes: order and ranks are reused
+        "c/vec.c": "\nint vec_dot(struct vec a, struct vec b) { return 0; }\n",  # a new definition
+        "py/app/store.py": "\nfrom .cycle_a import ping\n",  # a new import: the order moves
+    }
+    for rel, text in edits.items():
+        with open(order_repo / rel, "a") as handle:
+            handle.write(text)
+        index.update([rel])
+        for budget in (300, 1_000_000):
+            fresh = RepoIndex(order_repo, tokenizer=tokenizer, config=IndexConfig(use_cache=False)).plan(budget)
+            ours = index.plan(budget)
+            assert [(s.path, s.mode, s.token_ids) for s in ours.segments] == \
+                   [(s.path, s.mode, s.token_ids) for s in fresh.segments], (rel, budget)

@@ -46,7 +46,7 @@ def child(root: Path, budget: int, edits: int) -> dict:
             replans.append(time.perf_counter() - t1)
         result[f"update_{kind}_s"] = statistics.median(updates)
         result[f"replan_{kind}_s"] = statistics.median(replans)
-    texts = [s.text for s in plan.segments if s.mode == "full"] or [s.text for s in plan.included]
+    texts = [s.text for s in plan.included]  # ~budget tokens of real segments, full and outline
     t0 = time.perf_counter()
     counted = sum(map(len, index.tokenizer.encode_batch(texts)))
     result["tokenizer_tokens_per_s"] = counted / (time.perf_counter() - t0)

@@ -81,8 +81,9 @@ class RepoIndex:
         self.tokenizer = tokenizer
         self.config = config
         self.progress = progress
-        self.warnings: list[str] = []
-        self._cache = IndexCache(self.root if config.use_cache else None, self.warnings.append)
+        self._cache_warnings: list[str] = []
+        self._cache = IndexCache(self.root if config.use_cache else None, self._cache_warnings.append)
+        self._parse_errors: dict[str, str] = {}  # path -> why its grammar failed (it is included unparsed)
         self._entries: dict[str, FileEntry] = {}
         self._skipped: dict[str, Skipped] = {}
         self._is_git = False
@@ -100,6 +101,11 @@ class RepoIndex:
         self._rank_memo: tuple[int, dict[str, float]] | None = None
         self._position_memo: tuple[list[str], dict[str, int]] | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """Problems that did not stop indexing: an unusable cache, files whose grammar failed."""
+        return self._cache_warnings + [self._parse_errors[p] for p in sorted(self._parse_errors) if p in self._entries]
+
     # -- loading -------------------------------------------------------------------------------
 
     def refresh(self) -> None:
@@ -108,7 +114,11 @@ class RepoIndex:
         self._is_git = listing.is_git
         self._skipped = {s.path: s for s in listing.skipped}
         self._entries = {}
+        self._parse_errors = {}
         self._ingest(listing.candidates)
+        live = {f"{e.sha256}:{p}" for p, e in self._entries.items()}  # drop what no file has any more
+        self._tokens = {k: v for k, v in self._tokens.items() if k.split(":", 2)[2] in live}
+        self._texts = {k: v for k, v in self._texts.items() if k.split(":", 2)[2] in live}
         self._history = self._load_history() if self._is_git else {}
         self._table = None
         self._graph_version += 1  # history and tracked flags may have moved
@@ -133,6 +143,7 @@ class RepoIndex:
                     self._tokens.pop(self._token_key(rel, mode, old.sha256), None)
                     self._texts.pop(self._token_key(rel, mode, old.sha256), None)
             self._skipped.pop(rel, None)
+            self._parse_errors.pop(rel, None)
             reason = "" if rel in ignored else path_skip_reason(rel, self.config.discovery)
             info = None
             if reason is None:
@@ -220,7 +231,7 @@ class RepoIndex:
         by_path = {c.path: (sha, language) for c, language, sha, _, _ in pending}
         for (path, _, _), result in zip(jobs, parse_many(jobs, report)):
             if isinstance(result, ParseError):  # not cached: the next run tries again
-                self.warnings.append(str(result))
+                self._parse_errors[path] = str(result)
                 summaries[path] = FileSummary((), (), (), (), (), error=str(result))
                 continue
             summaries[path] = result
@@ -283,7 +294,7 @@ class RepoIndex:
                                     None if full is None else len(full)))
         skipped = [self._skipped[p] for p in sorted(self._skipped)]
         return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
-                           time.perf_counter() - started, list(self.warnings))
+                           time.perf_counter() - started, self.warnings)
 
     def _order(self, facts: dict[str, FileFacts]) -> list[str]:
         if self._order_memo is None or self._order_memo[0] != self._order_version:

@@ -7,6 +7,7 @@ later work fills in say so and exit 2, so scripts can tell "not built" from "fai
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -62,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "index": index_command.run,
         **{name: _not_built(name, issue) for name, (_, issue) in PENDING.items()},
     }
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except BrokenPipeError:  # `v4 index --json | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class IndexCache:
                 ignore = self.path.parent / ".gitignore"
                 if not ignore.exists():
                     ignore.write_text("# v4's cache: never committed\n*\n")
+                for stale in self.path.parent.glob("index-v*.sqlite*"):  # other versions' files
+                    if not stale.name.startswith(self.path.name):
+                        stale.unlink(missing_ok=True)
                 return self._connect(self.path)
             except (OSError, sqlite3.Error) as exc:
                 self._report(f"index cache {self.path} unusable ({exc}); rebuilding it")

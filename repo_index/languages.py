@@ -120,6 +120,13 @@ def grammar(language: str) -> Language:
 @cache
 def tags_query(language: str) -> Query:
     """The compiled tags query `queries/<language>.scm` (definitions, references, imports)."""
-    spec = PARSED_LANGUAGES[language]
-    source = resources.files("repo_index").joinpath("queries", f"{spec.query}.scm").read_text("utf-8")
-    return Query(grammar(language), source)
+    return Query(grammar(language), query_source(PARSED_LANGUAGES[language].query))
+
+
+def query_source(name: str) -> str:
+    """The text of `queries/<name>.scm`, preceded by the files it names in `; inherits: a, b` lines
+    (a dialect's query adds its own patterns to its base language's, as in nvim-treesitter)."""
+    source = resources.files("repo_index").joinpath("queries", f"{name}.scm").read_text("utf-8")
+    parents = [p.strip() for line in source.splitlines() if line.startswith("; inherits:")
+               for p in line.split(":", 1)[1].split(",") if p.strip()]
+    return "".join(query_source(parent) + "\n" for parent in parents) + source

@@ -128,8 +128,9 @@ class RepoIndex:
     def update(self, paths: Iterable[str | os.PathLike]) -> None:
         """Re-read just `paths` (changed, added or deleted; absolute, or relative to the root);
         everything else stays as it was. Paths outside the root are ignored."""
-        if not self._loaded:
-            self.refresh()
+        paths = list(paths)
+        if not self._loaded or any(Path(p).name == ".gitignore" for p in paths):
+            self.refresh()  # ignore rules changed: which files exist for us may change anywhere
             return
         wanted = self._expand(paths)
         new = [rel for rel in wanted if rel not in self._entries]

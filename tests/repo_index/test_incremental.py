@@ -165,3 +165,18 @@ def test_an_incremental_plan_equals_a_plan_from_scratch(order_repo: Path, tokeni
             ours = index.plan(budget)
             assert [(s.path, s.mode, s.token_ids) for s in ours.segments] == \
                    [(s.path, s.mode, s.token_ids) for s in fresh.segments], (rel, budget)
+
+
+def test_a_changed_gitignore_refreshes_the_file_list(tmp_path: Path, tokenizer, parse_calls: list[str]) -> None:
+    from tests.conftest import make_repo
+
+    root = make_repo(tmp_path / "repo", {"main.py": "X = 1\n"})
+    (root / "gen").mkdir()
+    (root / "gen" / "out.py").write_text("Y = 1\n")  # untracked: ignore rules apply to it
+    index = RepoIndex(root, tokenizer=tokenizer)
+    assert "gen/out.py" in [s.path for s in index.plan().segments]
+    (root / ".gitignore").write_text("gen/\n")
+    parse_calls.clear()
+    index.update([root / ".gitignore"])
+    assert [s.path for s in index.plan().segments] == [".gitignore", "main.py"]
+    assert parse_calls == []  # nothing changed content: the cache serves the refresh

@@ -178,5 +178,5 @@ def test_a_changed_gitignore_refreshes_the_file_list(tmp_path: Path, tokenizer, 
     (root / ".gitignore").write_text("gen/\n")
     parse_calls.clear()
     index.update([root / ".gitignore"])
-    assert [s.path for s in index.plan().segments] == [".gitignore", "main.py"]
+    assert [s.path for s in index.plan().segments] == ["main.py", ".gitignore"]  # untracked last
     assert parse_calls == []  # nothing changed content: the cache serves the refresh

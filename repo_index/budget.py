@@ -28,52 +28,83 @@ MAX_RANK_DEFINERS = 20
 FULL, OUTLINE, OMITTED = "full", "outline", "omitted"
 
 
-def rank_files(files: Mapping[str, FileFacts]) -> dict[str, float]:
+class RankCache:
+    """Name ids and per-file rows kept between rankings, so an edit re-derives one file's row.
+
+    Ids are only ever added; a name no file uses any more is an empty column.
+    """
+
+    def __init__(self) -> None:
+        self.key_ids: dict[tuple[str, str], int] = {}
+        self.base_multiplier: list[float] = []  # per key id: the name's own weight
+        self.rows: dict[str, tuple[FileFacts, object, object, object]] = {}
+
+    def _id(self, key: tuple[str, str]) -> int:
+        found = self.key_ids.get(key)
+        if found is None:
+            found = self.key_ids[key] = len(self.key_ids)
+            self.base_multiplier.append(_name_multiplier(key[1]))
+        return found
+
+    def row(self, facts: FileFacts) -> tuple:
+        """(definition ids, reference ids, sqrt of reference counts) of one file."""
+        import numpy as np
+
+        cached = self.rows.get(facts.path)
+        if cached is not None and cached[0] is facts:
+            return cached[1:]
+        group = family(facts.language)
+        definition_ids = np.array(sorted({self._id((group, n)) for n, _ in facts.definitions}), dtype=np.int64)
+        reference_ids = np.array([self._id((group, n)) for n, _ in facts.references], dtype=np.int64)
+        weights = np.sqrt(np.array([c for _, c in facts.references], dtype=np.float64))
+        self.rows[facts.path] = (facts, definition_ids, reference_ids, weights)
+        return definition_ids, reference_ids, weights
+
+
+def rank_files(files: Mapping[str, FileFacts], cache: RankCache | None = None) -> dict[str, float]:
     """PageRank of each file over weighted reference -> definition and import edges.
 
     Edge weight A -> B: for each name A uses and B defines (same language family, at most
     MAX_RANK_DEFINERS definers), multiplier(name) * sqrt(uses in A) / number of definers; plus
     IMPORT_EDGE_WEIGHT per resolved import. Built as sparse products: refs (files x names) times
-    defs (names x files).
+    defs (names x files). Ranks are rounded to 12 digits so that the summation order (which a
+    `cache` built over many edits changes) cannot reorder ties.
     """
     import numpy as np
     from scipy import sparse
 
+    cache = cache or RankCache()
     paths = sorted(files)
-    position = {path: i for i, path in enumerate(paths)}
-    key_ids: dict[tuple[str, str], int] = {}
-    ref_rows, ref_cols, ref_vals, def_rows, def_cols, imp_rows, imp_cols = [], [], [], [], [], [], []
-    for row, path in enumerate(paths):
-        facts = files[path]
-        group = family(facts.language)
-        for name in {name for name, _ in facts.definitions}:
-            def_rows.append(row)
-            def_cols.append(key_ids.setdefault((group, name), len(key_ids)))
-        for name, count in facts.references:
-            ref_rows.append(row)
-            ref_cols.append(key_ids.setdefault((group, name), len(key_ids)))
-            ref_vals.append(count)
-        for target in facts.imports:
-            if target in position and target != path:
-                imp_rows.append(row)
-                imp_cols.append(position[target])
-    num_files, num_keys = len(paths), len(key_ids)
-    defs = sparse.csr_array((np.ones(len(def_rows)), (def_rows, def_cols)), shape=(num_files, num_keys))
-    refs = sparse.csr_array((np.sqrt(np.asarray(ref_vals, dtype=np.float64)), (ref_rows, ref_cols)),
-                            shape=(num_files, num_keys))
+    for gone in set(cache.rows) - set(files):
+        del cache.rows[gone]
+    rows = [cache.row(files[p]) for p in paths]
+    num_files, num_keys = len(paths), len(cache.key_ids)
+    file_ids = np.arange(num_files)
+
+    def matrix(ids: list, values: list) -> "sparse.csr_array":
+        lengths = [len(i) for i in ids]
+        cols = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        vals = np.concatenate(values) if values else np.zeros(0)
+        return sparse.csr_array((vals, (np.repeat(file_ids, lengths), cols)), shape=(num_files, num_keys))
+
+    defs = matrix([r[0] for r in rows], [np.ones(len(r[0])) for r in rows])
+    refs = matrix([r[1] for r in rows], [r[2] for r in rows])
     num_definers = np.asarray(defs.sum(axis=0)).ravel()
-    names = [name for (_, name) in key_ids]
-    multiplier = np.fromiter((_name_multiplier(n, int(d)) for n, d in zip(names, num_definers)),
-                             dtype=np.float64, count=num_keys)
+    multiplier = np.asarray(cache.base_multiplier) * np.where(num_definers > COMMON_NAME_DEFINERS,
+                                                              COMMON_NAME_MULTIPLIER, 1.0)
     usable = (num_definers > 0) & (num_definers <= MAX_RANK_DEFINERS)
     scale = np.divide(multiplier, num_definers, out=np.zeros(num_keys), where=usable)
     weights = (refs @ sparse.diags_array(scale) @ defs.T).tocsr()
     weights.setdiag(0)  # a file's use of its own names is no edge
-    weights = weights + sparse.csr_array((np.full(len(imp_rows), IMPORT_EDGE_WEIGHT), (imp_rows, imp_cols)),
-                                         shape=(num_files, num_files))
+    position = {path: i for i, path in enumerate(paths)}
+    imports = [(position[p], position[t]) for p in paths for t in files[p].imports if t in position and t != p]
+    if imports:
+        rows_, cols_ = zip(*imports)
+        weights = weights + sparse.csr_array((np.full(len(imports), IMPORT_EDGE_WEIGHT), (rows_, cols_)),
+                                             shape=(num_files, num_files))
     weights.eliminate_zeros()
     ranks = pagerank(weights)
-    return {path: ranks[i] for i, path in enumerate(paths)}
+    return {path: float(f"{ranks[i]:.12g}") for i, path in enumerate(paths)}
 
 
 def pagerank(weights: "sparse.csr_array", tolerance: float = 1e-10) -> list[float]:
@@ -100,15 +131,14 @@ def pagerank(weights: "sparse.csr_array", tolerance: float = 1e-10) -> list[floa
     return rank.tolist()
 
 
-def _name_multiplier(name: str, num_definers: int) -> float:
+def _name_multiplier(name: str) -> float:
+    """A name's own weight (the many-definers factor is applied per ranking)."""
     multiplier = 1.0
     is_long = len(name) >= LONG_NAME_MIN_LEN and ("_" in name.strip("_") or name != name.lower())
     if is_long:
         multiplier *= LONG_NAME_MULTIPLIER
     if name.startswith("_"):
         multiplier *= PRIVATE_NAME_MULTIPLIER
-    if num_definers > COMMON_NAME_DEFINERS:
-        multiplier *= COMMON_NAME_MULTIPLIER
     return multiplier
 
 

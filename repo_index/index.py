@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .budget import FULL, OMITTED, OUTLINE, all_fit, choose_modes, rank_files
+from .budget import FULL, OMITTED, OUTLINE, RankCache, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
                     ignored_paths, path_skip_reason, stat_candidate)
@@ -99,6 +99,7 @@ class RepoIndex:
         self._order_version = 0  # moves when any file's order key changes: the order is stale
         self._order_memo: tuple[int, list[str]] | None = None
         self._rank_memo: tuple[int, dict[str, float]] | None = None
+        self._rank_cache = RankCache()
         self._position_memo: tuple[list[str], dict[str, int]] | None = None
 
     @property
@@ -274,7 +275,7 @@ class RepoIndex:
             modes = dict.fromkeys(order, FULL)
         else:
             if self._rank_memo is None or self._rank_memo[0] != self._graph_version:
-                self._rank_memo = (self._graph_version, rank_files(facts))
+                self._rank_memo = (self._graph_version, rank_files(facts, self._rank_cache))
             ranks = self._rank_memo[1]
             ranked = sorted(order, key=lambda p: (-ranks.get(p, 0.0), p))
             with_outline = [p for p in ranked if self._outline_ranges(p)]

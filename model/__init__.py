@@ -1,8 +1,8 @@
 """model: the DeepSeek V4 engine (config, layers, mHC, attention, MoE, weights).
 
 Data flow: config.py -> layers.py -> mhc.py -> attention.py -> moe.py -> v4.py -> weights.py.
-The engine API (`load`, decode state, `generate`) is being built (the [engine] issue); so far the
-reference prefill path runs whole sequences and matches transformers logit for logit.
+`engine = model.load(path)`; `state = engine.new_state()`; `engine.forward(ids, state)` continues a
+sequence; `engine.generate(...)` streams ids. The reference path matches transformers logit for logit.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, EngineConfig, V4Config
+from .engine import Engine, EngineInputError, load
+from .state import DecodeState
 from .v4 import Transformer
 from .weights import WeightsError, load_into
 
@@ -25,4 +27,5 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     return model.to(device or "cpu").eval()
 
 
-__all__ = ["ConfigError", "EngineConfig", "Transformer", "V4Config", "WeightsError", "load_transformer"]
+__all__ = ["ConfigError", "DecodeState", "Engine", "EngineConfig", "EngineInputError", "Transformer", "V4Config",
+           "WeightsError", "load", "load_transformer"]

@@ -1,7 +1,8 @@
 """V4 attention: shared K=V MQA over a sliding window, plus compressed entries (CSA with the lightning
 indexer's top-k, or HCA over all of them), learnable sinks, inverse RoPE and a grouped output projection.
 
-This is the reference path over a whole sequence from position 0 (the decode state comes next).
+Every call continues a LayerState from position `start`, so a whole prefill, any chunking of it, and
+token-by-token decoding run the same code and give the same result.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CSA, HCA, SLIDING, V4Config
+from .config import CSA, SLIDING, V4Config
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, unweighted_rms_norm
+from .state import CompressorState, LayerState
+
+
+class StateOverflowError(ValueError):
+    """More tokens than the decode state was allocated for."""
 
 
 class Compressor(nn.Module):
@@ -28,24 +34,55 @@ class Compressor(nn.Module):
         self.ape = nn.Parameter(torch.zeros(rate, width))
         self.norm = RMSNorm(dim, config.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-        """x: `[B, S, hidden]` from position 0 -> entries `[B, S // rate, dim]` (complete windows only)."""
-        batch, seq_len, _ = x.shape
-        windows = seq_len // self.rate
-        usable = windows * self.rate
-        kv = self.wkv(x[:, :usable]).view(batch, windows, self.rate, -1)
-        gate = self.wgate(x[:, :usable]).view(batch, windows, self.rate, -1) + self.ape
-        if self.overlap:  # slots [0, rate): window w-1's first series; [rate, 2 rate): window w's second
-            first_kv, second_kv = kv[..., : self.dim], kv[..., self.dim :]
-            first_gate, second_gate = gate[..., : self.dim], gate[..., self.dim :]
-            previous_kv = torch.cat([torch.zeros_like(first_kv[:, :1]), first_kv[:, :-1]], dim=1)
-            previous_gate = torch.cat([torch.full_like(first_gate[:, :1], float("-inf")), first_gate[:, :-1]], dim=1)
-            kv = torch.cat([previous_kv, second_kv], dim=2)
-            gate = torch.cat([previous_gate, second_gate], dim=2)
-        pooled = (kv * gate.softmax(dim=2, dtype=torch.float32).to(kv.dtype)).sum(dim=2)
-        entries = self.norm(pooled)
-        cos, sin = rope_cos_sin(inv_freq, torch.arange(windows, device=x.device) * self.rate)
-        return apply_rope(entries, cos, sin)
+    def forward(self, x: torch.Tensor, start: int, state: CompressorState, inv_freq: torch.Tensor) -> torch.Tensor:
+        """Feed `x` (`[B, S, hidden]`, positions start..start+S-1); returns all entries so far `[B, T, dim]`."""
+        rate = self.rate
+        slots = (torch.arange(x.shape[1], device=x.device) + start) % rate  # windows start at multiples of rate
+        kv = torch.cat([state.partial_kv[:, : state.num_partial], self.wkv(x)], dim=1)
+        gate = torch.cat([state.partial_gate[:, : state.num_partial], self.wgate(x) + self.ape[slots]], dim=1)
+        windows = kv.shape[1] // rate
+        usable = windows * rate
+        if windows:
+            if state.num_entries + windows > state.entries.shape[1]:
+                raise StateOverflowError(f"the decode state holds {state.entries.shape[1] * rate} tokens; "
+                                         "allocate it with a larger max_tokens")
+            chunk_kv = kv[:, :usable].unflatten(1, (windows, rate))
+            chunk_gate = gate[:, :usable].unflatten(1, (windows, rate))
+            if self.overlap:
+                chunk_kv, chunk_gate = self._overlap(chunk_kv, chunk_gate, state)
+            pooled = (chunk_kv * chunk_gate.softmax(dim=2, dtype=torch.float32).to(chunk_kv.dtype)).sum(dim=2)
+            first = state.num_entries
+            cos, sin = rope_cos_sin(inv_freq, (torch.arange(windows, device=x.device) + first) * rate)
+            state.entries[:, first : first + windows] = apply_rope(self.norm(pooled), cos, sin)
+            state.num_entries += windows
+        rest = kv.shape[1] - usable
+        state.partial_kv[:, :rest] = kv[:, usable:]
+        state.partial_gate[:, :rest] = gate[:, usable:]
+        state.num_partial = rest
+        return state.entries[:, : state.num_entries]
+
+    def _overlap(self, kv: torch.Tensor, gate: torch.Tensor, state: CompressorState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots [0, rate): the previous window's first series (from the state for the first window;
+        masked out before any); slots [rate, 2 rate): this window's second series."""
+        first_kv, second_kv = kv[..., : self.dim], kv[..., self.dim :]
+        first_gate, second_gate = gate[..., : self.dim], gate[..., self.dim :]
+        if state.has_overlap:
+            carried_kv, carried_gate = state.overlap_kv[:, None], state.overlap_gate[:, None]
+        else:
+            carried_kv = torch.zeros_like(first_kv[:, :1])
+            carried_gate = torch.full_like(first_gate[:, :1], float("-inf"))
+        previous_kv = torch.cat([carried_kv, first_kv[:, :-1]], dim=1)
+        previous_gate = torch.cat([carried_gate, first_gate[:, :-1]], dim=1)
+        state.overlap_kv.copy_(first_kv[:, -1])
+        state.overlap_gate.copy_(first_gate[:, -1])
+        state.has_overlap = True
+        return torch.cat([previous_kv, second_kv], dim=2), torch.cat([previous_gate, second_gate], dim=2)
+
+
+def compressed_visibility(positions: torch.Tensor, num_entries: int, rate: int) -> torch.Tensor:
+    """Query at position t sees entry w once its window has closed: w < (t + 1) // rate. `[S, T]`."""
+    threshold = (positions + 1) // rate
+    return torch.arange(num_entries, device=positions.device)[None, :] < threshold[:, None]
 
 
 class Indexer(nn.Module):
@@ -59,28 +96,22 @@ class Indexer(nn.Module):
         self.weights_proj = nn.Linear(config.hidden_size, config.index_n_heads, bias=False)
         self.compressor = Compressor(config, self.rate, config.index_head_dim, overlap=True)
 
-    def forward(self, x: torch.Tensor, q_residual: torch.Tensor, inv_freq: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q_residual: torch.Tensor, start: int, state: CompressorState,
+                inv_freq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Which compressed entries each query attends: `[B, S, T]` bool."""
         config = self.config
         batch, seq_len, _ = x.shape
-        keys = self.compressor(x, inv_freq)  # [B, T, I]
+        keys = self.compressor(x, start, state, inv_freq)  # [B, T, I]
         q = apply_rope(self.wq_b(q_residual).view(batch, seq_len, config.index_n_heads, -1), cos, sin)
         scores = F.relu(torch.einsum("bshi,bti->bsht", q.float(), keys.float())) * config.index_head_dim**-0.5
         weights = self.weights_proj(x).float() * config.index_n_heads**-0.5  # [B, S, H]
         scores = (scores * weights.unsqueeze(-1)).sum(dim=2)  # [B, S, T]
-        visible = _compressed_visibility(seq_len, keys.shape[1], self.rate, x.device).expand(batch, -1, -1)
+        positions = torch.arange(seq_len, device=x.device) + start
+        visible = compressed_visibility(positions, keys.shape[1], self.rate).expand(batch, -1, -1)
         scores = scores.masked_fill(~visible, float("-inf"))
         # Ties (sums of ReLUs are often exactly 0) go to the lowest entry, whatever the call's shape.
         order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : config.index_topk]
-        chosen = torch.zeros_like(visible).scatter_(-1, order, True)
-        return chosen & visible
-
-
-def _compressed_visibility(seq_len: int, num_entries: int, rate: int, device: torch.device) -> torch.Tensor:
-    """Query t sees entry w once its window has closed: w < (t + 1) // rate. `[S, T]`."""
-    threshold = (torch.arange(seq_len, device=device) + 1) // rate
-    return torch.arange(num_entries, device=device)[None, :] < threshold[:, None]
+        return torch.zeros_like(visible).scatter_(-1, order, True) & visible
 
 
 class Attention(nn.Module):
@@ -110,27 +141,24 @@ class Attention(nn.Module):
         rope = config.rope_parameters["main" if self.layer_type == SLIDING else "compress"]
         self.register_buffer("inv_freq", rope_inv_freq(rope, config.qk_rope_head_dim), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: `[B, S, hidden]`, the sequence from position 0 -> `[B, S, hidden]`."""
+    def forward(self, x: torch.Tensor, start: int, state: LayerState) -> torch.Tensor:
+        """x: `[B, S, hidden]` at positions start..start+S-1, continuing `state` -> `[B, S, hidden]`."""
         config = self.config
         batch, seq_len, _ = x.shape
-        cos, sin = rope_cos_sin(self.inv_freq, torch.arange(seq_len, device=x.device))
+        positions = torch.arange(seq_len, device=x.device) + start
+        cos, sin = rope_cos_sin(self.inv_freq, positions)
         q_residual = self.q_norm(self.wq_a(x))
         q = self.wq_b(q_residual).view(batch, seq_len, config.num_attention_heads, config.head_dim)
         q = apply_rope(unweighted_rms_norm(q, config.rms_norm_eps), cos, sin)  # [B, S, H, D]
         kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)  # [B, S, D]: K = V
-        positions = torch.arange(seq_len, device=x.device)
-        distance = positions[:, None] - positions[None, :]
-        local = (distance >= 0) & (distance < config.sliding_window)  # [S, S]
-        keys, visible = kv, local[None].expand(batch, -1, -1)
+        keys, visible = self._sliding_window(kv, positions, state)
         if self.compressor is not None:
-            entries = self.compressor(x, self.inv_freq)  # [B, T, D]
+            entries = self.compressor(x, start, state.compressor, self.inv_freq)  # [B, T, D]
             if self.indexer is not None:
-                chosen = self.indexer(x, q_residual, self.inv_freq, cos, sin)
+                chosen = self.indexer(x, q_residual, start, state.indexer, self.inv_freq, cos, sin)
             else:
-                chosen = _compressed_visibility(seq_len, entries.shape[1], self.compressor.rate, x.device)
-                chosen = chosen[None].expand(batch, -1, -1)
-            keys = torch.cat([kv, entries], dim=1)
+                chosen = compressed_visibility(positions, entries.shape[1], self.compressor.rate).expand(batch, -1, -1)
+            keys = torch.cat([keys, entries], dim=1)
             visible = torch.cat([visible, chosen], dim=-1)
         scores = torch.einsum("bshd,btd->bhst", q, keys) * config.head_dim**-0.5
         scores = scores.masked_fill(~visible[:, None], float("-inf"))
@@ -141,3 +169,17 @@ class Attention(nn.Module):
         groups = out.reshape(batch, seq_len, config.o_groups, -1)
         wo_a = self.wo_a.weight.view(config.o_groups, config.o_lora_rank, -1)
         return self.wo_b(torch.einsum("bsgi,goi->bsgo", groups, wo_a).flatten(2))
+
+    def _sliding_window(self, kv: torch.Tensor, positions: torch.Tensor, state: LayerState
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (the window kept in the state, then this chunk) and which of them each query sees."""
+        window = self.config.sliding_window
+        held = state.window[:, window - state.num_window :]
+        keys = torch.cat([held, kv], dim=1)
+        key_positions = torch.arange(keys.shape[1], device=kv.device) + int(positions[0]) - state.num_window
+        distance = positions[:, None] - key_positions[None, :]
+        visible = ((distance >= 0) & (distance < window)).expand(kv.shape[0], -1, -1)
+        kept = min(window, keys.shape[1])
+        state.window[:, window - kept :] = keys[:, -kept:]
+        state.num_window = kept
+        return keys, visible

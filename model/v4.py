@@ -12,6 +12,7 @@ from .config import V4Config
 from .layers import RMSNorm
 from .mhc import collapse, expand, hc_weights, head_weights
 from .moe import MoE
+from .state import DecodeState, LayerState, new_decode_state
 
 
 def _hc_params(config: V4Config) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
@@ -35,16 +36,16 @@ class Block(nn.Module):
         self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale = _hc_params(config)
         self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale = _hc_params(config)
 
-    def forward(self, streams: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        """streams: `[B, S, hc_mult, hidden]` -> the same shape."""
+    def forward(self, streams: torch.Tensor, token_ids: torch.Tensor, start: int, state: LayerState) -> torch.Tensor:
+        """streams: `[B, S, hc_mult, hidden]` at positions start.. -> the same shape."""
         pre, post, comb = hc_weights(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, self.config)
-        streams = expand(self.attn(self.attn_norm(collapse(streams, pre))), streams, post, comb)
+        streams = expand(self.attn(self.attn_norm(collapse(streams, pre)), start, state), streams, post, comb)
         pre, post, comb = hc_weights(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, self.config)
         return expand(self.ffn(self.ffn_norm(collapse(streams, pre)), token_ids), streams, post, comb)
 
 
 class Transformer(nn.Module):
-    """DeepSeek V4 over whole sequences from position 0 (the reference prefill path)."""
+    """DeepSeek V4: `forward` continues a DecodeState (or runs a whole sequence with a fresh one)."""
 
     def __init__(self, config: V4Config) -> None:
         super().__init__()
@@ -58,11 +59,17 @@ class Transformer(nn.Module):
         self.hc_head_base = nn.Parameter(torch.zeros(n, dtype=torch.float32))
         self.hc_head_scale = nn.Parameter(torch.ones(1, dtype=torch.float32))
 
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """token_ids: `[B, S]` int64 -> logits `[B, S, vocab]` float32."""
+    def forward(self, token_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """token_ids: `[B, S]` int64, continuing `state` (None: a fresh sequence) -> logits `[B, S, vocab]` float32."""
+        batch, seq_len = token_ids.shape
+        if state is None:
+            state = new_decode_state(self.config, seq_len, "transient", self.embed.weight.dtype,
+                                     token_ids.device, batch)
+        start = state.num_tokens
         x = self.embed(token_ids)
         streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
-        for block in self.layers:
-            streams = block(streams, token_ids)
+        for block, layer_state in zip(self.layers, state.layers):
+            streams = block(streams, token_ids, start, layer_state)
+        state.num_tokens += seq_len
         pre = head_weights(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config)
         return self.head(self.norm(collapse(streams, pre))).float()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import engram_command, index_command, model_command, refactor_command, serve
+from .backend_options import add_backend_arguments
 
 EXIT_NOT_BUILT = 2
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A coding agent whose model has read the whole repository. "
         "Run with no command to open the TUI in the current directory.",
     )
+    add_backend_arguments(parser)  # for the TUI: `v4 --replay FILE`, `v4 --model DIR`, `v4 --endpoint URL`
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     index_command.add_parser(commands)
     model_command.add_parsers(commands)
@@ -48,10 +50,10 @@ def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _tui(_: argparse.Namespace) -> int:
-    print("v4: the TUI is not built yet (tracked by the [tui] issue). "
-          "Try `v4 index` to see how v4 reads this repository.", file=sys.stderr)
-    return EXIT_NOT_BUILT
+def _tui(args: argparse.Namespace) -> int:
+    from tui.app import run  # Textual loads only for the TUI
+
+    return run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,1 +1,6 @@
-"""v4 tui package."""
+"""The Textual app over `agent/`: `v4` with no command.
+
+Read in this order: `app.py` (the App: keys, palette, quitting) -> `screens/main.py` (routes the
+controllers' messages, `messages.py`, into `state.py` and the widgets) -> `controllers/` (startup,
+chat, context, review: plain classes run in thread workers) -> `widgets/` (render, post messages).
+"""

@@ -45,9 +45,18 @@ def test_commands_not_built_yet_say_so_and_exit_2(command: str, capsys) -> None:
     assert "not built yet" in capsys.readouterr().err
 
 
-def test_no_command_is_the_tui(capsys) -> None:
-    assert main([]) == 2
-    assert "TUI" in capsys.readouterr().err
+def test_no_command_is_the_tui_which_needs_a_git_repository(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--replay", str(tmp_path / "answers.json")]) == 2
+    assert "not a git repository" in capsys.readouterr().err
+
+
+def test_the_tui_takes_the_backend_options() -> None:
+    from agent.cli import build_parser
+
+    args = build_parser().parse_args(["--replay", "a.json", "--budget", "100"])
+    assert (args.command, str(args.replay), args.budget) == (None, "a.json", 100)
+    assert build_parser().parse_args(["index", "--budget", "5"]).budget == 5  # commands keep their own
 
 
 def test_help_lists_every_command(capsys) -> None:

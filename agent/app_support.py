@@ -1,0 +1,277 @@
+"""What the TUI needs from the packages below `agent/`, as a few thin functions.
+
+`tui/` imports `agent/` only (tests/test_layering.py), so the repository index, the demo
+checkpoint and the engine's state size are reached through here: the demo checkpoint made on first
+use, the chosen backend described for the status bar, the context plan with the user's `/add` and
+`/drop` applied, files changed since that plan was made, and a prefill of the system message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend_options import ChosenBackend
+from .chat_format import Message
+from .session import repository_text
+
+DEMO_NAME = "demo-tiny"
+RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in a checkpoint directory whose weights are random
+Progress = Callable[[str, int, int], None]  # (phase, done, total), as repo_index reports it
+
+
+class ContextError(ValueError):
+    """An /add or /drop the repository's index cannot do; the message says why."""
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def needs_demo(args: argparse.Namespace) -> bool:
+    """True when the arguments (and $V4_MODEL, already folded into --model) name no model."""
+    return not (args.model or args.endpoint or args.replay)
+
+
+def demo_checkpoint(data_dir: Path | None = None) -> Path:
+    """The tiny random checkpoint `v4` uses when no model is given; created on first use.
+
+    It lives in the per-user data dir (platformdirs) with a RANDOM_WEIGHTS marker, so the UI can say
+    that its answers are noise. It is written to a temporary directory and renamed into place, so
+    two first runs at once cannot leave half a checkpoint.
+    """
+    if data_dir is None:
+        import platformdirs
+
+        data_dir = Path(platformdirs.user_data_dir("v4"))
+    target = data_dir / DEMO_NAME
+    if (target / RANDOM_MARKER).is_file():
+        return target
+    from importlib import resources
+
+    from model.checkpoint import init_checkpoint
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = data_dir / f".{DEMO_NAME}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with resources.as_file(resources.files("repo_index") / "data" / "tokenizer.json") as tokenizer:
+        init_checkpoint(staging, "tiny", seed=0, tokenizer_json=tokenizer)
+    (staging / RANDOM_MARKER).write_text("random weights from `v4 model init --preset tiny`: answers are noise\n")
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first, or a broken leftover is in the way
+        if not (target / RANDOM_MARKER).is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """The backend as the status bar and /model describe it."""
+
+    kind: str  # "embedded" | "http" | "replay"
+    model: str
+    random_weights: bool
+    budget: int  # repository tokens in the context
+    context_length: int
+    state_bytes_per_token: float | None  # decode-state bytes each token adds (embedded engine only)
+
+
+def describe_backend(chosen: ChosenBackend, args: argparse.Namespace) -> BackendInfo:
+    """Name the backend `backend_from_args` chose; the engine's state size per token if embedded."""
+    backend = chosen.backend
+    per_token = None
+    if args.replay:
+        model = Path(args.replay).name
+    elif args.endpoint:
+        model = getattr(backend, "model", None) or args.endpoint
+    else:
+        model = Path(args.model).name
+        engine = getattr(backend, "engine", None)
+        if engine is not None:
+            from model.checkpoint import state_bytes_per_token
+
+            # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
+            per_token = state_bytes_per_token(engine.model.config, fp8=False) / 2 * engine.dtype.itemsize
+    random_weights = bool(args.model) and (Path(args.model) / RANDOM_MARKER).is_file()
+    return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillReport:
+    """How the system message got into the engine's state."""
+
+    tokens: int
+    reused_tokens: int  # from the Engram store or the state already held
+    computed_tokens: int
+    seconds: float
+    from_store: bool
+
+
+def prefill(backend: object, system: Message) -> PrefillReport | None:
+    """Feed the system message (rules + repository) to an embedded backend now, so the first question
+    only pays for itself; resumes from the Engram store when it holds a prefix. None for other backends."""
+    if not hasattr(backend, "encode_with_boundaries"):
+        return None
+    started = time.perf_counter()
+    backend.last_prefill = None
+    ids, boundaries = backend.encode_with_boundaries([system], add_generation_prompt=False)
+    for _ in backend.stream_ids(ids, 0, boundaries=boundaries):  # max_tokens 0: prefill only
+        pass
+    stats = backend.last_prefill
+    reused = stats.reused_tokens if stats is not None else backend.last_usage.cached_tokens
+    return PrefillReport(len(ids), reused, len(ids) - reused, time.perf_counter() - started, stats is not None)
+
+
+# -- the repository --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContextFile:
+    """One row of the context panel, in context order."""
+
+    path: str
+    mode: str  # "full" | "outline" | "omitted" | "dropped"
+    tokens: int
+    forced: str | None = None  # "added" (/add) or "dropped" (/drop)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextView:
+    """The plan as the context panel shows it."""
+
+    files: tuple[ContextFile, ...]
+    total_tokens: int
+    budget: int
+    num_skipped: int
+
+
+class RepositoryContext:
+    """The repository's context plan, with the user's forced-in (/add) and forced-out (/drop) files.
+
+    repo_index has no API for forcing files, so it is done over its plan: the budget is first
+    corrected by what dropped files free and what added files cost in full, the plan is made again
+    with it, then dropped segments are filtered out and added ones re-rendered in full. The result
+    can be a little over or under the budget (the planner may spend the correction differently);
+    the budget meter shows the real total.
+    """
+
+    def __init__(self, root: Path, tokenizer_dir: Path | None, progress: Progress | None = None) -> None:
+        from repo_index import IndexConfig, RepoIndex
+        from repo_index.tokens import TokenizerError, load_tokenizer
+
+        try:
+            self.tokenizer = load_tokenizer(tokenizer_dir)
+        except TokenizerError as exc:
+            raise ContextError(str(exc)) from exc
+        self.index = RepoIndex(root, tokenizer=self.tokenizer, config=IndexConfig(), progress=progress)
+        self.root = self.index.root
+        self.forced_in: set[str] = set()
+        self.forced_out: set[str] = set()
+        self.segments: list = []  # what the system message holds, in order
+        self._view: ContextView | None = None
+        self._skipped: dict[str, str] = {}  # path -> why the index left it out
+        self._stamps: dict[str, tuple[int, int] | None] = {}  # path -> (mtime_ns, size) when planned
+
+    def scan(self) -> None:
+        """Discover and parse every file (the slow part; progress goes to the callback)."""
+        self.index.refresh()
+
+    def plan(self, budget: int) -> ContextView:
+        """Plan the context for `budget` tokens with the forced files applied; re-reads changed files first."""
+        changed = self.changed_files()
+        if changed:
+            self.index.update(changed)
+        first = self.index.plan(budget)
+        correction = sum(s.num_tokens for s in first.segments if s.path in self.forced_out)
+        correction -= sum(self._full_cost(s.path) - s.num_tokens for s in first.segments
+                          if s.path in self.forced_in and s.mode != "full")
+        plan = self.index.plan(max(budget + correction, 1)) if correction else first
+        rows, kept = [], []
+        for segment in plan.segments:
+            if segment.path in self.forced_out:
+                rows.append(ContextFile(segment.path, "dropped", 0, "dropped"))
+                continue
+            if segment.path in self.forced_in and segment.mode != "full":
+                segment = self._full(segment)
+            kept.append(segment)
+            rows.append(ContextFile(segment.path, segment.mode, segment.num_tokens,
+                                    "added" if segment.path in self.forced_in else None))
+        self.segments = kept
+        self._skipped = {s.path: s.reason for s in plan.skipped}
+        self._stamps = {s.path: _stamp(self.root / s.path) for s in kept if s.mode != "omitted"}
+        self._view = ContextView(tuple(rows), sum(s.num_tokens for s in kept), budget, len(plan.skipped))
+        return self._view
+
+    def repository_text(self) -> str:
+        """The repository part of the system message for the last plan."""
+        return repository_text(self.segments)
+
+    def add(self, path: str) -> str:
+        """Force `path` into the context in full (re-plan afterwards); returns its normalised path."""
+        rel = self._known(path)
+        self.forced_out.discard(rel)
+        self.forced_in.add(rel)
+        return rel
+
+    def drop(self, path: str) -> str:
+        """Force `path` out of the context (re-plan afterwards); returns its normalised path."""
+        rel = self._known(path)
+        self.forced_in.discard(rel)
+        self.forced_out.add(rel)
+        return rel
+
+    def paths(self) -> list[str]:
+        """Every file the index knows, in context order (for completion and the file palette)."""
+        return [f.path for f in self._view.files] if self._view else []
+
+    def changed_files(self) -> list[str]:
+        """Files in the context whose content changed (or that went away) since the last plan."""
+        changed = []
+        hashes = {s.path: s.sha256 for s in self.segments}
+        for path, stamp in self._stamps.items():
+            file = self.root / path
+            now = _stamp(file)
+            if now == stamp:
+                continue
+            if now is None or hashlib.sha256(file.read_bytes()).hexdigest() != hashes[path]:
+                changed.append(path)
+        return sorted(changed)
+
+    def _known(self, path: str) -> str:
+        rel = os.path.normpath(path.strip()).replace(os.sep, "/").removeprefix("./")
+        if self._view is None or rel not in {f.path for f in self._view.files}:
+            if rel in self._skipped:
+                raise ContextError(f"{rel} is left out of the index: {self._skipped[rel]}")
+            raise ContextError(f"{rel} is not a file of this repository that v4 indexes")
+        return rel
+
+    def _full_text(self, path: str) -> str:
+        from repo_index.files import decode_text
+        from repo_index.plan import render_full
+
+        return render_full(path, decode_text((self.root / path).read_bytes()))
+
+    def _full_cost(self, path: str) -> int:
+        return len(self.tokenizer.encode(self._full_text(path)))
+
+    def _full(self, segment: object) -> object:
+        text = self._full_text(segment.path)
+        ids = tuple(self.tokenizer.encode(text))
+        return dataclasses.replace(segment, mode="full", text=text, token_ids=ids, full_tokens=len(ids))
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size

@@ -1,0 +1,121 @@
+"""agent/app_support.py: what the TUI reaches through agent/ (the demo checkpoint, the context with
+/add and /drop, changed files, backend descriptions and the prefill)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent import app_support
+from agent.backend_options import backend_from_args
+from agent.chat_format import Message
+from agent.session import system_message
+
+
+def _repo(root: Path, files: dict[str, str | bytes]) -> Path:
+    root.mkdir()
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    return root
+
+
+def _args(**values: object) -> argparse.Namespace:
+    base = dict(model=None, endpoint=None, replay=None, api_key=None, endpoint_model=None, device=None,
+                no_engram=False, engram_dir=None, budget=None)
+    return argparse.Namespace(**(base | values))
+
+
+@pytest.fixture()
+def context(tmp_path: Path) -> app_support.RepositoryContext:
+    big = "".join(f"def function_{n}(value):\n    return value * {n}\n\n\n" for n in range(60))
+    root = _repo(tmp_path / "repo", {"small.py": "X = 1\n", "big.py": big, "logo.png": b"\x89PNG\r\n\x1a\n\0\0"})
+    context = app_support.RepositoryContext(root, None)
+    context.scan()
+    return context
+
+
+def test_needs_demo_only_when_no_model_is_named() -> None:
+    assert app_support.needs_demo(_args())
+    assert not app_support.needs_demo(_args(replay=Path("r.json")))
+    assert not app_support.needs_demo(_args(model=Path("m")))
+
+
+def test_drop_filters_the_file_out_of_the_system_message(context: app_support.RepositoryContext) -> None:
+    view = context.plan(100_000)
+    assert {f.path: f.mode for f in view.files} == {"small.py": "full", "big.py": "full"}
+    context.drop("./small.py")
+    view = context.plan(100_000)
+    assert {f.path: (f.mode, f.forced) for f in view.files}["small.py"] == ("dropped", "dropped")
+    assert "==> small.py" not in context.repository_text() and "==> big.py" in context.repository_text()
+    assert view.total_tokens == sum(f.tokens for f in view.files)
+
+
+def test_add_forces_an_outlined_file_in_full(context: app_support.RepositoryContext) -> None:
+    view = context.plan(200)  # big.py does not fit in full
+    assert {f.path: f.mode for f in view.files}["big.py"] != "full"
+    context.add("big.py")
+    view = context.plan(200)
+    row = {f.path: f for f in view.files}["big.py"]
+    assert (row.mode, row.forced) == ("full", "added") and row.tokens > 200
+    assert "def function_59(value):" in context.repository_text()
+    context.drop("big.py")  # dropping undoes the add
+    assert "big.py" not in context.forced_in
+
+
+def test_unknown_and_skipped_paths_are_refused(context: app_support.RepositoryContext) -> None:
+    context.plan(100_000)
+    with pytest.raises(app_support.ContextError, match="not a file of this repository"):
+        context.add("nowhere.py")
+    with pytest.raises(app_support.ContextError, match="left out of the index: binary"):
+        context.add("logo.png")
+
+
+def test_changed_files_since_the_plan(context: app_support.RepositoryContext) -> None:
+    context.plan(100_000)
+    assert context.changed_files() == []
+    (context.root / "small.py").write_text("X = 2\n")
+    assert context.changed_files() == ["small.py"]
+    view = context.plan(100_000)  # a new plan re-reads the changed file: nothing is stale any more
+    assert context.changed_files() == [] and "X = 2" in context.repository_text()
+    assert {f.path for f in view.files} == {"small.py", "big.py"}
+    (context.root / "big.py").unlink()
+    assert context.changed_files() == ["big.py"]
+
+
+def test_describe_a_replay_backend(tmp_path: Path) -> None:
+    script = tmp_path / "answers.json"
+    script.write_text(json.dumps(["hi"]))
+    args = _args(replay=script)
+    info = app_support.describe_backend(backend_from_args(args), args)
+    assert (info.kind, info.model, info.random_weights, info.state_bytes_per_token) == \
+        ("replay", "answers.json", False, None)
+    assert app_support.prefill(backend_from_args(args).backend, system_message("repo")) is None
+
+
+def test_demo_checkpoint_is_made_once_and_is_labelled_random(tmp_path: Path) -> None:
+    """The default model of `v4`: made on first use, loaded, described and prefilled like any checkpoint."""
+    path = app_support.demo_checkpoint(tmp_path)
+    assert path == tmp_path / app_support.DEMO_NAME and (path / app_support.RANDOM_MARKER).is_file()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert app_support.demo_checkpoint(tmp_path) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not made again
+    assert not list(tmp_path.glob(".demo-tiny.*"))
+
+    args = _args(model=path, engram_dir=tmp_path / "engram")
+    chosen = backend_from_args(args)
+    info = app_support.describe_backend(chosen, args)
+    assert (info.kind, info.model, info.random_weights) == ("embedded", app_support.DEMO_NAME, True)
+    assert info.state_bytes_per_token and info.state_bytes_per_token > 0
+    system = Message("system", "==> a.py <==\nX = 1\n")  # short: CPU prefill is slow, the path is the same
+    cold = app_support.prefill(chosen.backend, system)
+    assert cold.tokens > 0 and cold.computed_tokens == cold.tokens and cold.from_store
+    again = app_support.prefill(chosen.backend, system)  # the state already holds it: nothing computed
+    assert (again.reused_tokens, again.computed_tokens, again.from_store) == (cold.tokens, 0, False)

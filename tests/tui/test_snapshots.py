@@ -1,0 +1,63 @@
+"""Snapshots of the main screens at 80x24 and 120x40 (pytest-textual-snapshot).
+
+Values that change from run to run (the replay's timings) are pinned before the picture is taken,
+and the prompt's cursor does not blink. Update with `--snapshot-update` only after looking at the
+report of what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from tests.tui.conftest import TYPED, MakeApp, ask, ready, until
+from tui.screens.review import ReviewScreen
+
+SIZES = [(80, 24), (120, 40)]
+SnapCompare = Callable[..., bool]
+
+
+def _steady(pilot: Pilot) -> None:
+    main = pilot.app.main
+    main.query_one("#prompt", Input).cursor_blink = False
+    main.ttft_s, main.tokens_per_s = 0.25, 42.0
+
+
+async def _started(pilot: Pilot) -> None:
+    await ready(pilot)
+    _steady(pilot)
+
+
+async def _answered(pilot: Pilot) -> None:
+    await ready(pilot)
+    await ask(pilot, "add type hints")
+    _steady(pilot)
+
+
+async def _reviewing(pilot: Pilot) -> None:
+    await _answered(pilot)
+    await pilot.press("ctrl+r")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ReviewScreen) and pilot.app.screen.num_hunks == 2)
+    await pilot.press("a", "down", "x")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_ready(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(), terminal_size=size, run_before=_started)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_with_an_applied_edit(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(TYPED), terminal_size=size, run_before=_answered)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_review_screen(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
+    assert snap_compare(make_app(TYPED), terminal_size=size, run_before=_reviewing)
+
+
+def test_help_screen(snap_compare: SnapCompare, make_app: MakeApp) -> None:
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=_started, press=["f1"])

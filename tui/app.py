@@ -1,0 +1,99 @@
+"""The v4 app: `v4` with no command, in a repository. Screens, app-wide keys and the palette."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from agent.workspace import Workspace, WorkspaceError
+
+from .controllers.review import ReviewController
+from .screens.help import HelpScreen
+from .screens.main import MainScreen
+
+PALETTE = (  # (title, help, MainScreen action)
+    ("Review changes", "accept or reject v4's pending hunks, then commit", "review"),
+    ("Undo last v4 commit", "if it is HEAD, unpushed and the tree is clean", "undo"),
+    ("Add or drop a file", "force a file into the context, or out of it", "files"),
+    ("Toggle context panel", "show or hide the files in context", "toggle_context"),
+    ("Model", "the backend and model in use", "model"),
+    ("Clear chat", "clear the chat and forget the conversation", "clear"),
+    ("Watch mode", "not built yet: always off", "watch"),
+    ("Stop answer", "stop the answer being generated", "stop"),
+)
+
+
+class V4App(App[str | None]):
+    """Opens on the main screen; quitting returns a note for the terminal about pending changes."""
+
+    TITLE = "v4"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("f1", "help", "Help", priority=True),
+        Binding("question_mark", "help", "Help", show=False),
+    ]
+
+    def __init__(self, root: Path, args: argparse.Namespace, workspace: Workspace) -> None:
+        super().__init__()
+        self.root = root
+        self.review = ReviewController(workspace=workspace)
+        self.main = MainScreen(root, args, self.review)
+
+    def on_mount(self) -> None:
+        self.push_screen(self.main)  # pushed, not the default screen: pushing loads its CSS_PATH
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        if screen is self.main:
+            for title, help_text, action in PALETTE:
+                yield SystemCommand(title, help_text, getattr(self.main, f"action_{action}"))
+        yield SystemCommand("Help", "keys and commands", self.action_help)
+        yield from super().get_system_commands(screen)
+
+    def action_help(self) -> None:
+        """Open help, or close it when it is open (f1 is a priority key, so help never sees it)."""
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(HelpScreen([*self.BINDINGS, *MainScreen.BINDINGS]))
+
+    def action_quit(self) -> None:
+        """Stop start-up or the answer and leave; v4's pending changes stay in the work tree, and the
+        note says so."""
+        self.main.startup.cancel()
+        self.main.action_stop()
+        self.exit(exit_note(self.review))
+
+
+def exit_note(review: ReviewController) -> str | None:
+    """What to tell the terminal on the way out: pending changes are kept, and how to review them."""
+    try:
+        pending = review.pending()
+    except WorkspaceError as exc:
+        return f"v4: could not read the pending changes ({exc}); the work tree is as v4 left it."
+    if not pending:
+        return None
+    paths = ", ".join(d.path for d in pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+    return (f"v4: {len(pending)} file(s) with pending v4 changes stay in the work tree ({paths}); "
+            "review them with `v4 review` (or `v4` again), commit with `v4 commit`.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`v4` with no command: the app on the repository holding the current directory."""
+    try:
+        workspace = Workspace(Path.cwd())
+    except WorkspaceError as exc:
+        print(f"v4: {exc}. v4 edits through git so that every change can be reviewed and undone: "
+              "run `git init` first (`v4 index` shows how v4 reads any directory).", file=sys.stderr)
+        return 2
+    app = V4App(workspace.root, args, workspace)
+    app.run()
+    if app.return_value:
+        print(app.return_value)
+    return 1 if app.main.startup_error else 0

@@ -1,0 +1,64 @@
+"""ChatController: one instruction at a time through the agent's session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual.message import Message
+
+from agent.session import Session, TurnResult
+from agent.workspace import WorkspaceError
+
+from ..messages import TurnFinished
+from .metering import STOPPED, MeteredBackend
+
+
+class ChatController:
+    """Runs turns through `session` (whose backend is `backend`, metered). `ask` blocks for the whole
+    turn (inference, edits, git), so the screen calls it from a thread worker; what happens arrives
+    as messages: AnswerStarted/AnswerDelta/AnswerMetrics from the backend, then TurnFinished."""
+
+    def __init__(self, *, session: Session, backend: MeteredBackend, pending_files: Callable[[], int],
+                 post_message: Callable[[Message], object]) -> None:
+        self.session = session
+        self.backend = backend
+        self._pending_files = pending_files
+        self._post = post_message
+
+    def ask(self, instruction: str) -> TurnResult:
+        """Answer `instruction`; the model's edits land in the work tree (never committed here)."""
+        self.backend.begin_turn()
+        try:
+            result = self.session.run(instruction)
+        except (WorkspaceError, OSError) as exc:  # the session reports edit and backend errors itself
+            result = TurnResult(error=f"{type(exc).__name__}: {exc}")
+        try:
+            pending = self._pending_files()
+        except WorkspaceError:
+            pending = 0
+        self._post(TurnFinished(result, pending))
+        return result
+
+    def stop(self) -> None:
+        """Interrupt the answer being generated (safe from the event loop while `ask` runs)."""
+        self.backend.stop()
+
+    def clear(self) -> None:
+        """Forget the conversation; the system message (rules + repository) stays, and stays cached."""
+        self.session.history.clear()
+
+
+def describe_failure(result: TurnResult) -> str | None:
+    """The chat's line for a turn that went wrong (None when it did not), naming whose fault it was."""
+    if not result.error:
+        return None
+    if result.applied:
+        return f"Applied, but: {result.error}"
+    if result.refused:
+        return f"v4 did not edit: {result.error}"
+    if result.error == STOPPED:
+        return "Stopped."
+    if result.reflections or result.error.startswith("Your edits were not applied"):
+        tries = f" after {result.reflections} reflection{'s' * (result.reflections != 1)}" if result.reflections else ""
+        return f"✗ The model's edits did not apply{tries}: {result.error}"
+    return f"✗ The turn failed: {result.error}"

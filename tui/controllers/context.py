@@ -1,0 +1,59 @@
+"""ContextController: /add and /drop, and which files changed since the context was cached."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from textual.message import Message
+
+from agent.app_support import ContextError, RepositoryContext, prefill
+from agent.backends import Backend
+from agent.session import Session, system_message
+
+from ..messages import ContextUpdated
+
+
+class ContextController:
+    """Re-plans the repository's context when the user forces files in or out, rebuilds the session's
+    system message from it and prefills it again (only the changed tail is computed). Blocking: call
+    from thread workers, never while a turn runs (they share the engine's state)."""
+
+    def __init__(self, *, context: RepositoryContext, session: Session, backend: Backend, budget: int,
+                 post_message: Callable[[Message], object]) -> None:
+        self.context = context
+        self.session = session
+        self.backend = backend  # the unmetered backend: a prefill is not an answer
+        self.budget = budget
+        self._post = post_message
+        self._lock = threading.Lock()  # plan() rewrites what changed_files() reads
+
+    def add(self, path: str) -> None:
+        self._force(self.context.add, path, "added {} to the context in full")
+
+    def drop(self, path: str) -> None:
+        self._force(self.context.drop, path, "dropped {} from the context")
+
+    def check_changes(self) -> None:
+        """Post the files changed since the plan was made (cheap: a stat per file, a hash if it moved)."""
+        with self._lock:
+            changed = tuple(self.context.changed_files())
+        self._post(ContextUpdated(None, changed))
+
+    def paths(self) -> list[str]:
+        return self.context.paths()
+
+    def _force(self, change: Callable[[str], str], path: str, note: str) -> None:
+        with self._lock:
+            try:
+                rel = change(path)
+            except ContextError as exc:
+                self._post(ContextUpdated(None, tuple(self.context.changed_files()), str(exc), error=True))
+                return
+            view = self.context.plan(self.budget)
+            self.session.system = system_message(self.context.repository_text())
+            report = prefill(self.backend, self.session.system)
+        text = note.format(rel) + f": {view.total_tokens:,} of {view.budget:,} tokens"
+        if report is not None:
+            text += f"; prefilled {report.computed_tokens:,} tokens ({report.reused_tokens:,} reused)"
+        self._post(ContextUpdated(view, (), text + "."))

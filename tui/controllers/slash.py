@@ -1,0 +1,59 @@
+"""Slash commands: what the prompt accepts besides questions, parsed into (action, argument).
+
+The same table feeds the help screen and the prompt's completion, so they cannot drift apart.
+Each action names a `MainScreen.action_*` method, the one its key binding and palette entry call.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SlashCommand:
+    """One slash command: `/name [argument]`."""
+
+    name: str
+    action: str  # MainScreen.action_<action>
+    help: str
+    argument: str | None = None  # the argument's name, when it takes one
+
+
+SLASH_COMMANDS: tuple[SlashCommand, ...] = (
+    SlashCommand("review", "review", "review pending changes: accept or reject hunks, then commit"),
+    SlashCommand("undo", "undo", "undo the last v4 commit (only if it is HEAD, unpushed, tree clean)"),
+    SlashCommand("add", "add_file", "force a file into the context, in full", "PATH"),
+    SlashCommand("drop", "drop_file", "drop a file from the context", "PATH"),
+    SlashCommand("model", "model", "show the backend and model"),
+    SlashCommand("watch", "watch", "watch mode (not built yet: always off)"),
+    SlashCommand("clear", "clear", "clear the chat and forget the conversation"),
+    SlashCommand("help", "help", "keys and commands"),
+    SlashCommand("quit", "quit", "quit (pending changes stay in the work tree)"),
+)
+BY_NAME = {command.name: command for command in SLASH_COMMANDS}
+
+
+class SlashError(ValueError):
+    """An unknown command or a missing argument; the message says what would work."""
+
+
+def parse_slash(text: str) -> tuple[SlashCommand, str | None]:
+    """`"/add src/a.py"` -> (the add command, "src/a.py"); SlashError for anything else."""
+    name, _, rest = text.strip().removeprefix("/").partition(" ")
+    command = BY_NAME.get(name.lower())
+    if command is None:
+        close = difflib.get_close_matches(name.lower(), BY_NAME, n=1)
+        hint = f" Did you mean /{close[0]}?" if close else ""
+        raise SlashError(f"Unknown command /{name}.{hint} Type /help for the list.")
+    argument = rest.strip() or None
+    if command.argument and argument is None:
+        raise SlashError(f"/{command.name} needs {command.argument}: /{command.name} {command.argument}")
+    if not command.argument and argument is not None:
+        raise SlashError(f"/{command.name} takes no argument")
+    return command, argument
+
+
+def completions() -> list[str]:
+    """What the prompt suggests as the user types a slash."""
+    return [f"/{c.name}" + (" " if c.argument else "") for c in SLASH_COMMANDS]

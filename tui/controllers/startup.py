@@ -1,0 +1,111 @@
+"""StartupController: from command-line arguments to a ready session, off the event loop."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.message import Message
+
+from agent import app_support
+from agent.backend_options import backend_from_args
+from agent.backends import BackendError
+from agent.session import Session, SessionOptions
+from agent.workspace import WorkspaceError
+
+from ..messages import StartupFailed, StartupReady, StartupStep
+from .chat import ChatController
+from .context import ContextController
+from .metering import MeteredBackend
+from .review import ReviewController
+
+DEMO_ANSWER_TOKENS = 256  # random weights write noise: keep the demo's answers short
+
+
+class Cancelled(Exception):
+    """The app is closing: start-up stops at the next step or progress report."""
+
+
+@dataclass(slots=True)
+class Services:
+    """What start-up builds and the main screen drives from then on."""
+
+    session: Session
+    chat: ChatController
+    context: ContextController
+
+
+class StartupController:
+    """Indexes the repository, loads the model (making the demo checkpoint on first use), plans the
+    context and prefills it, posting a StartupStep as each moves. `run` blocks: a thread worker."""
+
+    def __init__(self, *, root: Path, args: argparse.Namespace, review: ReviewController,
+                 post_message: Callable[[Message], object]) -> None:
+        self.root = root
+        self.args = argparse.Namespace(**vars(args))  # the demo checkpoint is filled in on a copy
+        self.review = review
+        self._post = post_message
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next step (a model load or prefill in progress cannot be cut short)."""
+        self._cancelled.set()
+
+    def run(self) -> None:
+        try:
+            self._post(self._start())
+        except Cancelled:
+            pass
+        except (BackendError, WorkspaceError, app_support.ContextError, OSError, ValueError) as exc:
+            self._post(StartupFailed(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - anything else from a checkpoint or engine: say it, stay open
+            self._post(StartupFailed(f"{type(exc).__name__}: {exc}"))
+
+    def _start(self) -> StartupReady:
+        args = self.args
+        if app_support.needs_demo(args):
+            self._step("model", "creating the demo checkpoint (random weights, first run only)…")
+            args.model = app_support.demo_checkpoint()
+        embedded = not (args.endpoint or args.replay)
+        context = app_support.RepositoryContext(self.root, args.model if embedded else None,
+                                                lambda phase, done, total: self._step("index", f"indexing: {phase}",
+                                                                                      done, total))
+        self._step("index", "indexing the repository…")
+        context.scan()
+        self._step("index", "repository indexed", finished=True)
+        self._step("model", f"loading {Path(args.model).name if embedded else 'the backend'}…")
+        chosen = backend_from_args(args)
+        info = app_support.describe_backend(chosen, args)
+        self._step("model", f"model: {info.kind} {info.model}" + (" (random weights)" if info.random_weights else ""),
+                   finished=True)
+        self._step("plan", "planning the context…")
+        view = context.plan(chosen.budget)
+        self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
+                           f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
+        metered = MeteredBackend(chosen.backend, post_message=self._post)
+        options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
+        session = Session(self.root, metered, context.repository_text(), options)
+        self._step("prefill", "prefilling the context…")
+        report = app_support.prefill(chosen.backend, session.system)
+        self._step("prefill", _prefill_label(report), finished=True)
+        chat = ChatController(session=session, backend=metered, pending_files=self.review.pending_files,
+                              post_message=self._post)
+        controller = ContextController(context=context, session=session, backend=chosen.backend,
+                                       budget=chosen.budget, post_message=self._post)
+        return StartupReady(Services(session, chat, controller), info, view, report, self.review.pending_files())
+
+    def _step(self, step: str, label: str, done: int = 0, total: int = 0, finished: bool = False) -> None:
+        if self._cancelled.is_set():
+            raise Cancelled
+        self._post(StartupStep(step, label, done, total, finished))
+
+
+def _prefill_label(report: app_support.PrefillReport | None) -> str:
+    if report is None:
+        return "prefill: the backend keeps its own cache"
+    source = "from the Engram store" if report.from_store else "already held"
+    return (f"prefilled {report.tokens:,} tokens: {report.reused_tokens:,} reused {source}, "
+            f"{report.computed_tokens:,} computed in {report.seconds:.1f} s")

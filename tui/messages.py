@@ -1,0 +1,98 @@
+"""Messages from the controllers, which run in thread workers, to the main screen.
+
+Workers never touch widgets: they post these (post_message is thread-safe) and the screen sets
+state and widget attributes. A widget's own messages are nested in the widget (HunkView.Decided).
+
+    StartupController ─ StartupStep ───► MainScreen ─► StartupPanel (one row per step)
+      (thread)        ─ StartupReady ──►            ─► SessionState ─► StatusBar, ContextPanel
+                      ─ StartupFailed ─►            ─► ChatLog error note
+    Input.Submitted ─► MainScreen ─► a slash command (controllers/slash.py) or ChatController.ask
+    ChatController.ask (thread) ─► Session.run ─► MeteredBackend.stream, once per attempt:
+        ─ AnswerStarted ─► MainScreen ─► ChatLog: the reflection sent, a new AnswerView
+        ─ AnswerDelta ───► MainScreen ─► AnswerView.append (edit blocks drawn as diffs)
+        ─ AnswerMetrics ─► MainScreen ─► SessionState: tokens/s, TTFT, KV size
+      then ─ TurnFinished ─► MainScreen ─► ChatLog notes (applied, error), pending count
+    ContextController (thread) ─ ContextUpdated ─► MainScreen ─► SessionState.context/.changed
+    ReviewScreen workers ─► ReviewController ─► HunkView per hunk
+    HunkView ─ HunkView.Decided ─► ReviewScreen ─ dismiss(ReviewOutcome) ─► MainScreen ─► ChatLog
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from agent.app_support import BackendInfo, ContextView, PrefillReport
+from agent.session import TurnResult
+
+
+@dataclass
+class StartupStep(Message):
+    """A start-up step moved: `total` 0 means "no count yet" (an indeterminate bar)."""
+
+    step: str  # "model" | "index" | "plan" | "prefill"
+    label: str
+    done: int = 0
+    total: int = 0
+    finished: bool = False
+
+
+@dataclass
+class StartupReady(Message):
+    """Everything is loaded: the services the main screen drives from now on."""
+
+    services: object  # controllers.startup.Services
+    info: BackendInfo
+    context: ContextView
+    prefill: PrefillReport | None
+    pending_files: int
+
+
+@dataclass
+class StartupFailed(Message):
+    """Start-up stopped; `error` is written for the user."""
+
+    error: str
+
+
+@dataclass
+class AnswerStarted(Message):
+    """The model is asked again; `reflection` is the feedback v4 sent it (None for the first attempt)."""
+
+    attempt: int
+    reflection: str | None
+
+
+@dataclass
+class AnswerDelta(Message):
+    """A piece of the streamed answer."""
+
+    text: str
+
+
+@dataclass
+class AnswerMetrics(Message):
+    """Timing of one answer, for the status bar."""
+
+    ttft_s: float | None
+    tokens_per_s: float | None
+    context_tokens: int  # prompt + answer tokens now in the backend's state
+
+
+@dataclass
+class TurnFinished(Message):
+    """A turn is over (answered, applied, failed or stopped)."""
+
+    result: TurnResult
+    pending_files: int
+
+
+@dataclass
+class ContextUpdated(Message):
+    """The context plan or the files changed since it was cached."""
+
+    context: ContextView | None
+    changed: tuple[str, ...]
+    note: str | None = None  # what to tell the user (after /add, /drop)
+    error: bool = False  # the note says why /add or /drop could not be done

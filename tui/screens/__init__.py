@@ -1,0 +1,1 @@
+"""Screens: the main chat, the review of pending changes, and help; each with its own .tcss."""

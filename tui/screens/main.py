@@ -1,0 +1,303 @@
+"""MainScreen: the chat, the context panel and the status bar over one session."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.suggester import SuggestFromList
+from textual.widgets import Footer, Input
+from textual.worker import Worker, WorkerState
+
+from agent.app_support import BackendInfo
+
+from .. import messages as m
+from ..controllers.chat import describe_failure
+from ..controllers.metering import STOPPED
+from ..controllers.review import ReviewController, ReviewOutcome
+from ..controllers.slash import SlashError, completions, parse_slash
+from ..controllers.startup import Services, StartupController
+from ..state import SessionState
+from ..widgets.answer_view import AnswerView
+from ..widgets.chat_log import ChatLog
+from ..widgets.context_panel import ContextPanel
+from ..widgets.startup_panel import StartupPanel
+from ..widgets.status_bar import StatusBar
+from .review import ReviewScreen
+
+CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked (watch mode will replace this)
+BOUND = ("backend", "model", "random_weights", "tokens_per_s", "ttft_s", "kv_bytes", "watching", "pending_files",
+         "busy")  # SessionState vars the status bar shows
+
+
+class MainScreen(SessionState, Screen[None]):
+    """Routes messages: controllers' events become state and chat entries, the user's input becomes
+    questions or commands. Every action here is also a key binding, a slash command and a palette entry."""
+
+    CSS_PATH = "main.tcss"
+    BINDINGS = [
+        Binding("ctrl+r", "review", "Review"),
+        Binding("ctrl+z", "undo", "Undo commit"),
+        Binding("ctrl+t", "files", "Files"),
+        Binding("ctrl+b", "toggle_context", "Context"),
+        Binding("ctrl+o", "model", "Model", show=False),
+        Binding("ctrl+l", "clear", "Clear chat", show=False),
+        Binding("f5", "watch", "Watch", show=False),
+        Binding("escape", "stop", "Stop answer", show=False),
+    ]
+
+    def __init__(self, root: Path, args: argparse.Namespace, review: ReviewController) -> None:
+        super().__init__()
+        self.root = root
+        self.review = review
+        self.startup = StartupController(root=root, args=args, review=review, post_message=self.post_message)
+        self.services: Services | None = None
+        self.info: BackendInfo | None = None
+        self.answer: AnswerView | None = None
+        self.startup_error: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            with ChatLog(id="chat"):
+                yield StartupPanel()
+            yield ContextPanel(id="context").data_bind(SessionState.context, SessionState.changed)
+        yield Input(placeholder="Ask v4 to change something, or /help", id="prompt",
+                    suggester=SuggestFromList(completions(), case_sensitive=False))
+        yield StatusBar().data_bind(**{name: getattr(SessionState, name) for name in BOUND})
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#prompt", Input).focus()
+        self.run_worker(self.startup.run, thread=True, exclusive=True, group="startup")
+        self.set_interval(CHANGE_POLL_S, self.check_changes)
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def on_startup_step(self, event: m.StartupStep) -> None:
+        self.query_one(StartupPanel).update_step(event.step, event.label, event.done, event.total, event.finished)
+
+    def on_startup_ready(self, event: m.StartupReady) -> None:
+        self.services, self.info = event.services, event.info
+        self.backend, self.model, self.random_weights = event.info.kind, event.info.model, event.info.random_weights
+        self.context, self.pending_files, self.ready = event.context, event.pending_files, True
+        if event.prefill is not None:
+            self._set_kv(event.prefill.tokens)
+        chat = self.query_one(ChatLog)
+        if event.info.random_weights:
+            chat.note("The model is the demo checkpoint with random weights: its answers are noise. "
+                      "Start v4 with --model DIR, --endpoint URL or $V4_MODEL for a real one.", "reflection")
+        if event.pending_files:
+            chat.note(f"{event.pending_files} file(s) hold v4 changes from before, still pending: "
+                      "review them with ctrl+r (/review).", "reflection")
+        chat.note("Ready. Ask for a change; /help or ? lists keys and commands.")
+
+    def on_startup_failed(self, event: m.StartupFailed) -> None:
+        self.startup_error = event.error
+        self.backend = "not started"
+        self.query_one(StartupPanel).fail(event.error)
+        self.query_one(ChatLog).note(f"v4 could not start: {event.error}", "error")
+
+    # -- asking --------------------------------------------------------------------------------
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        event.input.clear()
+        if not text:
+            return
+        if text.startswith("/"):
+            self.run_slash(text)
+        else:
+            self.ask(text)
+
+    def run_slash(self, text: str) -> None:
+        try:
+            command, argument = parse_slash(text)
+        except SlashError as exc:
+            self.query_one(ChatLog).note(str(exc), "error")
+            return
+        action = getattr(self, f"action_{command.action}", None) or getattr(self.app, f"action_{command.action}")
+        if command.argument:
+            action(argument)
+        else:
+            action()
+
+    def ask(self, text: str) -> None:
+        chat = self.query_one(ChatLog)
+        if not self._can_run("asking"):
+            return
+        chat.prompt(text)
+        self.answer, self.busy = None, True
+        self._work(partial(self.services.chat.ask, text), "turn")
+
+    def on_answer_started(self, event: m.AnswerStarted) -> None:
+        chat = self.query_one(ChatLog)
+        if self.answer is not None:
+            self.answer.finish()
+        if event.reflection:
+            chat.note(f"↩ v4 told the model its edits did not apply:\n{event.reflection}", "reflection")
+        self.answer = chat.start_answer()
+
+    def on_answer_delta(self, event: m.AnswerDelta) -> None:
+        if self.answer is not None:
+            self.answer.append(event.text)
+
+    def on_answer_metrics(self, event: m.AnswerMetrics) -> None:
+        self.ttft_s, self.tokens_per_s = event.ttft_s, event.tokens_per_s
+        self._set_kv(event.context_tokens)
+
+    def on_turn_finished(self, event: m.TurnFinished) -> None:
+        result, chat = event.result, self.query_one(ChatLog)
+        if self.answer is not None:
+            self.answer.finish()
+        self.busy, self.pending_files = False, event.pending_files
+        if result.applied:
+            chat.note(f"✓ Applied to {', '.join(result.files)} (in the work tree, not committed). "
+                      "Review with ctrl+r or /review.", "success")
+        failure = describe_failure(result)
+        if failure:
+            chat.note(failure, "info" if result.error == STOPPED else "error")
+        elif result.declined:
+            chat.note("Not applied.", "info")
+        self.check_changes()
+
+    def action_stop(self) -> None:
+        if self.busy and self.services is not None:
+            self.services.chat.stop()
+
+    # -- commands (keys, slash commands and the palette all land here) -------------------------
+
+    def action_review(self) -> None:
+        if self.busy:
+            self.query_one(ChatLog).note("Wait for the answer to finish (escape stops it), then review.", "error")
+            return
+        self.app.push_screen(ReviewScreen(self.review), self._reviewed)
+
+    def _reviewed(self, outcome: ReviewOutcome | None) -> None:
+        if outcome is not None:
+            self.query_one(ChatLog).note(outcome.summary, "error" if outcome.error else "success")
+        self.refresh_pending()
+
+    def action_undo(self) -> None:
+        if self.busy:
+            self.query_one(ChatLog).note("Wait for the answer to finish, then undo.", "error")
+            return
+        self._work(self._undo, "git")
+
+    def _undo(self) -> None:
+        done, text = self.review.undo()  # git: in the worker thread; the chat is updated on the loop
+        self.app.call_from_thread(self._undone, done, text)
+
+    def _undone(self, done: bool, text: str) -> None:
+        self.query_one(ChatLog).note(text, "success" if done else "error")
+        self.check_changes()
+
+    def action_files(self) -> None:
+        """A palette of every file, to add or drop."""
+        if self._can_run("changing the context"):
+            paths = self.services.context.paths()
+            self.app.search_commands([(f"add {p}", partial(self.action_add_file, p)) for p in paths]
+                                     + [(f"drop {p}", partial(self.action_drop_file, p)) for p in paths],
+                                     placeholder="add or drop a file…")
+
+    def action_add_file(self, path: str | None = None) -> None:
+        self._force(path, add=True)
+
+    def action_drop_file(self, path: str | None = None) -> None:
+        self._force(path, add=False)
+
+    def on_context_panel_force_requested(self, event: ContextPanel.ForceRequested) -> None:
+        self._force(event.path, event.add)
+
+    def _force(self, path: str | None, add: bool) -> None:
+        if path is None:
+            self.action_files()
+        elif self._can_run("changing the context"):
+            self.busy = True
+            work = self.services.context.add if add else self.services.context.drop
+            self._work(partial(work, path), "turn")
+
+    def on_context_updated(self, event: m.ContextUpdated) -> None:
+        if event.context is not None or event.error:
+            self.busy = False  # an /add or /drop finished
+        if event.context is not None:
+            self.context = event.context
+        self.changed = event.changed
+        if event.note:
+            self.query_one(ChatLog).note(event.note, "error" if event.error else "success")
+
+    def action_toggle_context(self) -> None:
+        panel = self.query_one(ContextPanel)
+        panel.display = not panel.display
+
+    def action_model(self) -> None:
+        info, chat = self.info, self.query_one(ChatLog)
+        if info is None:
+            chat.note(f"The model is not loaded: {self.startup_error or 'still starting'}.", "info")
+            return
+        per_token = f"{info.state_bytes_per_token:,.0f} bytes of decode state per token" \
+            if info.state_bytes_per_token else "decode state kept by the backend"
+        chat.note(f"Backend {info.kind}, model {info.model}" + (" (random weights)" if info.random_weights else "")
+                  + f"; context {info.context_length:,} tokens, repository budget {info.budget:,}; {per_token}. "
+                  "To switch, restart v4 with --model DIR, --endpoint URL or --replay FILE.", "info")
+
+    def action_watch(self) -> None:
+        self.watching = False
+        self.query_one(ChatLog).note("Watch mode is not built yet (the [watch] issue): it stays off. "
+                                     "Files changed since the context was cached are listed in the context panel.")
+
+    def action_clear(self) -> None:
+        if self.busy:
+            self.query_one(ChatLog).note("Wait for the answer to finish, then clear.", "error")
+            return
+        self.query_one(ChatLog).clear(keep=tuple(self.query(StartupPanel)))
+        if self.services is not None:
+            self.services.chat.clear()
+
+    def action_help(self) -> None:
+        self.app.action_help()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def check_changes(self) -> None:
+        if self.services is not None and not self.busy:
+            self._work(self.services.context.check_changes, "changes")
+        self.refresh_pending()
+
+    def refresh_pending(self) -> None:
+        self._work(self._count_pending, "pending")
+
+    def _work(self, function: Callable[[], object], group: str) -> None:
+        """Run blocking `function` in a thread worker; a failure becomes a chat note, not a crash."""
+        self.run_worker(function, thread=True, exclusive=True, group=group, exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group != "startup":
+            error = event.worker.error
+            self.busy = False
+            self.query_one(ChatLog).note(f"Internal error ({event.worker.group}): {type(error).__name__}: {error}",
+                                         "error")
+
+    def _count_pending(self) -> None:
+        count = self.review.pending_files()
+        self.app.call_from_thread(setattr, self, "pending_files", count)
+
+    def _can_run(self, what: str) -> bool:
+        chat = self.query_one(ChatLog)
+        if self.services is None:
+            chat.note(f"v4 could not start: {self.startup_error}" if self.startup_error
+                      else f"Still starting; try {what} again in a moment.", "error")
+            return False
+        if self.busy:
+            chat.note("v4 is busy with the last request (escape stops an answer).", "error")
+            return False
+        return True
+
+    def _set_kv(self, tokens: int) -> None:
+        per_token = self.info.state_bytes_per_token if self.info else None
+        self.kv_bytes = None if per_token is None else int(per_token * tokens)

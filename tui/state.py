@@ -1,0 +1,37 @@
+"""The session's reactive state, in one place: the main screen mixes it in and its widgets
+`data_bind` to it, so a value set here shows everywhere it is drawn."""
+
+from __future__ import annotations
+
+from textual.reactive import var
+
+from agent.app_support import ContextView
+
+
+class SessionState:
+    """Reactive vars of one v4 session (mixed into MainScreen, a DOMNode, which makes them live)."""
+
+    ready = var(False)
+    """Start-up finished: questions go to the model."""
+    busy = var(False)
+    """A turn is running in a worker."""
+    backend = var("starting…")
+    """Backend kind: embedded, http or replay."""
+    model = var("")
+    """Checkpoint directory name, endpoint model or replay file."""
+    random_weights = var(False)
+    """The model is the demo checkpoint (or another with random weights): answers are noise."""
+    tokens_per_s = var[float | None](None)
+    """Generation speed of the last answer."""
+    ttft_s = var[float | None](None)
+    """Time to the first token of the last answer (prefill included)."""
+    kv_bytes = var[int | None](None)
+    """Decode-state bytes for the tokens the engine holds (embedded only)."""
+    watching = var(False)
+    """Watch mode (keeps the context current as files change): a later issue, always off."""
+    pending_files = var(0)
+    """Files with v4 changes waiting for review."""
+    context = var[ContextView | None](None)
+    """The context plan as the panel shows it."""
+    changed = var[tuple[str, ...]](())
+    """Files in the context changed since the prefix was cached."""

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+# Triton kernels run on CPU through Triton's interpreter when there is no GPU. Set before anything
+# imports triton: `triton.jit` picks the interpreter when a kernel is decorated.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",

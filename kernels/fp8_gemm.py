@@ -84,7 +84,9 @@ def act_quant_reference(x: Tensor, block: int = BLOCK, ue8m0: bool = True) -> tu
     _check_act(x, block)
     m, k = x.shape
     groups = x.float().view(m, k // block, block)
-    scale = groups.abs().amax(dim=-1).clamp(min=AMAX_FLOOR) / FP8_MAX
+    amax = groups.abs().amax(dim=-1).clamp(min=AMAX_FLOOR)
+    # A tensor divisor: CUDA divides by a Python scalar as a multiply by its (inexact) reciprocal.
+    scale = amax / torch.full_like(amax, FP8_MAX)
     if ue8m0:
         scale = _pow2_ceil(scale)
     q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)

@@ -1,0 +1,516 @@
+"""Lightning indexer (V4 CSA): score every compressed key for each query and keep the top k.
+
+score[b, s, t] = sum_h w[b, s, h] * relu(q[b, s, h] . k[b, t]) * scale, or -inf while key t is not
+visible (t >= (start + s + 1) // rate); a row keeps its k largest finite scores, ties to the lowest
+index, listed in ascending index order and padded with -1.
+
+The two numbers (Hi = 64 heads, Di = 128): 2 * Hi * Di = 16K FLOPs per (query, key) pair against
+2 * Di = 256 bytes per bf16 key (132 per FP8 key + scale). Decode reads every key for one query:
+memory-bound, yet 64 FLOP/byte is 200 TFLOP/s at 3 TB/s, so even one query needs tensor cores.
+A prefill chunk (S = 2048) reuses each key tile across queries: compute-bound.
+
+`_scores_kernel`, grid (T splits, groups of G queries, B): q^T [Di, G * Hi] stays resident while the
+program walks its keys in BLOCK_T tiles. acc = keys [BLOCK_T, Di] @ q^T puts keys on M and heads on N,
+so the weighted head sum runs along accumulator rows (in-thread, then a quad) rather than across
+warps; relu, * scale, * w, the per-query head sum and the causal mask follow in registers. It writes
+the scores and the max of every CHUNK keys; tiles past the group's last visible key are only filled
+with -inf, never read. Decode splits T so ~4 programs per SM stream the keys; prefill autotunes
+G = 2 or 4 queries (N = 128-256), so each key tile fetched from L2 feeds 2-4x more MMA work (configs
+whose accumulator would pass 64 registers a thread are pruned: sm_90 builds of them spill).
+
+`_select_kernel`, one program per row: exact radix selection on order-preserving int32 keys of the
+scores (8-bit digits via tl.histogram). (A) tau = the 16-bit prefix of the k-th largest chunk max, a
+lower bound on the k-th largest score (k chunks each hold a score >= it). (B) the ids of chunks whose
+max reaches tau, in order: about k of them unless scores cluster. (C) the exact k-th largest key and
+how many of its ties to take, over the scores >= tau in those chunks. (D) emit them in index order
+(a running cumsum hands ties to the lowest index), pad with -1. Phases C and D touch ~k * CHUNK scores
+instead of T; every phase loops over blocks, so clustered or tied rows (all zeros) stay exact, only
+slower. The first block of each phase stays in registers across its passes.
+
+Memory: the scores round-trip (4 bytes per (s, t) written, read back ~k * CHUNK per row), plus the
+maxima and chunk ids (1/16 of that each): ~3% over the bf16 keys at decode, 512 MB for S = 2048 x
+T = 64K (chunk the prefill to bound it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+CHUNK = 16  # keys per maximum written by the score kernel
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+_NEG_INF_KEY = tl.constexpr(-2139095041)  # _mono_key(-inf)
+_PAD_KEY = tl.constexpr(-2147483648)  # below every key: an empty slot
+_REF_ELEMENTS = 1 << 27  # float32 elements of one [B, S-chunk, Hi, T] product in the reference
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def indexer_scores_reference(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float) -> Tensor:
+    """The indexer's scores exactly as model/attention.py computes them, in float32.
+
+    Args:
+        q: `[B, S, Hi, Di]`, queries at positions start..start+S-1.
+        weights: `[B, S, Hi]` float32, already multiplied by Hi**-0.5.
+        keys: `[B, T, Di]` compressed keys.
+    Returns:
+        `[B, S, T]` float32: sum_h weights * (relu(q . k) * scale), -inf where t >= (position + 1) // rate.
+    """
+    batch, seq_len, heads, _ = q.shape
+    num_keys = keys.shape[1]
+    out = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
+    step = max(1, _REF_ELEMENTS // max(1, batch * heads * num_keys))  # bounds the [B, s, Hi, T] product
+    keys = keys.float()
+    for s0 in range(0, seq_len, step):
+        part = F.relu(torch.einsum("bshi,bti->bsht", q[:, s0 : s0 + step].float(), keys)) * scale
+        out[:, s0 : s0 + step] = (part * weights[:, s0 : s0 + step].unsqueeze(-1)).sum(dim=2)
+    positions = torch.arange(seq_len, device=q.device) + start
+    visible = torch.arange(num_keys, device=q.device)[None, :] < ((positions + 1) // rate)[:, None]
+    return out.masked_fill_(~visible, float("-inf"))
+
+
+def _stable_topk_mask(scores: Tensor, k: int) -> Tensor:
+    """model.attention.stable_topk_mask restated (kernels/ does not import model; a test keeps them equal)."""
+    k = min(k, scores.shape[-1])
+    kth = scores.topk(k, dim=-1).values[..., -1:]
+    above = scores > kth
+    ties = scores == kth
+    room = k - above.sum(dim=-1, keepdim=True)
+    return above | (ties & (ties.cumsum(dim=-1) <= room))
+
+
+def topk_indices_reference(scores: Tensor, k: int) -> Tensor:
+    """`[B, S, T]` float32 -> `[B, S, k]` int32: the k largest finite scores of each row, ties to the
+    lowest index (the set `stable_topk_mask(scores, k) & isfinite` keeps), ascending, -1 padded; O(T)."""
+    keep = _stable_topk_mask(scores, k) & torch.isfinite(scores)
+    slot = torch.where(keep, keep.cumsum(dim=-1) - 1, k)  # output position; column k is discarded
+    out = torch.full((*scores.shape[:-1], k + 1), -1, dtype=torch.int64, device=scores.device)
+    out.scatter_(-1, slot, torch.arange(scores.shape[-1], device=scores.device).expand_as(scores))
+    return out[..., :k].to(torch.int32)
+
+
+def indexer_topk_reference(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
+                           k: int) -> Tensor:
+    """Which k compressed keys each query attends: `[B, S, k]` int32 (see the two functions above)."""
+    return topk_indices_reference(indexer_scores_reference(q, weights, keys, start, rate, scale), k)
+
+
+def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """`[B, T, Di]` -> (float8_e4m3fn `[B, T, Di]`, float32 scale `[B, T]` = per-key amax / 448); an
+    all-zero key gets scale 0 (it dequantises to 0)."""
+    keys = keys.float()
+    key_scale = keys.abs().amax(dim=-1) / FP8_MAX
+    divisor = torch.where(key_scale > 0, key_scale, torch.ones_like(key_scale))
+    keys_fp8 = (keys / divisor.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return keys_fp8, key_scale
+
+
+def dequantize_index_keys_fp8(keys_fp8: Tensor, key_scale: Tensor) -> Tensor:
+    """The float32 keys FP8 keys stand for: `keys_fp8 * key_scale[..., None]`."""
+    return keys_fp8.float() * key_scale.unsqueeze(-1)
+
+
+def indexer_topk_fp8_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int,
+                               rate: int, scale: float, k: int) -> Tensor:
+    """indexer_topk_reference on the dequantised keys."""
+    return indexer_topk_reference(q, weights, dequantize_index_keys_fp8(keys_fp8, key_scale), start, rate, scale, k)
+
+
+# ----------------------------------------------------------------------------- score kernel
+
+
+def _score_configs() -> list[triton.Config]:
+    """(G queries per program, BLOCK_T, warps, stages); _prune_score_configs keeps those fit for a call."""
+    if _interpreting():
+        shapes = ((1, 32, 4, 1), (2, 32, 4, 1), (4, 32, 4, 1))
+    else:
+        shapes = ((1, 128, 4, 3), (1, 64, 4, 4), (1, 128, 8, 3), (1, 64, 8, 3),
+                  (2, 128, 8, 3), (2, 64, 4, 3), (2, 64, 8, 4), (4, 64, 8, 3), (4, 64, 8, 4))
+    return [triton.Config({"G": g, "BLOCK_T": bt}, num_warps=w, num_stages=st) for g, bt, w, st in shapes]
+
+
+def _prune_score_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    """G = the query count when S <= 2 (keys read once), else 2 or 4; N = G * heads up to 256 (128 for
+    fp32); the [BLOCK_T, N] accumulator within 64 fp32 registers a thread (sm_90 builds spill past it)."""
+    s_class, itemsize = named_args["s_class"], named_args["q_ptr"].element_size()
+    heads = max(16, triton.next_power_of_2(named_args["Hi"]))
+
+    def fits(config: triton.Config) -> bool:
+        group, block_t = config.kwargs["G"], config.kwargs["BLOCK_T"]
+        wanted = group == s_class if s_class < 4 else group >= 2
+        widest = 256 if itemsize <= 2 else 128
+        return wanted and group * heads <= widest and block_t * group * heads <= 64 * 32 * config.num_warps
+
+    kept = [c for c in configs if fits(c)] or [c for c in configs if c.kwargs["G"] == 1][:1]
+    return kept[-1:] if _interpreting() else kept
+
+
+@triton.jit
+def _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T: tl.constexpr, G: tl.constexpr,
+                  CHUNK: tl.constexpr, WRITE_MAX: tl.constexpr):
+    """score: [BLOCK_T, G] for keys t0.. of queries s_row; also the max of each CHUNK keys."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    rows = b * S + s_row.to(tl.int64)  # [G] rows of the [B * S, T] scores
+    ok = s_row < S
+    tl.store(s_ptr + rows[None, :] * T + t[:, None], score, mask=ok[None, :] & (t[:, None] < T))
+    if WRITE_MAX:
+        c = t0 // CHUNK + tl.arange(0, BLOCK_T // CHUNK)
+        best = tl.max(tl.reshape(score, [BLOCK_T // CHUNK, CHUNK, G]), axis=1)
+        tl.store(m_ptr + rows[None, :] * M + c[:, None], best, mask=ok[None, :] & (c[:, None] < M))
+
+
+@triton.autotune(configs=_score_configs(), key=["s_class", "Hi", "Di", "FP8"],
+                 prune_configs_by={"early_config_prune": _prune_score_configs})
+@triton.jit(do_not_specialize=["S", "T", "M", "start", "s_class"])  # s_class: min(S, 4) rounded up, autotune key
+def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
+                   sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t,
+                   G: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
+                   CHUNK: tl.constexpr, FP8: tl.constexpr, IEEE: tl.constexpr, WRITE_MAX: tl.constexpr):
+    b = tl.program_id(2).to(tl.int64)
+    s0 = tl.program_id(1) * G
+    per = tl.cdiv(tl.cdiv(T, BLOCK_T), tl.num_programs(0)) * BLOCK_T
+    t_lo = tl.program_id(0) * per
+    t_hi = tl.minimum(t_lo + per, T)
+    col = tl.arange(0, G * HP)  # column = query g of the group, head h
+    s_col = s0 + col // HP
+    h = col % HP
+    col_ok = (s_col < S) & (h < Hi)
+    d = tl.arange(0, DP)
+    q = tl.load(q_ptr + b * sq_b + s_col[None, :] * sq_s + h[None, :] * sq_h + d[:, None],
+                mask=col_ok[None, :] & (d[:, None] < Di), other=0.0)  # q^T: [DP, G * HP]
+    if IEEE:
+        q = q.to(tl.float32)
+    w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0)
+    s_row = s0 + tl.arange(0, G)
+    visible = (start + s_row + 1) // rate  # [G]: keys each query sees
+    t_vis = tl.minimum((start + tl.minimum(s0 + G, S)) // rate, t_hi)  # ... the group's last query
+    t_mid = t_lo + tl.cdiv(tl.maximum(t_vis - t_lo, 0), BLOCK_T) * BLOCK_T
+    for t0 in tl.range(t_lo, t_mid, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        keys = tl.load(k_ptr + b * sk_b + t[:, None] * sk_t + d[None, :],
+                       mask=(t[:, None] < T) & (d[None, :] < Di), other=0.0)
+        keys = keys.to(q.dtype)  # FP8: e4m3 values are exact in bf16/fp16/fp32
+        if IEEE:
+            acc = tl.dot(keys, q, input_precision="ieee")
+        else:
+            acc = tl.dot(keys, q)
+        if FP8:
+            acc = acc * tl.load(ks_ptr + b * sks_b + t * sks_t, mask=t < T, other=0.0)[:, None]
+        acc = tl.maximum(acc, 0.0) * scale * w[None, :]
+        if G == 1:
+            score = tl.sum(acc, axis=1)[:, None]
+        else:
+            score = tl.sum(tl.reshape(acc, [BLOCK_T, G, HP]), axis=2)
+        keep = (t[:, None] < visible[None, :]) & (t[:, None] < T)
+        score = tl.where(keep, score, float("-inf"))
+        _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T, G, CHUNK, WRITE_MAX)
+    for t0 in tl.range(t_mid, t_hi, BLOCK_T):
+        score = tl.full([BLOCK_T, G], float("-inf"), tl.float32)
+        _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T, G, CHUNK, WRITE_MAX)
+
+
+@functools.lru_cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
+                   scale: float, scores: Tensor, maxima: Tensor | None) -> None:
+    batch, seq_len, heads, head_dim = q.shape
+    num_keys = keys.shape[1]
+    q, weights, keys = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, weights, keys))
+    target = 4 * _num_sms(q.device)  # programs: ~4 per SM when the queries alone do not fill the GPU
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        num_blocks, num_groups = triton.cdiv(num_keys, meta["BLOCK_T"]), triton.cdiv(seq_len, meta["G"])
+        return max(1, min(num_blocks, triton.cdiv(target, batch * num_groups))), num_groups, batch
+
+    ks = weights if key_scale is None else key_scale  # an unused pointer when not FP8
+    m = scores if maxima is None else maxima
+    _scores_kernel[grid](
+        q, weights, keys, ks, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start, rate, scale,
+        min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
+        weights.stride(0), weights.stride(1), keys.stride(0), keys.stride(1), ks.stride(0), ks.stride(1),
+        HP=max(16, triton.next_power_of_2(heads)), DP=max(16, triton.next_power_of_2(head_dim)), CHUNK=CHUNK,
+        FP8=key_scale is not None, IEEE=_dot_in_fp32(q.dtype), WRITE_MAX=maxima is not None)
+
+
+def _dot_in_fp32(dtype: torch.dtype) -> bool:
+    """fp32 inputs take the exact (not tf32) dot. So do bf16 ones under the interpreter, whose tl.dot
+    multiplies bf16's uint16 storage (triton 3.9); bf16 products are exact in fp32 anyway."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting())
+
+
+# ----------------------------------------------------------------------------- selection kernel
+
+
+@triton.jit
+def _mono_key(x):
+    """float32 -> int32 ordered like the floats (-0.0 taken as +0.0, so ties match `==`)."""
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return tl.where(x == 0.0, 0, key)
+
+
+@triton.jit
+def _hist(keys, prefix, PASS: tl.constexpr):
+    """Histogram of digit PASS (8 bits, most significant first) over the non-pad keys whose higher
+    digits equal `prefix` (= key >> (32 - 8 * PASS))."""
+    valid = keys != _PAD_KEY
+    if PASS > 0:
+        valid = valid & ((keys >> (32 - 8 * PASS)) == prefix)
+    digit = (keys >> (24 - 8 * PASS)) & 0xFF
+    if PASS == 0:
+        digit = digit ^ 0x80  # the sign byte: flip so the digits order like signed keys
+    left_out = tl.sum((valid == 0).to(tl.int32), axis=0)
+    counts = tl.histogram(tl.where(valid, digit, 0), 256)
+    return counts - tl.where(tl.arange(0, 256) == 0, left_out, 0)
+
+
+@triton.jit
+def _pick(hist, prefix, remaining, PASS: tl.constexpr):
+    """Descend into the digit holding the `remaining`-th largest key: (new prefix, new remaining)."""
+    bins = tl.arange(0, 256)
+    at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
+    digit = tl.max(tl.where(at_or_above >= remaining, bins, 0), axis=0)
+    above = tl.sum(tl.where(bins == digit, at_or_above - hist, 0), axis=0)
+    if PASS == 0:
+        prefix = digit - 128
+    else:
+        prefix = prefix * 256 + digit
+    return prefix, remaining - above
+
+
+@triton.jit
+def _maxima_keys(m_row, j, M, BLOCK: tl.constexpr):
+    offs = j + tl.arange(0, BLOCK)
+    x = tl.load(m_row + offs, mask=offs < M, other=0.0)
+    return tl.where(offs < M, _mono_key(x), _PAD_KEY)
+
+
+@triton.jit
+def _chunk_threshold(keys0, m_row, M, k, BLOCK_M: tl.constexpr):
+    """(A) tau: the 16-bit prefix of the k-th largest chunk max (all finite scores if M <= k)."""
+    tau = tl.full([], _NEG_INF_KEY + 1, tl.int32)
+    if M > k:
+        prefix = 0
+        remaining = k
+        for p in tl.static_range(2):
+            hist = _hist(keys0, prefix, p)
+            for j in range(BLOCK_M, M, BLOCK_M):
+                hist += _hist(_maxima_keys(m_row, j, M, BLOCK_M), prefix, p)
+            prefix, remaining = _pick(hist, prefix, remaining, p)
+        tau = tl.maximum(prefix * 65536, _NEG_INF_KEY + 1)
+    return tau
+
+
+@triton.jit
+def _emit_chunks(keys, j, tau, cid_row, n_q, BLOCK: tl.constexpr):
+    """(B) append the ids of chunks j.. whose max reaches tau."""
+    qual = (keys >= tau).to(tl.int32)
+    pos = n_q + tl.cumsum(qual, axis=0) - 1
+    tl.store(cid_row + pos, j + tl.arange(0, BLOCK), mask=qual != 0)
+    return n_q + tl.sum(qual, axis=0)
+
+
+@triton.jit
+def _candidates(s_row, cid_row, j, n_q, T, tau, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """Keys (pad where below tau) and indices of the scores in listed chunks j..j+BLOCK_C, in order."""
+    r = j + tl.arange(0, BLOCK_C)
+    cid = tl.load(cid_row + r, mask=r < n_q, other=0)
+    idx = cid[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+    ok = (r < n_q)[:, None] & (idx < T)
+    key = _mono_key(tl.load(s_row + idx, mask=ok, other=0.0))
+    key = tl.where(ok & (key >= tau), key, _PAD_KEY)
+    return tl.reshape(key, [BLOCK_C * CHUNK]), tl.reshape(idx, [BLOCK_C * CHUNK])
+
+
+@triton.jit
+def _kth_key(keys0, s_row, cid_row, n_q, T, tau, k, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """(C) the k-th largest candidate key and how many of its ties to take; with k or fewer
+    candidates, a threshold below them all."""
+    prefix = 0
+    remaining = k
+    num = 0
+    for p in tl.static_range(4):
+        hist = _hist(keys0, prefix, p)
+        for j in range(BLOCK_C, n_q, BLOCK_C):
+            keys, _ = _candidates(s_row, cid_row, j, n_q, T, tau, BLOCK_C, CHUNK)
+            hist += _hist(keys, prefix, p)
+        if p == 0:
+            num = tl.sum(hist, axis=0)
+        prefix, remaining = _pick(hist, prefix, remaining, p)
+    take_all = num <= k
+    return tl.where(take_all, _NEG_INF_KEY, prefix), tl.where(take_all, 0, remaining)
+
+
+@triton.jit
+def _emit(keys, idx, thr, room, out_row, n_sel, n_tie):
+    """(D) store the indices above thr, and the first `room` ties overall, after n_sel earlier ones."""
+    tie = (keys == thr).to(tl.int32)
+    take = (keys > thr) | ((tie != 0) & (n_tie + tl.cumsum(tie, axis=0) <= room))
+    taken = take.to(tl.int32)
+    tl.store(out_row + n_sel + tl.cumsum(taken, axis=0) - 1, idx, mask=take)
+    return n_sel + tl.sum(taken, axis=0), n_tie + tl.sum(tie, axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "M", "k"])
+def _select_kernel(s_ptr, m_ptr, cid_ptr, out_ptr, T, M, k, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                   CHUNK: tl.constexpr, BLOCK_PAD: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    s_row, m_row, cid_row, out_row = s_ptr + row * T, m_ptr + row * M, cid_ptr + row * M, out_ptr + row * k
+    keys0 = _maxima_keys(m_row, 0, M, BLOCK_M)
+    tau = _chunk_threshold(keys0, m_row, M, k, BLOCK_M)
+    n_q = _emit_chunks(keys0, 0, tau, cid_row, 0, BLOCK_M)
+    for j in range(BLOCK_M, M, BLOCK_M):
+        n_q = _emit_chunks(_maxima_keys(m_row, j, M, BLOCK_M), j, tau, cid_row, n_q, BLOCK_M)
+    tl.debug_barrier()  # chunk ids stored by every thread are read back by others
+    keys0, idx0 = _candidates(s_row, cid_row, 0, n_q, T, tau, BLOCK_C, CHUNK)
+    thr, room = _kth_key(keys0, s_row, cid_row, n_q, T, tau, k, BLOCK_C, CHUNK)
+    n_sel, n_tie = _emit(keys0, idx0, thr, room, out_row, 0, 0)
+    for j in range(BLOCK_C, n_q, BLOCK_C):
+        keys, idx = _candidates(s_row, cid_row, j, n_q, T, tau, BLOCK_C, CHUNK)
+        n_sel, n_tie = _emit(keys, idx, thr, room, out_row, n_sel, n_tie)
+    for j in range(n_sel, k, BLOCK_PAD):
+        offs = j + tl.arange(0, BLOCK_PAD)
+        tl.store(out_row + offs, -1, mask=offs < k)
+
+
+def _launch_select(scores: Tensor, maxima: Tensor, k: int, out: Tensor, max_block_m: int = 8192,
+                   max_block_c: int = 512) -> None:
+    """One program per row; the block caps keep 16 warps within registers (tests lower them to loop)."""
+    num_keys, num_chunks = scores.shape[-1], maxima.shape[-1]
+    rows = scores.numel() // max(1, num_keys)
+    chunk_ids = torch.empty(rows, num_chunks, dtype=torch.int32, device=scores.device)
+    pow2 = triton.next_power_of_2(num_chunks)
+    _select_kernel[(rows,)](
+        scores, maxima, chunk_ids, out, num_keys, num_chunks, k,
+        BLOCK_M=min(max_block_m, max(16, pow2)), BLOCK_C=min(max_block_c, pow2), CHUNK=CHUNK,
+        BLOCK_PAD=min(1024, max(16, triton.next_power_of_2(k))), num_warps=4 if _interpreting() else 16)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int,
+                  rate: int) -> None:
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, S, Hi, Di], got shape {tuple(q.shape)}")
+    batch, seq_len, heads, head_dim = q.shape
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q must be bfloat16, float16 or float32, got {q.dtype}")
+    if not (1 <= heads <= 256 and 1 <= head_dim <= 256):
+        raise ValueError(f"q: 1..256 heads of dim 1..256 supported, got {heads} x {head_dim}")
+    if tuple(weights.shape) != (batch, seq_len, heads) or weights.dtype != torch.float32:
+        raise ValueError(f"weights must be float32 [{batch}, {seq_len}, {heads}], got {weights.dtype} "
+                         f"{tuple(weights.shape)}")
+    if keys.dim() != 3 or keys.shape[0] != batch or keys.shape[2] != head_dim:
+        raise ValueError(f"keys must be [{batch}, T, {head_dim}], got shape {tuple(keys.shape)}")
+    if key_scale is None and keys.dtype != q.dtype:
+        raise ValueError(f"keys must have q's dtype {q.dtype}, got {keys.dtype}")
+    if key_scale is not None:
+        if keys.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"FP8 keys must be float8_e4m3fn, got {keys.dtype}")
+        if tuple(key_scale.shape) != tuple(keys.shape[:2]) or key_scale.dtype != torch.float32:
+            raise ValueError(f"key_scale must be float32 {tuple(keys.shape[:2])}, got {key_scale.dtype} "
+                             f"{tuple(key_scale.shape)}")
+    if start < 0 or rate < 1:
+        raise ValueError(f"need start >= 0 and rate >= 1, got start={start}, rate={rate}")
+    tensors = [q, weights, keys] + ([key_scale] if key_scale is not None else [])
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"q, weights, keys (and key_scale) must share a device, got {[t.device for t in tensors]}")
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"Triton kernels need CUDA tensors (CPU ones only under TRITON_INTERPRET=1), got {q.device}")
+
+
+def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} {shape} tensor on {device}, got {out.dtype} "
+                         f"{tuple(out.shape)} on {out.device}")
+    return out
+
+
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
+                   key_scale: Tensor | None = None, *, out: Tensor | None = None) -> Tensor:
+    """Triton indexer_scores_reference: `[B, S, T]` float32 (FP8 keys when `key_scale` is given)."""
+    _check_inputs(q, weights, keys, key_scale, start, rate)
+    out = _output(out, (*q.shape[:2], keys.shape[1]), torch.float32, q.device)
+    if out.numel():
+        _launch_scores(q, weights, keys, key_scale, start, rate, scale, out, None)
+    return out
+
+
+def _chunk_maxima(scores: Tensor) -> Tensor:
+    """Max of every CHUNK scores along the last dim (the ragged tail is its own chunk)."""
+    full = scores.shape[-1] // CHUNK * CHUNK
+    parts = [scores[..., :full].unflatten(-1, (-1, CHUNK)).amax(dim=-1)]
+    if full < scores.shape[-1]:
+        parts.append(scores[..., full:].amax(dim=-1, keepdim=True))
+    return torch.cat(parts, dim=-1).contiguous()
+
+
+def topk_indices(scores: Tensor, k: int, *, out: Tensor | None = None) -> Tensor:
+    """Triton topk_indices_reference: `[B, S, T]` float32 -> `[B, S, k]` int32 (finite or -inf scores)."""
+    if scores.dim() != 3 or scores.dtype != torch.float32:
+        raise ValueError(f"scores must be float32 [B, S, T], got {scores.dtype} {tuple(scores.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = _output(out, (*scores.shape[:2], k), torch.int32, scores.device)
+    if scores.shape[-1] == 0:
+        return out.fill_(-1)
+    if out.numel():
+        scores = scores.contiguous()
+        _launch_select(scores, _chunk_maxima(scores), k, out)
+    return out
+
+
+def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
+                  scale: float, k: int, out: Tensor | None) -> Tensor:
+    _check_inputs(q, weights, keys, key_scale, start, rate)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    batch, seq_len = q.shape[:2]
+    num_keys = keys.shape[1]
+    out = _output(out, (batch, seq_len, k), torch.int32, q.device)
+    if num_keys == 0:
+        return out.fill_(-1)
+    if out.numel():
+        scores = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
+        maxima = torch.empty(batch, seq_len, triton.cdiv(num_keys, CHUNK), dtype=torch.float32, device=q.device)
+        _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima)
+        _launch_select(scores, maxima, k, out)
+    return out
+
+
+def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int, *,
+                 out: Tensor | None = None) -> Tensor:
+    """Triton indexer_topk_reference: the score kernel then the selection kernel.
+
+    Args:
+        q: `[B, S, Hi, Di]` bfloat16/float16/float32; weights: `[B, S, Hi]` float32 (times Hi**-0.5);
+        keys: `[B, T, Di]` in q's dtype (the last dim contiguous; batch/T strides are free).
+    Returns:
+        `[B, S, k]` int32 key indices, ascending, -1 padded.
+    """
+    return _indexer_topk(q, weights, keys, None, start, rate, scale, k, out)
+
+
+def indexer_topk_fp8(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int,
+                     scale: float, k: int, *, out: Tensor | None = None) -> Tensor:
+    """indexer_topk on float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`."""
+    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out)

@@ -1,0 +1,209 @@
+"""kernels/indexer.py: the references against the model's math, the Triton kernels against the references."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from kernels import indexer as ix
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
+needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # ||out - ref|| / ||ref||
+NEG_INF = float("-inf")
+
+
+def mixed_scores(batch: int, rows: int, num_keys: int, seed: int) -> torch.Tensor:
+    """Scores with the hard cases: exact ties (relu zeros, -0.0, few distinct values), -inf tails,
+    rows with fewer finite entries than k, and an all -inf row."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, rows, num_keys, generator=gen)
+    scores[0, 0] = 0.0
+    scores[0, 1, num_keys // 3 :] = NEG_INF
+    scores[0, 2] = torch.randint(0, 3, (num_keys,), generator=gen).float()
+    scores[0, 3] = NEG_INF
+    scores[1] = torch.relu(scores[1]) * torch.tensor([1.0, -1.0, 0.5, -0.5])[:rows, None]
+    scores[1, :, ::3] = -0.0
+    return scores
+
+
+def as_mask(idx: torch.Tensor, num_keys: int) -> torch.Tensor:
+    """[..., k] indices (-1 padded) -> [..., num_keys] bool."""
+    mask = torch.zeros(*idx.shape[:-1], num_keys + 1, dtype=torch.bool)
+    mask.scatter_(-1, torch.where(idx >= 0, idx, num_keys).long(), True)  # padding lands in a dropped column
+    return mask[..., :num_keys]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    finite = torch.isfinite(ref)
+    assert torch.equal(finite, torch.isfinite(out)), "the -inf (invisible) pattern differs"
+    return float((out[finite] - ref[finite]).norm() / ref[finite].norm())
+
+
+def indexer_inputs(batch: int, seq_len: int, heads: int, head_dim: int, num_keys: int, dtype: torch.dtype,
+                   seed: int = 0, device: str | None = KERNEL_DEVICE
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, seq_len, heads, head_dim, generator=gen).to(dtype)
+    weights = torch.randn(batch, seq_len, heads, generator=gen) * heads**-0.5
+    keys = torch.randn(batch, num_keys, head_dim, generator=gen).to(dtype)
+    return q.to(device), weights.to(device), keys.to(device)
+
+
+# ----------------------------------------------------------------------------- references vs the model
+
+
+def test_topk_reference_is_the_models_visible_top_k() -> None:
+    from model.attention import compressed_visibility, stable_topk_mask
+
+    scores = mixed_scores(2, 4, 90, seed=1)
+    for k in (1, 7, 40, 90, 200):
+        assert torch.equal(ix._stable_topk_mask(scores, k), stable_topk_mask(scores, k))
+        want = stable_topk_mask(scores, k) & torch.isfinite(scores)
+        got = ix.topk_indices_reference(scores, k)
+        assert torch.equal(as_mask(got, scores.shape[-1]), want)
+        count = want.sum(-1, keepdim=True)
+        assert torch.equal(got < 0, torch.arange(k)[None, None, :] >= count)  # -1 only as trailing padding
+        assert bool((got[..., 1:] > got[..., :-1])[got[..., 1:] >= 0].all())  # ascending
+    positions = torch.arange(6) + 9
+    visible = compressed_visibility(positions, 5, 4)
+    scores = ix.indexer_scores_reference(*indexer_inputs(1, 6, 2, 16, 5, torch.float32, device="cpu"), 9, 4, 0.25)
+    assert torch.equal(torch.isfinite(scores[0]), visible)
+
+
+def test_reference_equals_the_models_indexer() -> None:
+    from model.attention import Indexer
+    from model.config import V4Config
+    from model.layers import apply_rope, rope_cos_sin, rope_inv_freq
+    from model.state import CompressorState
+    from tests.model.conftest import TINY, randomize
+
+    config = V4Config.from_dict({**TINY, "model_type": "deepseek_v4"})
+    indexer = Indexer(config)
+    randomize(indexer, seed=3)
+    inv_freq = rope_inv_freq(config.rope_parameters["compress"], config.qk_rope_head_dim)
+    gen = torch.Generator().manual_seed(4)
+    state = CompressorState.empty(1, 64, indexer.rate, config.index_head_dim, True, torch.float32, "cpu")
+    start = 0
+    for seq_len in (13, 1, 22):  # a prefill, a decode step, a chunk: windows close inside each
+        x = torch.randn(1, seq_len, config.hidden_size, generator=gen)
+        q_residual = torch.randn(1, seq_len, config.q_lora_rank, generator=gen)
+        cos, sin = rope_cos_sin(inv_freq, torch.arange(seq_len) + start)
+        with torch.no_grad():
+            mask = indexer(x, q_residual, start, state, inv_freq, cos, sin)
+            keys = state.entries[:, : state.num_entries]
+            q = apply_rope(indexer.wq_b(q_residual).view(1, seq_len, config.index_n_heads, -1), cos, sin)
+            weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
+        got = ix.indexer_topk_reference(q, weights, keys, start, indexer.rate, config.index_head_dim**-0.5,
+                                        config.index_topk)
+        assert torch.equal(as_mask(got, keys.shape[1]), mask)
+        start += seq_len
+
+
+def test_fp8_key_quantisation() -> None:
+    keys = torch.randn(2, 37, 128) * torch.logspace(-3, 2, 37)[None, :, None]
+    keys[1, 5] = 0.0
+    keys_fp8, key_scale = ix.quantize_index_keys_fp8(keys)
+    assert keys_fp8.dtype == torch.float8_e4m3fn and key_scale.dtype == torch.float32
+    assert torch.allclose(key_scale, keys.abs().amax(-1) / 448)
+    back = ix.dequantize_index_keys_fp8(keys_fp8, key_scale)
+    assert torch.equal(back[1, 5], torch.zeros(128))
+    assert float((back - keys).abs().max(-1).values.div(keys.abs().amax(-1).clamp(min=1e-30)).max()) <= 2**-4
+
+
+def test_bad_inputs_raise_value_errors() -> None:
+    q, weights, keys = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4), torch.randn(1, 9, 16)
+    bad = [
+        (q[0], weights, keys, None),
+        (q, weights.double(), keys, None),
+        (q, weights, keys[..., :8], None),
+        (q, weights, keys.bfloat16(), None),
+        (q, weights, keys, torch.ones(1, 9)),  # scales with non-FP8 keys
+        (q, weights, keys.to(torch.float8_e4m3fn), torch.ones(1, 8)),
+    ]
+    for args in bad:
+        with pytest.raises(ValueError):
+            ix._check_inputs(*args, start=0, rate=4)
+    with pytest.raises(ValueError):
+        ix._check_inputs(q, weights, keys, None, start=0, rate=0)
+    with pytest.raises(ValueError):
+        ix._output(torch.empty(2, 3), (3, 2), torch.float32, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+
+@needs_kernel
+@pytest.mark.parametrize(("num_keys", "k", "block_m", "block_c"),
+                         [(100, 16, 8192, 512), (1, 4, 8192, 512), (333, 500, 8192, 512), (333, 37, 16, 2),
+                          (517, 3, 32, 1)])
+def test_topk_selection_is_exact_on_given_scores(num_keys: int, k: int, block_m: int, block_c: int) -> None:
+    scores = mixed_scores(2, 4, num_keys, seed=num_keys + k).to(KERNEL_DEVICE)
+    out = torch.full((2, 4, k), -7, dtype=torch.int32, device=KERNEL_DEVICE)  # poison
+    if (block_m, block_c) == (8192, 512):
+        ix.topk_indices(scores, k, out=out)  # the public entry
+    else:  # small blocks: every phase loops over several blocks
+        ix._launch_select(scores, ix._chunk_maxima(scores), k, out, block_m, block_c)
+    assert torch.equal(out, ix.topk_indices_reference(scores, k).to(KERNEL_DEVICE))
+
+
+@needs_kernel
+@pytest.mark.parametrize(("batch", "seq_len", "heads", "head_dim", "num_keys", "start", "dtype"), [
+    (2, 3, 1, 16, 77, 310, torch.float32),  # ragged T, start not a multiple of the rate
+    (1, 6, 4, 32, 150, 0, torch.float32),  # start 0: the first queries see nothing
+    (1, 2, 4, 32, 90, 101, torch.float32),  # two queries per program (G = 2)
+    (1, 1, 64, 128, 200, 799, torch.bfloat16),  # decode at V4's head shape
+    (1, 5, 64, 128, 70, 270, torch.bfloat16),  # a prefill chunk, G > 1
+])
+def test_scores_kernel_matches_reference(batch: int, seq_len: int, heads: int, head_dim: int, num_keys: int,
+                                         start: int, dtype: torch.dtype) -> None:
+    q, weights, keys = indexer_inputs(batch, seq_len, heads, head_dim, num_keys, dtype)
+    out = torch.full((batch, seq_len, num_keys), float("nan"), device=KERNEL_DEVICE)
+    ix.indexer_scores(q, weights, keys, start, 4, head_dim**-0.5, out=out)
+    ref = ix.indexer_scores_reference(q, weights, keys, start, 4, head_dim**-0.5)
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize(("batch", "seq_len", "heads", "head_dim", "num_keys", "start", "k", "fp8"), [
+    (2, 4, 1, 16, 93, 333, 20, False),  # one head: many exact zero scores, ties to the lowest index
+    (1, 7, 4, 32, 60, 0, 9, False),  # start 0: rows with fewer visible keys than k, -1 padding
+    (1, 3, 4, 32, 130, 515, 16, True),  # FP8 keys
+    (2, 1, 64, 128, 150, 599, 24, True),  # FP8 decode at V4's head shape, batch 2
+])
+def test_indexer_topk_matches_reference(batch: int, seq_len: int, heads: int, head_dim: int, num_keys: int,
+                                        start: int, k: int, fp8: bool) -> None:
+    from benchmarks.kernels.indexer import selection_error
+
+    q, weights, keys = indexer_inputs(batch, seq_len, heads, head_dim, num_keys, torch.float32, seed=k)
+    scale = head_dim**-0.5
+    out = torch.full((batch, seq_len, k), -7, dtype=torch.int32, device=KERNEL_DEVICE)  # poison
+    if fp8:
+        keys_fp8, key_scale = ix.quantize_index_keys_fp8(keys)
+        ix.indexer_topk_fp8(q, weights, keys_fp8, key_scale, start, 4, scale, k, out=out)
+        want = ix.indexer_topk_fp8_reference(q, weights, keys_fp8, key_scale, start, 4, scale, k)
+        ref_scores = ix.indexer_scores_reference(q, weights, ix.dequantize_index_keys_fp8(keys_fp8, key_scale),
+                                                 start, 4, scale)
+        kernel_scores = ix.indexer_scores(q, weights, keys_fp8, start, 4, scale, key_scale)
+    else:
+        ix.indexer_topk(q, weights, keys, start, 4, scale, k, out=out)
+        want = ix.indexer_topk_reference(q, weights, keys, start, 4, scale, k)
+        ref_scores = ix.indexer_scores_reference(q, weights, keys, start, 4, scale)
+        kernel_scores = ix.indexer_scores(q, weights, keys, start, 4, scale)
+    assert relative_error(kernel_scores, ref_scores) < 1e-5
+    # Exact against the reference selection on the kernel's own scores; against the reference scores,
+    # the selected values agree (the sets may differ only between scores equal to fp32 rounding).
+    assert torch.equal(out, ix.topk_indices_reference(kernel_scores, k))
+    assert selection_error(ref_scores, out, want) < 1e-5
+    assert torch.equal(out < 0, want < 0)
+
+
+@needs_kernel
+def test_benchmark_cases_run_at_tiny_scale() -> None:
+    from benchmarks.kernels.indexer import cases
+
+    built = cases(KERNEL_DEVICE, tiny=True)
+    assert len(built) == 6 and all(c.bytes_moved > 0 and c.flops > 0 for c in built)
+    assert built[0].check() < 1e-5

@@ -41,7 +41,7 @@ def compress_windows_reference(kv: Tensor, gate: Tensor, norm_weight: Tensor, ep
     """Pool each window to one entry exactly as model/attention.py Compressor.forward does.
 
     Args:
-        kv, gate: `[B, W, L, D]`, same dtype; gate includes `ape` and holds -inf in masked slots.
+        kv, gate: `[B, W, L, D]`; gate in kv's dtype or float32; gate includes `ape` and holds -inf in masked slots.
         norm_weight: `[D]` float32 (the compressor's RMSNorm).
         cos, sin: `[W, R/2]` float32 at each window's first position.
     Returns: `[B, W, D]` in kv's dtype: softmax over L (float32, rounded to kv's dtype), pooled in kv's
@@ -128,8 +128,9 @@ def _compress_kernel(kv_ptr, gate_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
 def _check(kv: Tensor, gate: Tensor, norm_weight: Tensor, cos: Tensor, sin: Tensor) -> None:
     if kv.dim() != 4 or gate.shape != kv.shape:
         raise ValueError(f"kv and gate must both be [B, W, L, D], got {tuple(kv.shape)} and {tuple(gate.shape)}")
-    if kv.dtype not in FLOAT_DTYPES or gate.dtype != kv.dtype:
-        raise ValueError(f"kv and gate must share one float dtype, got {kv.dtype} and {gate.dtype}")
+    if kv.dtype not in FLOAT_DTYPES or gate.dtype not in (kv.dtype, torch.float32):
+        # float32 gate with bf16 kv: the model adds its float32 `ape` to the gate logits
+        raise ValueError(f"gate must have kv's dtype or float32, got kv {kv.dtype} and gate {gate.dtype}")
     batch, windows, slots, dim = kv.shape
     if slots == 0 or dim % 2:
         raise ValueError(f"L must be positive and D even (RoPE pairs start at even channels), got L={slots} D={dim}")

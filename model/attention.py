@@ -8,11 +8,11 @@ token-by-token decoding run the same code and give the same result.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import ops
 from .config import CSA, SLIDING, V4Config
-from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, unweighted_rms_norm
+from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 from .state import CompressorState, LayerState
 
 
@@ -50,10 +50,10 @@ class Compressor(nn.Module):
             chunk_gate = gate[:, :usable].unflatten(1, (windows, rate))
             if self.overlap:
                 chunk_kv, chunk_gate = self._overlap(chunk_kv, chunk_gate, state)
-            pooled = (chunk_kv * chunk_gate.softmax(dim=2, dtype=torch.float32).to(chunk_kv.dtype)).sum(dim=2)
             first = state.num_entries
             cos, sin = rope_cos_sin(inv_freq, (torch.arange(windows, device=x.device) + first) * rate)
-            state.entries[:, first : first + windows] = apply_rope(self.norm(pooled), cos, sin)
+            state.entries[:, first : first + windows] = ops.compress_windows(
+                chunk_kv, chunk_gate, self.norm.weight, self.norm.eps, cos, sin)
             state.num_entries += windows
         rest = kv.shape[1] - usable
         state.partial_kv[:, :rest] = kv[:, usable:]
@@ -98,30 +98,14 @@ class Indexer(nn.Module):
 
     def forward(self, x: torch.Tensor, q_residual: torch.Tensor, start: int, state: CompressorState,
                 inv_freq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Which compressed entries each query attends: `[B, S, T]` bool."""
+        """The compressed entries each query attends: `[B, S, index_topk]` int32 indices, ascending,
+        -1 where fewer are visible; ties go to the lowest index, so every chunking selects the same."""
         config = self.config
         batch, seq_len, _ = x.shape
         keys = self.compressor(x, start, state, inv_freq)  # [B, T, I]
         q = apply_rope(self.wq_b(q_residual).view(batch, seq_len, config.index_n_heads, -1), cos, sin)
-        scores = F.relu(torch.einsum("bshi,bti->bsht", q.float(), keys.float())) * config.index_head_dim**-0.5
         weights = self.weights_proj(x).float() * config.index_n_heads**-0.5  # [B, S, H]
-        scores = (scores * weights.unsqueeze(-1)).sum(dim=2)  # [B, S, T]
-        positions = torch.arange(seq_len, device=x.device) + start
-        visible = compressed_visibility(positions, keys.shape[1], self.rate).expand(batch, -1, -1)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        return stable_topk_mask(scores, config.index_topk) & visible
-
-
-def stable_topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest entries of the last dim as a mask, ties going to the lowest index: what a stable
-    descending sort would keep, so every chunking selects the same entries (sums of ReLUs are often
-    exactly 0), in O(T) instead of a sort's O(T log T)."""
-    k = min(k, scores.shape[-1])
-    kth = scores.topk(k, dim=-1).values[..., -1:]
-    above = scores > kth
-    ties = scores == kth
-    room = k - above.sum(dim=-1, keepdim=True)
-    return above | (ties & (ties.cumsum(dim=-1) <= room))
+        return ops.indexer_topk(q, weights, keys, start, self.rate, config.index_head_dim**-0.5, config.index_topk)
 
 
 class Attention(nn.Module):
@@ -167,37 +151,42 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, positions)
         q_residual = self.q_norm(self.wq_a(x))
         q = self.wq_b(q_residual).view(batch, seq_len, config.num_attention_heads, config.head_dim)
-        q = apply_rope(unweighted_rms_norm(q, config.rms_norm_eps), cos, sin)  # [B, S, H, D]
-        kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)  # [B, S, D]: K = V
-        keys, visible = self._sliding_window(kv, positions, state)
+        q = ops.rms_norm_rope(q, None, config.rms_norm_eps, cos, sin)  # [B, S, H, D]
+        kv = ops.rms_norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [B, S, D]: K = V
+        keys, indices = self._sliding_window(kv, state)
         if self.compressor is not None:
             entries = self.compressor(x, start, state.compressor, self.inv_freq)  # [B, T, D]
             if self.indexer is not None:
                 chosen = self.indexer(x, q_residual, start, state.indexer, self.inv_freq, cos, sin)
             else:
-                chosen = compressed_visibility(positions, entries.shape[1], self.compressor.rate).expand(batch, -1, -1)
+                chosen = self._all_closed_entries(positions, entries.shape[1]).expand(batch, -1, -1)
+            chosen = torch.where(chosen >= 0, chosen + keys.shape[1], chosen)  # entries follow the window's keys
             keys = torch.cat([keys, entries], dim=1)
-            visible = torch.cat([visible, chosen], dim=-1)
-        scores = torch.einsum("bshd,btd->bhst", q, keys) * config.head_dim**-0.5
-        scores = scores.masked_fill(~visible[:, None], float("-inf"))
-        sink = self.attn_sink.to(scores.dtype).view(1, -1, 1, 1).expand(batch, -1, seq_len, 1)
-        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-        out = torch.einsum("bhst,btd->bshd", probs.to(keys.dtype), keys)
+            indices = torch.cat([indices, chosen.to(indices.dtype)], dim=-1)
+        out = ops.sparse_attention(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
         out = apply_rope(out, cos, -sin)  # undo the rotation: outputs depend on relative position only
         groups = out.reshape(batch, seq_len, config.o_groups, -1)
         wo_a = self.wo_a.weight.view(config.o_groups, config.o_lora_rank, -1)
         return self.wo_b(torch.einsum("bsgi,goi->bsgo", groups, wo_a).flatten(2))
 
-    def _sliding_window(self, kv: torch.Tensor, positions: torch.Tensor, state: LayerState
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (the window kept in the state, then this chunk) and which of them each query sees."""
+    def _all_closed_entries(self, positions: torch.Tensor, num_entries: int) -> torch.Tensor:
+        """HCA: every entry whose window has closed, as indices `[1, S, T]` (-1 where not yet closed)."""
+        entries = torch.arange(num_entries, device=positions.device, dtype=torch.int32)
+        visible = compressed_visibility(positions, num_entries, self.compressor.rate)
+        return torch.where(visible, entries[None, :], -1)[None]
+
+    def _sliding_window(self, kv: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (the window kept in the state, then this chunk) and, per query, the indices of the
+        `sliding_window` keys it sees (itself and the ones before it; -1 before the sequence starts):
+        `[B, held + S, D]` and `[B, S, window]` int32."""
         window = self.config.sliding_window
-        held = state.window[:, window - state.num_window :]
-        keys = torch.cat([held, kv], dim=1)
-        key_positions = torch.arange(keys.shape[1], device=kv.device) + int(positions[0]) - state.num_window
-        distance = positions[:, None] - key_positions[None, :]
-        visible = ((distance >= 0) & (distance < window)).expand(kv.shape[0], -1, -1)
+        held_count = state.num_window
+        keys = torch.cat([state.window[:, window - held_count :], kv], dim=1)
+        seq_len = kv.shape[1]
+        indices = (torch.arange(seq_len, device=kv.device, dtype=torch.int32)[:, None] + held_count
+                   - torch.arange(window, device=kv.device, dtype=torch.int32)[None, :])
+        indices = torch.where(indices >= 0, indices, -1).expand(kv.shape[0], -1, -1)
         kept = min(window, keys.shape[1])
         state.window[:, window - kept :] = keys[:, -kept:]
         state.num_window = kept
-        return keys, visible
+        return keys, indices

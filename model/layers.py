@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from . import ops
+
 
 class RMSNorm(nn.Module):
     """RMSNorm with a float32 weight, computed in float32 and cast back once (as DeepSeek does)."""
@@ -17,14 +19,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * x32).to(x.dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def unweighted_rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalise the last dim with no weight (V4's per-head q norm and mHC input norm)."""
-    return x * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps).to(x.dtype)
+    return ops.rms_norm(x, None, eps)
 
 
 def rope_inv_freq(params: dict, rope_dim: int) -> torch.Tensor:
@@ -71,12 +71,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         x: `[B, S, H, D]` (heads) or `[B, S, D]`.
         cos, sin: `[S, rope_dim // 2]` float32; pass `-sin` to undo the rotation.
     """
-    rope_dim = 2 * cos.shape[-1]
-    if x.dim() == 4:
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    else:
-        cos, sin = cos[None], sin[None]
-    nope, rope = x[..., :-rope_dim], x[..., -rope_dim:].float()
-    even, odd = rope[..., 0::2], rope[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat([nope, rotated.to(x.dtype)], dim=-1)
+    return ops.apply_rope(x, cos, sin)

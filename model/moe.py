@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import ops
 from .config import HASH_MOE, V4Config
 
 
@@ -41,20 +42,11 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(x.float(), self.weight.float())
-        if self.config.scoring_func == "sqrtsoftplus":
-            scores = F.softplus(logits).sqrt()
-        elif self.config.scoring_func == "sigmoid":
-            scores = logits.sigmoid()
-        else:
-            scores = logits.softmax(dim=-1)
-        if self.hashed:
-            indices = self.tid2eid[token_ids].long()
-        else:  # the bias steers which experts are chosen, not how much they weigh
-            indices = torch.topk(scores + self.bias.float(), self.config.num_experts_per_tok, dim=-1).indices
-        weights = scores.gather(-1, indices)
-        if self.config.norm_topk_prob:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return weights * self.config.routed_scaling_factor, indices
+        config = self.config
+        hash_ids = self.tid2eid[token_ids].long() if self.hashed else None
+        bias = None if self.hashed else self.bias.float()  # steers which experts are chosen, not their weight
+        return ops.route(logits, bias, hash_ids, config.num_experts_per_tok, config.scoring_func,
+                         config.norm_topk_prob, config.routed_scaling_factor)
 
 
 class MoE(nn.Module):
@@ -69,14 +61,30 @@ class MoE(nn.Module):
         )
         self.shared_experts = Expert(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts,
                                      config.swiglu_limit)
+        self.limit = config.swiglu_limit
+        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""
         flat = x.reshape(-1, x.shape[-1])
         weights, indices = self.gate(flat, token_ids.reshape(-1))
-        routed = torch.zeros_like(flat)
-        for expert_id in torch.unique(indices).tolist():  # reference path: loop over the experts in use
-            token, slot = torch.where(indices == expert_id)
-            out = self.experts[expert_id](flat[token]) * weights[token, slot, None].to(flat.dtype)
-            routed.index_add_(0, token, out)
+        routed = ops.moe_experts(flat, weights, indices, *self.stacked_weights(), self.limit)
         return (routed + self.shared_experts(flat)).view_as(x)
+
+    def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The routed experts' w1, w3 `[E, I, H]` and w2 `[E, H, I]` as single tensors, for the grouped
+        GEMM. Built once (and again if the weights were moved or reloaded); each expert's parameters
+        become views into them, so the weights are held once."""
+        first = self.experts[0]
+        cached = self._stacked
+        if cached is not None and cached[0].data_ptr() == first.w1.weight.data_ptr() \
+                and cached[0].device == first.w1.weight.device:
+            return cached
+        stacks = []
+        for name in ("w1", "w3", "w2"):
+            stack = torch.stack([getattr(expert, name).weight.data for expert in self.experts])
+            for expert, weight in zip(self.experts, stack):
+                getattr(expert, name).weight.data = weight
+            stacks.append(stack)
+        self._stacked = (stacks[0], stacks[1], stacks[2])
+        return self._stacked

@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import ops
 from .attention import Attention
 from .config import V4Config
 from .engram import Engram
 from .layers import RMSNorm
-from .mhc import collapse, expand, hc_weights, head_weights
 from .moe import MoE
 from .state import DecodeState, LayerState, new_decode_state
 
@@ -47,10 +47,17 @@ class Block(nn.Module):
         first adds its n-gram memory to the streams, as the Engram paper places it before attention."""
         if self.engram is not None:
             streams = streams + self.engram(streams, token_ids, state.engram)
-        pre, post, comb = hc_weights(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, self.config)
-        streams = expand(self.attn(self.attn_norm(collapse(streams, pre)), start, state), streams, post, comb)
-        pre, post, comb = hc_weights(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, self.config)
-        return expand(self.ffn(self.ffn_norm(collapse(streams, pre)), token_ids), streams, post, comb)
+        x, post, comb = self._hc_pre(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale)
+        streams = ops.hc_post(self.attn(self.attn_norm(x), start, state), streams, post, comb)
+        x, post, comb = self._hc_pre(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale)
+        return ops.hc_post(self.ffn(self.ffn_norm(x), token_ids), streams, post, comb)
+
+    def _hc_pre(self, streams: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mHC before a sub-layer: its input `sum_i pre_i x_i`, and `post`, `comb` for after it."""
+        c = self.config
+        x, post, comb, _ = ops.hc_pre(streams, fn, base, scale, c.rms_norm_eps, c.hc_eps, c.hc_sinkhorn_iters)
+        return x, post, comb
 
 
 class MTPBlock(Block):
@@ -80,8 +87,9 @@ class MTPBlock(Block):
 
     def logits(self, streams: torch.Tensor, head: nn.Linear) -> torch.Tensor:
         """Logits `[B, S, vocab]` float32 of the tokens two after each position, through the shared head."""
-        pre = head_weights(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config)
-        return head(self.norm(collapse(streams, pre))).float()
+        collapsed = ops.hc_head(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale,
+                                self.config.rms_norm_eps, self.config.hc_eps)
+        return head(self.norm(collapsed)).float()
 
 
 class Transformer(nn.Module):
@@ -124,6 +132,7 @@ class Transformer(nn.Module):
         for block, layer_state in zip(self.layers, state.layers):
             streams = block(streams, token_ids, start, layer_state)
         state.num_tokens += seq_len
-        pre = head_weights(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, self.config)
-        logits = self.head(self.norm(collapse(streams, pre))).float()
+        collapsed = ops.hc_head(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale,
+                                self.config.rms_norm_eps, self.config.hc_eps)
+        logits = self.head(self.norm(collapsed)).float()
         return (logits, streams) if return_streams else logits

@@ -140,26 +140,6 @@ def test_launchers_reject_bad_inputs() -> None:
                 torch.rand(1, 2, 4, 4))
 
 
-# ----------------------------------------------------------------------------- references = model math
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_references_equal_model_mhc(dtype: torch.dtype) -> None:
-    from model.config import V4Config
-    from model.mhc import collapse, expand, hc_weights, head_weights
-
-    config = V4Config(hidden_size=96, hc_mult=4, rms_norm_eps=RMS_EPS, hc_eps=HC_EPS, hc_sinkhorn_iters=ITERS)
-    streams, fn, base, scale = _mhc_inputs((2, 5), 4, 96, dtype, head=False, device="cpu")
-    pre, post, comb = hc_weights(streams, fn, base, scale, config)
-    for out, ref in zip(hc_pre_reference(streams, fn, base, scale, RMS_EPS, HC_EPS, ITERS),
-                        (collapse(streams, pre), post, comb, pre)):
-        assert torch.equal(out, ref)
-    output = torch.randn(2, 5, 96).to(dtype)
-    assert torch.equal(hc_post_reference(output, streams, post, comb), expand(output, streams, post, comb))
-    _, hfn, hbase, hscale = _mhc_inputs((2, 5), 4, 96, dtype, head=True, device="cpu")
-    head_pre = head_weights(streams, hfn, hbase, hscale, config)
-    assert torch.equal(hc_head_reference(streams, hfn, hbase, hscale, RMS_EPS, HC_EPS), collapse(streams, head_pre))
-
-
 def test_benchmark_cases_build_at_tiny_scale() -> None:
     from benchmarks.kernels.mhc import cases
 

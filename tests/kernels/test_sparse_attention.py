@@ -116,7 +116,10 @@ def test_reference_matches_model_attention(layer: int) -> None:
         if attn.compressor is not None:
             entries = attn.compressor(x, 0, state.compressor, attn.inv_freq)
             if attn.indexer is not None:
-                chosen = attn.indexer(x, q_residual, 0, state.indexer, attn.inv_freq, cos, sin)
+                picked = attn.indexer(x, q_residual, 0, state.indexer, attn.inv_freq, cos, sin).long()
+                picked = torch.where(picked >= 0, picked, entries.shape[1])  # -1 -> a dropped extra column
+                chosen = torch.zeros(batch, seq_len, entries.shape[1] + 1, dtype=torch.bool)
+                chosen = chosen.scatter(-1, picked, True)[..., :-1]
             else:
                 chosen = compressed_visibility(positions, entries.shape[1], attn.compressor.rate).expand(batch, -1, -1)
             assert chosen.any()

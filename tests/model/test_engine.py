@@ -90,16 +90,3 @@ def test_bad_input_is_a_clear_error(engine, hf_checkpoint) -> None:
     engine.forward(_ids(16), small)
     with pytest.raises(EngineInputError, match="the state holds 16 tokens"):
         engine.forward([1], small)
-
-
-def test_stable_topk_mask_is_a_stable_descending_sort() -> None:
-    from model.attention import stable_topk_mask
-
-    generator = torch.Generator().manual_seed(11)
-    for _ in range(20):  # many exact ties (ReLU sums are often 0) and -inf for invisible entries
-        scores = torch.randint(0, 4, (3, 7, 50), generator=generator).float()
-        scores[..., 40:] = float("-inf")
-        for k in (1, 5, 16, 60):
-            order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-            expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, True)
-            assert torch.equal(stable_topk_mask(scores, k), expected)

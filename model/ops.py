@@ -1,0 +1,100 @@
+"""The one dispatch point between the engine and `kernels/`: the Triton kernel on CUDA, the PyTorch
+reference beside it everywhere else.
+
+Every hot path of the model calls a function here, never a kernel module directly, so the CPU path
+(and the transformers parity tests) run exactly the references the kernels are tested against.
+`V4_KERNELS=0` forces the references on CUDA too (to compare, or to work around a kernel);
+`V4_KERNELS=interpret` runs the kernels on CPU tensors under `TRITON_INTERPRET=1` (tests only: slow).
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from kernels import compressor as _compressor
+from kernels import indexer as _indexer
+from kernels import mhc as _mhc
+from kernels import moe as _moe
+from kernels import norm_rope as _norm_rope
+from kernels import sparse_attention as _attention
+
+
+def kernels_enabled(t: Tensor) -> bool:
+    """Whether `t`'s computation goes to the Triton kernels."""
+    mode = os.environ.get("V4_KERNELS", "1")
+    if mode == "0":
+        return False
+    if t.is_cuda:
+        return True
+    return mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm over the last dim (weight None: unweighted), float32 inside, cast back."""
+    fn = _norm_rope.rms_norm if kernels_enabled(x) else _norm_rope.rms_norm_reference
+    return fn(x, weight, eps)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Interleaved RoPE on the trailing `2 * cos.shape[-1]` channels (`-sin` undoes it)."""
+    fn = _norm_rope.apply_rope if kernels_enabled(x) else _norm_rope.apply_rope_reference
+    return fn(x, cos, sin)
+
+
+def rms_norm_rope(x: Tensor, weight: Tensor | None, eps: float, cos: Tensor, sin: Tensor) -> Tensor:
+    """RMSNorm then RoPE, fused on CUDA (queries per head, the shared KV vector)."""
+    fn = _norm_rope.rms_norm_rope if kernels_enabled(x) else _norm_rope.rms_norm_rope_reference
+    return fn(x, weight, eps, cos, sin)
+
+
+def compress_windows(kv: Tensor, gate: Tensor, norm_weight: Tensor, eps: float, cos: Tensor, sin: Tensor) -> Tensor:
+    """Softmax-gated pooling of each window, RMSNorm, RoPE at the window's first position."""
+    fn = _compressor.compress_windows if kernels_enabled(kv) else _compressor.compress_windows_reference
+    return fn(kv, gate, norm_weight, eps, cos, sin)
+
+
+def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int) -> Tensor:
+    """The lightning indexer's top-k compressed entries per query: `[B, S, k]` int32, -1 = none."""
+    fn = _indexer.indexer_topk if kernels_enabled(q) else _indexer.indexer_topk_reference
+    return fn(q, weights, keys, start, rate, scale, k)
+
+
+def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
+    """Softmax over each query's listed K=V entries plus the per-head sink: `[B, S, H, D]`."""
+    fn = _attention.sparse_attention if kernels_enabled(q) else _attention.sparse_attention_reference
+    return fn(q, kv, indices, sink, scale)
+
+
+def hc_pre(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, rms_eps: float, hc_eps: float,
+           iters: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mHC before a sub-layer: (its input, post, comb, pre)."""
+    impl = _mhc.hc_pre if kernels_enabled(streams) else _mhc.hc_pre_reference
+    return impl(streams, fn, base, scale, rms_eps, hc_eps, iters)
+
+
+def hc_post(output: Tensor, streams: Tensor, post: Tensor, comb: Tensor) -> Tensor:
+    """mHC after a sub-layer: the new streams `post * output + comb^T streams`."""
+    impl = _mhc.hc_post if kernels_enabled(streams) else _mhc.hc_post_reference
+    return impl(output, streams, post, comb)
+
+
+def hc_head(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, rms_eps: float, hc_eps: float) -> Tensor:
+    """The final collapse of the streams before the output norm."""
+    impl = _mhc.hc_head if kernels_enabled(streams) else _mhc.hc_head_reference
+    return impl(streams, fn, base, scale, rms_eps, hc_eps)
+
+
+def route(logits: Tensor, bias: Tensor | None, hash_ids: Tensor | None, k: int, scoring: str, normalize: bool,
+          scaling: float) -> tuple[Tensor, Tensor]:
+    """MoE routing weights `[N, k]` float32 and expert ids `[N, k]` int64."""
+    impl = _moe.route if kernels_enabled(logits) else _moe.route_reference
+    return impl(logits, bias, hash_ids, k, scoring, normalize, scaling)
+
+
+def moe_experts(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, w3: Tensor, w2: Tensor, limit: float) -> Tensor:
+    """The routed experts' weighted sum for each token (stacked `[E, ...]` weights): `[N, hidden]`."""
+    impl = _moe.moe_experts if kernels_enabled(x) else _moe.moe_experts_reference
+    return impl(x, weights, ids, w1, w3, w2, limit)
+

@@ -23,6 +23,7 @@ from .chat_format import Message
 from .session import repository_text
 
 DEMO_NAME = "demo-tiny"
+STABLE_SLACK = 0.02  # watch mode lets the context run this far over its budget before re-planning it
 RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in a checkpoint directory whose weights are random
 Progress = Callable[[str, int, int], None]  # (phase, done, total), as repo_index reports it
 
@@ -185,8 +186,14 @@ class RepositoryContext:
         """Discover and parse every file (the slow part; progress goes to the callback)."""
         self.index.refresh()
 
-    def plan(self, budget: int) -> ContextView:
-        """Plan the context for `budget` tokens with the forced files applied; re-reads changed files first."""
+    def plan(self, budget: int, stable: bool = False) -> ContextView:
+        """Plan the context for `budget` tokens with the forced files applied; re-reads changed files first.
+
+        `stable` (watch mode, after a change): files keep the mode they had in the last plan while the
+        total stays within STABLE_SLACK of the budget. The planner fills a tight budget greedily, so a
+        few tokens more in one file can swap small files in or out anywhere, often at the front of
+        the order, and the engine would recompute the whole context for a one-line edit."""
+        previous = {s.path: s for s in self.segments} if stable else {}
         changed = self.changed_files()
         if changed:
             self.index.update(changed)
@@ -205,11 +212,37 @@ class RepositoryContext:
             kept.append(segment)
             rows.append(ContextFile(segment.path, segment.mode, segment.num_tokens,
                                     "added" if segment.path in self.forced_in else None))
+        if previous:
+            kept, rows = self._keep_modes(kept, rows, previous, budget)
         self.segments = kept
         self._skipped = {s.path: s.reason for s in plan.skipped}
         self._stamps = {s.path: _stamp(self.root / s.path) for s in kept if s.mode != "omitted"}
         self._view = ContextView(tuple(rows), sum(s.num_tokens for s in kept), budget, len(plan.skipped))
         return self._view
+
+    def _keep_modes(self, kept: list, rows: list[ContextFile], previous: dict, budget: int) -> tuple[list, list]:
+        """`kept` (the fresh plan) with each file back in its previous mode, if the total still fits
+        within STABLE_SLACK of `budget`; otherwise the fresh plan as it is."""
+        stable = []
+        for segment in kept:
+            old = previous.get(segment.path)
+            if old is None or old.mode == segment.mode or segment.path in self.forced_in:
+                stable.append(segment)
+            elif old.sha256 == segment.sha256:
+                stable.append(old)  # an unchanged file: its old segment is still exact
+            elif old.mode == "full":
+                stable.append(self._full(segment))
+            elif old.mode == "omitted":
+                stable.append(dataclasses.replace(segment, mode="omitted", text="", token_ids=()))
+            else:
+                stable.append(segment)  # a changed outline: the planner's new choice
+        if sum(s.num_tokens for s in stable) > budget * (1 + STABLE_SLACK):
+            return kept, rows
+        by_path = {s.path: s for s in stable}
+        rows = [row if row.path not in by_path else dataclasses.replace(row, mode=by_path[row.path].mode,
+                                                                       tokens=by_path[row.path].num_tokens)
+                for row in rows]
+        return stable, rows
 
     def repository_text(self) -> str:
         """The repository part of the system message for the last plan."""

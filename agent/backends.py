@@ -13,12 +13,16 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from .chat_format import ChatFormat, Message
+
+
+# Tokens per step of a background prefill (`EmbeddedBackend.warm`): a question waits at most one step.
+WARM_STEP_TOKENS = {"cpu": 1024, "cuda": 8192}
 
 
 class BackendError(RuntimeError):
@@ -37,6 +41,23 @@ class Usage:
     def to_json(self) -> dict[str, float]:
         return {"prompt": self.prompt_tokens, "cached": self.cached_tokens,
                 "completion": self.completion_tokens, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(frozen=True, slots=True)
+class WarmStats:
+    """How a background prefill went (`EmbeddedBackend.warm`)."""
+
+    tokens: int  # the prompt's length
+    held_tokens: int  # how much of it the state holds now (all of it unless cancelled)
+    reused_tokens: int  # found prefilled already: in the state or the Engram store
+    computed_tokens: int
+    seconds: float
+    cancelled: bool = False
+
+    def to_json(self) -> dict:
+        return {"tokens": self.tokens, "held_tokens": self.held_tokens, "reused_tokens": self.reused_tokens,
+                "computed_tokens": self.computed_tokens, "prefill_s": round(self.seconds, 4),
+                "cancelled": self.cancelled}
 
 
 class Backend(Protocol):
@@ -219,8 +240,36 @@ class EmbeddedBackend:
         boundaries = sorted({bisect.bisect_left(starts, mark) for mark in marks} - {0, len(encoding.ids)})
         return encoding.ids, boundaries
 
-    def _prefill(self, ids: list[int], boundaries: Sequence[int] = ()) -> tuple[object, int]:
-        """Bring the state to hold `ids`; returns the logits after them and how many were reused."""
+    def warm(self, messages: Sequence[Message], cancelled: Callable[[], bool] | None = None,
+             step_tokens: int | None = None) -> WarmStats:
+        """Prefill `messages` (no answer) in steps ending at segment boundaries, about `step_tokens`
+        apart, asking `cancelled` before each: a question arriving meanwhile waits one step at most,
+        and the state keeps what was done. With a store, every step goes through it, so the new
+        tail's snapshots are on disk for the next session too."""
+        started = time.perf_counter()
+        ids, boundaries = self.encode_with_boundaries(messages, add_generation_prompt=False)
+        step = step_tokens or WARM_STEP_TOKENS.get(self.engine.device.type, 4096)
+        held = _common_prefix(ids, self._fed)  # what the state already holds of it
+        # A long stretch without a boundary is cut on the store's own grid: then every step ends where a
+        # cold prefill snapshots too, its pieces are the same, and so are the logits, bit for bit.
+        grid = getattr(self.store, "chunk_tokens", None) or step
+        stops = _warm_stops(boundaries, held, len(ids), step, grid)
+        reused = computed = 0
+        for number, stop in enumerate(stops):
+            if cancelled is not None and cancelled():
+                return WarmStats(len(ids), held, reused, computed, time.perf_counter() - started, True)
+            marks = sorted({b for b in [*boundaries, *stops] if b < stop})
+            _, got = self._prefill(ids[:stop], marks, prefer_store=True)
+            reused = got if number == 0 else reused
+            computed += stop - got
+            held = stop
+        return WarmStats(len(ids), held, reused if stops else len(ids), computed, time.perf_counter() - started)
+
+    def _prefill(self, ids: list[int], boundaries: Sequence[int] = (), prefer_store: bool = False
+                 ) -> tuple[object, int]:
+        """Bring the state to hold `ids`; returns the logits after them and how many were reused.
+        `prefer_store`: resume from the store unless the state holds all of `ids` already (a stepped
+        prefill, whose steps the store keeps)."""
         from model.state import mark, rewind
 
         best = None
@@ -228,6 +277,8 @@ class EmbeddedBackend:
             if position <= len(ids) and self._fed[:position] == ids[:position]:
                 if best is None or position > best[0]:
                     best = (position, saved, logits)
+        if prefer_store and best is not None and best[0] < len(ids):
+            best = None
         if best is None and self.store is not None:
             self._state, logits, self.last_prefill = self.store.prefill(self.engine, ids, boundaries,
                                                                         self.context_length)
@@ -295,6 +346,31 @@ class EmbeddedBackend:
                 yield text[len(printed):]
         self.last_usage.completion_tokens = len(generated)
         self.last_usage.seconds = time.perf_counter() - started
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _warm_stops(boundaries: Sequence[int], start: int, end: int, step: int, grid: int) -> list[int]:
+    """Where a stepped prefill pauses: boundaries after `start` at least `step` apart, then the end;
+    a stretch with no boundary for over two steps is also cut at the multiples of `grid` in it."""
+    stops: list[int] = []
+    last = start
+    for point in [*sorted(b for b in boundaries if start < b < end), end]:
+        if point - last > 2 * step:
+            first = (last + step + grid - 1) // grid * grid
+            for cut in range(first, point - step + 1, grid):
+                stops.append(cut)
+                last = cut
+        if point - last >= step or point == end:
+            stops.append(point)
+            last = point
+    return [s for s in dict.fromkeys(stops) if s > 0]
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,7 +1,6 @@
 """The `v4` command line: the TUI by default, and the headless commands.
 
-Each command is a small function taking parsed arguments and returning an exit code. Commands that
-later work fills in say so and exit 2, so scripts can tell "not built" from "failed".
+Each command is a small function taking parsed arguments and returning an exit code.
 """
 
 from __future__ import annotations
@@ -11,15 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import engram_command, index_command, model_command, refactor_command, serve
+from . import engram_command, index_command, model_command, refactor_command, serve, watch_command
 from .backend_options import add_backend_arguments
-
-EXIT_NOT_BUILT = 2
-
-PENDING: dict[str, tuple[str, str]] = {
-    # command: (help, the issue that builds it)
-    "watch": ("keep the index and the model's context warm as files change", "[watch]"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,18 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     refactor_command.add_parsers(commands)
     serve.add_parser(commands)
     engram_command.add_parsers(commands)
-    for name, (help_text, _) in PENDING.items():
-        sub = commands.add_parser(name, help=f"{help_text} (not built yet)", description=help_text)
-        sub.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    watch_command.add_parser(commands)
     return parser
-
-
-def _not_built(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"v4 {name}: not built yet (tracked by the {issue} issue).", file=sys.stderr)
-        return EXIT_NOT_BUILT
-
-    return run
 
 
 def _tui(args: argparse.Namespace) -> int:
@@ -71,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": serve.run,
         "prefill": engram_command.run_prefill,
         "engram": engram_command.run_engram,
-        **{name: _not_built(name, issue) for name, (_, issue) in PENDING.items()},
+        "watch": watch_command.run,
     }
     try:
         return handlers[args.command](args)

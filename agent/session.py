@@ -8,6 +8,7 @@ caches prefixes prefills the repository once.
 
 from __future__ import annotations
 
+import posixpath
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,9 +101,13 @@ class Session:
         usage.seconds += last.seconds
         return "".join(pieces)
 
-    def run(self, instruction: str) -> TurnResult:
+    def run(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False) -> TurnResult:
         """Answer `instruction`, applying its edits atomically; bad edits and failing tests go back to
-        the model (bounded). The turn joins the history whatever happened."""
+        the model (bounded). The turn joins the history whatever happened.
+
+        `user_edited`: files whose uncommitted changes are the request itself (AI comments): they may be
+        edited although dirty, on top of the user's text, which review restores for a rejected hunk.
+        `answer_only`: a question; the answer is never read for edits."""
         result = TurnResult()
         conversation = [Message("user", instruction)]
         test_rounds = 0
@@ -115,7 +120,7 @@ class Session:
             _, answer = split_reasoning(text)
             result.answer = answer
             conversation.append(Message("assistant", answer))
-            feedback = self._apply(answer, result)
+            feedback = None if answer_only else self._apply(answer, result, user_edited)
             if feedback is None and result.applied and self.options.test_cmd and not result.refused:
                 feedback = self._test_feedback()
                 result.tests_failed = feedback is not None
@@ -136,7 +141,7 @@ class Session:
         self.history.extend(conversation)
         return result
 
-    def _apply(self, answer: str, result: TurnResult) -> str | None:
+    def _apply(self, answer: str, result: TurnResult, user_edited: Sequence[str] = ()) -> str | None:
         """Apply the answer's edits; returns feedback for the model when they are invalid."""
         try:
             blocks = parse_edits(answer)
@@ -157,7 +162,8 @@ class Session:
         if not paths:
             return None
         try:
-            self.workspace.prepare(paths, self.options.dirty_commit)
+            own = {posixpath.normpath(p) for p in user_edited}
+            self.workspace.prepare([p for p in paths if posixpath.normpath(p) not in own], self.options.dirty_commit)
         except DirtyTreeError as exc:
             result.refused, result.error = True, str(exc)
             return str(exc)

@@ -120,6 +120,12 @@ class Workspace:
         own = self._load_pending()
         return [p for p in reported if not self._is_own_change(p, own.get(p))]
 
+    def own_changes(self, paths: Iterable[str]) -> set[str]:
+        """The given paths that hold exactly what v4 last wrote there (uncommitted): its own edits,
+        not the user's (watch mode must not read them as new requests)."""
+        own = self._load_pending()
+        return {rel for rel in self._rels(paths) if self._is_own_change(rel, own.get(rel))}
+
     def prepare(self, paths: Iterable[str], dirty_commit: bool) -> str | None:
         """Make `paths` safe to edit; return the sha of the commit saving the user's changes, if any.
 

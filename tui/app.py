@@ -24,7 +24,7 @@ PALETTE = (  # (title, help, MainScreen action)
     ("Toggle context panel", "show or hide the files in context", "toggle_context"),
     ("Model", "the backend and model in use", "model"),
     ("Clear chat", "clear the chat and forget the conversation", "clear"),
-    ("Watch mode", "not built yet: always off", "watch"),
+    ("Watch mode", "on/off: follow file changes, act on AI! and AI? comments", "watch"),
     ("Stop answer", "stop the answer being generated", "stop"),
 )
 
@@ -68,6 +68,9 @@ class V4App(App[str | None]):
         note says so."""
         self.main.startup.cancel()
         self.main.action_stop()
+        if self.main.services is not None:  # a prefill step may still run: not waited for
+            self.main.services.watch.stop()
+            self.main.services.warmer.close(wait=False)
         self.exit(exit_note(self.review))
 
 

@@ -13,6 +13,10 @@ state and widget attributes. A widget's own messages are nested in the widget (H
         ─ AnswerMetrics ─► MainScreen ─► SessionState: tokens/s, TTFT, KV size
       then ─ TurnFinished ─► MainScreen ─► ChatLog notes (applied, error), pending count
     ContextController (thread) ─ ContextUpdated ─► MainScreen ─► SessionState.context/.changed
+    WatchController.run (thread, while watch is on) ─ WatchUpdate ─► MainScreen ─► context panel, ChatLog note
+                                                    ─ AiRequested ─► MainScreen ─► queued, then as a turn:
+        WatchController.ask (thread) ─► ChatController.ask ─► ... TurnFinished (the next request, if any)
+                                                    ─ WatchStopped ─► MainScreen ─► SessionState.watching off
     ReviewScreen workers ─► ReviewController ─► HunkView per hunk
     HunkView ─ HunkView.Decided ─► ReviewScreen ─ dismiss(ReviewOutcome) ─► MainScreen ─► ChatLog
 """
@@ -23,8 +27,10 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
+from agent.ai_comments import AIRequest
 from agent.app_support import BackendInfo, ContextView, PrefillReport
 from agent.session import TurnResult
+from agent.watch_loop import WatchEvent
 
 
 @dataclass
@@ -96,3 +102,26 @@ class ContextUpdated(Message):
     changed: tuple[str, ...]
     note: str | None = None  # what to tell the user (after /add, /drop)
     error: bool = False  # the note says why /add or /drop could not be done
+
+
+@dataclass
+class WatchUpdate(Message):
+    """Watch mode did something: `event` is the agent's watch event (None: watching started, with
+    `watched_dirs` directories under watch)."""
+
+    event: WatchEvent | None
+    watched_dirs: int = 0
+
+
+@dataclass
+class AiRequested(Message):
+    """A change left AI comments that ask for a run (AI! or AI?)."""
+
+    request: AIRequest
+
+
+@dataclass
+class WatchStopped(Message):
+    """Watching ended: turned off, or `error` (written for the user)."""
+
+    error: str | None

@@ -28,7 +28,7 @@ class SessionState:
     kv_bytes = var[int | None](None)
     """Decode-state bytes for the tokens the engine holds (embedded only)."""
     watching = var(False)
-    """Watch mode (keeps the context current as files change): a later issue, always off."""
+    """Watch mode: file changes update the context as they happen; AI comments become questions."""
     pending_files = var(0)
     """Files with v4 changes waiting for review."""
     context = var[ContextView | None](None)

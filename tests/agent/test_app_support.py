@@ -119,3 +119,39 @@ def test_demo_checkpoint_is_made_once_and_is_labelled_random(tmp_path: Path) -> 
     assert cold.tokens > 0 and cold.computed_tokens == cold.tokens and cold.from_store
     again = app_support.prefill(chosen.backend, system)  # the state already holds it: nothing computed
     assert (again.reused_tokens, again.computed_tokens, again.from_store) == (cold.tokens, 0, False)
+
+
+def _over_budget(tmp_path: Path) -> tuple[app_support.RepositoryContext, int]:
+    """A repository three times its budget, of many small files, and a budget the plan fills exactly."""
+    files = {f"m{n:02}.py": "".join(f"V{n}_{k} = {k}\n" for k in range(3 + n % 7)) for n in range(40)}
+    context = app_support.RepositoryContext(_repo(tmp_path / "many", files), None)
+    context.scan()
+    budget = context.plan(context.plan(10**6).total_tokens // 3).total_tokens
+    return context, budget
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_a_stable_replan_keeps_every_other_files_mode(tmp_path: Path, stable: bool) -> None:
+    context, budget = _over_budget(tmp_path)
+    view = context.plan(budget)
+    before = {f.path: f.mode for f in view.files}
+    text = context.repository_text()
+    grown = next(f.path for f in view.files if f.mode == "full")
+    with open(context.root / grown, "a") as handle:
+        handle.write("# one more line\n")
+    after = context.plan(budget, stable=stable)
+    moved = {f.path for f in after.files if f.mode != before[f.path]}
+    if not stable:  # the planner, with no room left, swaps other files in and out
+        assert moved - {grown}
+        return
+    assert moved == set() and after.total_tokens <= budget * (1 + app_support.STABLE_SLACK)
+    assert context.repository_text().startswith(text[: text.index(f"==> {grown} <==")])  # only its tail moved
+
+
+def test_a_stable_replan_gives_way_to_the_planner_past_the_slack(tmp_path: Path) -> None:
+    context, budget = _over_budget(tmp_path)
+    view = context.plan(budget)
+    grown = next(f.path for f in view.files if f.mode == "full")
+    with open(context.root / grown, "a") as handle:
+        handle.write("".join(f"EXTRA_{k} = {k}\n" for k in range(200)))
+    assert context.plan(budget, stable=True).total_tokens <= budget

@@ -1,4 +1,4 @@
-"""The `v4` command line: the index command and the commands other issues fill in."""
+"""The `v4` command line: the index command, usage errors, and the help listing every command."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import PENDING, main
+from agent.cli import main
 
 
 def test_index_json_lists_files_in_context_order(order_repo: Path, capsys) -> None:
@@ -39,10 +39,10 @@ def test_index_with_a_missing_model_tokenizer_is_an_error(order_repo: Path, tmp_
     assert "no-model" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", sorted(PENDING))
-def test_commands_not_built_yet_say_so_and_exit_2(command: str, capsys) -> None:
-    assert main([command]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_watch_without_a_model_is_a_usage_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("V4_MODEL", raising=False)
+    assert main(["watch", "--repo", str(tmp_path)]) == 2
+    assert "choose one model" in capsys.readouterr().err
 
 
 def test_no_command_is_the_tui_which_needs_a_git_repository(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -99,7 +99,9 @@ async def test_slash_commands(make_app: MakeApp, repo: Path) -> None:
             await until(pilot, lambda: expect in chat_text(app) and not main.busy)
 
         await slash("/model", "Backend replay, model replay.json")
-        await slash("/watch", "Watch mode is not built yet")
+        await slash("/watch", "Watch mode on")
+        assert main.watching is True
+        await slash("/watch", "Watch mode off")
         assert main.watching is False
         await slash("/drop notes.md", "dropped notes.md from the context")
         assert {f.path: f.mode for f in main.context.files}["notes.md"] == "dropped"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 from textual.message import Message
 
 from agent.session import Session, TurnResult
+from agent.warm import ContextWarmer
 from agent.workspace import WorkspaceError
 
 from ..messages import TurnFinished
@@ -19,17 +21,20 @@ class ChatController:
     as messages: AnswerStarted/AnswerDelta/AnswerMetrics from the backend, then TurnFinished."""
 
     def __init__(self, *, session: Session, backend: MeteredBackend, pending_files: Callable[[], int],
-                 post_message: Callable[[Message], object]) -> None:
+                 post_message: Callable[[Message], object], warmer: ContextWarmer | None = None) -> None:
         self.session = session
         self.backend = backend
+        self.warmer = warmer  # a background re-prefill gives the engine up for the turn
         self._pending_files = pending_files
         self._post = post_message
 
-    def ask(self, instruction: str) -> TurnResult:
-        """Answer `instruction`; the model's edits land in the work tree (never committed here)."""
+    def ask(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False) -> TurnResult:
+        """Answer `instruction`; the model's edits land in the work tree (never committed here).
+        `user_edited` and `answer_only` are Session.run's (watch mode's AI comments)."""
         self.backend.begin_turn()
         try:
-            result = self.session.run(instruction)
+            with self.warmer.foreground() if self.warmer is not None else nullcontext():
+                result = self.session.run(instruction, user_edited=user_edited, answer_only=answer_only)
         except (WorkspaceError, OSError) as exc:  # the session reports edit and backend errors itself
             result = TurnResult(error=f"{type(exc).__name__}: {exc}")
         try:

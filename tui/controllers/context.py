@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from textual.message import Message
 
 from agent.app_support import ContextError, RepositoryContext, prefill
 from agent.backends import Backend
 from agent.session import Session, system_message
+from agent.warm import ContextWarmer
 
 from ..messages import ContextUpdated
 
@@ -20,13 +22,14 @@ class ContextController:
     from thread workers, never while a turn runs (they share the engine's state)."""
 
     def __init__(self, *, context: RepositoryContext, session: Session, backend: Backend, budget: int,
-                 post_message: Callable[[Message], object]) -> None:
+                 post_message: Callable[[Message], object], warmer: ContextWarmer | None = None) -> None:
         self.context = context
         self.session = session
         self.backend = backend  # the unmetered backend: a prefill is not an answer
         self.budget = budget
+        self.warmer = warmer  # a background re-prefill (watch mode) gives the engine up for ours
         self._post = post_message
-        self._lock = threading.Lock()  # plan() rewrites what changed_files() reads
+        self.lock = threading.Lock()  # plan() rewrites what changed_files() reads; watch mode shares it
 
     def add(self, path: str) -> None:
         self._force(self.context.add, path, "added {} to the context in full")
@@ -36,7 +39,7 @@ class ContextController:
 
     def check_changes(self) -> None:
         """Post the files changed since the plan was made (cheap: a stat per file, a hash if it moved)."""
-        with self._lock:
+        with self.lock:
             changed = tuple(self.context.changed_files())
         self._post(ContextUpdated(None, changed))
 
@@ -44,15 +47,16 @@ class ContextController:
         return self.context.paths()
 
     def _force(self, change: Callable[[str], str], path: str, note: str) -> None:
-        with self._lock:
+        with self.lock:
             try:
                 rel = change(path)
             except ContextError as exc:
                 self._post(ContextUpdated(None, tuple(self.context.changed_files()), str(exc), error=True))
                 return
             view = self.context.plan(self.budget)
-            self.session.system = system_message(self.context.repository_text())
-            report = prefill(self.backend, self.session.system)
+            with self.warmer.foreground() if self.warmer is not None else nullcontext():
+                self.session.system = system_message(self.context.repository_text())
+                report = prefill(self.backend, self.session.system)
         text = note.format(rel) + f": {view.total_tokens:,} of {view.budget:,} tokens"
         if report is not None:
             text += f"; prefilled {report.computed_tokens:,} tokens ({report.reused_tokens:,} reused)"

@@ -26,7 +26,7 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("add", "add_file", "force a file into the context, in full", "PATH"),
     SlashCommand("drop", "drop_file", "drop a file from the context", "PATH"),
     SlashCommand("model", "model", "show the backend and model"),
-    SlashCommand("watch", "watch", "watch mode (not built yet: always off)"),
+    SlashCommand("watch", "watch", "watch mode on/off: follow file changes, act on AI! and AI? comments"),
     SlashCommand("clear", "clear", "clear the chat and forget the conversation"),
     SlashCommand("help", "help", "keys and commands"),
     SlashCommand("quit", "quit", "quit (pending changes stay in the work tree)"),

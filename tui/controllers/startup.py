@@ -14,6 +14,7 @@ from agent import app_support
 from agent.backend_options import backend_from_args
 from agent.backends import BackendError
 from agent.session import Session, SessionOptions
+from agent.warm import ContextWarmer
 from agent.workspace import WorkspaceError
 
 from ..messages import StartupFailed, StartupReady, StartupStep
@@ -21,6 +22,7 @@ from .chat import ChatController
 from .context import ContextController
 from .metering import MeteredBackend
 from .review import ReviewController
+from .watch import WatchController
 
 DEMO_ANSWER_TOKENS = 256  # random weights write noise: keep the demo's answers short
 
@@ -36,6 +38,8 @@ class Services:
     session: Session
     chat: ChatController
     context: ContextController
+    watch: WatchController
+    warmer: ContextWarmer
 
 
 class StartupController:
@@ -91,11 +95,15 @@ class StartupController:
         self._step("prefill", "prefilling the context…")
         report = app_support.prefill(chosen.backend, session.system)
         self._step("prefill", _prefill_label(report), finished=True)
+        warmer = ContextWarmer(session, chosen.backend)
         chat = ChatController(session=session, backend=metered, pending_files=self.review.pending_files,
-                              post_message=self._post)
+                              post_message=self._post, warmer=warmer)
         controller = ContextController(context=context, session=session, backend=chosen.backend,
-                                       budget=chosen.budget, post_message=self._post)
-        return StartupReady(Services(session, chat, controller), info, view, report, self.review.pending_files())
+                                       budget=chosen.budget, post_message=self._post, warmer=warmer)
+        watch = WatchController(root=self.root, context=context, session=session, warmer=warmer,
+                                budget=chosen.budget, lock=controller.lock, post_message=self._post)
+        return StartupReady(Services(session, chat, controller, watch, warmer), info, view, report,
+                            self.review.pending_files())
 
     def _step(self, step: str, label: str, done: int = 0, total: int = 0, finished: bool = False) -> None:
         if self._cancelled.is_set():

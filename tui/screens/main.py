@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -15,7 +16,9 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
+from agent.ai_comments import AIRequest
 from agent.app_support import BackendInfo
+from agent.watch_loop import Changed, Warmed
 
 from .. import messages as m
 from ..controllers.chat import describe_failure
@@ -31,7 +34,7 @@ from ..widgets.startup_panel import StartupPanel
 from ..widgets.status_bar import StatusBar
 from .review import ReviewScreen
 
-CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked (watch mode will replace this)
+CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked while watch mode is off
 BOUND = ("backend", "model", "random_weights", "tokens_per_s", "ttft_s", "kv_bytes", "watching", "pending_files",
          "busy")  # SessionState vars the status bar shows
 
@@ -61,6 +64,7 @@ class MainScreen(SessionState, Screen[None]):
         self.info: BackendInfo | None = None
         self.answer: AnswerView | None = None
         self.startup_error: str | None = None
+        self.ai_requests: deque[AIRequest] = deque()  # from watch mode, run one at a time
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -76,6 +80,13 @@ class MainScreen(SessionState, Screen[None]):
         self.query_one("#prompt", Input).focus()
         self.run_worker(self.startup.run, thread=True, exclusive=True, group="startup")
         self.set_interval(CHANGE_POLL_S, self.check_changes)
+
+    def on_unmount(self) -> None:
+        """Leaving (quit, or a test's app closing): the watch worker and the background prefill end
+        too, or the app would wait for their threads."""
+        if self.services is not None:
+            self.services.watch.stop()
+            self.services.warmer.close(wait=False)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -165,6 +176,7 @@ class MainScreen(SessionState, Screen[None]):
         elif result.declined:
             chat.note("Not applied.", "info")
         self.check_changes()
+        self._next_request()
 
     def action_stop(self) -> None:
         if self.busy and self.services is not None:
@@ -247,9 +259,55 @@ class MainScreen(SessionState, Screen[None]):
                   "To switch, restart v4 with --model DIR, --endpoint URL or --replay FILE.", "info")
 
     def action_watch(self) -> None:
+        """Watch mode on or off: file changes update the index, the context and the engine's state
+        as they happen, and AI comments (AI! / AI?) become questions here."""
+        if self.services is None:
+            self._can_run("watching")
+            return
+        if self.watching:
+            self.services.watch.stop()
+            self.watching = False
+            self.query_one(ChatLog).note("Watch mode off.", "info")
+            return
+        self.watching = True
+        stop = self.services.watch.start()
+        self.run_worker(partial(self.services.watch.run, stop), thread=True, group="watch", exit_on_error=False)
+
+    def on_watch_update(self, event: m.WatchUpdate) -> None:
+        chat, update = self.query_one(ChatLog), event.event
+        if update is None:
+            chat.note(f"Watch mode on ({event.watched_dirs} watch(es)): saved files update the context as they "
+                      "change. End a comment with AI! to ask for a change, AI? to ask a question.", "success")
+        elif isinstance(update, Changed):
+            if update.view is not None:
+                self.context = update.view
+            self.changed = update.paths
+            if self.info is None or self.info.kind != "embedded":  # no re-prefill note follows
+                chat.note(f"watch: {update.describe()}", "info")
+        elif isinstance(update, Warmed):
+            self.changed = ()
+            self._set_kv(update.stats.held_tokens if update.stats else 0)
+            chat.note(f"watch: {update.describe()}", "info")
+
+    def on_ai_requested(self, event: m.AiRequested) -> None:
+        self.ai_requests.append(event.request)
+        self._next_request()
+
+    def _next_request(self) -> None:
+        """Run the oldest AI request from watch mode, unless a turn is running (it waits its turn)."""
+        if not self.ai_requests or self.busy or self.services is None:
+            return
+        request = self.ai_requests.popleft()
+        chat = self.query_one(ChatLog)
+        chat.note(f"watch: {request.kind} in {', '.join(request.files)}", "info")
+        chat.prompt(request.instruction().rstrip())
+        self.answer, self.busy = None, True
+        self._work(partial(self.services.watch.ask, request, self.services.chat), "turn")
+
+    def on_watch_stopped(self, event: m.WatchStopped) -> None:
         self.watching = False
-        self.query_one(ChatLog).note("Watch mode is not built yet (the [watch] issue): it stays off. "
-                                     "Files changed since the context was cached are listed in the context panel.")
+        if event.error:
+            self.query_one(ChatLog).note(f"Watch mode stopped: {event.error}", "error")
 
     def action_clear(self) -> None:
         if self.busy:
@@ -265,7 +323,7 @@ class MainScreen(SessionState, Screen[None]):
     # -- helpers -------------------------------------------------------------------------------
 
     def check_changes(self) -> None:
-        if self.services is not None and not self.busy:
+        if self.services is not None and not self.busy and not self.watching:  # watching tells us itself
             self._work(self.services.context.check_changes, "changes")
         self.refresh_pending()
 
@@ -279,7 +337,10 @@ class MainScreen(SessionState, Screen[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.group != "startup":
             error = event.worker.error
-            self.busy = False
+            if event.worker.group == "watch":
+                self.watching = False  # the watcher died with its worker
+            else:
+                self.busy = False
             self.query_one(ChatLog).note(f"Internal error ({event.worker.group}): {type(error).__name__}: {error}",
                                          "error")
 

@@ -1,0 +1,119 @@
+"""`v4 watch`: watch mode without the TUI. One line per event (one JSON object with --json): what
+changed and how long the index took, the tokens re-prefilled, agent runs started by AI comments and
+how they ended. Edits are applied to the work tree for review, never committed. Ctrl+C stops.
+
+Exit codes: 0 stopped (Ctrl+C or SIGTERM), 2 usage error (no model, not a git repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXIT_STOPPED, EXIT_USAGE = 0, 2
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    from .backend_options import add_backend_arguments
+
+    watch = commands.add_parser(
+        "watch", help="keep the index and the model's context warm as files change; act on AI comments",
+        description="Watch the repository: update the index and re-prefill the context as files change, and run "
+                    "the agent on comments ending in AI! (make this change) or AI? (answer this). Edits are "
+                    "applied for review (`v4 review`), never committed.")
+    add_backend_arguments(watch)
+    watch.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per event")
+    watch.add_argument("--debounce", type=float, default=0.3, metavar="S",
+                       help="a batch of changes closes after this many quiet seconds (default 0.3)")
+    watch.add_argument("--max-delay", type=float, default=2.0, metavar="S",
+                       help="... or this long after its first change, however busy the tree (default 2)")
+    watch.add_argument("--no-ai-comments", action="store_true", help="keep the context warm only; ignore AI comments")
+    watch.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .app_support import ContextError, RepositoryContext
+    from .backend_options import backend_from_args
+    from .backends import BackendError
+    from .session import Session, SessionOptions
+    from .warm import ContextWarmer
+    from .watch import WatchConfig, Watcher
+    from .watch_loop import Ready, WatchLoop
+    from .workspace import WorkspaceError
+
+    root = args.repo.resolve()
+    if not root.is_dir():
+        return _usage(f"not a directory: {root}")
+    try:
+        config = WatchConfig(quiet_s=args.debounce, max_delay_s=max(args.max_delay, args.debounce))
+        chosen = backend_from_args(args)
+        started = time.perf_counter()
+        context = RepositoryContext(root, chosen.tokenizer_dir)
+        context.scan()
+        view = context.plan(chosen.budget)
+        options = SessionOptions(max_answer_tokens=args.max_tokens, require_edits=True)
+        session = Session(root, chosen.backend, context.repository_text(), options)
+    except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
+        return _usage(str(exc))
+    index_s = time.perf_counter() - started
+    printer = Printer(args.json)
+    warmer = ContextWarmer(session, chosen.backend)
+    loop = WatchLoop(context=context, session=session, warmer=warmer, budget=chosen.budget, emit=printer)
+    warmer.on_report = loop.on_warmed
+    watcher = Watcher(root, config)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        watcher.start()
+        printer(Ready(str(root), len(view.files), view.total_tokens, chosen.budget, len(watcher.watched), index_s))
+        warmer.refresh(session.system, ((), time.monotonic()))  # the first prefill, in the background too
+        while True:
+            batch = watcher.next_batch(timeout=0.5)
+            if batch is None:
+                continue
+            request = loop.apply(batch)
+            if request is not None and not args.no_ai_comments:
+                loop.run_request(request)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop()
+        warmer.close()
+        context.index.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    printer.stopped()
+    return EXIT_STOPPED
+
+
+class Printer:
+    """Prints events, one line each (JSON with --json); called from the loop and the warmer's thread."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._lock = threading.Lock()
+
+    def __call__(self, event: object) -> None:
+        line = json.dumps(event.to_json()) if self.as_json else f"{time.strftime('%H:%M:%S')} {event.describe()}"
+        with self._lock:
+            print(line, flush=True)
+
+    def stopped(self) -> None:
+        with self._lock:
+            print(json.dumps({"event": "stopped"}) if self.as_json else "stopped watching", flush=True)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops watching the way Ctrl+C does."""
+    raise KeyboardInterrupt
+
+
+def _usage(message: str) -> int:
+    print(f"v4 watch: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     loop = WatchLoop(context=context, session=session, warmer=warmer, budget=chosen.budget, emit=printer)
     warmer.on_report = loop.on_warmed
     watcher = Watcher(root, config)
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
+    stop = threading.Event()
+    previous = _on_stop_signals(stop)
     try:
         watcher.start()
         printer(Ready(str(root), len(view.files), view.total_tokens, chosen.budget, len(watcher.watched), index_s))
         warmer.refresh(session.system, ((), time.monotonic()))  # the first prefill, in the background too
-        while True:
+        while not stop.is_set():
             batch = watcher.next_batch(timeout=0.5)
             if batch is None:
                 continue
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         watcher.stop()
         warmer.close()
         context.index.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     printer.stopped()
     return EXIT_STOPPED
 
@@ -109,11 +109,15 @@ class Printer:
             print(json.dumps({"event": "stopped"}) if self.as_json else "stopped watching", flush=True)
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    """SIGTERM stops watching the way Ctrl+C does."""
-    raise KeyboardInterrupt
+def _on_stop_signals(stop: threading.Event) -> dict:
+    """Ctrl+C and SIGTERM stop watching: they interrupt what runs (an agent turn) and also set `stop`,
+    which the loop checks between batches, so an interrupt swallowed inside a library still ends it.
+    Returns the previous handlers (none off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
+    def interrupt(_signum: int, _frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt
 
-def _usage(message: str) -> int:
-    print(f"v4 watch: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -184,9 +184,10 @@ def test_v4_watch_prints_one_json_object_per_event_and_stops_on_ctrl_c(repo: Pat
     script = tmp_path / "replay.json"
     script.write_text(json.dumps([TYPED]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    errors = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe nobody reads: it cannot fill up
     process = subprocess.Popen([sys.executable, "-m", "agent.cli", "watch", "--repo", str(repo), "--replay",
                                 str(script), "--json", "--debounce", "0.2"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
         lines, seen = _reader(process), []
         ready = _until(lines, "ready", seen)
@@ -200,11 +201,15 @@ def test_v4_watch_prints_one_json_object_per_event_and_stops_on_ctrl_c(repo: Pat
         assert finished["outcome"] == "applied" and finished["files"] == ["calc.py"]
         assert _until(lines, "change", seen)["paths"] == ["calc.py"]  # the agent's edit, indexed
         process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0
+        try:
+            assert process.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError("v4 watch did not stop; its stderr:\n" + (tmp_path / "stderr.txt").read_text())
         assert _until(lines, "stopped", seen, 5) == {"event": "stopped"}
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        errors.close()
     assert BANG not in (repo / "calc.py").read_text()
     assert git(repo, "rev-list", "--count", "HEAD").strip() == "1"  # never committed

@@ -121,3 +121,8 @@ def _on_stop_signals(stop: threading.Event) -> dict:
         raise KeyboardInterrupt
 
     return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _usage(message: str) -> int:
+    print(f"v4 watch: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -125,6 +125,10 @@ class Attention(nn.Module):
         self.wo_a = nn.Linear(heads * head_dim // config.o_groups, config.o_groups * config.o_lora_rank, bias=False)
         self.wo_b = nn.Linear(config.o_groups * config.o_lora_rank, config.hidden_size, bias=False)
         self.attn_sink = nn.Parameter(torch.zeros(heads, dtype=torch.float32))
+        # Tensor parallel (model/parallel.py) keeps this rank's heads and head groups and sums wo_b's
+        # partial outputs with `reduce`; the single-process engine holds them all (reduce None).
+        self.num_heads, self.num_groups = heads, config.o_groups
+        self.reduce = None
         self.compressor = None
         self.indexer = None
         if self.layer_type != SLIDING:
@@ -150,7 +154,7 @@ class Attention(nn.Module):
         positions = torch.arange(seq_len, device=x.device) + start
         cos, sin = rope_cos_sin(self.inv_freq, positions)
         q_residual = self.q_norm(self.wq_a(x))
-        q = self.wq_b(q_residual).view(batch, seq_len, config.num_attention_heads, config.head_dim)
+        q = self.wq_b(q_residual).view(batch, seq_len, self.num_heads, config.head_dim)
         q = ops.rms_norm_rope(q, None, config.rms_norm_eps, cos, sin)  # [B, S, H, D]
         kv = ops.rms_norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [B, S, D]: K = V
         keys, indices = self._sliding_window(kv, state)
@@ -165,9 +169,10 @@ class Attention(nn.Module):
             indices = torch.cat([indices, chosen.to(indices.dtype)], dim=-1)
         out = ops.sparse_attention(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
         out = apply_rope(out, cos, -sin)  # undo the rotation: outputs depend on relative position only
-        groups = out.reshape(batch, seq_len, config.o_groups, -1)
-        wo_a = self.wo_a.weight.view(config.o_groups, config.o_lora_rank, -1)
-        return self.wo_b(torch.einsum("bsgi,goi->bsgo", groups, wo_a).flatten(2))
+        groups = out.reshape(batch, seq_len, self.num_groups, -1)
+        wo_a = self.wo_a.weight.view(self.num_groups, config.o_lora_rank, -1)
+        out = self.wo_b(torch.einsum("bsgi,goi->bsgo", groups, wo_a).flatten(2))
+        return out if self.reduce is None else self.reduce(out)
 
     def _all_closed_entries(self, positions: torch.Tensor, num_entries: int) -> torch.Tensor:
         """HCA: every entry whose window has closed, as indices `[1, S, T]` (-1 where not yet closed)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import EngineConfig, V4Config
+from .parallel import Parallel
 from .state import DecodeState, mark, new_decode_state, rewind
 from .v4 import Transformer
 from .weights import LoadProgress, load_into, scan
@@ -191,17 +192,31 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
-         progress: LoadProgress | None = None, **engine_options: object) -> Engine:
+         progress: LoadProgress | None = None, parallel: Parallel | bool | None = None,
+         **engine_options: object) -> Engine:
     """The engine of the checkpoint directory at `path` (config.json, safetensors, optional tokenizer.json).
 
     `device` defaults to CUDA when available; `dtype` to bfloat16 on CUDA and float32 on CPU. The model
     is built on the meta device and filled tensor by tensor from the memory-mapped shards; `progress`
     hears (shard, bytes done, bytes in shard) after each tensor.
+
+    `parallel`: shard the model over the ranks of a process group (model/parallel.py): a Parallel, True
+    (the group torchrun's environment describes, initialised if needed), None (the same, but only when
+    WORLD_SIZE > 1, i.e. a torchrun launch; otherwise one process, as always) or False (one process).
+    Each rank reads only its share; on CUDA, rank r runs on GPU LOCAL_RANK.
     """
     from dataclasses import fields
 
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if parallel is None or parallel is True:
+        from .parallel import current, init_from_env
+
+        parallel = current() or init_from_env(str(device))
+    if not parallel:
+        parallel = None
+    elif str(device) == "cuda":
+        device = f"cuda:{parallel.local_rank}"
     if dtype is None:
         dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
     dtype_name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
@@ -210,19 +225,26 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     if unknown:
         raise TypeError(f"unknown engine options {unknown}; expected some of {sorted(allowed)}")
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
-    model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device)
+    model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
+                             parallel)
     return Engine(model, config, _tokenizer(path), path.resolve())
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                     progress: LoadProgress | None = None, table_device: str | None = None) -> Transformer:
+                     progress: LoadProgress | None = None, table_device: str | None = None,
+                     parallel: Parallel | None = None) -> Transformer:
     """The model of the checkpoint at `path`, built on the meta device and filled from its safetensors
-    (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given."""
+    (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
+    With `parallel`, only this rank's shard (model/parallel.py) is built and read."""
     path = Path(path)
     config = V4Config.from_json(path)
     stored = scan(path)
     with torch.device("meta"):
         model = Transformer(config, with_mtp=any(name.startswith("mtp.") for name in stored))
+    if parallel is not None:
+        from .parallel import shard_model, shard_stored
+
+        stored = shard_stored(stored, model, shard_model(model, parallel))
     load_into(model, path, dtype, device, progress, stored, table_device)
     return model.eval()
 

@@ -62,20 +62,42 @@ class MoE(nn.Module):
         self.shared_experts = Expert(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts,
                                      config.swiglu_limit)
         self.limit = config.swiglu_limit
+        # Expert parallel (model/parallel.py): this rank holds experts [start, end) only, and `reduce`
+        # sums the ranks' routed outputs. None: every expert is here (the single-process engine).
+        self.expert_range: tuple[int, int] | None = None
+        self.reduce = None
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""
         flat = x.reshape(-1, x.shape[-1])
         weights, indices = self.gate(flat, token_ids.reshape(-1))
-        routed = ops.moe_experts(flat, weights, indices, *self.stacked_weights(), self.limit)
+        if self.expert_range is not None:
+            routed = self._local_routed(flat, weights, indices)
+        else:
+            routed = ops.moe_experts(flat, weights, indices, *self.stacked_weights(), self.limit)
         return (routed + self.shared_experts(flat)).view_as(x)
+
+    def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Expert parallel: the (token, slot) pairs routed to this rank's experts through the same
+        grouped GEMM, each pair's output put back in its slot, summed over slots in float32 and then over
+        ranks (all_reduce); every rank gets the full routed sum in x's dtype."""
+        start, end = self.expert_range
+        num_tokens, k = indices.shape
+        pairs = ((indices >= start) & (indices < end)).reshape(-1).nonzero().squeeze(1)
+        out = torch.zeros(num_tokens * k, flat.shape[-1], dtype=torch.float32, device=flat.device)
+        if pairs.numel():
+            tokens = pairs // k
+            ids = (indices.reshape(-1)[pairs] - start)[:, None]
+            out[pairs] = ops.moe_experts(flat[tokens], weights.reshape(-1)[pairs, None], ids,
+                                         *self.stacked_weights(), self.limit).float()
+        return self.reduce(out.view(num_tokens, k, -1).sum(1)).to(flat.dtype)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The routed experts' w1, w3 `[E, I, H]` and w2 `[E, H, I]` as single tensors, for the grouped
         GEMM. Built once (and again if the weights were moved or reloaded); each expert's parameters
         become views into them, so the weights are held once."""
-        first = self.experts[0]
+        first = next(iter(self.experts))  # the lowest held expert (keys are global ids under expert parallel)
         cached = self._stacked
         if cached is not None and cached[0].data_ptr() == first.w1.weight.data_ptr() \
                 and cached[0].device == first.w1.weight.device:

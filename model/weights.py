@@ -107,6 +107,7 @@ class Stored:
     expert: int | None = None
     half: int | None = None  # 0: gate (w1), 1: up (w3) of a fused gate_up_proj
     scale: Stored | None = None
+    narrow: tuple[int, int, int] | None = None  # (dim, start, end): the part one rank reads (model/parallel.py)
 
 
 def scan(path: Path) -> dict[str, Stored]:
@@ -207,6 +208,9 @@ def read(stored: Stored, handles: dict[Path, object]) -> torch.Tensor:
     """The tensor `stored` points at, dequantised to float32 if it has a scale."""
     handle = handles[stored.file]
     try:
+        if stored.narrow is not None and stored.expert is None and stored.scale is None:
+            dim, start, end = stored.narrow  # read only the slice from the memory-mapped file
+            return handle.get_slice(stored.key)[(slice(None),) * dim + (slice(start, end),)]  # type: ignore[attr-defined]
         if stored.expert is None:
             tensor = handle.get_tensor(stored.key)  # type: ignore[attr-defined]
         else:
@@ -219,6 +223,9 @@ def read(stored: Stored, handles: dict[Path, object]) -> torch.Tensor:
 
             scale = handles[stored.scale.file].get_tensor(stored.scale.key)  # type: ignore[attr-defined]
             tensor = dequantize(tensor, scale, native_name(stored.key))
+        if stored.narrow is not None:  # a quantised or fused tensor: dequantised whole, then sliced
+            dim, start, end = stored.narrow
+            tensor = tensor.narrow(dim, start, end - start).contiguous()
     except WeightsError:
         raise
     except Exception as exc:  # truncated data, a bad scale: name the tensor

@@ -13,6 +13,7 @@ from torch import nn
 from . import ops
 from .config import CSA, SLIDING, V4Config
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
+from .quantized import grouped_linear
 from .state import CompressorState, LayerState
 
 
@@ -170,8 +171,7 @@ class Attention(nn.Module):
         out = ops.sparse_attention(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
         out = apply_rope(out, cos, -sin)  # undo the rotation: outputs depend on relative position only
         groups = out.reshape(batch, seq_len, self.num_groups, -1)
-        wo_a = self.wo_a.weight.view(self.num_groups, config.o_lora_rank, -1)
-        out = self.wo_b(torch.einsum("bsgi,goi->bsgo", groups, wo_a).flatten(2))
+        out = self.wo_b(grouped_linear(self.wo_a, groups).flatten(2))
         return out if self.reduce is None else self.reduce(out)
 
     def _all_closed_entries(self, positions: torch.Tensor, num_entries: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 
 from .config import EngineConfig, V4Config
 from .parallel import Parallel
+from .quantized import quantize_for_checkpoint, stack_quantized_experts
+from .static_decode import StaticDecoder
 from .state import DecodeState, mark, new_decode_state, rewind
 from .v4 import Transformer
 from .weights import LoadProgress, load_into, scan
@@ -33,6 +35,7 @@ class Engine:
         self.checkpoint = checkpoint  # where the weights came from: the Engram store fingerprints it
         self.id = uuid.uuid4().hex
         self.draft_stats = DraftStats()
+        self._decoders: dict[int, StaticDecoder] = {}
 
     @property
     def device(self) -> torch.device:
@@ -47,12 +50,28 @@ class Engine:
         """Whether the checkpoint shipped an MTP block to draft with."""
         return len(self.model.mtp) > 0
 
-    def new_state(self, max_tokens: int | None = None) -> DecodeState:
-        """An empty state for up to `max_tokens` (default: the engine's max_seq_len) tokens; it also
-        tracks the first MTP block when there is one, so `draft` can be asked at any point."""
+    def new_state(self, max_tokens: int | None = None, draft: bool = True) -> DecodeState:
+        """An empty state for up to `max_tokens` (default: the engine's max_seq_len) tokens; with `draft`
+        it also tracks the first MTP block when there is one, so `draft` can be asked at any point."""
         limit = min(self.config.max_seq_len, self.model.config.max_position_embeddings)
         return new_decode_state(self.model.config, max_tokens or limit, self.id, self.dtype, self.device,
-                                mtp_layers=min(len(self.model.mtp), 1))
+                                mtp_layers=min(len(self.model.mtp), 1) if draft else 0)
+
+    def static_decoder(self, batch: int, capacity: int) -> StaticDecoder:
+        """The engine's shape-static decoder for `batch` rows (CUDA-graphed on a GPU), kept between
+        calls so its graphs are captured once; grown to `capacity` tokens per row."""
+        decoder = self._decoders.get(batch)
+        if decoder is None:
+            decoder = self._decoders[batch] = StaticDecoder(self.model, batch, capacity)
+        decoder.grow(capacity)
+        return decoder
+
+    def _static_decoding(self, static: bool | None, state: DecodeState) -> bool:
+        """Static decoding by default on CUDA, where graphs pay; never for Engram layers, or for a
+        state whose MTP layers must follow every token."""
+        if static is None:
+            static = self.device.type == "cuda"
+        return static and self.model.config.engram is None and not state.mtp_layers
 
     @torch.no_grad()
     def forward(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -113,12 +132,14 @@ class Engine:
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[int] = (), state: DecodeState | None = None,
-                 seed: int | None = None, speculative: bool = False) -> Iterator[int]:
+                 seed: int | None = None, speculative: bool = False, static: bool | None = None) -> Iterator[int]:
         """Stream up to `max_new_tokens` ids after `prompt_ids` (greedy at temperature 0); a stop id ends
         the stream after it is yielded. `state`, if given, is continued and left holding the prompt and
         every yielded id but the last. `speculative` (greedy only) drafts each second token with the MTP
-        head and verifies it in the same forward: the same ids, fewer sequential steps when drafts hold."""
-        state = state or self.new_state()
+        head and verifies it in the same forward: the same ids, fewer sequential steps when drafts hold.
+        `static` decodes with the shape-static (CUDA-graphed) decoder after an eager prefill: default on
+        CUDA for states without MTP layers; the same ids either way."""
+        state = state or self.new_state(draft=speculative)
         if speculative:
             if temperature > 0:
                 raise EngineInputError("speculative decoding is greedy only (temperature 0)")
@@ -128,12 +149,60 @@ class Engine:
         if seed is not None:
             generator.manual_seed(seed)
         logits = self.forward(prompt_ids, state)[-1]
+        if self._static_decoding(static, state) and max_new_tokens > 1:
+            yield from self._generate_static(logits, max_new_tokens, temperature, top_p, stop, state, generator)
+            return
         for produced in range(1, max_new_tokens + 1):
             token = sample(logits, temperature, top_p, generator)
             yield token
             if token in stop or produced == max_new_tokens:
                 return
             logits = self.forward([token], state)[-1]
+
+    def _generate_static(self, logits: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
+                         stop: Sequence[int], state: DecodeState, generator: torch.Generator) -> Iterator[int]:
+        """Decode on the static decoder from a prefilled `state`; the state gets the tokens back even
+        when the caller stops early."""
+        if state.num_tokens + max_new_tokens - 1 > state.max_tokens:
+            raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
+                                   f"up to {max_new_tokens - 1} more would be fed")
+        decoder = self.static_decoder(1, state.num_tokens + max_new_tokens)
+        decoder.load_row(0, state)
+        try:
+            for produced in range(1, max_new_tokens + 1):
+                token = sample(logits, temperature, top_p, generator)
+                yield token
+                if token in stop or produced == max_new_tokens:
+                    return
+                logits = decoder.step([token])[0]
+        finally:
+            decoder.store_row(0, state)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       stop: Sequence[int] = ()) -> list[list[int]]:
+        """Greedy continuations of several prompts decoded together, one static step for all rows per
+        token (each prompt prefilled eagerly on its own); a row that stops idles, writing nothing."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise EngineInputError("generate_batch takes one or more non-empty prompts")
+        longest = max(len(p) for p in prompts)
+        decoder = self.static_decoder(len(prompts), longest + max_new_tokens)
+        tokens = []
+        for row, prompt in enumerate(prompts):
+            state = self.new_state(len(prompt), draft=False)
+            tokens.append(int(self.forward(prompt, state)[-1].argmax()))
+            decoder.load_row(row, state)
+        outputs: list[list[int]] = [[token] for token in tokens]
+        active = [token not in stop and max_new_tokens > 1 for token in tokens]
+        while any(active):
+            logits = decoder.step(tokens, active)
+            chosen = logits.argmax(dim=-1).tolist()
+            for row in range(len(prompts)):
+                if active[row]:
+                    tokens[row] = chosen[row]
+                    outputs[row].append(chosen[row])
+                    active[row] = chosen[row] not in stop and len(outputs[row]) < max_new_tokens
+        return outputs
 
 
     def _generate_speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[int],
@@ -193,7 +262,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
          progress: LoadProgress | None = None, parallel: Parallel | bool | None = None,
-         **engine_options: object) -> Engine:
+         quantized: bool | None = None, **engine_options: object) -> Engine:
     """The engine of the checkpoint directory at `path` (config.json, safetensors, optional tokenizer.json).
 
     `device` defaults to CUDA when available; `dtype` to bfloat16 on CUDA and float32 on CPU. The model
@@ -204,6 +273,9 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     (the group torchrun's environment describes, initialised if needed), None (the same, but only when
     WORLD_SIZE > 1, i.e. a torchrun launch; otherwise one process, as always) or False (one process).
     Each rank reads only its share; on CUDA, rank r runs on GPU LOCAL_RANK.
+
+    `quantized`: keep the checkpoint's FP8/FP4 weights as stored (model/quantized.py) instead of
+    dequantising them to `dtype`; None: on CUDA when config.json has a quantization_config (one process).
     """
     from dataclasses import fields
 
@@ -226,26 +298,37 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
         raise TypeError(f"unknown engine options {unknown}; expected some of {sorted(allowed)}")
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
-                             parallel)
+                             parallel, quantized)
     return Engine(model, config, _tokenizer(path), path.resolve())
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                      progress: LoadProgress | None = None, table_device: str | None = None,
-                     parallel: Parallel | None = None) -> Transformer:
+                     parallel: Parallel | None = None, quantized: bool | None = False) -> Transformer:
     """The model of the checkpoint at `path`, built on the meta device and filled from its safetensors
     (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
-    With `parallel`, only this rank's shard (model/parallel.py) is built and read."""
+    With `parallel`, only this rank's shard (model/parallel.py) is built and read. With `quantized`, the
+    weights stored with a scale are placed as stored, in FP8Linear/FP4Linear modules (None: on CUDA
+    for a checkpoint whose config has a quantization_config, without `parallel`)."""
     path = Path(path)
     config = V4Config.from_json(path)
     stored = scan(path)
+    if quantized is None:
+        quantized = str(device).startswith("cuda") and bool(config.quantization_config) and parallel is None
+    if quantized and parallel is not None:
+        raise NotImplementedError("quantised weights load in one process for now (tensor-parallel slices would cut "
+                                  "FP8 scale blocks): load with quantized=False")
     with torch.device("meta"):
         model = Transformer(config, with_mtp=any(name.startswith("mtp.") for name in stored))
     if parallel is not None:
         from .parallel import shard_model, shard_stored
 
         stored = shard_stored(stored, model, shard_model(model, parallel))
-    load_into(model, path, dtype, device, progress, stored, table_device)
+    as_stored: set[str] = set()
+    if quantized:
+        stored, as_stored = quantize_for_checkpoint(model, stored)
+    load_into(model, path, dtype, device, progress, stored, table_device, as_stored)
+    stack_quantized_experts(model)
     return model.eval()
 
 

@@ -66,7 +66,9 @@ class MoE(nn.Module):
         # sums the ranks' routed outputs. None: every expert is here (the single-process engine).
         self.expert_range: tuple[int, int] | None = None
         self.reduce = None
-        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # "fp8" | "fp4" when the routed experts hold quantised weights + scales (model/quantized.py).
+        self.expert_format: str | None = None
+        self._stacked: tuple[torch.Tensor, ...] | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""
@@ -75,8 +77,14 @@ class MoE(nn.Module):
         if self.expert_range is not None:
             routed = self._local_routed(flat, weights, indices)
         else:
-            routed = ops.moe_experts(flat, weights, indices, *self.stacked_weights(), self.limit)
+            routed = self._routed(flat, weights, indices)
         return (routed + self.shared_experts(flat)).view_as(x)
+
+    def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The held experts' weighted sum through the grouped GEMM, on quantised stacks if quantised."""
+        if self.expert_format is None:
+            return ops.moe_experts(x, weights, ids, *self.stacked_weights(), self.limit)
+        return ops.moe_experts_quantized(x, weights, ids, self.expert_format, *self.stacked_quantized(), self.limit)
 
     def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Expert parallel: the (token, slot) pairs routed to this rank's experts through the same
@@ -89,24 +97,37 @@ class MoE(nn.Module):
         if pairs.numel():
             tokens = pairs // k
             ids = (indices.reshape(-1)[pairs] - start)[:, None]
-            out[pairs] = ops.moe_experts(flat[tokens], weights.reshape(-1)[pairs, None], ids,
-                                         *self.stacked_weights(), self.limit).float()
+            out[pairs] = self._routed(flat[tokens], weights.reshape(-1)[pairs, None], ids).float()
         return self.reduce(out.view(num_tokens, k, -1).sum(1)).to(flat.dtype)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The routed experts' w1, w3 `[E, I, H]` and w2 `[E, H, I]` as single tensors, for the grouped
         GEMM. Built once (and again if the weights were moved or reloaded); each expert's parameters
         become views into them, so the weights are held once."""
+        w1, w3, w2 = self._stacks(("weight",))
+        return w1, w3, w2
+
+    def stacked_quantized(self) -> tuple[torch.Tensor, ...]:
+        """Quantised experts (`expert_format`): w1, its scales, w3, its scales, w2, its scales, each
+        stacked `[E, ...]` as `stacked_weights` stacks the float ones."""
+        return self._stacks(("weight", "scale"))
+
+    def _stacks(self, leaves: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+        """For w1, w3, w2 in turn, each of `leaves` of every held expert stacked; built once (and again if
+        the weights were moved, reloaded or requantised), the experts' tensors then being views into it."""
         first = next(iter(self.experts))  # the lowest held expert (keys are global ids under expert parallel)
-        cached = self._stacked
-        if cached is not None and cached[0].data_ptr() == first.w1.weight.data_ptr() \
-                and cached[0].device == first.w1.weight.device:
+        cached, held = self._stacked, first.w1.weight
+        if cached is not None and len(cached) == 3 * len(leaves) and cached[0].dtype == held.dtype \
+                and cached[0].data_ptr() == held.data_ptr() and cached[0].device == held.device:
             return cached
+        self._stacked = cached = None  # an outdated stack (e.g. the float one before quantising) goes first
         stacks = []
         for name in ("w1", "w3", "w2"):
-            stack = torch.stack([getattr(expert, name).weight.data for expert in self.experts])
-            for expert, weight in zip(self.experts, stack):
-                getattr(expert, name).weight.data = weight
-            stacks.append(stack)
-        self._stacked = (stacks[0], stacks[1], stacks[2])
+            for leaf in leaves:
+                tensors = [getattr(getattr(expert, name), leaf) for expert in self.experts]
+                stack = torch.stack([t.data for t in tensors])
+                for tensor, view in zip(tensors, stack):
+                    tensor.data = view
+                stacks.append(stack)
+        self._stacked = tuple(stacks)
         return self._stacked

@@ -14,6 +14,7 @@ import os
 from torch import Tensor
 
 from kernels import compressor as _compressor
+from kernels import fp8_gemm as _fp8_gemm
 from kernels import indexer as _indexer
 from kernels import mhc as _mhc
 from kernels import moe as _moe
@@ -61,6 +62,18 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int
     return fn(q, weights, keys, start, rate, scale, k)
 
 
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float) -> Tensor:
+    """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query."""
+    fn = _indexer.indexer_scores if kernels_enabled(q) else _indexer.indexer_scores_reference
+    return fn(q, weights, keys, start, rate, scale)
+
+
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """The k best finite scores per row as ascending int32 indices `[B, S, k]`, ties to the lowest, -1 padded."""
+    fn = _indexer.topk_indices if kernels_enabled(scores) else _indexer.topk_indices_reference
+    return fn(scores, k)
+
+
 def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
     """Softmax over each query's listed K=V entries plus the per-head sink: `[B, S, H, D]`."""
     fn = _attention.sparse_attention if kernels_enabled(q) else _attention.sparse_attention_reference
@@ -98,3 +111,21 @@ def moe_experts(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, w3: Tensor,
     impl = _moe.moe_experts if kernels_enabled(x) else _moe.moe_experts_reference
     return impl(x, weights, ids, w1, w3, w2, limit)
 
+
+def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """x `[..., K]` @ an FP8 weight `[N, K]` (128x128 block `scale`)^T in x's dtype; x is quantised per
+    1x128 group as V4 does (K a multiple of 128)."""
+    impl = _fp8_gemm.fp8_linear if kernels_enabled(x) else _fp8_gemm.fp8_linear_reference
+    return impl(x, weight, scale)
+
+
+def moe_experts_quantized(x: Tensor, weights: Tensor, ids: Tensor, fmt: str, w1: Tensor, s1: Tensor, w3: Tensor,
+                          s3: Tensor, w2: Tensor, s2: Tensor, limit: float) -> Tensor:
+    """`moe_experts` on stacked quantised experts, `fmt` "fp8" (e4m3 `[E, out, in]`, 128x128 block scales)
+    or "fp4" (packed e2m1 `[E, out, in/2]`, 1x32 scales), dequantised as the weights load: `[N, hidden]`."""
+    impls = {"fp8": (_moe.moe_experts_fp8, _moe.moe_experts_fp8_reference),
+             "fp4": (_moe.moe_experts_fp4, _moe.moe_experts_fp4_reference)}
+    if fmt not in impls:
+        raise ValueError(f"quantised experts are 'fp8' or 'fp4', got {fmt!r}")
+    kernel, reference = impls[fmt]
+    return (kernel if kernels_enabled(x) else reference)(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)

@@ -127,8 +127,9 @@ def _blocks_amax(w: Tensor, rows: int, cols: int) -> Tensor:
     return a.amax(dim=(-3, -1))
 
 
-def dequantize_fp8(weight: Tensor, scale: Tensor, name: str = "weight", block: int = FP8_BLOCK) -> Tensor:
-    """float8_e4m3fn weight [..., out, in] with [..., ceil(out/b), ceil(in/b)] block scales -> float32."""
+def check_fp8(weight: Tensor, scale: Tensor, name: str = "weight", block: int = FP8_BLOCK) -> None:
+    """QuantError naming `name` unless (weight, scale) is an FP8 pair: float8_e4m3fn [..., out, in] with
+    [..., ceil(out/b), ceil(in/b)] block scales of a known dtype (shapes and dtypes only: meta works)."""
     if weight.dtype != torch.float8_e4m3fn:
         raise QuantError(f"{name}: FP8 weight must be float8_e4m3fn, got {weight.dtype}")
     if weight.dim() < 2:
@@ -136,6 +137,11 @@ def dequantize_fp8(weight: Tensor, scale: Tensor, name: str = "weight", block: i
     shape = tuple(weight.shape)
     expected = (*shape[:-2], _cdiv(shape[-2], block), _cdiv(shape[-1], block))
     _check_scale(name, "FP8", shape, scale, expected, FP8_SCALE_DTYPES, f"one per {block}x{block} block")
+
+
+def dequantize_fp8(weight: Tensor, scale: Tensor, name: str = "weight", block: int = FP8_BLOCK) -> Tensor:
+    """float8_e4m3fn weight [..., out, in] with [..., ceil(out/b), ceil(in/b)] block scales -> float32."""
+    check_fp8(weight, scale, name, block)
     return _apply_scale(weight.to(torch.float32), _scale_f32(scale), block, block)
 
 
@@ -155,9 +161,9 @@ def quantize_fp8(weight: Tensor, block: int = FP8_BLOCK, ue8m0: bool = True) -> 
     return q.to(torch.float8_e4m3fn), scale
 
 
-def dequantize_fp4(weight: Tensor, scale: Tensor, name: str = "weight", group: int = FP4_GROUP) -> Tensor:
-    """Packed e2m1 weight [..., out, in/2] (int8, uint8 or float4_e2m1fn_x2) with [..., out, in/group]
-    scales -> float32 [..., out, in]."""
+def check_fp4(weight: Tensor, scale: Tensor, name: str = "weight", group: int = FP4_GROUP) -> None:
+    """QuantError naming `name` unless (weight, scale) is a packed FP4 pair: [..., out, in/2] bytes
+    (int8, uint8 or float4_e2m1fn_x2) with [..., out, in/group] scales (shapes and dtypes only)."""
     if weight.dtype not in FP4_WEIGHT_DTYPES:
         raise QuantError(f"{name}: packed FP4 weight must be one of {[str(d) for d in FP4_WEIGHT_DTYPES]}, "
                          f"got {weight.dtype}")
@@ -165,19 +171,27 @@ def dequantize_fp4(weight: Tensor, scale: Tensor, name: str = "weight", group: i
         raise QuantError(f"{name}: FP4 weight must be a matrix, got shape {tuple(weight.shape)}")
     shape = tuple(weight.shape)
     n = 2 * shape[-1]
-    expected = (*shape[:-1], _cdiv(n, group))
-    _check_scale(name, "FP4", shape, scale, expected, FP4_SCALE_DTYPES,
+    _check_scale(name, "FP4", shape, scale, (*shape[:-1], _cdiv(n, group)), FP4_SCALE_DTYPES,
                  f"one per 1x{group} group of the {n} unpacked columns")
+
+
+def dequantize_fp4(weight: Tensor, scale: Tensor, name: str = "weight", group: int = FP4_GROUP) -> Tensor:
+    """Packed e2m1 weight [..., out, in/2] (int8, uint8 or float4_e2m1fn_x2) with [..., out, in/group]
+    scales -> float32 [..., out, in], on the weight's device."""
+    check_fp4(weight, scale, name, group)
+    shape = tuple(weight.shape)
     codes = weight.view(torch.uint8)
-    values = _BYTE_PAIRS.index_select(0, codes.reshape(-1).to(torch.int32)).view(*shape[:-1], n)
+    pairs = _BYTE_PAIRS.to(weight.device)
+    values = pairs.index_select(0, codes.reshape(-1).to(torch.int32)).view(*shape[:-1], 2 * shape[-1])
     return _apply_scale(values, _scale_f32(scale), 1, group)
 
 
 def _e2m1_codes(x: Tensor) -> Tensor:
     """Nearest e2m1 code (uint8 0..15) for each value of x (|x| <= 6), ties to the even code like IEEE."""
     mag = x.abs()
-    code = torch.bucketize(mag, _E2M1_MIDPOINTS)  # on a midpoint: the lower code
-    tie = (code < 7) & (mag == _E2M1_MIDPOINTS[code.clamp(max=6)]) & (code % 2 == 1)
+    midpoints = _E2M1_MIDPOINTS.to(x.device)
+    code = torch.bucketize(mag, midpoints)  # on a midpoint: the lower code
+    tie = (code < 7) & (mag == midpoints[code.clamp(max=6)]) & (code % 2 == 1)
     code = code + tie.to(code.dtype)
     sign = (x < 0) & (code > 0)
     return (code + 8 * sign.to(code.dtype)).to(torch.uint8)

@@ -4,6 +4,8 @@ table (weights.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -47,8 +49,14 @@ class Block(nn.Module):
         first adds its n-gram memory to the streams, as the Engram paper places it before attention."""
         if self.engram is not None:
             streams = streams + self.engram(streams, token_ids, state.engram)
+        return self.mix(streams, token_ids, lambda x: self.attn(x, start, state))
+
+    def mix(self, streams: torch.Tensor, token_ids: torch.Tensor,
+            attend: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """mHC around `attend` (the attention sub-layer on its normed input), then around the MoE; the
+        static decode path (static_decode.py) passes its own `attend` and shares the rest."""
         x, post, comb = self._hc_pre(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale)
-        streams = ops.hc_post(self.attn(self.attn_norm(x), start, state), streams, post, comb)
+        streams = ops.hc_post(attend(self.attn_norm(x)), streams, post, comb)
         x, post, comb = self._hc_pre(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale)
         return ops.hc_post(self.ffn(self.ffn_norm(x), token_ids), streams, post, comb)
 
@@ -127,12 +135,20 @@ class Transformer(nn.Module):
             state = new_decode_state(self.config, seq_len, "transient", self.embed.weight.dtype,
                                      token_ids.device, batch)
         start = state.num_tokens
-        x = self.embed(token_ids)
-        streams = x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
+        streams = self.embed_streams(token_ids)
         for block, layer_state in zip(self.layers, state.layers):
             streams = block(streams, token_ids, start, layer_state)
         state.num_tokens += seq_len
+        logits = self.logits(streams)
+        return (logits, streams) if return_streams else logits
+
+    def embed_streams(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The `hc_mult` residual streams, each a copy of the embedding: `[B, S, hc, hidden]`."""
+        x = self.embed(token_ids)
+        return x.unsqueeze(2).expand(-1, -1, self.config.hc_mult, -1).contiguous()
+
+    def logits(self, streams: torch.Tensor) -> torch.Tensor:
+        """The final streams collapsed, normed and projected: `[B, S, vocab]` float32."""
         collapsed = ops.hc_head(streams, self.hc_head_fn, self.hc_head_base, self.hc_head_scale,
                                 self.config.rms_norm_eps, self.config.hc_eps)
-        logits = self.head(self.norm(collapsed)).float()
-        return (logits, streams) if return_streams else logits
+        return self.head(self.norm(collapsed)).float()

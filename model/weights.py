@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -179,6 +179,22 @@ def _check_scale_shape(name: str, shape: tuple[int, ...], dtype: str, scale: tup
                            f"{shape} needs {expected}")
 
 
+def keep_quantized(stored: dict[str, Stored], names: Collection[str]) -> dict[str, Stored]:
+    """`stored` with the quantised weights `names` read as stored, not dequantised: each takes its packed
+    shape and gives its scale back as an entry of its own, `X.scale` (the name DeepSeek ships it under)."""
+    out = dict(stored)
+    for name in names:
+        item = stored[name]
+        if item.scale is None or not name.endswith(".weight"):
+            raise WeightsError(f"tensor {name} is not stored with a scale, so it cannot be kept quantised")
+        shape = item.shape
+        if item.dtype in PACKED_FP4_DTYPES or item.dtype == "F4":  # logical shapes count unpacked columns
+            shape = (*shape[:-1], shape[-1] // 2)
+        out[name] = replace(item, shape=shape, nbytes=item.nbytes - item.scale.nbytes, scale=None)
+        out[name.removesuffix("weight") + "scale"] = item.scale
+    return out
+
+
 def has_mtp(path: Path) -> bool:
     """Whether the checkpoint ships MTP blocks (`mtp.*`); transformers' saves drop them."""
     return any(name.startswith("mtp.") for name in scan(path))
@@ -240,13 +256,15 @@ def _open_all(stack: ExitStack, stored: dict[str, Stored]) -> dict[Path, object]
 
 def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.device | str = "cpu",
               progress: LoadProgress | None = None, stored: dict[str, Stored] | None = None,
-              table_device: torch.device | str | None = None) -> None:
+              table_device: torch.device | str | None = None, as_stored: Collection[str] = ()) -> None:
     """Fill every parameter and persistent buffer of `model` (which may live on the meta device) from
     the checkpoint at `path`, tensor by tensor, onto `device`.
 
     Norm weights, mHC parameters, sinks and the gate bias stay float32 (as DeepSeek keeps them);
     other floating tensors take `dtype`. Nothing is placed unless the whole checkpoint matches.
     Engram tables go straight to `table_device` (host memory) when given, never through `device`.
+    Tensors named in `as_stored` (quantised weights and their scales, see `keep_quantized`) are placed
+    with their stored dtype and bytes.
     """
     stored = scan(path) if stored is None else stored
     match(model, stored, path)
@@ -259,7 +277,9 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
             total, done = sum(stored[n].nbytes for n in names), 0
             for name in names:
                 tensor = read(stored[name], handles)
-                if tensor.is_floating_point():
+                if name in as_stored:
+                    tensor = tensor.view(torch.int8) if tensor.dtype == torch.float4_e2m1fn_x2 else tensor
+                elif tensor.is_floating_point():
                     tensor = tensor.to(torch.float32 if _keeps_float32(name) else dtype)
                 on_table_device = table_device is not None and name.endswith(".engram.embed.weight")
                 _assign(model, name, tensor.to(table_device if on_table_device else device))

@@ -1,0 +1,367 @@
+"""[perf] on one GPU, in one call: checks first, then V4-Flash-shaped layers timed.
+
+Checks (tiny random checkpoint, CUDA): the static CUDA-graphed decoder against the eager path (logits
+per step, B=3 rows at different positions), greedy ids of both generate paths, batched generation
+against one prompt at a time, and native FP8/FP4 weights against their dequantised copy.
+
+Timings (V4-Flash layer shapes: hidden 4096, 64 heads x 512, 256 experts x 2048, top 6, index 64 x 128
+top 512; one CSA and one HCA layer, random weights): transformers' eager DeepseekV4ForCausalLM on the
+same weights (bf16), ours eager / static-graphed at batch 1 and 8 in bf16 and with FP8 linears + FP4
+experts, achieved GB/s against the bytes a step must move and the measured copy ceiling, prefill
+tokens/s from 8K to 1M tokens, state bytes per token, peak memory. Per-layer numbers are
+extrapolated to V4-Flash's 43 layers as fixed cost + 43/2 x (one CSA + one HCA layer).
+
+Results are written after every section (a timeout keeps what finished):
+    python benchmarks/bench_perf.py --out $OUT/perf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "model"))
+
+import model  # noqa: E402
+from model.checkpoint import init_checkpoint  # noqa: E402
+from model.config import CSA, HCA  # noqa: E402
+from model.quantized import quantize_model  # noqa: E402
+from model.static_decode import StaticDecoder  # noqa: E402
+
+GIB = 1024**3
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def cuda_ms(fn, repeats: int) -> float:
+    """Median milliseconds of `fn` over `repeats` runs, CUDA events, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+class Results:
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.data = path, {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+    def put(self, key: str, value: object) -> None:
+        self.data[key] = value
+        print(json.dumps({key: value}, indent=1), flush=True)
+        if self.path:
+            self.path.write_text(json.dumps(self.data, indent=1))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def checks(work: Path) -> dict:
+    import transformers
+    from conftest import TINY, randomize
+
+    config = transformers.DeepseekV4Config(**TINY)
+    torch.manual_seed(0)
+    reference = transformers.DeepseekV4ForCausalLM(config).eval()
+    randomize(reference, seed=1)
+    path = work / "tiny"
+    reference.save_pretrained(path)
+    ids = lambda n, seed: torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()  # noqa: E731
+    out: dict = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = model.load(path, device="cuda", dtype=dtype)
+        prompts = [ids(5, 1), ids(13, 2), ids(30, 3)]
+        decoder = StaticDecoder(engine.model, batch=3, capacity=64, use_graph=True)
+        eager = []
+        for row, prompt in enumerate(prompts):
+            state = engine.new_state(256, draft=False)
+            engine.forward(prompt, state)
+            decoder.load_row(row, state)
+            state = engine.new_state(256, draft=False)
+            engine.forward(prompt, state)
+            eager.append(state)
+        worst = 0.0
+        for step in range(40):
+            tokens = [ids(40, 10 + row)[step] for row in range(3)]
+            logits = decoder.step(tokens)
+            for row in range(3):
+                worst = max(worst, relative(logits[row], engine.forward([tokens[row]], eager[row])[-1]))
+        prompt = ids(21, 4)
+        greedy_eager = list(engine.generate(prompt, 30, static=False))
+        greedy_static = list(engine.generate(prompt, 30, static=True))
+        batch = engine.generate_batch(prompts, 20)
+        single = [list(engine.generate(p, 20, static=False)) for p in prompts]
+        out[dtype] = {"graph_vs_eager_logits_max_rel": worst, "greedy_ids_equal": greedy_eager == greedy_static,
+                      "batch_equals_single": batch == single}
+    quant_dir = work / "tiny_fp8"
+    init_checkpoint(quant_dir, "tiny", seed=3, fp8=True)
+    prompt = ids(100, 5)
+    for dtype in ("float32", "bfloat16"):
+        native = model.load(quant_dir, device="cuda", dtype=dtype, quantized=True)
+        dense = model.load(quant_dir, device="cuda", dtype=dtype, quantized=False)
+        a = native.forward(prompt, native.new_state(256))
+        b = dense.forward(prompt, dense.new_state(256))
+        agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+        os.environ["V4_KERNELS"] = "0"  # the same quantised weights through the PyTorch references
+        try:
+            r = native.forward(prompt, native.new_state(256))
+        finally:
+            os.environ.pop("V4_KERNELS")
+        out[f"native_fp8_fp4_{dtype}"] = {
+            "kernels_vs_reference_max_rel": relative(a, r),
+            "vs_dequantised_max_rel": relative(a, b), "argmax_agreement_vs_dequantised": agree,
+            "note": "the FP8 GEMMs quantise activations (1x128, ue8m0) as V4 does; the dequantised copy does not"}
+    return out
+
+
+# ----------------------------------------------------------------------------- V4-Flash shapes
+
+
+def flash_hf_config(layers: int):
+    import transformers
+
+    types = [CSA, HCA] * (layers // 2)
+    return transformers.DeepseekV4Config(num_hidden_layers=layers, layer_types=types, num_hash_layers=0,
+                                         num_nextn_predict_layers=0, max_position_embeddings=1 << 20)
+
+
+def decode_ms(step, repeats: int) -> float:
+    return cuda_ms(step, repeats)
+
+
+def copy_ceiling() -> float:
+    """GB/s of a 2 GiB device-to-device copy, counting bytes read + written."""
+    src = torch.empty(2 * GIB, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), 10)
+    del src, dst
+    return 2 * 2 * GIB / (ms / 1e3) / 1e9
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def step_bytes(net: torch.nn.Module, batch: int, context: int) -> dict:
+    """Bytes one decode step must move: every weight but the routed experts and the embedding, the
+    routed experts a batch touches (expected distinct experts of batch x top-6 uniform picks), the
+    state a query reads."""
+    config = net.config
+    fixed = module_bytes(net) - module_bytes(net.embed)
+    routed = 0
+    per_expert = 0
+    for block in net.layers:
+        experts = block.ffn.experts
+        layer_routed = module_bytes(experts)
+        fixed -= layer_routed
+        per_expert = layer_routed / config.n_routed_experts
+        distinct = config.n_routed_experts * (1 - (1 - config.num_experts_per_tok / config.n_routed_experts) ** batch)
+        routed += distinct * per_expert
+    state = 0
+    elem = 2
+    for kind in config.layer_types:
+        state += config.sliding_window * config.head_dim * elem
+        entries = context // config.compress_rates[kind]
+        if kind == CSA:
+            state += min(config.index_topk, entries) * config.head_dim * elem + entries * config.index_head_dim * elem
+        else:
+            state += entries * config.head_dim * elem
+    total = fixed + routed + batch * state
+    return {"weights_fixed": fixed, "experts": routed, "state": batch * state, "total": total,
+            "per_expert": per_expert}
+
+
+def flash(work: Path, results: Results, context: int, repeats: int, prefill_lengths: list[int],
+          chunk: int, deadline: float) -> None:
+    import transformers
+
+    layers = 2
+    hf_config = flash_hf_config(layers)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        hf = transformers.DeepseekV4ForCausalLM(hf_config).to(torch.bfloat16).eval()
+    path = work / "flash2"
+    t0 = time.perf_counter()
+    hf.save_pretrained(path)
+    results.put("flash_setup", {"layers": layers, "save_s": time.perf_counter() - t0})
+    ids = torch.randint(0, hf_config.vocab_size, (context + 64,), generator=torch.Generator().manual_seed(1))
+    prompt = ids[:context].tolist()
+
+    # transformers eager: prefill then decode with its cache
+    section: dict = {}
+    try:
+        with torch.no_grad():
+            out = hf(torch.tensor([prompt[:256]], device="cuda"), use_cache=False)
+            hf_logits_256 = out.logits[0].float()
+            cache_out = hf(torch.tensor([prompt], device="cuda"), use_cache=True)
+            cache = cache_out.past_key_values
+            token = torch.tensor([[prompt[-1]]], device="cuda")
+
+            def hf_step():
+                nonlocal cache
+                cache = hf(token, past_key_values=cache, use_cache=True).past_key_values
+
+            section["transformers_decode_ms_b1"] = decode_ms(hf_step, 5)
+    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+        section["transformers_error"] = repr(exc)[:500]
+        hf_logits_256 = None
+    del hf
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    engine = model.load(path, device="cuda", dtype="bfloat16", quantized=False)
+    net = engine.model
+    if hf_logits_256 is not None:
+        ours = engine.forward(prompt[:256], engine.new_state(512, draft=False))
+        section["bf16_logits_vs_transformers_max_rel"] = relative(ours, hf_logits_256)
+    section["copy_ceiling_gbs"] = copy_ceiling()
+    results.put("flash_transformers", section)
+
+    for variant in ("bf16", "fp8_fp4"):
+        if variant == "fp8_fp4":
+            bf16_logits = engine.forward(prompt[:256], engine.new_state(512, draft=False))
+            quantize_model(net, linears="fp8", experts="fp4")
+            gc.collect()
+            torch.cuda.empty_cache()
+            q_logits = engine.forward(prompt[:256], engine.new_state(512, draft=False))
+        timings: dict = {"weights_gib": module_bytes(net) / GIB}
+        if variant == "fp8_fp4":
+            timings["logits_vs_bf16_max_rel"] = relative(q_logits, bf16_logits)
+            timings["argmax_agreement_vs_bf16"] = (q_logits.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
+        state = engine.new_state(context + 256, draft=False)
+        engine.forward(prompt, state)
+        from model.state import mark, rewind
+
+        saved = mark(state)
+
+        def eager_step():
+            rewind(state, saved)
+            engine.forward([prompt[-1]], state)
+
+        timings["eager_ms_b1"] = decode_ms(eager_step, repeats)
+        streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
+        timings["head_ms"] = cuda_ms(lambda: net.logits(streams), repeats)
+        hidden = torch.randn(1, net.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+        timings["head_matmul_only_ms"] = cuda_ms(lambda: net.head(hidden), repeats)
+        for batch in (1, 8):
+            decoder = StaticDecoder(net, batch=batch, capacity=context + 256)
+            for row in range(batch):
+                decoder.load_row(row, state)
+            tokens = torch.full((batch,), prompt[-1], dtype=torch.long, device="cuda")
+            decoder.token_ids.copy_(tokens)
+            decoder.positions.fill_(context)
+            decoder._capture()  # noqa: SLF001 - the bench times replays of the captured step
+
+            def graph_step():
+                decoder._graph.replay()  # noqa: SLF001
+
+            ms = decode_ms(graph_step, repeats * 4)
+            moved = step_bytes(net, batch, context)
+            fixed = timings["head_ms"]
+            timings[f"graph_ms_b{batch}"] = ms
+            timings[f"graph_gbs_b{batch}"] = moved["total"] / (ms / 1e3) / 1e9
+            timings[f"bytes_b{batch}"] = moved
+            timings[f"graph_ms_b{batch}_43_layers"] = fixed + 43 / layers * (ms - fixed)
+            timings[f"tokens_per_s_b{batch}_43_layers"] = batch * 1e3 / timings[f"graph_ms_b{batch}_43_layers"]
+            del decoder
+            gc.collect()
+            torch.cuda.empty_cache()
+        timings["eager_ms_b1_43_layers"] = timings["head_ms"] + 43 / layers * (timings["eager_ms_b1"] - timings["head_ms"])
+        if "transformers_decode_ms_b1" in section:
+            timings["speedup_graph_vs_transformers_b1"] = section["transformers_decode_ms_b1"] / timings["graph_ms_b1"]
+        timings["ceiling_fraction_b1"] = timings["graph_gbs_b1"] / section["copy_ceiling_gbs"]
+        results.put(f"flash_decode_{variant}", timings)
+        del state, saved
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    # prefill scaling on the quantised model
+    scaling: dict = {"chunk": chunk, "layers": layers,
+                     "order": "longest first (it pays every kernel's autotuning), then shortest up"}
+    vocab = hf_config.vocab_size
+    longest = max(prefill_lengths)
+    for length in [longest] + sorted(prefill_lengths):
+        if time.perf_counter() > deadline:
+            scaling[f"skipped_{length}"] = "time budget"
+            break
+        key = str(length) if length != longest or "warm_up" in scaling else "warm_up"
+        torch.cuda.reset_peak_memory_stats()
+        state = engine.new_state(length, draft=False)
+        tokens = torch.randint(0, vocab, (length,), device="cuda")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for start in range(0, length, chunk):
+            engine.forward(tokens[start : start + chunk], state)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        state_bytes = sum(t.numel() * t.element_size() for layer in state.layers
+                          for t in _state_tensors(layer))
+        scaling[key] = {"length": length, "seconds": seconds, "tokens_per_s": length / seconds,
+                                "peak_gib": torch.cuda.max_memory_allocated() / GIB,
+                                "state_bytes_per_token": state_bytes / length}
+        results.put("flash_prefill", scaling)
+        del state, tokens
+        gc.collect()
+        torch.cuda.empty_cache()
+    lengths = [n for n in prefill_lengths if str(n) in scaling]
+    scaling["growth_per_doubling"] = {
+        f"{a}->{b}": (scaling[str(b)]["seconds"] / scaling[str(a)]["seconds"]) ** (1 / math.log2(b / a))
+        for a, b in zip(lengths, lengths[1:])}
+    from model.checkpoint import state_bytes_per_token
+
+    scaling["analytic_state_bytes_per_token_bf16"] = state_bytes_per_token(net.config, fp8=False)
+    scaling["analytic_state_bytes_per_token_fp8_layout"] = state_bytes_per_token(net.config, fp8=True)
+    results.put("flash_prefill", scaling)
+
+
+def _state_tensors(layer) -> list[torch.Tensor]:
+    tensors = [layer.window]
+    for comp in (layer.compressor, layer.indexer):
+        if comp is not None:
+            tensors += [t for t in (comp.entries, comp.partial_kv, comp.partial_gate, comp.overlap_kv,
+                                    comp.overlap_gate) if t is not None]
+    return tensors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--context", type=int, default=4096, help="tokens before the timed decode steps")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--prefill", default="8192,32768,131072,524288,1048576")
+    parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--budget-s", type=float, default=540, help="stop starting prefill lengths after this")
+    parser.add_argument("--skip-checks", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = Results(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if not args.skip_checks:
+            results.put("checks", checks(work))
+        with torch.no_grad():
+            flash(work, results, args.context, args.repeats, [int(n) for n in args.prefill.split(",")],
+                  args.chunk, started + args.budget_s)
+    results.put("wall_s", time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Quantised weights held as DeepSeek ships them, on the device: no dequantised copies.
+
+`FP8Linear` takes an nn.Linear's place with its float8_e4m3fn weight and 128x128 block scales and runs
+`ops.fp8_linear` (the FP8 GEMM on CUDA, its reference elsewhere; both quantise activations per 1x128
+group, as DeepSeek's inference does). `FP4Linear` holds a routed expert's packed e2m1 weight and 1x32
+scales: the MoE runs its experts from stacks of them (`MoE.stacked_quantized`, `ops.moe_experts_quantized`),
+so its own forward (dequantise, then matmul) is only a fallback. Which weights are quantised is
+model/checkpoint.py's `stored_format`: the one list of what DeepSeek ships in which format.
+
+Two ways in: `quantize_model` converts a loaded float model in place, module by module;
+`quantize_for_checkpoint` swaps in the quantised modules on the meta device before loading, so the
+loader places the stored bytes as they are (model/engine.py `load(quantized=True)`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops, quant
+from .moe import MoE
+
+if TYPE_CHECKING:
+    from .weights import Stored
+
+# safetensors dtype strings of quantised weights and their scales ("F4": packed e2m1, read as bytes).
+STORED_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu, "F32": torch.float32,
+                 "BF16": torch.bfloat16, "F16": torch.float16, "I8": torch.int8, "U8": torch.uint8, "F4": torch.int8}
+EXPERT_LEAVES = ("w1", "w2", "w3")
+
+
+class _Quantized(nn.Module):
+    """A Linear (no bias) whose weight is kept quantised: frozen parameters `weight` and `scale`, named
+    as in DeepSeek's checkpoints (`X.weight`, `X.scale`)."""
+
+    fmt: ClassVar[str]
+    pack: ClassVar[int]  # weight columns per stored column
+
+    def __init__(self, in_features: int, out_features: int, weight_dtype: torch.dtype, scale_dtype: torch.dtype,
+                 device: torch.device | str | None = None, name: str = "weight") -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        weight = torch.empty(out_features, in_features // self.pack, dtype=weight_dtype, device=device)
+        scale = torch.empty(self.scale_shape(in_features, out_features), dtype=scale_dtype, device=device)
+        self.check(weight, scale, name)
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.scale = nn.Parameter(scale, requires_grad=False)
+
+    @staticmethod
+    def scale_shape(in_features: int, out_features: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @staticmethod
+    def check(weight: Tensor, scale: Tensor, name: str) -> None:
+        """QuantError naming `name` unless the pair fits the format."""
+        raise NotImplementedError
+
+    @staticmethod
+    def quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_quantized(cls, weight: Tensor, scale: Tensor, name: str = "weight") -> _Quantized:
+        """The module holding `weight` and `scale` themselves (no copy); QuantError if they do not fit."""
+        cls.check(weight, scale, name)
+        module = cls(weight.shape[-1] * cls.pack, weight.shape[0], weight.dtype, scale.dtype, "meta", name)
+        module.weight = nn.Parameter(weight, requires_grad=False)
+        module.scale = nn.Parameter(scale, requires_grad=False)
+        return module
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, name: str = "weight") -> _Quantized:
+        """`linear`'s weight quantised (model/quant.py, ue8m0 scales as V4 ships them), on its device."""
+        if linear.bias is not None:
+            raise ValueError(f"{name}: quantised linears have no bias")
+        return cls.from_quantized(*cls.quantize(linear.weight.detach()), name)
+
+    def dequantized(self, dtype: torch.dtype) -> Tensor:
+        """A temporary float copy of the weight `[out, in]`."""
+        return quant.dequantize(self.weight, self.scale, "weight").to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt}, " \
+               f"scale={str(self.scale.dtype).removeprefix('torch.')}"
+
+
+class FP8Linear(_Quantized):
+    """float8_e4m3fn weight `[out, in]`, one scale per 128x128 block `[ceil(out/128), ceil(in/128)]`."""
+
+    fmt, pack = "fp8", 1
+
+    def __init__(self, in_features: int, out_features: int, weight_dtype: torch.dtype = torch.float8_e4m3fn,
+                 scale_dtype: torch.dtype = torch.float8_e8m0fnu, device: torch.device | str | None = None,
+                 name: str = "weight") -> None:
+        super().__init__(in_features, out_features, weight_dtype, scale_dtype, device, name)
+
+    @staticmethod
+    def scale_shape(in_features: int, out_features: int) -> tuple[int, int]:
+        return -(-out_features // quant.FP8_BLOCK), -(-in_features // quant.FP8_BLOCK)
+
+    check = staticmethod(quant.check_fp8)
+    quantize = staticmethod(quant.quantize_fp8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fp8_linear(x, self.weight, self.scale)
+
+    def grouped(self, x: Tensor) -> Tensor:
+        """Group g of x `[..., G, in]` through rows [g r, (g+1) r) of the weight -> `[..., G, r]`
+        (attention's grouped wo_a). One FP8 GEMM per group when each group's rows have their own scale
+        rows (r a multiple or a divisor of 128, as in every V4 config); else the weight is dequantised
+        into a temporary."""
+        groups, block = x.shape[-2], quant.FP8_BLOCK
+        rows = self.out_features // groups
+        if rows % block and block % rows:
+            weight = self.dequantized(x.dtype).view(groups, rows, -1)
+            return torch.einsum("...gi,goi->...go", x, weight)
+        outs = []
+        for g in range(groups):
+            first = g * rows // block
+            scale = self.scale[first : first + -(-rows // block)]
+            outs.append(fp8_linear(x[..., g, :], self.weight[g * rows : (g + 1) * rows], scale))
+        return torch.stack(outs, dim=-2)
+
+
+class FP4Linear(_Quantized):
+    """Packed e2m1 weight `[out, in/2]` bytes (low nibble = even column), one scale per 1x32 group
+    `[out, in/32]`: a routed expert's weight, run by the MoE's grouped kernel."""
+
+    fmt, pack = "fp4", 2
+
+    def __init__(self, in_features: int, out_features: int, weight_dtype: torch.dtype = torch.int8,
+                 scale_dtype: torch.dtype = torch.float8_e8m0fnu, device: torch.device | str | None = None,
+                 name: str = "weight") -> None:
+        super().__init__(in_features, out_features, weight_dtype, scale_dtype, device, name)
+
+    @staticmethod
+    def scale_shape(in_features: int, out_features: int) -> tuple[int, int]:
+        return out_features, -(-in_features // quant.FP4_GROUP)
+
+    check = staticmethod(quant.check_fp4)
+    quantize = staticmethod(quant.quantize_fp4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantized(x.dtype))
+
+
+FORMATS: dict[str, type[_Quantized]] = {"fp8": FP8Linear, "fp4": FP4Linear}
+
+
+def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """`ops.fp8_linear` for any K. The kernels take K in whole 1x128 activation groups, so a smaller or
+    ragged K (test-sized models only) is zero-padded, x and weight alike: zeros change neither a group's
+    amax nor the sum, and the scale grid already covers the padded block."""
+    pad = -x.shape[-1] % quant.FP8_BLOCK
+    if pad:
+        x = F.pad(x, (0, pad))
+        weight = F.pad(weight.view(torch.uint8), (0, pad)).view(torch.float8_e4m3fn)  # byte 0 is +0.0
+    return ops.fp8_linear(x, weight, scale)
+
+
+def grouped_linear(linear: nn.Module, x: Tensor) -> Tensor:
+    """Attention's grouped output projection: group g of x `[B, S, G, in]` through rows [g r, (g+1) r)
+    of `linear`'s weight -> `[B, S, G, r]`; an FP8Linear runs FP8 GEMMs on its stored weight."""
+    if isinstance(linear, FP8Linear):
+        return linear.grouped(x)
+    weight = linear.weight.view(x.shape[-2], -1, x.shape[-1])
+    return torch.einsum("bsgi,goi->bsgo", x, weight)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, module)
+
+
+def quantize_model(model: nn.Module, linears: str | None = "fp8", experts: str | None = "fp4") -> nn.Module:
+    """Quantise `model`'s weights in place as DeepSeek ships them (checkpoint.py `stored_format`): the
+    FP8 ones to `linears` ("fp8" or None: keep) and the routed experts to `experts` ("fp4", "fp8" or
+    None). One module at a time, its float weight released before the next, so the peak stays near
+    the float model. Returns `model`."""
+    from .checkpoint import linear_weights, stored_format  # checkpoint builds models: imported late (cycle)
+
+    if linears not in ("fp8", None) or experts not in ("fp8", "fp4", None):
+        raise ValueError(f"linears must be 'fp8' or None and experts 'fp4', 'fp8' or None; got {linears!r}, "
+                         f"{experts!r}")
+    linear = linear_weights(model)
+    routed: dict[str, set[str]] = {}
+    for weight in [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]:
+        kind = stored_format(f"{weight}.weight", linear)
+        if kind == "fp8" and linears:
+            _replace(model, weight, FP8Linear.from_linear(model.get_submodule(weight), f"{weight}.weight"))
+        elif kind == "fp4" and experts:
+            routed.setdefault(weight.rsplit(".experts.", 1)[0], set()).add(weight)
+    for name, modules in routed.items():
+        moe = model.get_submodule(name)
+        held = {f"{name}.experts.{key}.{leaf}" for key in moe.experts._modules for leaf in EXPERT_LEAVES}
+        if not isinstance(moe, MoE) or modules != held:
+            raise ValueError(f"{name}: the routed experts classified as quantised are not exactly its experts")
+        for key, expert in moe.experts.named_children():
+            for leaf in EXPERT_LEAVES:
+                setattr(expert, leaf, FORMATS[experts].from_linear(getattr(expert, leaf),
+                                                                    f"{name}.experts.{key}.{leaf}.weight"))
+        moe.expert_format = experts
+        moe.stacked_quantized()  # the per-expert copies become views of one stack per tensor
+    return model
+
+
+def quantize_for_checkpoint(model: nn.Module, stored: dict[str, Stored]) -> tuple[dict[str, Stored], set[str]]:
+    """Before loading (`model` on the meta device): every Linear whose stored weight has a scale becomes
+    an FP8Linear or FP4Linear with the stored dtypes. Returns the checkpoint map reading those weights
+    as stored (weights.keep_quantized) and the names the loader places as they are (weights and scales).
+
+    Raises QuantError (a scale dtype the format does not take) or WeightsError (a MoE whose routed
+    experts are stored in mixed formats) naming the tensor, before anything is read.
+    """
+    from .weights import PACKED_FP4_DTYPES, WeightsError, keep_quantized
+
+    kept = []
+    for name, item in stored.items():
+        owner = name.removesuffix(".weight")
+        if item.scale is None or owner == name or not isinstance(_submodule(model, owner), nn.Linear):
+            continue  # not quantised, or not a Linear of this model (match() names what does not fit)
+        cls = FP8Linear if item.dtype == "F8_E4M3" else FP4Linear if item.dtype in (*PACKED_FP4_DTYPES, "F4") else None
+        weight_dtype, scale_dtype = STORED_DTYPES.get(item.dtype), STORED_DTYPES.get(item.scale.dtype)
+        if cls is None or weight_dtype is None or scale_dtype is None:
+            raise WeightsError(f"tensor {name}: a {item.dtype} weight with a {item.scale.dtype} scale cannot be "
+                               "kept quantised")
+        linear = model.get_submodule(owner)
+        _replace(model, owner, cls(linear.in_features, linear.out_features, weight_dtype, scale_dtype,
+                                   linear.weight.device, name))
+        kept.append(name)
+    for name, moe in model.named_modules():
+        if isinstance(moe, MoE):
+            moe.expert_format = _expert_format(name, moe)
+    return keep_quantized(stored, kept), {*kept, *(n.removesuffix("weight") + "scale" for n in kept)}
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _expert_format(name: str, moe: MoE) -> str | None:
+    """The format of `moe`'s routed experts: one for all of them (the grouped kernel takes one)."""
+    from .weights import WeightsError
+
+    modules = [getattr(expert, leaf) for expert in moe.experts for leaf in EXPERT_LEAVES]
+    kinds = {getattr(m, "fmt", "float") for m in modules}
+    scales = {m.scale.dtype for m in modules if isinstance(m, _Quantized)}
+    if len(kinds) > 1 or len(scales) > 1:
+        found = sorted(kinds | {str(s).removeprefix("torch.") for s in scales})
+        raise WeightsError(f"{name}.experts: routed experts stored in mixed formats ({', '.join(found)}); the "
+                           "grouped kernel takes one")
+    return None if kinds == {"float"} else kinds.pop()
+
+
+def stack_quantized_experts(model: nn.Module) -> None:
+    """After loading: each quantised MoE's experts stacked now, so the model's memory is final."""
+    for module in model.modules():
+        if isinstance(module, MoE) and module.expert_format is not None:
+            module.stacked_quantized()

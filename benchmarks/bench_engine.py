@@ -33,8 +33,9 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
-def parity(device: str, work: Path) -> dict:
-    """Our engine against transformers' DeepseekV4ForCausalLM on the test suite's tiny config, on `device`."""
+def tiny_reference(work: Path) -> tuple[Path, object]:
+    """transformers' DeepseekV4ForCausalLM at the test suite's tiny config and initialisation, saved
+    under `work`: (checkpoint directory, the model on CPU)."""
     import transformers
     from conftest import TINY, randomize  # the test suite's config and initialisation
 
@@ -44,6 +45,15 @@ def parity(device: str, work: Path) -> dict:
     randomize(reference, seed=1)
     path = work / "hf_tiny"
     reference.save_pretrained(path)
+    return path, reference
+
+
+def parity(device: str, work: Path) -> dict:
+    """Our engine against transformers' DeepseekV4ForCausalLM on the test suite's tiny config, on `device`."""
+    import transformers
+    from conftest import TINY
+
+    path, reference = tiny_reference(work)
     reference = reference.to(device)
     ids = torch.randint(0, TINY["vocab_size"], (1, 130), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

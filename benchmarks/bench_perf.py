@@ -34,16 +34,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "model"))
 
 import model  # noqa: E402
+from bench_engine import relative, tiny_reference  # noqa: E402
 from model.checkpoint import init_checkpoint  # noqa: E402
 from model.config import CSA, HCA  # noqa: E402
 from model.quantized import quantize_model  # noqa: E402
 from model.static_decode import StaticDecoder  # noqa: E402
 
 GIB = 1024**3
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def cuda_ms(fn, repeats: int) -> float:
@@ -75,15 +72,7 @@ class Results:
 
 
 def checks(work: Path) -> dict:
-    import transformers
-    from conftest import TINY, randomize
-
-    config = transformers.DeepseekV4Config(**TINY)
-    torch.manual_seed(0)
-    reference = transformers.DeepseekV4ForCausalLM(config).eval()
-    randomize(reference, seed=1)
-    path = work / "tiny"
-    reference.save_pretrained(path)
+    path, _ = tiny_reference(work)
     ids = lambda n, seed: torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()  # noqa: E731
     out: dict = {}
     for dtype in ("float32", "bfloat16"):
@@ -141,10 +130,6 @@ def flash_hf_config(layers: int):
     types = [CSA, HCA] * (layers // 2)
     return transformers.DeepseekV4Config(num_hidden_layers=layers, layer_types=types, num_hash_layers=0,
                                          num_nextn_predict_layers=0, max_position_embeddings=1 << 20)
-
-
-def decode_ms(step, repeats: int) -> float:
-    return cuda_ms(step, repeats)
 
 
 def copy_ceiling() -> float:
@@ -219,7 +204,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
                 nonlocal cache
                 cache = hf(token, past_key_values=cache, use_cache=True).past_key_values
 
-            section["transformers_decode_ms_b1"] = decode_ms(hf_step, 5)
+            section["transformers_decode_ms_b1"] = cuda_ms(hf_step, 5)
     except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
         section["transformers_error"] = repr(exc)[:500]
         hf_logits_256 = None
@@ -256,7 +241,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
             rewind(state, saved)
             engine.forward([prompt[-1]], state)
 
-        timings["eager_ms_b1"] = decode_ms(eager_step, repeats)
+        timings["eager_ms_b1"] = cuda_ms(eager_step, repeats)
         streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
         timings["head_ms"] = cuda_ms(lambda: net.logits(streams), repeats)
         hidden = torch.randn(1, net.config.hidden_size, device="cuda", dtype=torch.bfloat16)
@@ -268,12 +253,8 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
             tokens = torch.full((batch,), prompt[-1], dtype=torch.long, device="cuda")
             decoder.token_ids.copy_(tokens)
             decoder.positions.fill_(context)
-            decoder._capture()  # noqa: SLF001 - the bench times replays of the captured step
-
-            def graph_step():
-                decoder._graph.replay()  # noqa: SLF001
-
-            ms = decode_ms(graph_step, repeats * 4)
+            decoder.capture()
+            ms = cuda_ms(decoder.replay, repeats * 4)
             moved = step_bytes(net, batch, context)
             fixed = timings["head_ms"]
             timings[f"graph_ms_b{batch}"] = ms

@@ -92,11 +92,6 @@ class FP8Linear(_Quantized):
 
     fmt, pack = "fp8", 1
 
-    def __init__(self, in_features: int, out_features: int, weight_dtype: torch.dtype = torch.float8_e4m3fn,
-                 scale_dtype: torch.dtype = torch.float8_e8m0fnu, device: torch.device | str | None = None,
-                 name: str = "weight") -> None:
-        super().__init__(in_features, out_features, weight_dtype, scale_dtype, device, name)
-
     @staticmethod
     def scale_shape(in_features: int, out_features: int) -> tuple[int, int]:
         return -(-out_features // quant.FP8_BLOCK), -(-in_features // quant.FP8_BLOCK)
@@ -130,11 +125,6 @@ class FP4Linear(_Quantized):
     `[out, in/32]`: a routed expert's weight, run by the MoE's grouped kernel."""
 
     fmt, pack = "fp4", 2
-
-    def __init__(self, in_features: int, out_features: int, weight_dtype: torch.dtype = torch.int8,
-                 scale_dtype: torch.dtype = torch.float8_e8m0fnu, device: torch.device | str | None = None,
-                 name: str = "weight") -> None:
-        super().__init__(in_features, out_features, weight_dtype, scale_dtype, device, name)
 
     @staticmethod
     def scale_shape(in_features: int, out_features: int) -> tuple[int, int]:

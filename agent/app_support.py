@@ -100,8 +100,11 @@ def describe_backend(chosen: ChosenBackend, args: argparse.Namespace) -> Backend
         if engine is not None:
             from model.checkpoint import state_bytes_per_token
 
-            # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
-            per_token = state_bytes_per_token(engine.model.config, fp8=False) / 2 * engine.dtype.itemsize
+            config = engine.model.config
+            if engine.config.kv_format == "fp8":  # DeepSeek's layout, whatever the model's dtype
+                per_token = state_bytes_per_token(config, fp8=True)
+            else:  # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
+                per_token = state_bytes_per_token(config, fp8=False) / 2 * engine.dtype.itemsize
     random_weights = bool(args.model) and (Path(args.model) / RANDOM_MARKER).is_file()
     return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
 

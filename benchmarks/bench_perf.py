@@ -175,7 +175,7 @@ def step_bytes(net: torch.nn.Module, batch: int, context: int) -> dict:
 
 
 def flash(work: Path, results: Results, context: int, repeats: int, prefill_lengths: list[int],
-          chunk: int, deadline: float) -> None:
+          chunk: int, deadline: float, kv_format: str = "float") -> None:
     import transformers
 
     layers = 2
@@ -212,7 +212,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
     gc.collect()
     torch.cuda.empty_cache()
 
-    engine = model.load(path, device="cuda", dtype="bfloat16", quantized=False)
+    engine = model.load(path, device="cuda", dtype="bfloat16", quantized=False, kv_format=kv_format)
     net = engine.model
     if hf_logits_256 is not None:
         ours = engine.forward(prompt[:256], engine.new_state(512, draft=False))
@@ -247,7 +247,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
         hidden = torch.randn(1, net.config.hidden_size, device="cuda", dtype=torch.bfloat16)
         timings["head_matmul_only_ms"] = cuda_ms(lambda: net.head(hidden), repeats)
         for batch in (1, 8):
-            decoder = StaticDecoder(net, batch=batch, capacity=context + 256)
+            decoder = StaticDecoder(net, batch=batch, capacity=context + 256, kv_format=engine.config.kv_format)
             for row in range(batch):
                 decoder.load_row(row, state)
             tokens = torch.full((batch,), prompt[-1], dtype=torch.long, device="cuda")
@@ -317,8 +317,8 @@ def _state_tensors(layer) -> list[torch.Tensor]:
     tensors = [layer.window]
     for comp in (layer.compressor, layer.indexer):
         if comp is not None:
-            tensors += [t for t in (comp.entries, comp.partial_kv, comp.partial_gate, comp.overlap_kv,
-                                    comp.overlap_gate) if t is not None]
+            tensors += [t for t in (comp.entries, comp.entry_scale, comp.partial_kv, comp.partial_gate,
+                                    comp.overlap_kv, comp.overlap_gate) if t is not None]
     return tensors
 
 
@@ -331,16 +331,19 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--budget-s", type=float, default=540, help="stop starting prefill lengths after this")
     parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--kv-format", default="float", choices=("float", "fp8"),
+                        help="the decode state's format: the model dtype, or DeepSeek's FP8 layout")
     args = parser.parse_args()
     started = time.perf_counter()
     results = Results(args.out)
+    results.put("kv_format", args.kv_format)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_checks:
             results.put("checks", checks(work))
         with torch.no_grad():
             flash(work, results, args.context, args.repeats, [int(n) for n in args.prefill.split(",")],
-                  args.chunk, started + args.budget_s)
+                  args.chunk, started + args.budget_s, args.kv_format)
     results.put("wall_s", time.perf_counter() - started)
 
 

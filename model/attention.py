@@ -2,7 +2,9 @@
 indexer's top-k, or HCA over all of them), learnable sinks, inverse RoPE and a grouped output projection.
 
 Every call continues a LayerState from position `start`, so a whole prefill, any chunking of it, and
-token-by-token decoding run the same code and give the same result.
+token-by-token decoding run the same code and give the same result. A state of kv_format "fp8" keeps
+entries and indexer keys in DeepSeek's FP8 layout, and attention reads the window's keys FP8-rounded
+too, as DeepSeek's inference does: every key a query sees went through the same rounding.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .config import CSA, SLIDING, V4Config
+from .config import CSA, FP8_KV, SLIDING, V4Config
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 from .quantized import grouped_linear
 from .state import CompressorState, LayerState
@@ -36,7 +38,8 @@ class Compressor(nn.Module):
         self.norm = RMSNorm(dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, start: int, state: CompressorState, inv_freq: torch.Tensor) -> torch.Tensor:
-        """Feed `x` (`[B, S, hidden]`, positions start..start+S-1); returns all entries so far `[B, T, dim]`."""
+        """Feed `x` (`[B, S, hidden]`, positions start..start+S-1); returns all entries so far `[B, T, dim]`
+        (as stored: packed FP8 rows or e4m3 keys in an FP8 state)."""
         rate = self.rate
         slots = (torch.arange(x.shape[1], device=x.device) + start) % rate  # windows start at multiples of rate
         kv = torch.cat([state.partial_kv[:, : state.num_partial], self.wkv(x)], dim=1)
@@ -53,8 +56,8 @@ class Compressor(nn.Module):
                 chunk_kv, chunk_gate = self._overlap(chunk_kv, chunk_gate, state)
             first = state.num_entries
             cos, sin = rope_cos_sin(inv_freq, (torch.arange(windows, device=x.device) + first) * rate)
-            state.entries[:, first : first + windows] = ops.compress_windows(
-                chunk_kv, chunk_gate, self.norm.weight, self.norm.eps, cos, sin)
+            pooled = ops.compress_windows(chunk_kv, chunk_gate, self.norm.weight, self.norm.eps, cos, sin)
+            store_entries(state, first, pooled.to(state.partial_kv.dtype))
             state.num_entries += windows
         rest = kv.shape[1] - usable
         state.partial_kv[:, :rest] = kv[:, usable:]
@@ -78,6 +81,18 @@ class Compressor(nn.Module):
         state.overlap_gate.copy_(first_gate[:, -1])
         state.has_overlap = True
         return torch.cat([previous_kv, second_kv], dim=2), torch.cat([previous_gate, second_gate], dim=2)
+
+
+def store_entries(state: CompressorState, first: int, entries: torch.Tensor) -> None:
+    """Write `entries` `[B, W, dim]` (model dtype) at `first`, quantised when the state keeps FP8: the
+    rounding happens once, where the entry is made, so every later read sees the same key."""
+    end = first + entries.shape[1]
+    if state.entry_scale is not None:
+        state.entries[:, first:end], state.entry_scale[:, first:end] = ops.quantize_index_keys_fp8(entries)
+    elif state.entries.dtype == torch.uint8:
+        state.entries[:, first:end] = ops.quantize_kv_fp8(entries)
+    else:
+        state.entries[:, first:end] = entries
 
 
 def compressed_visibility(positions: torch.Tensor, num_entries: int, rate: int) -> torch.Tensor:
@@ -106,7 +121,11 @@ class Indexer(nn.Module):
         keys = self.compressor(x, start, state, inv_freq)  # [B, T, I]
         q = apply_rope(self.wq_b(q_residual).view(batch, seq_len, config.index_n_heads, -1), cos, sin)
         weights = self.weights_proj(x).float() * config.index_n_heads**-0.5  # [B, S, H]
-        return ops.indexer_topk(q, weights, keys, start, self.rate, config.index_head_dim**-0.5, config.index_topk)
+        scale, k = config.index_head_dim**-0.5, config.index_topk
+        if state.entry_scale is None:
+            return ops.indexer_topk(q, weights, keys, start, self.rate, scale, k)
+        key_scale = state.entry_scale[:, : state.num_entries]
+        return ops.indexer_topk_fp8(q, weights, keys, key_scale, start, self.rate, scale, k)
 
 
 class Attention(nn.Module):
@@ -159,6 +178,9 @@ class Attention(nn.Module):
         q = ops.rms_norm_rope(q, None, config.rms_norm_eps, cos, sin)  # [B, S, H, D]
         kv = ops.rms_norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [B, S, D]: K = V
         keys, indices = self._sliding_window(kv, state)
+        fp8 = state.kv_format == FP8_KV
+        if fp8:  # the window and this chunk, rounded as the stored entries are (row by row: chunking-proof)
+            keys = ops.quantize_kv_fp8(keys)
         if self.compressor is not None:
             entries = self.compressor(x, start, state.compressor, self.inv_freq)  # [B, T, D]
             if self.indexer is not None:
@@ -168,7 +190,8 @@ class Attention(nn.Module):
             chosen = torch.where(chosen >= 0, chosen + keys.shape[1], chosen)  # entries follow the window's keys
             keys = torch.cat([keys, entries], dim=1)
             indices = torch.cat([indices, chosen.to(indices.dtype)], dim=-1)
-        out = ops.sparse_attention(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
+        attend = ops.sparse_attention_fp8 if fp8 else ops.sparse_attention
+        out = attend(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
         out = apply_rope(out, cos, -sin)  # undo the rotation: outputs depend on relative position only
         groups = out.reshape(batch, seq_len, self.num_groups, -1)
         out = self.wo_b(grouped_linear(self.wo_a, groups).flatten(2))

@@ -56,6 +56,7 @@ PRESETS: dict[str, dict] = {
     },
 }
 INIT_STD = 0.02
+FP8_KV_SCALE_BLOCK = 64  # non-RoPE dims per ue8m0 scale in DeepSeek's FP8 KV rows
 # config.json keys of DeepSeek-V4-Flash's FP8 weights with FP4 routed experts.
 FP8_QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                            "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
@@ -70,21 +71,22 @@ V4_MARKERS = ("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>")
 
 
 def init_checkpoint(directory: Path, preset: str, seed: int = 0, tokenizer_json: Path | None = None,
-                    fp8: bool = False) -> Path:
+                    fp8: bool = False, overrides: dict | None = None) -> Path:
     """Write a random V4 checkpoint of `preset` to `directory` (which must be empty or absent).
 
     `fp8`: store the same random weights as DeepSeek ships V4 (FP8 linears, FP4 routed experts; see
     the module docstring), with the matching quantization_config and expert_dtype in config.json.
     `tokenizer_json` is written with DeepSeek V4's prompt tokens added (`v4_tokenizer`), next to a
     tokenizer_config.json naming V4's BOS/EOS (no chat template: V4 ships its own encoding), and their
-    ids become config.json's bos_token_id/eos_token_id.
+    ids become config.json's bos_token_id/eos_token_id. `overrides` replaces preset keys (e.g. head_dim
+    512 and qk_rope_head_dim 64, the sizes DeepSeek's FP8 decode-state rows are fixed at).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} is not empty; choose a new directory")
-    data = {"model_type": "deepseek_v4", **PRESETS[preset]}
+    data = {"model_type": "deepseek_v4", **PRESETS[preset], **(overrides or {})}
     tokenizer = None if tokenizer_json is None else v4_tokenizer(tokenizer_json)
     if tokenizer is not None:
         size = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -186,16 +188,24 @@ class ModelInfo:
     layer_types: list[str]
     dtypes: dict[str, int]  # stored dtype -> number of tensors (FP8/FP4 scales included)
     state_bytes_per_token_bf16: float
-    state_bytes_per_token_fp8: float  # DeepSeek's layout: FP8 non-RoPE dims, BF16 RoPE dims, FP8 indexer keys
+    state_bytes_per_token_fp8: float  # DeepSeek's layout: FP8 non-RoPE dims, BF16 RoPE dims, FP8 indexer keys, scales
     quantization: str | None = None  # what config.json says about the weights' format, if anything
 
 
+def fp8_entry_bytes(config: V4Config) -> int:
+    """One compressed entry in DeepSeek's FP8 layout: an e4m3 byte per non-RoPE dim, a ue8m0 scale
+    byte per 64 of them, the RoPE dims in bf16, padded to 8 bytes (584 at V4's 448 + 64 dims)."""
+    nope = config.head_dim - config.qk_rope_head_dim
+    raw = nope + -(-nope // FP8_KV_SCALE_BLOCK) + 2 * config.qk_rope_head_dim
+    return -(-raw // 8) * 8
+
+
 def state_bytes_per_token(config: V4Config, fp8: bool) -> float:
-    """Decode-state bytes each token adds (compressed entries and indexer keys); the sliding window
-    and the partial windows are a fixed cost on top."""
+    """Decode-state bytes each token adds (compressed entries and indexer keys, with their FP8 scales:
+    what an "fp8" state holds); the sliding window and the partial windows are a fixed cost on top."""
     if fp8:
-        entry = (config.head_dim - config.qk_rope_head_dim) + 2 * config.qk_rope_head_dim
-        index_key = config.index_head_dim
+        entry = fp8_entry_bytes(config)
+        index_key = config.index_head_dim + 4  # e4m3 codes and a float32 scale
     else:
         entry, index_key = 2 * config.head_dim, 2 * config.index_head_dim
     total = 0.0

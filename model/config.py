@@ -27,6 +27,8 @@ HASH_MOE, MOE = "hash_moe", "moe"
 MLP_LAYER_TYPES = (HASH_MOE, MOE)
 DEFAULT_NUM_HASH_LAYERS = 3
 SCORING_FUNCS = ("sqrtsoftplus", "softmax", "sigmoid")
+FLOAT_KV, FP8_KV = "float", "fp8"
+KV_FORMATS = (FLOAT_KV, FP8_KV)  # how a decode state stores compressed entries and indexer keys
 
 # Keys transformers writes that say nothing about the model's computation.
 IGNORED_KEYS = frozenset({
@@ -312,6 +314,10 @@ class EngineConfig:
     device: str | None = None  # None: CUDA when available, else CPU
     enforce_eager: bool = False
     engram_table_device: str | None = None  # e.g. "cpu": Engram tables in host memory, the rest on `device`
+    # "float": decode states keep entries and indexer keys in `dtype`; "fp8": DeepSeek's layout (584-byte
+    # e4m3 + bf16 RoPE rows, e4m3 indexer keys with a scale each), ~1.8x smaller, keys FP8-rounded
+    kv_format: str = FLOAT_KV
+    offload_experts: int | None = None  # routed experts in host memory, this many per layer cached on `device`
 
     def __post_init__(self) -> None:
         if self.max_seq_len <= 0 or self.max_batch_size <= 0:
@@ -319,3 +325,7 @@ class EngineConfig:
                               f"{self.max_batch_size}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ConfigError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.kv_format not in KV_FORMATS:
+            raise ConfigError(f"kv_format must be one of {list(KV_FORMATS)}, got {self.kv_format!r}")
+        if self.offload_experts is not None and self.offload_experts < 2:
+            raise ConfigError(f"offload_experts is the GPU slots per MoE layer (at least 2), got {self.offload_experts}")

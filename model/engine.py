@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from .config import EngineConfig, V4Config
+from .offload import offload_experts as offload_experts_to_host
 from .parallel import Parallel
 from .quantized import quantize_for_checkpoint, stack_quantized_experts
 from .static_decode import StaticDecoder
-from .state import DecodeState, mark, new_decode_state, rewind
+from .state import DecodeState, check_kv_format, mark, new_decode_state, rewind
 from .v4 import Transformer
 from .weights import LoadProgress, load_into, scan
 
@@ -29,6 +30,7 @@ class Engine:
 
     def __init__(self, model: Transformer, config: EngineConfig, tokenizer: object | None = None,
                  checkpoint: Path | None = None) -> None:
+        check_kv_format(model.config, config.kv_format)  # at load, not at the first new_state
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
@@ -52,17 +54,20 @@ class Engine:
 
     def new_state(self, max_tokens: int | None = None, draft: bool = True) -> DecodeState:
         """An empty state for up to `max_tokens` (default: the engine's max_seq_len) tokens; with `draft`
-        it also tracks the first MTP block when there is one, so `draft` can be asked at any point."""
+        it also tracks the first MTP block when there is one, so `draft` can be asked at any point. Its
+        entries and indexer keys are kept in the engine's `kv_format`."""
         limit = min(self.config.max_seq_len, self.model.config.max_position_embeddings)
         return new_decode_state(self.model.config, max_tokens or limit, self.id, self.dtype, self.device,
-                                mtp_layers=min(len(self.model.mtp), 1) if draft else 0)
+                                mtp_layers=min(len(self.model.mtp), 1) if draft else 0,
+                                kv_format=self.config.kv_format)
 
     def static_decoder(self, batch: int, capacity: int) -> StaticDecoder:
         """The engine's shape-static decoder for `batch` rows (CUDA-graphed on a GPU), kept between
         calls so its graphs are captured once; grown to `capacity` tokens per row."""
         decoder = self._decoders.get(batch)
         if decoder is None:
-            decoder = self._decoders[batch] = StaticDecoder(self.model, batch, capacity)
+            decoder = self._decoders[batch] = StaticDecoder(self.model, batch, capacity,
+                                                            kv_format=self.config.kv_format)
         decoder.grow(capacity)
         return decoder
 
@@ -298,18 +303,21 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
         raise TypeError(f"unknown engine options {unknown}; expected some of {sorted(allowed)}")
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
-                             parallel, quantized)
+                             parallel, quantized, config.offload_experts)
     return Engine(model, config, _tokenizer(path), path.resolve())
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                      progress: LoadProgress | None = None, table_device: str | None = None,
-                     parallel: Parallel | None = None, quantized: bool | None = False) -> Transformer:
+                     parallel: Parallel | None = None, quantized: bool | None = False,
+                     offload_experts: int | None = None) -> Transformer:
     """The model of the checkpoint at `path`, built on the meta device and filled from its safetensors
     (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
     With `parallel`, only this rank's shard (model/parallel.py) is built and read. With `quantized`, the
     weights stored with a scale are placed as stored, in FP8Linear/FP4Linear modules (None: on CUDA
-    for a checkpoint whose config has a quantization_config, without `parallel`)."""
+    for a checkpoint whose config has a quantization_config, without `parallel`). With `offload_experts`
+    the routed experts are read into host memory and that many per layer are cached on `device`
+    (model/offload.py): for models larger than the GPU."""
     path = Path(path)
     config = V4Config.from_json(path)
     stored = scan(path)
@@ -327,8 +335,13 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     as_stored: set[str] = set()
     if quantized:
         stored, as_stored = quantize_for_checkpoint(model, stored)
-    load_into(model, path, dtype, device, progress, stored, table_device, as_stored)
+    if offload_experts is not None and parallel is not None:
+        raise NotImplementedError("expert offload runs in one process; expert parallelism already splits the experts")
+    load_into(model, path, dtype, device, progress, stored, table_device, as_stored,
+              experts_on_host=offload_experts is not None)
     stack_quantized_experts(model)
+    if offload_experts is not None:
+        offload_experts_to_host(model, offload_experts, device)
     return model.eval()
 
 

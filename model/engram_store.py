@@ -11,6 +11,10 @@ compressed entries after the last whole chunk. Compressed entries are append-onl
 each whole chunk of `chunk_tokens` tokens are stored once, in a chunk file keyed by the prefix hash
 at the chunk's end, and shared by every snapshot that extends that prefix.
 
+An FP8 state (kv_format "fp8") is stored as it is held: uint8 packed rows, float8_e4m3fn indexer keys
+and their float32 scales, which safetensors keeps bit for bit; the fingerprint names the kv format,
+so a snapshot only ever loads into a state of its own format.
+
 Files are safetensors whose metadata names the format version, the model fingerprint, the key and an
 xxh3 checksum of the tensor bytes; they are written to a temporary file and renamed, so a reader sees
 a whole file or none. A file that is truncated, corrupt, of another model or format is reported once,
@@ -96,11 +100,13 @@ def file_digest(path: Path, memo: dict) -> str:
 
 
 def model_fingerprint(engine: object, memo: dict | None = None) -> str:
-    """What a state depends on besides the tokens: the config, the weights (file hashes) and the dtype."""
+    """What a state depends on besides the tokens: the config, the weights (file hashes), the dtype and
+    the kv format (FP8 entries are other bytes, and other keys for the layers after them)."""
     memo = {} if memo is None else memo
     digest = xxhash.xxh3_128()
     digest.update(json.dumps(_config_dict(engine.model.config), sort_keys=True, default=str).encode())
     digest.update(str(engine.dtype).encode())
+    digest.update(f"kv_format={engine.config.kv_format}".encode())
     checkpoint = getattr(engine, "checkpoint", None)
     if checkpoint is None:
         raise StoreError("the engine does not know its checkpoint directory; load it with model.load")
@@ -168,6 +174,8 @@ def snapshot_tensors(state: DecodeState, last_logits: torch.Tensor, chunk_tokens
         for cname, comp in _compressors(name, layer):
             start = whole_chunks * _entries_per_chunk(comp, chunk_tokens)
             tensors[f"{cname}.tail"] = comp.entries[:, start : comp.num_entries]
+            if comp.entry_scale is not None:
+                tensors[f"{cname}.tail_scale"] = comp.entry_scale[:, start : comp.num_entries]
             tensors[f"{cname}.partial_kv"], tensors[f"{cname}.partial_gate"] = comp.partial_kv, comp.partial_gate
             if comp.overlap_kv is not None:
                 tensors[f"{cname}.overlap_kv"], tensors[f"{cname}.overlap_gate"] = comp.overlap_kv, comp.overlap_gate
@@ -184,8 +192,17 @@ def chunk_tensors(state: DecodeState, chunk: int, chunk_tokens: int) -> dict[str
     for name, layer in _layer_groups(state):
         for cname, comp in _compressors(name, layer):
             per = _entries_per_chunk(comp, chunk_tokens)
-            tensors[cname] = comp.entries[:, chunk * per : (chunk + 1) * per].detach().to("cpu").contiguous()
-    return tensors
+            tensors[cname] = comp.entries[:, chunk * per : (chunk + 1) * per]
+            if comp.entry_scale is not None:
+                tensors[f"{cname}.scale"] = comp.entry_scale[:, chunk * per : (chunk + 1) * per]
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _fill(target: torch.Tensor, source: torch.Tensor) -> None:
+    """`target.copy_(source)`, refusing another dtype: a copy would convert FP8 bytes as numbers."""
+    if source.dtype != target.dtype:
+        raise ValueError(f"stored {source.dtype} where the state holds {target.dtype}")
+    target.copy_(source)
 
 
 def restore(state: DecodeState, snapshot: dict[str, torch.Tensor], counters: dict,
@@ -194,15 +211,19 @@ def restore(state: DecodeState, snapshot: dict[str, torch.Tensor], counters: dic
     device = state.layers[0].window.device
     state.num_tokens = int(counters["num_tokens"])
     for name, layer in _layer_groups(state):
-        layer.window.copy_(snapshot[f"{name}.window"])
+        _fill(layer.window, snapshot[f"{name}.window"])
         layer.num_window = int(counters[f"{name}.num_window"])
         for cname, comp in _compressors(name, layer):
             per = _entries_per_chunk(comp, chunk_tokens)
             for index, chunk in enumerate(chunks):
-                comp.entries[:, index * per : (index + 1) * per].copy_(chunk[cname])
+                _fill(comp.entries[:, index * per : (index + 1) * per], chunk[cname])
+                if comp.entry_scale is not None:
+                    _fill(comp.entry_scale[:, index * per : (index + 1) * per], chunk[f"{cname}.scale"])
             tail = snapshot[f"{cname}.tail"]
             start = len(chunks) * per
-            comp.entries[:, start : start + tail.shape[1]].copy_(tail)
+            _fill(comp.entries[:, start : start + tail.shape[1]], tail)
+            if comp.entry_scale is not None:
+                _fill(comp.entry_scale[:, start : start + tail.shape[1]], snapshot[f"{cname}.tail_scale"])
             comp.partial_kv.copy_(snapshot[f"{cname}.partial_kv"])
             comp.partial_gate.copy_(snapshot[f"{cname}.partial_gate"])
             if comp.overlap_kv is not None:

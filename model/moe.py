@@ -3,12 +3,17 @@ in the first `num_hash_layers`, by a fixed token-id -> experts table; clamped Sw
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import ops
 from .config import HASH_MOE, V4Config
+
+if TYPE_CHECKING:
+    from .offload import ExpertCache
 
 
 class Expert(nn.Module):
@@ -69,11 +74,17 @@ class MoE(nn.Module):
         # "fp8" | "fp4" when the routed experts hold quantised weights + scales (model/quantized.py).
         self.expert_format: str | None = None
         self._stacked: tuple[torch.Tensor, ...] | None = None
+        # Expert offload (model/offload.py): routed experts in host memory, a cache of them on the GPU.
+        self.offload: ExpertCache | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""
         flat = x.reshape(-1, x.shape[-1])
         weights, indices = self.gate(flat, token_ids.reshape(-1))
+        if self.offload is not None:
+            routed, shared = self.offload.routed(flat, weights, indices, self._run_experts,
+                                                 lambda: self.shared_experts(flat))
+            return (routed + shared).view_as(x)
         if self.expert_range is not None:
             routed = self._local_routed(flat, weights, indices)
         else:
@@ -82,9 +93,15 @@ class MoE(nn.Module):
 
     def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The held experts' weighted sum through the grouped GEMM, on quantised stacks if quantised."""
+        stacks = self.stacked_weights() if self.expert_format is None else self.stacked_quantized()
+        return self._run_experts(x, weights, ids, stacks)
+
+    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                     stacks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The grouped GEMM on `stacks` (this MoE's experts, or the offload cache's slots)."""
         if self.expert_format is None:
-            return ops.moe_experts(x, weights, ids, *self.stacked_weights(), self.limit)
-        return ops.moe_experts_quantized(x, weights, ids, self.expert_format, *self.stacked_quantized(), self.limit)
+            return ops.moe_experts(x, weights, ids, *stacks, self.limit)
+        return ops.moe_experts_quantized(x, weights, ids, self.expert_format, *stacks, self.limit)
 
     def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Expert parallel: the (token, slot) pairs routed to this rank's experts through the same

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from kernels import compressor as _compressor
@@ -20,6 +21,11 @@ from kernels import mhc as _mhc
 from kernels import moe as _moe
 from kernels import norm_rope as _norm_rope
 from kernels import sparse_attention as _attention
+
+
+# DeepSeek's FP8 rows for compressed KV entries: e4m3 codes of the non-RoPE dims in blocks with ue8m0
+# scales, the RoPE dims in bf16; the layout is fixed at these sizes.
+FP8_KV_DIM, FP8_KV_ROPE_DIM, FP8_KV_ROW_BYTES = _attention.KV_DIM, _attention.ROPE_DIM, _attention.PACKED_DIM
 
 
 def kernels_enabled(t: Tensor) -> bool:
@@ -62,10 +68,23 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int
     return fn(q, weights, keys, start, rate, scale, k)
 
 
-def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float) -> Tensor:
-    """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query."""
-    fn = _indexer.indexer_scores if kernels_enabled(q) else _indexer.indexer_scores_reference
-    return fn(q, weights, keys, start, rate, scale)
+def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor, start: int, rate: int,
+                     scale: float, k: int) -> Tensor:
+    """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`."""
+    if kernels_enabled(q):
+        return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k)
+    return _indexer.indexer_topk_fp8_reference(q, weights, keys, key_scale, start, rate, scale, k)
+
+
+def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
+                   key_scale: Tensor | None = None) -> Tensor:
+    """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query;
+    with `key_scale`, `keys` are float8_e4m3fn scaled per key."""
+    if kernels_enabled(q):
+        return _indexer.indexer_scores(q, weights, keys, start, rate, scale, key_scale)
+    if key_scale is not None:
+        keys = _indexer.dequantize_index_keys_fp8(keys, key_scale)
+    return _indexer.indexer_scores_reference(q, weights, keys, start, rate, scale)
 
 
 def topk_indices(scores: Tensor, k: int) -> Tensor:
@@ -78,6 +97,28 @@ def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale
     """Softmax over each query's listed K=V entries plus the per-head sink: `[B, S, H, D]`."""
     fn = _attention.sparse_attention if kernels_enabled(q) else _attention.sparse_attention_reference
     return fn(q, kv, indices, sink, scale)
+
+
+def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
+    """`sparse_attention` over packed FP8 rows `[B, T, FP8_KV_ROW_BYTES]` uint8, dequantised to q's dtype."""
+    fn = _attention.sparse_attention_fp8 if kernels_enabled(q) else _attention.sparse_attention_fp8_reference
+    return fn(q, kv_packed, indices, sink, scale)
+
+
+def quantize_kv_fp8(kv: Tensor) -> Tensor:
+    """K=V rows `[..., FP8_KV_DIM]` -> packed FP8 rows `[..., FP8_KV_ROW_BYTES]` uint8 (device ops only, no
+    host sync, so CUDA graphs can hold it; one implementation everywhere)."""
+    return _attention.quantize_kv_fp8(kv, FP8_KV_ROPE_DIM)
+
+
+def dequantize_kv_fp8(packed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Packed FP8 rows back to `[..., FP8_KV_DIM]` in `dtype` (exact: what attention reads)."""
+    return _attention.dequantize_kv_fp8(packed, dtype)
+
+
+def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Indexer keys `[B, T, Di]` -> (float8_e4m3fn `[B, T, Di]`, float32 per-key scale `[B, T]`)."""
+    return _indexer.quantize_index_keys_fp8(keys)
 
 
 def hc_pre(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, rms_eps: float, hc_eps: float,

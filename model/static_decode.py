@@ -19,6 +19,11 @@ warming up before capture and rewinding are free. Rows marked inactive write not
 Capacity grows by whole pages (buffers reallocated, state copied, graphs captured again), never by
 concatenating per step. States move in and out of the eager `DecodeState` layout (`load_row`,
 `store_row`), so prefill, the Engram store and everything else keep one format.
+
+With kv_format "fp8" (the engine's, which its states share) `kv` holds DeepSeek's packed FP8 rows, ring
+slots included (each token's kv quantised as it is written, as the eager path quantises the window as
+it reads it), and the indexer keys are e4m3 with a float32 scale each; quantising is device work only,
+so the step still captures in one graph.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from torch import Tensor
 
 from . import ops
 from .attention import Attention, Compressor
-from .config import CSA, SLIDING
+from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
 from .layers import rope_cos_sin
+from .offload import has_offload
+from .piecewise_graph import PiecewiseGraph
 from .quantized import grouped_linear
-from .state import CompressorState, DecodeState
+from .state import CompressorState, DecodeState, check_kv_format
 from .v4 import Transformer
 
 PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of every compression rate)
@@ -54,10 +61,11 @@ class _CompressorBuffers:
 
 @dataclass(slots=True)
 class _LayerBuffers:
-    kv: Tensor  # [B, window + entries, head_dim]
+    kv: Tensor  # [B, window + entries, head_dim], or packed FP8 rows [B, window + entries, row bytes] uint8
     compressor: _CompressorBuffers | None = None
-    index_keys: Tensor | None = None  # [B, entries, index_head_dim]
+    index_keys: Tensor | None = None  # [B, entries, index_head_dim] (float8_e4m3fn in an FP8 decoder)
     indexer: _CompressorBuffers | None = None
+    index_scales: Tensor | None = None  # [B, entries] float32: the FP8 keys' scales
 
 
 def _rows_first(x: Tensor) -> Tensor:
@@ -69,12 +77,15 @@ def _rows_first(x: Tensor) -> Tensor:
 class StaticDecoder:
     """B decode rows over `model`, each at its own position; `step` is graph-captured on CUDA.
 
-    Rows are filled from prefilled eager states (`load_row`) and written back (`store_row`).
+    Rows are filled from prefilled eager states (`load_row`) and written back (`store_row`); their
+    `kv_format` must be the decoder's.
     """
 
     def __init__(self, model: Transformer, batch: int, capacity: int, use_graph: bool | None = None,
-                 page_tokens: int = PAGE_TOKENS) -> None:
+                 page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV) -> None:
         config = model.config
+        check_kv_format(config, kv_format)
+        self.kv_format, self.fp8 = kv_format, kv_format == FP8_KV
         if page_tokens % max(config.compress_rates.values(), default=1):
             raise StaticDecodeError(f"page_tokens must be a multiple of every compression rate, got {page_tokens}")
         self.page_tokens = page_tokens
@@ -83,13 +94,15 @@ class StaticDecoder:
         self.model, self.config, self.batch = model, config, batch
         self.device, self.dtype = model.embed.weight.device, model.embed.weight.dtype
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
+        # Offloaded experts are fetched after a host sync per layer: the step is then a piecewise graph.
+        self.piecewise = has_offload(model)
         self.capacity = 0
         self.layers: list[_LayerBuffers] = []
         self.token_ids = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
         self._logits: Tensor | None = None
         self.grow(capacity)
 
@@ -110,26 +123,40 @@ class StaticDecoder:
                     getattr(new, name).gate.copy_(getattr(held, name).gate)
             if held.index_keys is not None:
                 new.index_keys[:, : held.index_keys.shape[1]].copy_(held.index_keys)
+            if held.index_scales is not None:
+                new.index_scales[:, : held.index_scales.shape[1]].copy_(held.index_scales)
         self.capacity = capacity
         self._graph = None  # buffers moved: capture again
 
     def _new_layer(self, layer: int, capacity: int) -> _LayerBuffers:
         config, batch = self.config, self.batch
-        zeros = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=self.device)  # noqa: E731
-        kind = config.attention_type(layer)
-        if kind == SLIDING:
-            return _LayerBuffers(zeros(batch, config.sliding_window, config.head_dim))
-        rate = config.compress_rates[kind]
-        overlap = kind == CSA
+        zeros = lambda *shape, kind=self.dtype: torch.zeros(*shape, dtype=kind, device=self.device)  # noqa: E731
+        row = (ops.FP8_KV_ROW_BYTES, torch.uint8) if self.fp8 else (config.head_dim, self.dtype)
+        attention = config.attention_type(layer)
+        if attention == SLIDING:
+            return _LayerBuffers(zeros(batch, config.sliding_window, row[0], kind=row[1]))
+        rate = config.compress_rates[attention]
+        overlap = attention == CSA
         slots = 2 * rate if overlap else rate
         width = 2 * config.head_dim if overlap else config.head_dim
-        buffers = _LayerBuffers(zeros(batch, config.sliding_window + capacity // rate, config.head_dim),
+        buffers = _LayerBuffers(zeros(batch, config.sliding_window + capacity // rate, row[0], kind=row[1]),
                                 _CompressorBuffers(zeros(batch, slots, width), zeros(batch, slots, width)))
         if overlap:
-            buffers.index_keys = zeros(batch, capacity // rate, config.index_head_dim)
+            key_dtype = torch.float8_e4m3fn if self.fp8 else self.dtype
+            buffers.index_keys = zeros(batch, capacity // rate, config.index_head_dim, kind=key_dtype)
+            buffers.index_scales = zeros(batch, capacity // rate, kind=torch.float32) if self.fp8 else None
             buffers.indexer = _CompressorBuffers(zeros(batch, slots, 2 * config.index_head_dim),
                                                  zeros(batch, slots, 2 * config.index_head_dim))
         return buffers
+
+    def _as_stored(self, kv: Tensor) -> Tensor:
+        """K=V rows as `kv` holds them: packed FP8 rows in an FP8 decoder."""
+        return ops.quantize_kv_fp8(kv) if self.fp8 else kv
+
+    def _as_read(self, rows: Tensor) -> Tensor:
+        """`kv` rows back in the model's dtype (FP8 rows dequantised: the eager path, which rounds its
+        window as it reads it, gets the same values back)."""
+        return ops.dequantize_kv_fp8(rows, self.dtype) if self.fp8 else rows
 
     # ------------------------------------------------------------------ moving states in and out
 
@@ -142,7 +169,7 @@ class StaticDecoder:
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
             kept = held.num_window
             slots = torch.arange(n - kept, n, device=self.device) % window
-            buffers.kv[row, slots] = held.window[0, window - kept :]
+            buffers.kv[row, slots] = self._as_stored(held.window[0, window - kept :])
             if held.compressor is not None:
                 rate = self.config.compress_rates[self.config.attention_type(layer)]
                 entries = held.compressor.num_entries
@@ -151,6 +178,8 @@ class StaticDecoder:
             if held.indexer is not None:
                 entries = held.indexer.num_entries
                 buffers.index_keys[row, :entries] = held.indexer.entries[0, :entries]
+                if held.indexer.entry_scale is not None:
+                    buffers.index_scales[row, :entries] = held.indexer.entry_scale[0, :entries]
                 self._load_partial(row, buffers.indexer, held.indexer, rate, n)
         self.lengths[row] = n
         self.positions[row] = n
@@ -160,11 +189,12 @@ class StaticDecoder:
         n = self.lengths[row]
         if state.batch != 1 or state.max_tokens < n:
             raise StaticDecodeError(f"the state must be single-sequence with room for {n} tokens")
+        self._check_format(state)
         window = self.config.sliding_window
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
             kept = min(window, n)
             slots = torch.arange(n - kept, n, device=self.device) % window
-            held.window[0, window - kept :] = buffers.kv[row, slots]
+            held.window[0, window - kept :] = self._as_read(buffers.kv[row, slots])
             held.num_window = kept
             if held.compressor is not None:
                 rate = self.config.compress_rates[self.config.attention_type(layer)]
@@ -173,6 +203,8 @@ class StaticDecoder:
                 self._store_partial(row, buffers.compressor, held.compressor, rate, n)
             if held.indexer is not None:
                 held.indexer.entries[0, : n // rate] = buffers.index_keys[row, : n // rate]
+                if held.indexer.entry_scale is not None:
+                    held.indexer.entry_scale[0, : n // rate] = buffers.index_scales[row, : n // rate]
                 self._store_partial(row, buffers.indexer, held.indexer, rate, n)
         state.num_tokens = n
         state.mtp_pending = None  # the draft head did not follow these tokens
@@ -182,6 +214,11 @@ class StaticDecoder:
             raise StaticDecodeError(f"row {row} is out of range [0, {self.batch})")
         if state.batch != 1:
             raise StaticDecodeError("load_row takes a single-sequence state")
+        self._check_format(state)
+
+    def _check_format(self, state: DecodeState) -> None:
+        if state.kv_format != self.kv_format:
+            raise StaticDecodeError(f"a {state.kv_format!r} state cannot move into a {self.kv_format!r} decoder")
 
     def _load_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
         window_index, filled = divmod(n, rate)
@@ -255,6 +292,11 @@ class StaticDecoder:
             for _ in range(2):
                 self._forward()
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self.piecewise:
+            graph = PiecewiseGraph(self.device)
+            self._logits = graph.capture(self._forward)
+            self._graph = graph
+            return
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._logits = self._forward()
@@ -278,14 +320,14 @@ class StaticDecoder:
         q = attn.wq_b(q_residual).view(self.batch, 1, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, cos, sin))
         kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, cos, sin)[0]
-        self._put(buffers.kv, pos % window, kv)
+        self._put(buffers.kv, pos % window, self._as_stored(kv))
         back = torch.arange(window, device=self.device)
         behind = pos[:, None] - back[None, :]  # the window's positions, newest first
         indices = torch.where(behind >= 0, behind % window, -1)
         if attn.compressor is not None:
             rate = attn.compressor.rate
             entry, index = self._compress(attn.compressor, x, buffers.compressor, attn.inv_freq)
-            self._put(buffers.kv, window + index, entry)
+            self._put(buffers.kv, window + index, self._as_stored(entry))
             num_entries = buffers.kv.shape[1] - window
             closed = ((pos + 1) // rate)[:, None]  # entries a query at pos may see
             if attn.indexer is not None:
@@ -294,8 +336,8 @@ class StaticDecoder:
                 every = torch.arange(num_entries, device=self.device)[None, :]
                 chosen = torch.where(every < closed, every, -1)
             indices = torch.cat([indices, torch.where(chosen >= 0, chosen + window, -1)], dim=1)
-        out = ops.sparse_attention(q, buffers.kv, indices[:, None].to(torch.int32), attn.attn_sink,
-                                   config.head_dim**-0.5)
+        attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
+        out = attend(q, buffers.kv, indices[:, None].to(torch.int32), attn.attn_sink, config.head_dim**-0.5)
         out = _rows_first(ops.apply_rope(_rows_first(out), cos, -sin))
         groups = out.reshape(self.batch, 1, attn.num_groups, -1)
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
@@ -303,6 +345,8 @@ class StaticDecoder:
 
     def _put(self, target: Tensor, index: Tensor, value: Tensor) -> None:
         """`target[b, index[b]] = value[b]` for the active rows; inactive rows keep what they hold."""
+        if target.dtype == torch.float8_e4m3fn:  # move FP8 keys as bytes: not every backend selects float8
+            target, value = target.view(torch.uint8), value.view(torch.uint8)
         rows = torch.arange(self.batch, device=self.device)
         keep = self.active.view(-1, *([1] * (value.dim() - 1)))
         target[rows, index] = torch.where(keep, value.to(target.dtype), target[rows, index])
@@ -342,13 +386,19 @@ class StaticDecoder:
         """The lightning indexer over this row's closed entries: `[B, index_topk]`, -1 padded."""
         indexer, config = attn.indexer, self.config
         entry, index = self._compress(indexer.compressor, x, buffers.indexer, attn.inv_freq)
-        self._put(buffers.index_keys, index, entry)
+        if self.fp8:
+            key, key_scale = ops.quantize_index_keys_fp8(entry[:, None])
+            self._put(buffers.index_keys, index, key[:, 0])
+            self._put(buffers.index_scales, index, key_scale[:, 0])
+        else:
+            self._put(buffers.index_keys, index, entry)
         q = indexer.wq_b(q_residual).view(self.batch, 1, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), cos, sin))
         weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
         keys = buffers.index_keys
         everything = keys.shape[1] * indexer.rate  # a start at which every key counts as closed
-        scores = ops.indexer_scores(q, weights, keys, everything, indexer.rate, config.index_head_dim**-0.5)
+        scores = ops.indexer_scores(q, weights, keys, everything, indexer.rate, config.index_head_dim**-0.5,
+                                    buffers.index_scales)
         visible = torch.arange(keys.shape[1], device=self.device)[None, None, :] < closed[:, :, None]
         scores = torch.where(visible, scores, float("-inf"))
         return ops.topk_indices(scores, config.index_topk)[:, 0]

@@ -256,7 +256,8 @@ def _open_all(stack: ExitStack, stored: dict[str, Stored]) -> dict[Path, object]
 
 def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.device | str = "cpu",
               progress: LoadProgress | None = None, stored: dict[str, Stored] | None = None,
-              table_device: torch.device | str | None = None, as_stored: Collection[str] = ()) -> None:
+              table_device: torch.device | str | None = None, as_stored: Collection[str] = (),
+              experts_on_host: bool = False) -> None:
     """Fill every parameter and persistent buffer of `model` (which may live on the meta device) from
     the checkpoint at `path`, tensor by tensor, onto `device`.
 
@@ -264,7 +265,8 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
     other floating tensors take `dtype`. Nothing is placed unless the whole checkpoint matches.
     Engram tables go straight to `table_device` (host memory) when given, never through `device`.
     Tensors named in `as_stored` (quantised weights and their scales, see `keep_quantized`) are placed
-    with their stored dtype and bytes.
+    with their stored dtype and bytes. With `experts_on_host` the routed experts' tensors stay in host
+    memory (model/offload.py then caches some of them on `device`), so a model larger than the GPU loads.
     """
     stored = scan(path) if stored is None else stored
     match(model, stored, path)
@@ -282,7 +284,9 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
                 elif tensor.is_floating_point():
                     tensor = tensor.to(torch.float32 if _keeps_float32(name) else dtype)
                 on_table_device = table_device is not None and name.endswith(".engram.embed.weight")
-                _assign(model, name, tensor.to(table_device if on_table_device else device))
+                target = table_device if on_table_device else "cpu" if experts_on_host and \
+                    ROUTED_EXPERT.search(name) else device
+                _assign(model, name, tensor.to(target))
                 done += stored[name].nbytes
                 if progress is not None:
                     progress(file.name, done, total)
@@ -292,6 +296,9 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
         for module in model.modules():
             if hasattr(module, "place_tables"):
                 module.place_tables(table_device)
+
+
+ROUTED_EXPERT = re.compile(r"\.ffn\.experts\.\d+\.w[123]\.(weight|scale)$")
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

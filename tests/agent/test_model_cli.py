@@ -42,7 +42,7 @@ def test_info_on_a_v4_flash_config_gives_the_published_sizes(tmp_path: Path, cap
     assert main(["model", "info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "284,325,879,255" in out  # published: 284B total, 13B active
-    assert "3.62 GB FP8" in out and "~3.7 GB" in out
+    assert "3.68 GB FP8" in out and "~3.7 GB" in out  # 584-byte entry rows, 132-byte indexer keys
 
 
 def test_info_on_a_bad_config_is_a_clear_error(tmp_path: Path, capsys) -> None:

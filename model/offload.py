@@ -1,0 +1,272 @@
+"""Expert offload: a MoE model larger than the GPU still runs. Each MoE's routed experts live in host
+memory (pinned, so copies are DMA at PCIe speed); the GPU keeps the attention, the shared experts, the
+embedding and head, plus a cache of `slots` routed experts per layer (the hot ones: least recently used
+goes first). KTransformers is the anchor for the split; unlike it we copy missing experts to the GPU
+rather than computing them on the CPU, because the grouped FP4/FP8 kernel then runs unchanged and a
+copy of an FP4 expert (12.75 MiB at V4-Flash shapes) costs less than the CPU's GEMV on it.
+
+Per MoE call the routing is read on the host (one sync: the price of deciding what to copy):
+- every expert the call needs fits in the cache (decode, short chunks): the missing ones are copied on
+  a side stream into the least recently used slots not needed now, the shared expert runs on the
+  compute stream meanwhile, and the grouped kernel runs once on the cache with ids mapped to slots;
+- more experts than slots (prefill): the needed experts stream through the two halves of the cache,
+  the copy of group g+1 overlapping the grouped kernel on group g, and each (token, slot) pair's output
+  lands in its own row before the per-token sum over slots: the same result, in the same order, as
+  running all experts at once.
+On the CPU (tests) "host" and "cache" are both host memory and the copies are plain copies: the same
+logic runs, so it is tested without a GPU. One CUDA graph cannot hold the host sync, so a model with
+offloaded experts decodes in a piecewise graph (model/piecewise_graph.py): a piece per layer, cut where
+the host reads the routing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import piecewise_graph
+
+RunExperts = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor]
+
+
+class OffloadError(ValueError):
+    """An offload request the model cannot take (bad slot count, expert-parallel MoE)."""
+
+
+@dataclass(slots=True)
+class OffloadStats:
+    """Counters since the cache was made: expert lookups that hit / missed the GPU cache, bytes copied
+    host -> GPU, MoE calls, and the calls that streamed (needed more experts than slots)."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_copied: int = 0
+    calls: int = 0
+    streamed_calls: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+class ExpertCache:
+    """One MoE's routed experts: `host` stacks `[E, ...]` (w1, w3, w2 or with their scales) in host
+    memory and `slots` of them resident on `device`, in stacks `[slots, ...]` the grouped kernel reads."""
+
+    def __init__(self, host: tuple[Tensor, ...], slots: int, device: torch.device | str) -> None:
+        num_experts = host[0].shape[0]
+        if slots < 2:
+            raise OffloadError(f"expert offload needs at least 2 GPU slots per layer, got {slots}")
+        self.host, self.num_experts, self.slots = host, num_experts, min(slots, num_experts)
+        self.device = torch.device(device)
+        self.cache = tuple(torch.empty((self.slots, *t.shape[1:]), dtype=t.dtype, device=self.device) for t in host)
+        self.expert_bytes = sum(t[0].numel() * t.element_size() for t in host)
+        self.slot_of = torch.full((num_experts,), -1, dtype=torch.long)  # host table: expert -> slot
+        self.expert_in = [-1] * self.slots
+        self.recent: OrderedDict[int, None] = OrderedDict()  # resident experts, least recently used first
+        cuda = self.device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.stats = OffloadStats()
+
+    def routed(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
+               meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+        """(the routed experts' weighted sum `[N, hidden]`, `meanwhile()`): `run(x, weights, slot_ids,
+        cache stacks)` is the MoE's grouped kernel call; `meanwhile` (the shared expert) runs on the
+        compute stream while the first copies are in flight."""
+        self.stats.calls += 1
+        capture = piecewise_graph.active()
+        if capture is not None:
+            return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
+        host_ids = ids.cpu()  # the one sync: which experts to fetch
+        needed = torch.unique(host_ids).tolist()
+        if len(needed) <= self.slots:
+            ready = self._fetch(needed)
+            other = meanwhile()
+            self._wait(ready)
+            slot_ids = self.slot_of[host_ids].to(self.device, non_blocking=True)
+            return run(x, weights, slot_ids, self.cache), other
+        return self._stream(x, weights, host_ids, needed, run, meanwhile)
+
+    def _routed_in_graph(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
+                         meanwhile: Callable[[], Tensor], capture: piecewise_graph.PiecewiseGraph
+                         ) -> tuple[Tensor, Tensor]:
+        """Under a piecewise capture (model/piecewise_graph.py): the shared expert ends this piece;
+        at replay the host then fetches the experts `ids` name and writes their slots into a buffer
+        the next piece's grouped kernel reads. A decode batch needs at most N*k experts: they must fit."""
+        if ids.numel() > self.slots:
+            raise OffloadError(f"a graphed decode step may need {ids.numel()} experts per layer but the cache "
+                               f"holds {self.slots}: use more slots or decode without graphs")
+        other = meanwhile()
+        slot_ids = torch.zeros_like(ids)
+
+        def fetch() -> None:
+            self.stats.calls += 1
+            host_ids = ids.cpu()
+            self._wait(self._fetch(torch.unique(host_ids).tolist()))
+            slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))
+
+        capture.split(fetch)
+        return run(x, weights, slot_ids, self.cache), other
+
+    # ------------------------------------------------------------------ the cache
+
+    def _fetch(self, needed: list[int]) -> torch.cuda.Event | None:
+        """Make every expert of `needed` resident (least recently used others evicted); the copies
+        are issued on the side stream, returned as the event that marks them done."""
+        missing = [e for e in needed if self.slot_of[e] < 0]
+        self.stats.hits += len(needed) - len(missing)
+        self.stats.misses += len(missing)
+        for expert in needed:
+            if expert in self.recent:
+                self.recent.move_to_end(expert)
+        if not missing:
+            return None
+        keep = set(needed)
+        free = [s for s, e in enumerate(self.expert_in) if e < 0]
+        victims = (e for e in list(self.recent) if e not in keep)
+        slots = []
+        for _ in missing:
+            if free:
+                slots.append(free.pop(0))
+                continue
+            victim = next(victims)
+            slot = int(self.slot_of[victim])
+            self._forget(victim)
+            slots.append(slot)
+        return self._copy(list(zip(missing, slots)))
+
+    def _copy(self, moves: list[tuple[int, int]], after: torch.cuda.Event | None = None) -> torch.cuda.Event | None:
+        """Copy expert e's tensors into slot s for each (e, s) on the side stream, which first waits for
+        the compute stream's work so far (or only `after`, when given) so no slot is overwritten
+        while a kernel still reads it. The table is updated at once: the event says when it is true."""
+        stream = self.copy_stream
+        if stream is not None:
+            if after is None:
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+            else:
+                stream.wait_event(after)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for expert, slot in moves:
+                for cached, held in zip(self.cache, self.host):
+                    cached[slot].copy_(held[expert], non_blocking=True)
+                self._remember(expert, slot)
+        self.stats.bytes_copied += len(moves) * self.expert_bytes
+        if stream is None:
+            return None
+        done = torch.cuda.Event()
+        done.record(stream)
+        return done
+
+    def _wait(self, event: torch.cuda.Event | None) -> None:
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+
+    def _remember(self, expert: int, slot: int) -> None:
+        if self.expert_in[slot] >= 0:
+            self._forget(self.expert_in[slot])
+        self.slot_of[expert] = slot
+        self.expert_in[slot] = expert
+        self.recent[expert] = None
+
+    def _forget(self, expert: int) -> None:
+        slot = int(self.slot_of[expert])
+        self.slot_of[expert] = -1
+        self.expert_in[slot] = -1
+        self.recent.pop(expert, None)
+
+    # ------------------------------------------------------------------ more experts than slots
+
+    def _stream(self, x: Tensor, weights: Tensor, host_ids: Tensor, needed: list[int], run: RunExperts,
+                meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+        """The needed experts in groups of half the cache, alternating halves: group g+1 is copied while
+        group g computes. Resident experts are copied again only if their slot is in the way (simple,
+        and prefill touches every expert anyway)."""
+        self.stats.streamed_calls += 1
+        self.stats.misses += len(needed)
+        half = self.slots // 2
+        groups = [needed[i : i + half] for i in range(0, len(needed), half)]
+        num_tokens, k = host_ids.shape
+        flat_ids = host_ids.reshape(-1)
+        out = torch.zeros(num_tokens * k, x.shape[-1], dtype=torch.float32, device=x.device)
+        copied: list[torch.cuda.Event | None] = [None] * len(groups)
+        for g in range(min(2, len(groups))):  # both halves at once: they only wait for earlier work
+            copied[g] = self._copy(self._placement(groups[g], g * half))
+        other = meanwhile()
+        for g, group in enumerate(groups):
+            self._wait(copied[g])
+            pairs = torch.isin(flat_ids, torch.tensor(group)).nonzero().squeeze(1)
+            slot_ids = self.slot_of[flat_ids[pairs]][:, None].to(x.device)
+            pairs_here = pairs.to(x.device)
+            out[pairs_here] = run(x[pairs_here // k], weights.reshape(-1)[pairs_here, None], slot_ids,
+                                  self.cache).float()
+            if g + 2 < len(groups):  # group g+2 reuses this half once this group's kernels are done
+                computed = None
+                if self.copy_stream is not None:
+                    computed = torch.cuda.Event()
+                    computed.record(torch.cuda.current_stream(self.device))
+                copied[g + 2] = self._copy(self._placement(groups[g + 2], (g % 2) * half), computed)
+        return out.view(num_tokens, k, -1).sum(1).to(x.dtype), other
+
+    def _placement(self, group: list[int], base: int) -> list[tuple[int, int]]:
+        """Group members into slots base, base+1, ... (the group's half of the cache)."""
+        for slot in range(base, base + len(group)):
+            if self.expert_in[slot] >= 0:
+                self._forget(self.expert_in[slot])
+        for expert in group:
+            if self.slot_of[expert] >= 0:
+                self._forget(expert)
+        return [(expert, base + i) for i, expert in enumerate(group)]
+
+
+def has_offload(model: torch.nn.Module) -> bool:
+    """Whether any MoE of `model` runs its routed experts from host memory."""
+    return any(getattr(module, "offload", None) is not None for module in model.modules())
+
+
+def to_host(tensor: Tensor, pin: bool) -> Tensor:
+    """A host copy of `tensor`, page-locked when `pin` (falls back to pageable memory if the OS
+    refuses to lock more: slower copies, same results)."""
+    if pin:
+        try:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            return host.copy_(tensor)
+        except RuntimeError:
+            pass
+    return tensor.to("cpu", copy=True) if tensor.device.type == "cpu" else tensor.cpu()
+
+
+def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | str | None = None) -> list[ExpertCache]:
+    """Move every MoE's routed experts of `model` to host memory and give each MoE a cache of `slots`
+    experts on `device` (default: where the model's embedding is). The experts' parameters become
+    views of the host stacks, so their GPU memory is freed and `state_dict` still names them.
+    Returns the caches (their `stats` say how the cache did)."""
+    from .moe import MoE
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    pin = device.type == "cuda"
+    caches = []
+    for name, moe in model.named_modules():
+        if not isinstance(moe, MoE):
+            continue
+        if moe.expert_range is not None:
+            raise OffloadError(f"{name}: expert offload and expert parallelism do not combine; use one")
+        stacks = moe.stacked_quantized() if moe.expert_format is not None else moe.stacked_weights()
+        leaves = ("weight", "scale") if moe.expert_format is not None else ("weight",)
+        host = tuple(to_host(t, pin) for t in stacks)
+        for stack_index, (proj, leaf) in enumerate((p, leaf) for p in ("w1", "w3", "w2") for leaf in leaves):
+            for expert, view in zip(moe.experts, host[stack_index]):
+                getattr(getattr(expert, proj), leaf).data = view
+        moe._stacked = host
+        moe.offload = ExpertCache(host, slots, device)
+        caches.append(moe.offload)
+    if not caches:
+        raise OffloadError("the model has no MoE layers to offload")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return caches

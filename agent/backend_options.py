@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend
+from .model_command import add_engine_arguments
 
 CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a session starts in seconds
 ANSWER_RESERVE = 4_096
@@ -24,7 +25,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", default=os.environ.get("V4_API_KEY"), help="the endpoint's key ($V4_API_KEY)")
     group.add_argument("--endpoint-model", metavar="NAME", help="model name at the endpoint (default: its first)")
     group.add_argument("--replay", metavar="FILE", type=Path, help="scripted answers (JSON list), for tests and demos")
-    group.add_argument("--device", default=None, help="embedded engine device (default: cuda if present)")
+    add_engine_arguments(group)
     group.add_argument("--no-engram", action="store_true", help="do not read or write the Engram store of prefilled states")
     group.add_argument("--engram-dir", type=Path, default=None, help="Engram store directory (default: $V4_ENGRAM_DIR "
                        "or the user cache dir)")
@@ -60,10 +61,10 @@ def _embedded(args: argparse.Namespace) -> ChosenBackend:
     from model.weights import WeightsError
 
     from .chat_format import chat_format_for
-    from .model_command import load_with_progress
+    from .model_command import engine_options, load_with_progress
 
     try:
-        engine = load_with_progress(args.model, show=sys.stderr.isatty(), device=args.device)
+        engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
     except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
         raise BackendError(f"cannot load {args.model}: {exc}") from exc
     limit = min(engine.config.max_seq_len, engine.model.config.max_position_embeddings)

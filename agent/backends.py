@@ -191,7 +191,7 @@ class EmbeddedBackend:
     name = "embedded"
 
     def __init__(self, engine: object, chat_format: ChatFormat, context_length: int | None = None,
-                 store: object | None = None) -> None:
+                 store: object | None = None, static_decode: bool | None = None) -> None:
         if getattr(engine, "tokenizer", None) is None:
             raise BackendError("the checkpoint has no tokenizer.json: the embedded backend needs one")
         self.engine = engine
@@ -206,6 +206,10 @@ class EmbeddedBackend:
         self._fed: list[int] = []  # ids in the state, in order
         self._marks: list[tuple[int, object, object]] = []  # (tokens fed, StateMark, last logits there)
         self._stop_ids = self._stop_token_ids()
+        # Answers decode on the engine's static decoder (CUDA graphs) where it can run: None = the
+        # engine's default (on CUDA, without MTP or Engram layers); True/False force it (tests).
+        self.static_decode = static_decode
+        self._decoder = None  # the static decoder holding the state's newest tokens, until synced back
 
     def _stop_token_ids(self) -> set[int]:
         ids = set()
@@ -272,6 +276,7 @@ class EmbeddedBackend:
         prefill, whose steps the store keeps)."""
         from model.state import mark, rewind
 
+        self._sync_decoder()
         best = None
         for position, saved, logits in self._marks:
             if position <= len(ids) and self._fed[:position] == ids[:position]:
@@ -323,29 +328,58 @@ class EmbeddedBackend:
         generator = torch.Generator(device=self.engine.device).manual_seed(seed)
         generated: list[int] = []
         printed = ""
-        for step in range(min(max_tokens, room)):
-            token = sample(logits, temperature, top_p, generator)
-            if token in self._stop_ids:
-                break
-            generated.append(token)
-            text = self.tokenizer.decode(generated)
-            stop_at = _first_stop(text, self.chat_format.stop_strings)
-            if stop_at is not None:
-                if stop_at > len(printed):
-                    yield text[len(printed):stop_at]
-                break
-            if not text.endswith("\ufffd"):  # wait for the rest of a split character
-                yield text[len(printed):]
-                printed = text
-            if step + 1 < min(max_tokens, room):
-                logits = self.engine.forward([token], self._state)[-1]
-                self._fed.append(token)
-        else:
-            text = self.tokenizer.decode(generated)
-            if len(text) > len(printed):
-                yield text[len(printed):]
+        self._decoder = self._static_decoder(room)
+        try:
+            for step in range(min(max_tokens, room)):
+                token = sample(logits, temperature, top_p, generator)
+                if token in self._stop_ids:
+                    break
+                generated.append(token)
+                text = self.tokenizer.decode(generated)
+                stop_at = _first_stop(text, self.chat_format.stop_strings)
+                if stop_at is not None:
+                    if stop_at > len(printed):
+                        yield text[len(printed):stop_at]
+                    break
+                if not text.endswith("\ufffd"):  # wait for the rest of a split character
+                    yield text[len(printed):]
+                    printed = text
+                if step + 1 < min(max_tokens, room):
+                    logits = self._decode_one(token)
+                    self._fed.append(token)
+            else:
+                text = self.tokenizer.decode(generated)
+                if len(text) > len(printed):
+                    yield text[len(printed):]
+        finally:
+            self._sync_decoder()
         self.last_usage.completion_tokens = len(generated)
         self.last_usage.seconds = time.perf_counter() - started
+
+    def _static_decoder(self, room: int) -> object | None:
+        """The engine's one-row static decoder loaded with the state, when static decoding applies (by
+        default on CUDA; never with Engram layers). MTP layers do not stop it here, unlike in
+        `engine.generate`: an answer's tokens never stay in the state (the next prompt rewinds to a
+        prompt-end mark, which also restores the MTP layers the decoder does not advance)."""
+        engine = self.engine
+        wanted = self.static_decode if self.static_decode is not None else engine.device.type == "cuda"
+        if not wanted or engine.model.config.engram is not None:
+            return None
+        decoder = self.engine.static_decoder(1, self._state.num_tokens + room)
+        decoder.load_row(0, self._state)
+        return decoder
+
+    def _decode_one(self, token: int) -> object:
+        """Feed `token`; the logits after it."""
+        if self._decoder is not None:
+            return self._decoder.step([token])[0]
+        return self.engine.forward([token], self._state)[-1]
+
+    def _sync_decoder(self) -> None:
+        """Write the static decoder's row back into the state (also for an answer abandoned mid-way)."""
+        if self._decoder is not None:
+            self._decoder.store_row(0, self._state)
+            self._decoder = None
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

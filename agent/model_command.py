@@ -29,7 +29,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--temperature", type=float, default=0.0)
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=None)
-    generate.add_argument("--device", default=None)
+    add_engine_arguments(generate)
 
 
 def run_model(args: argparse.Namespace) -> int:
@@ -69,6 +69,23 @@ def run_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the embedded engine runs: device, decode-state format, expert offload (named as vLLM's
+    users know them where a counterpart exists)."""
+    parser.add_argument("--device", default=None, help="embedded engine device (default: cuda if present)")
+    parser.add_argument("--kv-format", choices=("float", "fp8"), default="float",
+                        help="decode-state format: the model's dtype, or DeepSeek's FP8 layout (1.8x smaller)")
+    parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
+                        help="keep routed experts in host memory, N per layer cached on the GPU (models larger "
+                             "than the GPU)")
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, object]:
+    """The `model.load` options `add_engine_arguments` parsed."""
+    return {"device": getattr(args, "device", None), "kv_format": getattr(args, "kv_format", "float"),
+            "offload_experts": getattr(args, "offload_experts", None)}
+
+
 def load_with_progress(path: Path, show: bool, **options: object) -> object:
     """`model.load` with a progress bar per shard on stderr (when `show`): a real checkpoint is
     tens of shards and minutes of reading."""
@@ -97,7 +114,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from model.weights import WeightsError
 
     try:
-        engine = load_with_progress(args.model, device=args.device, show=sys.stderr.isatty())
+        engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
     except (ConfigError, WeightsError, OSError) as exc:
         print(f"v4 generate: {exc}", file=sys.stderr)
         return 1

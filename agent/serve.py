@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .backends import BackendError, EmbeddedBackend
 from .chat_format import ChatFormatError, Message
+from .model_command import add_engine_arguments
 
 
 @dataclass(slots=True)
@@ -180,7 +181,7 @@ def add_parser(commands: object) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
-    serve.add_argument("--device", default=None)
+    add_engine_arguments(serve)
     serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
     serve.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: 32,768 on CPU)")
 
@@ -192,10 +193,10 @@ def run(args: object) -> int:
 
     from .backend_options import ANSWER_RESERVE
     from .chat_format import chat_format_for
-    from .model_command import load_with_progress
+    from .model_command import engine_options, load_with_progress
 
     try:
-        engine = load_with_progress(args.model, show=sys.stderr.isatty(), device=args.device)
+        engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
     except Exception as exc:  # config, weights or I/O: say which and stop
         print(f"v4 serve: cannot load {args.model}: {exc}", file=sys.stderr)
         return 1

@@ -71,7 +71,7 @@ class Engine:
         decoder.grow(capacity)
         return decoder
 
-    def _static_decoding(self, static: bool | None, state: DecodeState) -> bool:
+    def static_decoding(self, static: bool | None, state: DecodeState) -> bool:
         """Static decoding by default on CUDA, where graphs pay; never for Engram layers, or for a
         state whose MTP layers must follow every token."""
         if static is None:
@@ -154,7 +154,7 @@ class Engine:
         if seed is not None:
             generator.manual_seed(seed)
         logits = self.forward(prompt_ids, state)[-1]
-        if self._static_decoding(static, state) and max_new_tokens > 1:
+        if self.static_decoding(static, state) and max_new_tokens > 1:
             yield from self._generate_static(logits, max_new_tokens, temperature, top_p, stop, state, generator)
             return
         for produced in range(1, max_new_tokens + 1):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ops
-from .config import CSA, FLOAT_KV, FP8_KV, KV_FORMATS, SLIDING, V4Config
+from .config import CSA, FLOAT_KV, FP8_KV, KV_FORMATS, SLIDING, ConfigError, V4Config
 from .engram import EngramState, new_engram_state
 
 
@@ -173,13 +173,13 @@ def rewind(state: DecodeState, to: StateMark) -> None:
 
 
 def check_kv_format(config: V4Config, kv_format: str) -> None:
-    """ValueError unless `config`'s states can be kept in `kv_format`: DeepSeek's FP8 rows are fixed at
+    """ConfigError unless `config`'s states can be kept in `kv_format`: DeepSeek's FP8 rows are fixed at
     512 dims of which 64 are RoPE (7 scaled blocks of 64 e4m3 codes, then bf16)."""
     if kv_format not in KV_FORMATS:
-        raise ValueError(f"kv_format must be one of {list(KV_FORMATS)}, got {kv_format!r}")
+        raise ConfigError(f"kv_format must be one of {list(KV_FORMATS)}, got {kv_format!r}")
     fixed = (ops.FP8_KV_DIM, ops.FP8_KV_ROPE_DIM)
     if kv_format == FP8_KV and (config.head_dim, config.qk_rope_head_dim) != fixed:
-        raise ValueError(f"kv_format 'fp8' stores DeepSeek's {ops.FP8_KV_ROW_BYTES}-byte KV rows, which need "
+        raise ConfigError(f"kv_format 'fp8' stores DeepSeek's {ops.FP8_KV_ROW_BYTES}-byte KV rows, which need "
                          f"head_dim {fixed[0]} and qk_rope_head_dim {fixed[1]}; this model has head_dim "
                          f"{config.head_dim} and qk_rope_head_dim {config.qk_rope_head_dim}")
 

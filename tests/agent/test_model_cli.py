@@ -62,6 +62,22 @@ def test_generate_streams_the_same_greedy_tokens_as_the_engine(tiny_dir: Path, c
     assert out == expected + "\n"
 
 
+def test_generate_with_offloaded_experts_streams_the_same_tokens(tiny_dir: Path, capsys) -> None:
+    args = ["generate", "--model", str(tiny_dir), "--max-new-tokens", "6", "def add(a, b):"]
+    assert main(args) == 0
+    resident = capsys.readouterr().out
+    assert main([*args, "--offload-experts", "3"]) == 0
+    assert capsys.readouterr().out == resident
+
+
+def test_engine_options_the_model_cannot_take_are_clear_errors(tiny_dir: Path, capsys) -> None:
+    base = ["generate", "--model", str(tiny_dir), "hi"]
+    assert main([*base, "--kv-format", "fp8"]) == 1  # the tiny preset's head_dim is not the FP8 layout's 512
+    assert "head_dim" in capsys.readouterr().err
+    assert main([*base, "--offload-experts", "1"]) == 1
+    assert "offload_experts" in capsys.readouterr().err
+
+
 def test_generate_without_a_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["generate", "--model", str(tmp_path / "missing"), "hi"]) == 1
     assert "missing" in capsys.readouterr().err

@@ -330,3 +330,32 @@ def test_a_bad_kv_format_is_a_clear_error(tmp_path: Path, checkpoint: Path) -> N
     with pytest.raises(ValueError, match="need head_dim 512 and qk_rope_head_dim 64; this model has head_dim 32 "
                                          "and qk_rope_head_dim 8"):
         model.load(plain, device="cpu", dtype="float32", kv_format="fp8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fp8_static_decoder_in_a_cuda_graph_equals_it_eagerly(checkpoint: Path) -> None:
+    """On CUDA the FP8 step (quantising kv as it writes the ring and the entries) captures in one graph
+    and replays exactly what the same decoder computes eagerly: the same kernels on the same inputs."""
+    engine = model.load(checkpoint, device="cuda", dtype="float32", kv_format="fp8")
+    prompts = [_ids(13, 1), _ids(50, 2)]
+    graphed = StaticDecoder(engine.model, batch=2, capacity=128, use_graph=True, kv_format="fp8")
+    eager = StaticDecoder(engine.model, batch=2, capacity=128, use_graph=False, kv_format="fp8")
+    for row, prompt in enumerate(prompts):
+        graphed.load_row(row, _prefilled(engine, prompt))
+        eager.load_row(row, _prefilled(engine, prompt))
+    for step in range(12):
+        tokens = [_ids(12, 20 + row)[step] for row in range(2)]
+        assert torch.equal(graphed.step(tokens), eager.step(tokens))
+    assert graphed._graph is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fp8_state_kernels_equal_references_on_cuda(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole FP8-state prefill on the CUDA kernels against the same model on the PyTorch references
+    (V4_KERNELS=0) on the GPU: float32 rounding apart, the same logits."""
+    engine = model.load(checkpoint, device="cuda", dtype="float32", kv_format="fp8")
+    ids = _ids(NO_CHOICE, 3)  # before the indexer's first choice: no discrete top-k to amplify rounding
+    kernels = engine.forward(ids, engine.new_state(64, draft=False))
+    monkeypatch.setenv("V4_KERNELS", "0")
+    references = engine.forward(ids, engine.new_state(64, draft=False))
+    assert _relative_error(kernels, references) < 1e-2  # a bug is O(1); a flipped e4m3 code is 1/16 of one element

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_perf import GIB, Results, cuda_ms  # noqa: E402
+from bench_perf import GIB, Results, cuda_ms, timed_prefill  # noqa: E402
 from model.checkpoint import INIT_STD  # noqa: E402
 from model.config import CSA, HCA, EngineConfig, V4Config  # noqa: E402
 from model.engine import Engine  # noqa: E402
@@ -43,7 +43,7 @@ from model.offload import ExpertCache, to_host  # noqa: E402
 from model.quantized import FP4Linear, quantize_model  # noqa: E402
 from model.static_decode import StaticDecoder  # noqa: E402
 from model.v4 import Transformer  # noqa: E402
-from model.weights import _keeps_float32  # noqa: E402
+from model.weights import _assign, _keeps_float32  # noqa: E402
 
 FLASH_LAYERS = 43
 SEEDS = itertools.count(100)
@@ -79,12 +79,7 @@ def fill_random(module: nn.Module, prefix: str, generator: torch.Generator, skip
                 value = torch.zeros(tensor.shape, device="cuda", dtype=dtype)
             else:
                 value = (torch.randn(tensor.shape, device="cuda", generator=generator) * INIT_STD).to(dtype)
-            owner, _, leaf = name.rpartition(".")
-            target = module.get_submodule(owner) if owner else module
-            if leaf in target._parameters:
-                target._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-            else:
-                target._buffers[leaf] = value
+            _assign(module, name, value)
 
 
 def random_fp4_experts(moe: MoE, slots: int, generator: torch.Generator) -> None:
@@ -227,12 +222,7 @@ def measure(net: Transformer, engine: Engine, slots: int, prefill: int, chunk: i
     engine.forward(prompt[:chunk], engine.new_state(chunk, draft=False))  # warm-up: kernels' first calls
     state = engine.new_state(prefill + 4 * decode_steps + 64, draft=False)
     before = totals(net)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for start in range(0, prefill, chunk):
-        engine.forward(prompt[start : start + chunk], state)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = timed_prefill(engine, prompt, state, chunk)
     moved = delta(totals(net), before)
     out["prefill"] = {"tokens": prefill, "chunk": chunk, "seconds": seconds, "tokens_per_s": prefill / seconds,
                       "copied_gib": moved["bytes"] / GIB, "h2d_gbs": moved["bytes"] / seconds / 1e9,

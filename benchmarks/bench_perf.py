@@ -57,6 +57,16 @@ def cuda_ms(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timed_prefill(engine, tokens: torch.Tensor, state, chunk: int) -> float:
+    """Seconds to feed `tokens` into `state` in chunks of `chunk` (device work included)."""
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, len(tokens), chunk):
+        engine.forward(tokens[start : start + chunk], state)
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 class Results:
     def __init__(self, path: Path | None) -> None:
         self.path, self.data = path, {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
@@ -287,12 +297,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
         torch.cuda.reset_peak_memory_stats()
         state = engine.new_state(length, draft=False)
         tokens = torch.randint(0, vocab, (length,), device="cuda")
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for start in range(0, length, chunk):
-            engine.forward(tokens[start : start + chunk], state)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = timed_prefill(engine, tokens, state, chunk)
         state_bytes = sum(t.numel() * t.element_size() for layer in state.layers
                           for t in _state_tensors(layer))
         scaling[key] = {"length": length, "seconds": seconds, "tokens_per_s": length / seconds,

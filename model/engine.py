@@ -25,6 +25,9 @@ class EngineInputError(ValueError):
     """Token ids or a state the engine cannot use."""
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # static decoder sizes: a batch runs in the smallest that holds it
+
+
 class Engine:
     """The model, its engine settings and tokenizer; states continue sequences token by token."""
 
@@ -62,12 +65,15 @@ class Engine:
                                 kv_format=self.config.kv_format)
 
     def static_decoder(self, batch: int, capacity: int) -> StaticDecoder:
-        """The engine's shape-static decoder for `batch` rows (CUDA-graphed on a GPU), kept between
-        calls so its graphs are captured once; grown to `capacity` tokens per row."""
-        decoder = self._decoders.get(batch)
+        """The engine's shape-static decoder for at least `batch` rows (CUDA-graphed on a GPU): the
+        smallest batch bucket that holds them (vLLM's habit), so a few graph sizes serve every batch;
+        rows past `batch` stay inactive. Kept between calls so its graphs are captured once; grown to
+        `capacity` tokens per row."""
+        rows = next((bucket for bucket in BATCH_BUCKETS if bucket >= batch), batch)
+        decoder = self._decoders.get(rows)
         if decoder is None:
-            decoder = self._decoders[batch] = StaticDecoder(self.model, batch, capacity,
-                                                            kv_format=self.config.kv_format)
+            decoder = self._decoders[rows] = StaticDecoder(self.model, rows, capacity,
+                                                           kv_format=self.config.kv_format)
         decoder.grow(capacity)
         return decoder
 
@@ -199,8 +205,9 @@ class Engine:
             decoder.load_row(row, state)
         outputs: list[list[int]] = [[token] for token in tokens]
         active = [token not in stop and max_new_tokens > 1 for token in tokens]
+        padding = decoder.batch - len(prompts)  # the bucket's spare rows idle
         while any(active):
-            logits = decoder.step(tokens, active)
+            logits = decoder.step(tokens + [0] * padding, active + [False] * padding)
             chosen = logits.argmax(dim=-1).tolist()
             for row in range(len(prompts)):
                 if active[row]:

@@ -118,6 +118,8 @@ def test_batched_generation_equals_one_prompt_at_a_time(engine) -> None:
     stop = one_by_one[1][3]  # row 1 stops early and idles while the others go on
     expected = [ids[: ids.index(stop) + 1] if stop in ids else ids for ids in one_by_one]
     assert engine.generate_batch(prompts, 10, stop=[stop]) == expected
+    assert engine.static_decoder(3, 64).batch == 4  # three prompts ran in the batch-4 bucket, one row idle
+    assert engine.static_decoder(1, 64).batch == 1 and engine.static_decoder(65, 64).batch == 65
 
 
 def test_bfloat16_static_decoding_pools_the_same_values_as_eager(hf_checkpoint) -> None:

@@ -326,33 +326,29 @@ class EmbeddedBackend:
         logits, reused = self._prefill(ids, boundaries)
         self.last_usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
         generator = torch.Generator(device=self.engine.device).manual_seed(seed)
-        generated: list[int] = []
-        printed = ""
+        text = TextAssembler(self.tokenizer, self.chat_format.stop_strings)
         self._decoder = self._static_decoder(room)
         try:
-            for step in range(min(max_tokens, room)):
+            steps = min(max_tokens, room)
+            for step in range(steps):
                 token = sample(logits, temperature, top_p, generator)
                 if token in self._stop_ids:
                     break
-                generated.append(token)
-                text = self.tokenizer.decode(generated)
-                stop_at = _first_stop(text, self.chat_format.stop_strings)
-                if stop_at is not None:
-                    if stop_at > len(printed):
-                        yield text[len(printed):stop_at]
+                piece, stopped = text.add(token)
+                if piece is not None:
+                    yield piece
+                if stopped:
                     break
-                if not text.endswith("\ufffd"):  # wait for the rest of a split character
-                    yield text[len(printed):]
-                    printed = text
-                if step + 1 < min(max_tokens, room):
+                if step + 1 < steps:
                     logits = self._decode_one(token)
                     self._fed.append(token)
             else:
-                text = self.tokenizer.decode(generated)
-                if len(text) > len(printed):
-                    yield text[len(printed):]
+                rest = text.flush()
+                if rest:
+                    yield rest
         finally:
             self._sync_decoder()
+        generated = text.generated
         self.last_usage.completion_tokens = len(generated)
         self.last_usage.seconds = time.perf_counter() - started
 
@@ -405,6 +401,33 @@ def _warm_stops(boundaries: Sequence[int], start: int, end: int, step: int, grid
             stops.append(point)
             last = point
     return [s for s in dict.fromkeys(stops) if s > 0]
+
+
+class TextAssembler:
+    """Generated token ids -> the text pieces to stream: a piece per token once it decodes to whole
+    characters (a split UTF-8 character waits for its rest), cut at the first stop string."""
+
+    def __init__(self, tokenizer: object, stop_strings: Sequence[str]) -> None:
+        self.tokenizer, self.stop_strings = tokenizer, stop_strings
+        self.generated: list[int] = []
+        self.printed = ""
+
+    def add(self, token: int) -> tuple[str | None, bool]:
+        """(the new piece or None, whether a stop string ended the text)."""
+        self.generated.append(token)
+        text = self.tokenizer.decode(self.generated)
+        stop_at = _first_stop(text, self.stop_strings)
+        if stop_at is not None:
+            return (text[len(self.printed):stop_at] if stop_at > len(self.printed) else None), True
+        if text.endswith("\ufffd"):  # wait for the rest of a split character
+            return None, False
+        piece, self.printed = text[len(self.printed):], text
+        return piece, False
+
+    def flush(self) -> str:
+        """What is left unprinted when generation ends without a stop."""
+        text = self.tokenizer.decode(self.generated)
+        return text[len(self.printed):]
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,7 +1,9 @@
 """`v4 serve`: the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
 vLLM uses): `/v1/models`, `/v1/chat/completions` and `/v1/completions`, streamed as server-sent events
 or whole. One engine, one decode state: requests run one at a time, and consecutive chats that share
-a prefix (the same repository, a longer conversation) reuse the prefilled state.
+a prefix (the same repository, a longer conversation) reuse the prefilled state. Concurrent requests
+decode together (agent/batcher.py: continuous batching on the static batched decoder, up to
+`--max-num-seqs` at once); a model the batcher cannot run (Engram layers) serves one at a time.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`Request`,
@@ -10,10 +12,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .backends import BackendError, EmbeddedBackend
+from .backends import BackendError, EmbeddedBackend, Usage
+from .batcher import DecodeBatcher
 from .chat_format import ChatFormatError, Message
 from .model_command import add_engine_arguments
 
@@ -23,15 +26,22 @@ class ServeConfig:
     model_name: str
     api_key: str | None = None
     default_max_tokens: int = 512
+    max_batch: int = 8  # requests decoding at once (vLLM's --max-num-seqs)
 
 
 def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
     """The FastAPI application over `backend`."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="v4", docs_url=None, redoc_url=None)
-    lock = threading.Lock()  # one engine state: one request at a time
+    lock = threading.Lock()  # without a batcher: one engine state, one request at a time
+    try:
+        batcher: DecodeBatcher | None = DecodeBatcher(backend, config.max_batch)
+    except BackendError:
+        batcher = None
+    app.state.batcher = batcher
     created = int(time.time())
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -70,7 +80,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
             ids = backend.encode(messages)
         except (ValueError, TypeError, ChatFormatError) as exc:
             return error(400, str(exc))
-        return respond(body, ids, chat=True)
+        return await run_in_threadpool(respond, body, ids, True)  # a whole answer waits off the event loop
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> object:
@@ -81,7 +91,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
         if not isinstance(prompt, str) or not prompt:
             return error(400, "prompt must be a non-empty string")
         ids = backend.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return respond(body, ids, chat=False)
+        return await run_in_threadpool(respond, body, ids, False)
 
     def respond(body: dict, ids: list[int], chat: bool) -> object:
         try:
@@ -94,26 +104,34 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
         if max_tokens <= 0:
             return error(400, "max_tokens must be positive")
         stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        usage = Usage()
 
         def pieces() -> Iterator[str]:
+            nonlocal usage
+            if batcher is not None:
+                generation = batcher.submit(ids, max_tokens, temperature, top_p, seed)
+                yield from generation.pieces()
+                usage = generation.usage
+                return
             with lock:
                 yield from backend.stream_ids(ids, max_tokens, temperature, top_p, seed)
+                usage = backend.last_usage
 
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_events(pieces(), backend, stream_id, config.model_name, chat, include_usage,
-                                             max_tokens), media_type="text/event-stream")
+            return StreamingResponse(_events(pieces(), lambda: usage, stream_id, config.model_name, chat,
+                                             include_usage, max_tokens), media_type="text/event-stream")
         try:
             text = "".join(pieces())
         except BackendError as exc:
             return error(400, str(exc))
-        usage = _usage(backend)
+        finish = _finish(usage, max_tokens)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": _finish(backend, max_tokens)}
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text, "finish_reason": _finish(backend, max_tokens)}
+            choice = {"index": 0, "text": text, "finish_reason": finish}
         return {"id": stream_id, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": config.model_name, "choices": [choice], "usage": usage}
+                "model": config.model_name, "choices": [choice], "usage": _usage(usage)}
 
     return app
 
@@ -129,18 +147,17 @@ def _message(data: object) -> Message:
     return Message(data["role"], content)
 
 
-def _usage(backend: EmbeddedBackend) -> dict:
-    usage = backend.last_usage
+def _usage(usage: Usage) -> dict:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
-def _finish(backend: EmbeddedBackend, max_tokens: int) -> str:
-    return "length" if backend.last_usage.completion_tokens >= max_tokens else "stop"
+def _finish(usage: Usage, max_tokens: int) -> str:
+    return "length" if usage.completion_tokens >= max_tokens else "stop"
 
 
-def _events(pieces: Iterator[str], backend: EmbeddedBackend, stream_id: str, model_name: str, chat: bool,
+def _events(pieces: Iterator[str], usage_of: Callable[[], Usage], stream_id: str, model_name: str, chat: bool,
             include_usage: bool, max_tokens: int) -> Iterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
     created = int(time.time())
@@ -164,11 +181,11 @@ def _events(pieces: Iterator[str], backend: EmbeddedBackend, stream_id: str, mod
         yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'invalid_request_error'}})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    finish = _finish(backend, max_tokens)
+    finish = _finish(usage_of(), max_tokens)
     yield event({"index": 0, "delta": {}, "finish_reason": finish} if chat else
                 {"index": 0, "text": "", "finish_reason": finish})
     if include_usage:
-        yield event(None, _usage(backend))
+        yield event(None, _usage(usage_of()))
     yield "data: [DONE]\n\n"
 
 
@@ -184,6 +201,7 @@ def add_parser(commands: object) -> None:
     add_engine_arguments(serve)
     serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
     serve.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: 32,768 on CPU)")
+    serve.add_argument("--max-num-seqs", type=int, default=8, help="requests decoding at once (continuous batching)")
 
 
 def run(args: object) -> int:
@@ -207,7 +225,11 @@ def run(args: object) -> int:
         print(f"v4 serve: {exc}", file=sys.stderr)
         return 1
     name = args.served_model_name or args.model.resolve().name
-    app = create_app(backend, ServeConfig(name, args.api_key, min(512, backend.context_length - ANSWER_RESERVE // 8)))
+    if args.max_num_seqs < 1:
+        print("v4 serve: --max-num-seqs must be at least 1", file=sys.stderr)
+        return 2
+    app = create_app(backend, ServeConfig(name, args.api_key, min(512, backend.context_length - ANSWER_RESERVE // 8),
+                                          args.max_num_seqs))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"v4 serve: listening on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)

@@ -13,6 +13,7 @@ extrapolated to V4-Flash's 43 layers as fixed cost + 43/2 x (one CSA + one HCA l
 
 Results are written after every section (a timeout keeps what finished):
     python benchmarks/bench_perf.py --out $OUT/perf.json
+    python benchmarks/bench_perf.py --out $OUT/perf_fp8kv.json --kv-format fp8 --prefill-only --skip-checks
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def step_bytes(net: torch.nn.Module, batch: int, context: int) -> dict:
 
 
 def flash(work: Path, results: Results, context: int, repeats: int, prefill_lengths: list[int],
-          chunk: int, deadline: float, kv_format: str = "float") -> None:
+          chunk: int, deadline: float, kv_format: str = "float", prefill_only: bool = False) -> None:
     import transformers
 
     layers = 2
@@ -203,6 +204,8 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
     # transformers eager: prefill then decode with its cache
     section: dict = {}
     try:
+        if prefill_only:
+            raise RuntimeError("skipped: --prefill-only")
         with torch.no_grad():
             out = hf(torch.tensor([prompt[:256]], device="cuda"), use_cache=False)
             hf_logits_256 = out.logits[0].float()
@@ -230,7 +233,11 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
     section["copy_ceiling_gbs"] = copy_ceiling()
     results.put("flash_transformers", section)
 
-    for variant in ("bf16", "fp8_fp4"):
+    if prefill_only:
+        quantize_model(net, linears="fp8", experts="fp4")
+        gc.collect()
+        torch.cuda.empty_cache()
+    for variant in () if prefill_only else ("bf16", "fp8_fp4"):
         if variant == "fp8_fp4":
             bf16_logits = engine.forward(prompt[:256], engine.new_state(512, draft=False))
             quantize_model(net, linears="fp8", experts="fp4")
@@ -336,6 +343,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--budget-s", type=float, default=540, help="stop starting prefill lengths after this")
     parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--prefill-only", action="store_true", help="skip transformers and the decode timings")
     parser.add_argument("--kv-format", default="float", choices=("float", "fp8"),
                         help="the decode state's format: the model dtype, or DeepSeek's FP8 layout")
     args = parser.parse_args()
@@ -348,7 +356,7 @@ def main() -> None:
             results.put("checks", checks(work))
         with torch.no_grad():
             flash(work, results, args.context, args.repeats, [int(n) for n in args.prefill.split(",")],
-                  args.chunk, started + args.budget_s, args.kv_format)
+                  args.chunk, started + args.budget_s, args.kv_format, args.prefill_only)
     results.put("wall_s", time.perf_counter() - started)
 
 

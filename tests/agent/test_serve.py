@@ -30,6 +30,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(checkpoint: Path):
     """(base URL, backend) of a live server; stopped after the module."""
+    for url, backend, _ in _serve(checkpoint, max_batch=8):
+        yield url, backend
+
+
+def _serve(checkpoint: Path, max_batch: int):
+    """(base URL, backend, app) of a live server until the generator is closed."""
     import uvicorn
 
     import model
@@ -39,7 +45,7 @@ def server(checkpoint: Path):
 
     engine = model.load(checkpoint, device="cpu", dtype="float32")
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 4096)
-    app = create_app(backend, ServeConfig("tiny", api_key=KEY, default_max_tokens=8))
+    app = create_app(backend, ServeConfig("tiny", api_key=KEY, default_max_tokens=8, max_batch=max_batch))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -49,9 +55,11 @@ def server(checkpoint: Path):
     deadline = time.time() + 30
     while not instance.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", backend
-    instance.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}", backend, app
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
 
 
 def call(url: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, bytes]:
@@ -67,6 +75,39 @@ def call(url: str, body: dict | None = None, key: str | None = KEY) -> tuple[int
 CHAT = {"model": "tiny", "messages": [{"role": "system", "content": "You are terse."},
                                       {"role": "user", "content": "def add(a, b):"}],
         "max_tokens": 6, "temperature": 0}
+
+
+def test_concurrent_requests_decode_together_and_answer_as_alone(checkpoint: Path) -> None:
+    """Four requests at once (different prompts, lengths, greedy and sampled, streamed and not) share
+    decode steps, and each gets exactly the answer and usage it gets when sent alone."""
+    requests = [CHAT | {"max_tokens": 24},
+                CHAT | {"messages": [{"role": "user", "content": "import os"}], "max_tokens": 12},
+                CHAT | {"temperature": 0.8, "seed": 5, "max_tokens": 20},
+                {"model": "tiny", "prompt": "class Box:", "max_tokens": 16, "temperature": 0}]
+    paths = ["chat/completions"] * 3 + ["completions"]
+
+    def answer(url: str, index: int) -> tuple[str, int]:
+        status, body = call(f"{url}/v1/{paths[index]}", requests[index])
+        assert status == 200
+        reply = json.loads(body)
+        choice = reply["choices"][0]
+        return choice["message"]["content"] if "message" in choice else choice["text"], reply["usage"]["completion_tokens"]
+
+    server = _serve(checkpoint, max_batch=4)
+    url, _, app = next(server)
+    try:
+        alone = [answer(url, i) for i in range(4)]
+        assert app.state.batcher.widest == 1 and all(tokens > 3 for _, tokens in alone)
+        together: list = [None] * 4
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, answer(url, i))) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert together == alone
+        assert app.state.batcher.widest >= 2  # rows decoded in the same steps
+    finally:
+        server.close()
 
 
 def test_models_lists_the_checkpoint(server) -> None:

@@ -1,0 +1,182 @@
+"""Continuous batching for `v4 serve`: concurrent requests decode together on the engine's static
+batched decoder, one step for every active row per token (nano-vllm's scheduler, reduced to what one
+engine and one prefix cache need).
+
+One scheduler thread owns the engine. A request waits until a row is free, is prefilled through the
+embedded backend (so its prefix cache and the Engram store serve every request: `cached_tokens`),
+and its prefilled state is copied into a row of the decoder; the backend's own state stays at the
+prompt for the next request to reuse. Between steps new requests join and finished ones leave, so a
+long answer never holds up a short one. Each request samples with its own generator from its own
+row's logits, exactly as `EmbeddedBackend.stream_ids` does: the same text as running it alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .backends import BackendError, EmbeddedBackend, TextAssembler, Usage
+
+_DONE = object()
+
+
+@dataclass(slots=True)
+class Generation:
+    """One request's answer as it is produced: `pieces()` blocks for the next text piece; `usage`
+    is final once `pieces()` has ended."""
+
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    usage: Usage = field(default_factory=Usage)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+
+    def pieces(self) -> Iterator[str]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+@dataclass(slots=True)
+class _Row:
+    generation: Generation
+    text: TextAssembler
+    generator: object
+    logits: object
+    steps: int
+    started: float
+    produced: int = 0
+    pending: int = 0  # the sampled token the next step feeds
+
+
+class DecodeBatcher:
+    """Up to `max_batch` requests decoding at once on `backend`'s engine."""
+
+    def __init__(self, backend: EmbeddedBackend, max_batch: int = 8) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if backend.engine.model.config.engram is not None:
+            raise BackendError("batched decoding does not run Engram layers yet; serve one request at a time")
+        self.backend, self.max_batch = backend, max_batch
+        self._waiting: queue.Queue[Generation] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.steps = 0  # decode steps run (each for every active row): tests and stats
+        self.widest = 0  # the most rows one step has decoded
+
+    def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int = 0) -> Generation:
+        generation = Generation(list(ids), max_tokens, temperature, top_p, seed)
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="v4-batcher", daemon=True)
+                self._thread.start()
+        self._waiting.put(generation)
+        return generation
+
+    # ------------------------------------------------------------------ the scheduler thread
+
+    def _run(self) -> None:
+        rows: dict[int, _Row] = {}
+        pending: list[Generation] = []
+        decoder = None
+        while True:
+            if not rows and not pending:  # idle: block for work
+                pending.append(self._waiting.get())
+            while True:
+                try:
+                    pending.append(self._waiting.get_nowait())
+                except queue.Empty:
+                    break
+            while pending and len(rows) < self.max_batch:
+                generation = pending.pop(0)
+                try:
+                    admitted = self._admit(generation)
+                except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
+                    generation._queue.put(exc if isinstance(exc, BackendError) else BackendError(str(exc)))
+                    continue
+                if admitted is None:
+                    continue  # finished at its first token
+                row_state, capacity = admitted
+                decoder = self.backend.engine.static_decoder(self.max_batch, capacity)
+                free = next(r for r in range(decoder.batch) if r not in rows)
+                decoder.load_row(free, self.backend._state)
+                rows[free] = row_state
+            if rows:
+                try:
+                    self._step(decoder, rows)
+                except Exception as exc:  # noqa: BLE001 - every request in the step fails alike
+                    for row in rows.values():
+                        row.generation._queue.put(BackendError(f"decoding failed: {exc}"))
+                    rows.clear()
+
+    def _admit(self, generation: Generation) -> tuple[_Row, int] | None:
+        """Prefill the request and take its first token; None if that already ended it."""
+        import torch
+
+        backend = self.backend
+        ids = generation.ids
+        if not ids:
+            raise BackendError("the prompt is empty")
+        room = backend.context_length - len(ids)
+        if room <= 0:
+            raise BackendError(f"the prompt is {len(ids):,} tokens; the context holds {backend.context_length:,}")
+        started = time.perf_counter()
+        logits, reused = backend._prefill(ids, ())
+        generation.usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
+        generator = torch.Generator(device=backend.engine.device).manual_seed(generation.seed)
+        row = _Row(generation, TextAssembler(backend.tokenizer, backend.chat_format.stop_strings), generator,
+                   logits, min(generation.max_tokens, room), started)
+        if self._advance(row) is None:
+            return None
+        return row, len(ids) + row.steps
+
+    def _advance(self, row: _Row) -> int | None:
+        """Sample the row's next token from its logits and stream it: the token to feed, or None when
+        the row is finished (its generation closed)."""
+        from model.engine import sample
+
+        generation = row.generation
+        token = sample(row.logits, generation.temperature, generation.top_p, row.generator)
+        finished = token in self.backend._stop_ids
+        if not finished:
+            row.produced += 1
+            piece, stopped = row.text.add(token)
+            if piece is not None:
+                generation._queue.put(piece)
+            finished = stopped
+            if not finished and row.produced == row.steps:
+                rest = row.text.flush()
+                if rest:
+                    generation._queue.put(rest)
+                finished = True
+        if finished:
+            generation.usage.completion_tokens = len(row.text.generated)
+            generation.usage.seconds = time.perf_counter() - row.started
+            generation._queue.put(_DONE)
+            return None
+        row.pending = token
+        return token
+
+    def _step(self, decoder: object, rows: dict[int, _Row]) -> None:
+        """One decoder step for every active row, then each row's next token."""
+        tokens = [0] * decoder.batch
+        active = [False] * decoder.batch
+        for index, row in rows.items():
+            tokens[index], active[index] = row.pending, True
+        logits = decoder.step(tokens, active)
+        self.steps += 1
+        self.widest = max(self.widest, len(rows))
+        for index in list(rows):
+            rows[index].logits = logits[index]
+            if self._advance(rows[index]) is None:
+                del rows[index]

@@ -72,6 +72,7 @@ class DecodeBatcher:
         self._start_lock = threading.Lock()
         self.steps = 0  # decode steps run (each for every active row): tests and stats
         self.widest = 0  # the most rows one step has decoded
+        self.moves = 0  # times the active rows moved to a larger decoder
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                seed: int = 0) -> Generation:
@@ -107,7 +108,8 @@ class DecodeBatcher:
                 if admitted is None:
                     continue  # finished at its first token
                 row_state, capacity = admitted
-                decoder = self.backend.engine.static_decoder(self.max_batch, capacity)
+                wanted = min(self.max_batch, len(rows) + 1 + len(pending))  # room for the burst at once
+                decoder, rows = self._decoder_for(wanted, capacity, decoder, rows)
                 free = next(r for r in range(decoder.batch) if r not in rows)
                 decoder.load_row(free, self.backend._state)
                 rows[free] = row_state
@@ -118,6 +120,27 @@ class DecodeBatcher:
                     for row in rows.values():
                         row.generation._queue.put(BackendError(f"decoding failed: {exc}"))
                     rows.clear()
+
+    def _decoder_for(self, wanted: int, capacity: int, decoder: object | None, rows: dict[int, _Row]
+                     ) -> tuple[object, dict[int, _Row]]:
+        """A decoder with room for `wanted` rows: the current one if it has it, else the engine's next
+        batch bucket, the active rows moved over (through eager states). A step costs what its bucket
+        costs, so one request alone runs on the 1-row decoder, not on `max_batch` rows."""
+        engine = self.backend.engine
+        if decoder is not None and rows and decoder.batch >= wanted:
+            decoder.grow(capacity)
+            return decoder, rows
+        target = engine.static_decoder(max(wanted, len(rows)), capacity)
+        if decoder is None or decoder is target or not rows:
+            return target, rows
+        moved = {}
+        for new_index, (old_index, row) in enumerate(sorted(rows.items())):
+            state = engine.new_state(max(capacity, decoder.lengths[old_index] + row.steps), draft=False)
+            decoder.store_row(old_index, state)
+            target.load_row(new_index, state)
+            moved[new_index] = row
+        self.moves += 1
+        return target, moved
 
     def _admit(self, generation: Generation) -> tuple[_Row, int] | None:
         """Prefill the request and take its first token; None if that already ended it."""

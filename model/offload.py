@@ -79,10 +79,10 @@ class ExpertCache:
         """(the routed experts' weighted sum `[N, hidden]`, `meanwhile()`): `run(x, weights, slot_ids,
         cache stacks)` is the MoE's grouped kernel call; `meanwhile` (the shared expert) runs on the
         compute stream while the first copies are in flight."""
-        self.stats.calls += 1
         capture = piecewise_graph.active()
-        if capture is not None:
+        if capture is not None:  # counted at each replay instead
             return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
+        self.stats.calls += 1
         host_ids = ids.cpu()  # the one sync: which experts to fetch
         needed = torch.unique(host_ids).tolist()
         if len(needed) <= self.slots:

@@ -106,6 +106,25 @@ def test_concurrent_requests_decode_together_and_answer_as_alone(checkpoint: Pat
             thread.join()
         assert together == alone
         assert app.state.batcher.widest >= 2  # rows decoded in the same steps
+        # a long request alone runs on the 1-row decoder; the others join mid-answer: its row moves over
+        batcher = app.state.batcher
+        requests.append(CHAT | {"max_tokens": 120})
+        paths.append("chat/completions")
+        long_alone = answer(url, 4)
+        assert long_alone[1] > 20
+        first: list = [None]
+        lone = threading.Thread(target=lambda: first.__setitem__(0, answer(url, 4)))
+        steps = batcher.steps
+        lone.start()
+        while batcher.steps < steps + 3:
+            time.sleep(0.01)
+        joined = [None] * 3
+        threads = [threading.Thread(target=lambda i=i: joined.__setitem__(i - 1, answer(url, i))) for i in (1, 2, 3)]
+        for thread in threads:
+            thread.start()
+        for thread in [lone, *threads]:
+            thread.join()
+        assert first[0] == long_alone and joined == alone[1:] and batcher.moves >= 1
     finally:
         server.close()
 

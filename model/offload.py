@@ -229,6 +229,13 @@ def has_offload(model: torch.nn.Module) -> bool:
     return any(getattr(module, "offload", None) is not None for module in model.modules())
 
 
+def fewest_slots(model: torch.nn.Module) -> int | None:
+    """The smallest expert cache of `model`'s offloaded MoEs (None: nothing offloaded). A graphed
+    decode step of B rows needs B x top-k slots per layer: a step may route every pair apart."""
+    slots = [m.offload.slots for m in model.modules() if getattr(m, "offload", None) is not None]
+    return min(slots) if slots else None
+
+
 def to_host(tensor: Tensor, pin: bool) -> Tensor:
     """A host copy of `tensor`, page-locked when `pin` (falls back to pageable memory if the OS
     refuses to lock more: slower copies, same results)."""

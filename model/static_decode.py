@@ -37,7 +37,7 @@ from . import ops
 from .attention import Attention, Compressor
 from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
 from .layers import rope_cos_sin
-from .offload import has_offload
+from .offload import fewest_slots, has_offload
 from .piecewise_graph import PiecewiseGraph
 from .quantized import grouped_linear
 from .state import CompressorState, DecodeState, check_kv_format
@@ -93,9 +93,15 @@ class StaticDecoder:
             raise StaticDecodeError("static decoding does not run Engram layers yet; use the eager path")
         self.model, self.config, self.batch = model, config, batch
         self.device, self.dtype = model.embed.weight.device, model.embed.weight.dtype
-        self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        # Offloaded experts are fetched after a host sync per layer: the step is then a piecewise graph.
+        # Offloaded experts are fetched after a host sync per layer: the step is then a piecewise graph,
+        # which needs a cache slot for every (row, expert) pair; with fewer the step runs eagerly.
         self.piecewise = has_offload(model)
+        slots = fewest_slots(model)
+        fits = slots is None or slots >= batch * config.num_experts_per_tok
+        if use_graph and not fits:
+            raise StaticDecodeError(f"a graphed step of {batch} rows may need {batch * config.num_experts_per_tok} "
+                                    f"experts per layer; the offload cache holds {slots}")
+        self.use_graph = self.device.type == "cuda" and fits if use_graph is None else use_graph
         self.capacity = 0
         self.layers: list[_LayerBuffers] = []
         self.token_ids = torch.zeros(batch, dtype=torch.long, device=self.device)

@@ -16,7 +16,7 @@ from model.checkpoint import init_checkpoint
 from model.config import ConfigError
 from model.moe import MoE
 from model.offload import ExpertCache, OffloadError, has_offload, offload_experts
-from model.static_decode import StaticDecoder
+from model.static_decode import StaticDecodeError, StaticDecoder
 
 CHUNKS = (40, 1, 1, 9)  # a prefill that streams, two decode steps, a short chunk
 
@@ -105,9 +105,12 @@ def _decoder_with_rows(engine: model.Engine, prompts: list[list[int]], use_graph
 
 
 def test_static_decoder_with_offloaded_experts(checkpoint: tuple[Path, bool]) -> None:
-    """On the CPU the static step runs eagerly through the offload: it equals the eager engine."""
+    """On the CPU the static step runs eagerly through the offload: it equals the eager engine. A graph
+    cannot be forced when the cache has fewer slots than a step's (row, expert) pairs."""
     path, quantized = checkpoint
     engine = model.load(path, device="cpu", dtype="float32", quantized=quantized, offload_experts=4)
+    with pytest.raises(StaticDecodeError, match="offload cache holds 4"):
+        StaticDecoder(engine.model, batch=3, capacity=32, use_graph=True)
     decoder, states = _decoder_with_rows(engine, [_ids(7, 3), _ids(11, 4)], use_graph=False)
     for step in range(6):
         tokens = [_ids(6, 10 + row)[step] for row in range(2)]
@@ -130,8 +133,9 @@ def test_piecewise_graph_equals_the_eager_static_step(checkpoint: tuple[Path, bo
         tokens = [_ids(6, 10 + row)[step] for row in range(2)]
         assert torch.allclose(graphed.step(tokens), eager.step(tokens), rtol=1e-6, atol=1e-6)
     assert len(graphed._graph.pieces) == len(engine.model.layers) + 1
-    with pytest.raises(OffloadError, match="graphed decode step"):
-        StaticDecoder(engine.model, batch=3, capacity=32).step([1, 2, 3])  # 3 x 2 experts > 4 slots
+    assert not StaticDecoder(engine.model, batch=3, capacity=32).use_graph  # 3 x 2 experts > 4 slots: eager
+    with pytest.raises(StaticDecodeError, match="offload cache holds 4"):
+        StaticDecoder(engine.model, batch=3, capacity=32, use_graph=True)
 
 
 def _numbered_cache(num_experts: int, slots: int) -> ExpertCache:

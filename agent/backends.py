@@ -318,39 +318,36 @@ class EmbeddedBackend:
         from model.engine import sample
 
         started = time.perf_counter()
+        room = self.room_after(ids)
+        logits, reused = self._prefill(ids, boundaries)
+        self.last_usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
+        generator = torch.Generator(device=self.engine.device).manual_seed(seed)
+        answer = self.new_answer(min(max_tokens, room))
+        self._decoder = self._static_decoder(room)
+        try:
+            while not answer.finished:
+                token = sample(logits, temperature, top_p, generator)
+                yield from answer.take(token)
+                if not answer.finished:
+                    logits = self._decode_one(token)
+                    self._fed.append(token)
+        finally:
+            self._sync_decoder()
+        self.last_usage.completion_tokens = len(answer.generated)
+        self.last_usage.seconds = time.perf_counter() - started
+
+    def room_after(self, ids: Sequence[int]) -> int:
+        """Tokens the context has left after prompt `ids`; BackendError if none (or no prompt)."""
         if not ids:
             raise BackendError("the prompt is empty")
         room = self.context_length - len(ids)
         if room <= 0:
             raise BackendError(f"the prompt is {len(ids):,} tokens; the context holds {self.context_length:,}")
-        logits, reused = self._prefill(ids, boundaries)
-        self.last_usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
-        generator = torch.Generator(device=self.engine.device).manual_seed(seed)
-        text = TextAssembler(self.tokenizer, self.chat_format.stop_strings)
-        self._decoder = self._static_decoder(room)
-        try:
-            steps = min(max_tokens, room)
-            for step in range(steps):
-                token = sample(logits, temperature, top_p, generator)
-                if token in self._stop_ids:
-                    break
-                piece, stopped = text.add(token)
-                if piece is not None:
-                    yield piece
-                if stopped:
-                    break
-                if step + 1 < steps:
-                    logits = self._decode_one(token)
-                    self._fed.append(token)
-            else:
-                rest = text.flush()
-                if rest:
-                    yield rest
-        finally:
-            self._sync_decoder()
-        generated = text.generated
-        self.last_usage.completion_tokens = len(generated)
-        self.last_usage.seconds = time.perf_counter() - started
+        return room
+
+    def new_answer(self, steps: int) -> Answer:
+        """An answer of at most `steps` tokens, ended by this model's stop ids and stop strings."""
+        return Answer(self.tokenizer, self.chat_format.stop_strings, self._stop_ids, steps)
 
     def _static_decoder(self, room: int) -> object | None:
         """The engine's one-row static decoder loaded with the state, when static decoding applies (by
@@ -403,31 +400,38 @@ def _warm_stops(boundaries: Sequence[int], start: int, end: int, step: int, grid
     return [s for s in dict.fromkeys(stops) if s > 0]
 
 
-class TextAssembler:
-    """Generated token ids -> the text pieces to stream: a piece per token once it decodes to whole
-    characters (a split UTF-8 character waits for its rest), cut at the first stop string."""
+class Answer:
+    """One answer's sampled tokens -> the text pieces to stream, and when it ends: a stop id (not part
+    of the answer), a stop string (the text is cut before it), or `steps` tokens. A piece is streamed
+    once its token decodes to whole characters (a split UTF-8 character waits for its rest). Shared by
+    `stream_ids` and the serve batcher."""
 
-    def __init__(self, tokenizer: object, stop_strings: Sequence[str]) -> None:
-        self.tokenizer, self.stop_strings = tokenizer, stop_strings
+    def __init__(self, tokenizer: object, stop_strings: Sequence[str], stop_ids: set[int], steps: int) -> None:
+        self.tokenizer, self.stop_strings, self.stop_ids, self.steps = tokenizer, stop_strings, stop_ids, steps
         self.generated: list[int] = []
         self.printed = ""
+        self.finished = steps <= 0
 
-    def add(self, token: int) -> tuple[str | None, bool]:
-        """(the new piece or None, whether a stop string ended the text)."""
+    def take(self, token: int) -> list[str]:
+        """The pieces `token` completes (possibly none); sets `finished`."""
+        if token in self.stop_ids:
+            self.finished = True
+            return []
         self.generated.append(token)
         text = self.tokenizer.decode(self.generated)
         stop_at = _first_stop(text, self.stop_strings)
         if stop_at is not None:
-            return (text[len(self.printed):stop_at] if stop_at > len(self.printed) else None), True
-        if text.endswith("\ufffd"):  # wait for the rest of a split character
-            return None, False
-        piece, self.printed = text[len(self.printed):], text
-        return piece, False
-
-    def flush(self) -> str:
-        """What is left unprinted when generation ends without a stop."""
-        text = self.tokenizer.decode(self.generated)
-        return text[len(self.printed):]
+            self.finished = True
+            return [text[len(self.printed):stop_at]] if stop_at > len(self.printed) else []
+        pieces = []
+        if not text.endswith("\ufffd"):
+            pieces.append(text[len(self.printed):])
+            self.printed = text
+        if len(self.generated) == self.steps:
+            self.finished = True
+            if len(text) > len(self.printed):  # what a split character held back
+                pieces.append(text[len(self.printed):])
+        return pieces
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

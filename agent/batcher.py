@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .backends import BackendError, EmbeddedBackend, TextAssembler, Usage
+from .backends import Answer, BackendError, EmbeddedBackend, Usage
 
 _DONE = object()
 
@@ -49,12 +49,10 @@ class Generation:
 @dataclass(slots=True)
 class _Row:
     generation: Generation
-    text: TextAssembler
+    answer: Answer
     generator: object
     logits: object
-    steps: int
     started: float
-    produced: int = 0
     pending: int = 0  # the sampled token the next step feeds
 
 
@@ -135,7 +133,7 @@ class DecodeBatcher:
             return target, rows
         moved = {}
         for new_index, (old_index, row) in enumerate(sorted(rows.items())):
-            state = engine.new_state(max(capacity, decoder.lengths[old_index] + row.steps), draft=False)
+            state = engine.new_state(max(capacity, decoder.lengths[old_index] + row.answer.steps), draft=False)
             decoder.store_row(old_index, state)
             target.load_row(new_index, state)
             moved[new_index] = row
@@ -148,20 +146,15 @@ class DecodeBatcher:
 
         backend = self.backend
         ids = generation.ids
-        if not ids:
-            raise BackendError("the prompt is empty")
-        room = backend.context_length - len(ids)
-        if room <= 0:
-            raise BackendError(f"the prompt is {len(ids):,} tokens; the context holds {backend.context_length:,}")
+        room = backend.room_after(ids)
         started = time.perf_counter()
         logits, reused = backend._prefill(ids, ())
         generation.usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
         generator = torch.Generator(device=backend.engine.device).manual_seed(generation.seed)
-        row = _Row(generation, TextAssembler(backend.tokenizer, backend.chat_format.stop_strings), generator,
-                   logits, min(generation.max_tokens, room), started)
+        row = _Row(generation, backend.new_answer(min(generation.max_tokens, room)), generator, logits, started)
         if self._advance(row) is None:
             return None
-        return row, len(ids) + row.steps
+        return row, len(ids) + row.answer.steps
 
     def _advance(self, row: _Row) -> int | None:
         """Sample the row's next token from its logits and stream it: the token to feed, or None when
@@ -170,20 +163,10 @@ class DecodeBatcher:
 
         generation = row.generation
         token = sample(row.logits, generation.temperature, generation.top_p, row.generator)
-        finished = token in self.backend._stop_ids
-        if not finished:
-            row.produced += 1
-            piece, stopped = row.text.add(token)
-            if piece is not None:
-                generation._queue.put(piece)
-            finished = stopped
-            if not finished and row.produced == row.steps:
-                rest = row.text.flush()
-                if rest:
-                    generation._queue.put(rest)
-                finished = True
-        if finished:
-            generation.usage.completion_tokens = len(row.text.generated)
+        for piece in row.answer.take(token):
+            generation._queue.put(piece)
+        if row.answer.finished:
+            generation.usage.completion_tokens = len(row.answer.generated)
             generation.usage.seconds = time.perf_counter() - row.started
             generation._queue.put(_DONE)
             return None

@@ -185,6 +185,27 @@ def step_bytes(net: torch.nn.Module, batch: int, context: int) -> dict:
             "per_expert": per_expert}
 
 
+def transformers_decode(hf, prompt: list[int], section: dict) -> torch.Tensor | None:
+    """transformers' logits on the first 256 tokens, and its eager decode step after `prompt` timed into
+    `section`; an error is recorded there instead (the run goes on)."""
+    try:
+        with torch.no_grad():
+            out = hf(torch.tensor([prompt[:256]], device="cuda"), use_cache=False)
+            logits = out.logits[0].float()
+            cache = hf(torch.tensor([prompt], device="cuda"), use_cache=True).past_key_values
+            token = torch.tensor([[prompt[-1]]], device="cuda")
+
+            def hf_step():
+                nonlocal cache
+                cache = hf(token, past_key_values=cache, use_cache=True).past_key_values
+
+            section["transformers_decode_ms_b1"] = cuda_ms(hf_step, 5)
+        return logits
+    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+        section["transformers_error"] = repr(exc)[:500]
+        return None
+
+
 def flash(work: Path, results: Results, context: int, repeats: int, prefill_lengths: list[int],
           chunk: int, deadline: float, kv_format: str = "float", prefill_only: bool = False) -> None:
     import transformers
@@ -203,24 +224,11 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
 
     # transformers eager: prefill then decode with its cache
     section: dict = {}
-    try:
-        if prefill_only:
-            raise RuntimeError("skipped: --prefill-only")
-        with torch.no_grad():
-            out = hf(torch.tensor([prompt[:256]], device="cuda"), use_cache=False)
-            hf_logits_256 = out.logits[0].float()
-            cache_out = hf(torch.tensor([prompt], device="cuda"), use_cache=True)
-            cache = cache_out.past_key_values
-            token = torch.tensor([[prompt[-1]]], device="cuda")
-
-            def hf_step():
-                nonlocal cache
-                cache = hf(token, past_key_values=cache, use_cache=True).past_key_values
-
-            section["transformers_decode_ms_b1"] = cuda_ms(hf_step, 5)
-    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-        section["transformers_error"] = repr(exc)[:500]
-        hf_logits_256 = None
+    hf_logits_256 = None
+    if prefill_only:
+        section["transformers"] = "skipped (--prefill-only)"
+    else:
+        hf_logits_256 = transformers_decode(hf, prompt, section)
     del hf
     gc.collect()
     torch.cuda.empty_cache()

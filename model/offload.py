@@ -245,7 +245,7 @@ def to_host(tensor: Tensor, pin: bool) -> Tensor:
             return host.copy_(tensor)
         except RuntimeError:
             pass
-    return tensor.to("cpu", copy=True) if tensor.device.type == "cpu" else tensor.cpu()
+    return tensor.to("cpu", copy=True)
 
 
 def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | str | None = None) -> list[ExpertCache]:

@@ -11,18 +11,14 @@ import torch
 
 from agent.backends import EmbeddedBackend
 from agent.chat_format import Message, chat_format_for
-
-ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_JSON = ROOT / "repo_index" / "data" / "tokenizer.json"
+from tests.conftest import tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> object:
     import model
-    from model.checkpoint import init_checkpoint
 
-    path = init_checkpoint(tmp_path_factory.mktemp("static") / "tiny", "tiny", seed=4, tokenizer_json=TOKENIZER_JSON)
-    return model.load(path, device="cpu")
+    return model.load(tiny_chat_checkpoint(tmp_path_factory.mktemp("static"), seed=4), device="cpu")
 
 
 def _backend(engine: object, static: bool) -> EmbeddedBackend:

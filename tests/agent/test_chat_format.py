@@ -25,8 +25,8 @@ from agent.chat_format import (
     split_reasoning,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_JSON = ROOT / "repo_index" / "data" / "tokenizer.json"
+from tests.conftest import TOKENIZER_JSON, tiny_chat_checkpoint
+
 V4 = DeepSeekV4Format()
 HELLO = [Message("user", "hello"), Message("assistant", "Hello! I am DeepSeek.", reasoning="thinking..."),
          Message("user", "1+1=?")]
@@ -223,9 +223,7 @@ def test_chat_template_jinja_file(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.checkpoint import init_checkpoint
-
-    return init_checkpoint(tmp_path_factory.mktemp("demo") / "tiny", "tiny", seed=0, tokenizer_json=TOKENIZER_JSON)
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("demo"), seed=0)
 
 
 def test_demo_checkpoint_encodes_v4_tokens_as_single_ids(demo_checkpoint: Path) -> None:

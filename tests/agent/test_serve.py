@@ -15,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import tiny_chat_checkpoint
+
 KEY = "sekrit"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.checkpoint import init_checkpoint
-
-    return init_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", "tiny", seed=1,
-                           tokenizer_json=REPO_ROOT / "repo_index" / "data" / "tokenizer.json")
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("serve"), seed=1)
 
 
 @pytest.fixture(scope="module")

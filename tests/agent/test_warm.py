@@ -16,19 +16,14 @@ from agent.backends import EmbeddedBackend
 from agent.chat_format import Message, chat_format_for
 from agent.session import Session, system_message
 from agent.warm import ContextWarmer, WarmReport
-from tests.conftest import make_repo
-
-ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_JSON = ROOT / "repo_index" / "data" / "tokenizer.json"
+from tests.conftest import make_repo, tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> object:
     import model
-    from model.checkpoint import init_checkpoint
 
-    path = init_checkpoint(tmp_path_factory.mktemp("warm") / "tiny", "tiny", seed=0, tokenizer_json=TOKENIZER_JSON)
-    return model.load(path, device="cpu")
+    return model.load(tiny_chat_checkpoint(tmp_path_factory.mktemp("warm"), seed=0), device="cpu")
 
 
 @pytest.fixture()

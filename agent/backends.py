@@ -300,7 +300,7 @@ class EmbeddedBackend:
             self._fed = self._fed[:reused]
             self._marks = [m for m in self._marks if m[0] <= reused]
         if len(ids) > reused:
-            logits = self.engine.forward(ids[reused:], self._state)[-1]
+            logits = self.engine.prefill(ids[reused:], self._state)
             self._fed = list(ids)
         if not self._marks or self._marks[-1][0] != len(ids):
             self._marks.append((len(ids), mark(self._state), logits))

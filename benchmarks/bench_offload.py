@@ -84,28 +84,29 @@ def fill_random(module: nn.Module, prefix: str, generator: torch.Generator, skip
 
 def random_fp4_experts(moe: MoE, slots: int, generator: torch.Generator) -> None:
     """`moe`'s routed experts as random FP4 bytes with 2**-7 scales (std ~0.025, like INIT_STD), made on
-    the GPU one stack at a time and kept in pinned host memory; then its cache of `slots`."""
+    the GPU one stack at a time and kept in pinned host memory, then its cache of `slots`; slots=0 keeps
+    them on the GPU instead (no offload)."""
     config, host = moe.gate.config, []
     hidden, inter, experts = config.hidden_size, config.moe_intermediate_size, config.n_routed_experts
     e8m0_2_pow_minus_7 = 127 - 7
     for rows, cols in ((inter, hidden), (inter, hidden), (hidden, inter)):
         weight = torch.randint(-128, 128, (experts, rows, cols // 2), device="cuda", dtype=torch.int8,
                                generator=generator)
-        host.append(to_host(weight, pin=True))
         scale = torch.full((experts, rows, cols // 32), e8m0_2_pow_minus_7, dtype=torch.uint8, device="cuda")
-        host.append(to_host(scale.view(torch.float8_e8m0fnu), pin=True))
+        scale = scale.view(torch.float8_e8m0fnu)
+        host += [weight, scale] if slots == 0 else [to_host(weight, pin=True), to_host(scale, pin=True)]
         del weight, scale
     for expert_index, expert in enumerate(moe.experts):
         for proj_index, proj in enumerate(("w1", "w3", "w2")):
             weight, scale = host[2 * proj_index][expert_index], host[2 * proj_index + 1][expert_index]
             setattr(expert, proj, FP4Linear.from_quantized(weight, scale))
     moe.expert_format, moe._stacked = "fp4", tuple(host)
-    moe.offload = ExpertCache(tuple(host), slots, "cuda")
+    moe.offload = ExpertCache(tuple(host), slots, "cuda") if slots else None
 
 
 def build(layers: int, slots: int) -> tuple[Transformer, dict]:
-    """The model: FP8 linears quantised on the GPU, routed experts random FP4 in pinned host memory,
-    built layer by layer."""
+    """The model: FP8 linears quantised on the GPU, routed experts random FP4 in pinned host memory
+    (slots=0: on the GPU), built layer by layer."""
     config = flash_config(layers)
     with torch.device("meta"):
         net = Transformer(config, with_mtp=False)
@@ -124,11 +125,11 @@ def build(layers: int, slots: int) -> tuple[Transformer, dict]:
         torch.cuda.empty_cache()
     net.materialize_buffers("cuda")
     net.eval()
-    host = sum(t.numel() * t.element_size() for m in net.modules() if isinstance(m, MoE) for t in m.offload.host)
-    cache = sum(t.numel() * t.element_size() for m in net.modules() if isinstance(m, MoE) for t in m.offload.cache)
+    host = sum(t.numel() * t.element_size() for c in caches(net) for t in c.host)
+    cache = sum(t.numel() * t.element_size() for c in caches(net) for t in c.cache)
     on_gpu = sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()) if t.is_cuda)
     total_gpu = torch.cuda.get_device_properties(0).total_memory
-    pinned = all(t.is_pinned() for m in net.modules() if isinstance(m, MoE) for t in m.offload.host)
+    pinned = all(t.is_pinned() for c in caches(net) for t in c.host)
     info = {"layers": layers, "build_s": time.perf_counter() - t0, "experts_host_gib": host / GIB,
             "experts_pinned": pinned, "weights_on_gpu_gib": on_gpu / GIB, "weights_total_gib": (host + on_gpu) / GIB,
             "gpu_memory_gib": total_gpu / GIB, "weights_exceed_gpu_memory": host + on_gpu > total_gpu,
@@ -137,7 +138,7 @@ def build(layers: int, slots: int) -> tuple[Transformer, dict]:
 
 
 def caches(net: Transformer) -> list[ExpertCache]:
-    return [m.offload for m in net.modules() if isinstance(m, MoE)]
+    return [m.offload for m in net.modules() if isinstance(m, MoE) and m.offload is not None]
 
 
 def resize(net: Transformer, slots: int) -> None:

@@ -59,11 +59,12 @@ def cuda_ms(fn, repeats: int) -> float:
 
 
 def timed_prefill(engine, tokens: torch.Tensor, state, chunk: int) -> float:
-    """Seconds to feed `tokens` into `state` in chunks of `chunk` (device work included)."""
+    """Seconds to feed `tokens` into `state` in chunks of `chunk` (device work included), as
+    Engine.prefill does: the head only on each chunk's last position."""
     torch.cuda.synchronize()
     started = time.perf_counter()
     for start in range(0, len(tokens), chunk):
-        engine.forward(tokens[start : start + chunk], state)
+        engine.forward(tokens[start : start + chunk], state, last_only=True)
     torch.cuda.synchronize()
     return time.perf_counter() - started
 

@@ -25,6 +25,7 @@ class EngineInputError(ValueError):
     """Token ids or a state the engine cannot use."""
 
 
+PREFILL_CHUNK = {"cuda": 8192, "cpu": 2048}  # tokens per forward of a long prompt (vLLM's default budget is 8K)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # static decoder sizes: a batch runs in the smallest that holds it
 
 
@@ -85,8 +86,10 @@ class Engine:
         return static and self.model.config.engram is None and not state.mtp_layers
 
     @torch.no_grad()
-    def forward(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """Feed `token_ids`, continuing `state`; logits `[len(token_ids), vocab]` float32.
+    def forward(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState,
+                last_only: bool = False) -> torch.Tensor:
+        """Feed `token_ids`, continuing `state`; logits `[len(token_ids), vocab]` float32 (`[1, vocab]`,
+        the last position's, if `last_only`).
 
         Raises:
             EngineInputError: an empty or out-of-range id, a state of another engine, or a state full.
@@ -103,10 +106,29 @@ class Engine:
             raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
                                    f"{ids.numel()} more were given")
         start = state.num_tokens
-        logits, streams = self.model(ids[None], state, return_streams=True)
+        logits, streams = self.model(ids[None], state, return_streams=True, last_only=last_only)
         if state.mtp_layers:
             self._advance_draft_head(ids[None], streams, start, state)
         return logits[0]
+
+    def prefill(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Feed a prompt in chunks of PREFILL_CHUNK tokens, continuing `state`; the last position's
+        logits `[vocab]` float32. Activations stay those of one chunk, however long the prompt (the
+        state is chunking-proof: the same logits as one forward).
+
+        Raises:
+            EngineInputError: as forward(); a chunk that fails leaves the chunks before it in `state`.
+        """
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
+        if ids.numel() == 0:
+            raise EngineInputError("no token ids to feed")
+        if state.num_tokens + ids.numel() > state.max_tokens:  # checked up front: nothing is fed then
+            raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
+                                   f"{ids.numel()} more were given")
+        chunk = PREFILL_CHUNK.get(self.device.type, PREFILL_CHUNK["cpu"])
+        for begin in range(0, ids.numel(), chunk):
+            logits = self.forward(ids[begin : begin + chunk], state, last_only=True)
+        return logits[-1]
 
     def _advance_draft_head(self, ids: torch.Tensor, streams: torch.Tensor, start: int, state: DecodeState) -> None:
         """Feed the MTP block every position whose next token is now known; keep the last one pending."""
@@ -159,7 +181,7 @@ class Engine:
         generator = torch.Generator(device=self.device)
         if seed is not None:
             generator.manual_seed(seed)
-        logits = self.forward(prompt_ids, state)[-1]
+        logits = self.prefill(prompt_ids, state)
         if self.static_decoding(static, state) and max_new_tokens > 1:
             yield from self._generate_static(logits, max_new_tokens, temperature, top_p, stop, state, generator)
             return
@@ -201,7 +223,7 @@ class Engine:
         tokens = []
         for row, prompt in enumerate(prompts):
             state = self.new_state(len(prompt), draft=False)
-            tokens.append(int(self.forward(prompt, state)[-1].argmax()))
+            tokens.append(int(self.prefill(prompt, state).argmax()))
             decoder.load_row(row, state)
         outputs: list[list[int]] = [[token] for token in tokens]
         active = [token not in stop and max_new_tokens > 1 for token in tokens]
@@ -222,7 +244,7 @@ class Engine:
         if max_new_tokens <= 0:
             return
         self.draft_stats = DraftStats()
-        token = int(self.forward(prompt_ids, state)[-1].argmax())
+        token = int(self.prefill(prompt_ids, state).argmax())
         produced = 0
         while True:
             yield token

@@ -382,7 +382,7 @@ class EngramStore:
             piece = PREFILL_PIECE.get(engine.device.type, 2048)
             while at < position:
                 step = min(piece, position - at)
-                logits = engine.forward(ids[at : at + step], state)[-1]
+                logits = engine.forward(ids[at : at + step], state, last_only=True)[-1]
                 at += step
             stats.store_bytes += self._save(state, logits, fingerprint, keys, position)
             stats.snapshots_written += 1

@@ -126,10 +126,12 @@ class Transformer(nn.Module):
             if isinstance(module, (Attention, Engram)):
                 module.materialize_buffers(device)
 
-    def forward(self, token_ids: torch.Tensor, state: DecodeState | None = None,
-                return_streams: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, token_ids: torch.Tensor, state: DecodeState | None = None, return_streams: bool = False,
+                last_only: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """token_ids: `[B, S]` int64, continuing `state` (None: a fresh sequence) -> logits `[B, S, vocab]`
-        float32 (and the final streams `[B, S, hc, hidden]`, which the MTP block reads, if asked)."""
+        float32 (`[B, 1, vocab]` of the last position if `last_only`: a prefill needs no more, and the
+        head over a whole chunk costs as much as a layer) and the final streams `[B, S, hc, hidden]`,
+        which the MTP block reads, if asked."""
         batch, seq_len = token_ids.shape
         if state is None:
             state = new_decode_state(self.config, seq_len, "transient", self.embed.weight.dtype,
@@ -139,7 +141,7 @@ class Transformer(nn.Module):
         for block, layer_state in zip(self.layers, state.layers):
             streams = block(streams, token_ids, start, layer_state)
         state.num_tokens += seq_len
-        logits = self.logits(streams)
+        logits = self.logits(streams[:, -1:] if last_only else streams)
         return (logits, streams) if return_streams else logits
 
     def embed_streams(self, token_ids: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,10 @@ Prefill (M = 8192) is compute-bound, decode (M <= 8) reads the weight once and i
   Configs are autotuned per (M bucket, N, K) from a short list; the decode path never autotunes, so
   it can be captured in a CUDA graph.
 - `fp8_gemm`, M <= 64 (decode): BLOCK_M = 16/32/64, BLOCK_N = 64, and split-K when the output tiles
-  cannot fill the GPU: each split writes float32 partials [S, M, N] that a second small kernel sums
-  (deterministic, no atomics), so the weight streams from every SM.
+  cannot fill the GPU, so the weight streams from every SM: each split writes float32 partials
+  [S, M, N]; the split that finishes a tile last (an atomic arrival count per tile) sums that tile's
+  partials in split order (deterministic: the same bits as a separate sum kernel, one launch fewer per
+  projection, which in a decode step's CUDA graph was ~3.7 us each, 6% of the step).
 - `fp8_linear`: for M <= 64 the activation is quantised inside the GEMM (each program quantises its
   [BLOCK_M, 128] slice of x in registers, bit-identical to `act_quant`): one launch less and no FP8
   copy of x. For larger M, `act_quant` then `fp8_gemm` (quantising in every N tile would cost more ALU
@@ -35,6 +37,7 @@ on the GPU the hardware conversion (cvt.rn.satfinite) does it. The FP8 tl.dot ru
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -226,14 +229,16 @@ def _load_scale(ptrs, mask, E8M0: tl.constexpr):
 
 
 @triton.jit
-def _fp8_gemm_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K_BLOCKS, BLOCKS_PER_SPLIT,
+def _fp8_gemm_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, out_ptr, lock_ptr, M, N, K_BLOCKS, BLOCKS_PER_SPLIT,
                      stride_am, stride_ak, stride_asm, stride_ask, stride_bn, stride_bk, stride_bsn, stride_bsk,
-                     stride_cs, stride_cm, stride_cn, M_BUCKET,
-                     QUANT_A: tl.constexpr, B_E8M0: tl.constexpr, INTERPRET: tl.constexpr,
+                     stride_cs, stride_cm, stride_cn, stride_om, stride_on, M_BUCKET,
+                     QUANT_A: tl.constexpr, B_E8M0: tl.constexpr, INTERPRET: tl.constexpr, FIXUP: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """c[split] = sum over this split's K blocks of dot(a, b^T) * a_s * b_s. M_BUCKET: autotune key only.
 
     QUANT_A: a is bf16/f16/f32 activations, quantised here per [BLOCK_M, 128] slice (as act_quant, ue8m0).
+    FIXUP: c is the float32 split workspace; the split that finishes a tile last (a per-tile arrival
+    counter in lock_ptr, left at 0 again) sums the tile's partials in split order into out.
     """
     pid, pid_k = tl.program_id(0), tl.program_id(1)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -279,7 +284,19 @@ def _fp8_gemm_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K_BLOCKS, BLOCKS
         bs_ptrs += stride_bsk
 
     c_ptrs = c_ptr + pid_k * stride_cs + rows[:, None] * stride_cm + cols[None, :] * stride_cn
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tile_ok = row_ok[:, None] & col_ok[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=tile_ok)
+    if FIXUP:
+        tl.debug_barrier()  # every thread's partial is stored before the release below publishes them
+        arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(1) - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            part_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn
+            for split in range(tl.num_programs(1)):  # in split order: the sum is deterministic
+                total += tl.load(part_ptrs + split * stride_cs, mask=tile_ok, other=0.0, cache_modifier=".cg")
+            out_ptrs = out_ptr + rows[:, None] * stride_om + cols[None, :] * stride_on
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=tile_ok)
+            tl.atomic_xchg(lock_ptr + pid, 0)  # ready for the next call (and the next graph replay)
 
 
 @triton.jit
@@ -315,9 +332,24 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
-def _split_k(tiles: int, k_blocks: int, sms: int) -> tuple[int, int]:
-    """(splits, K blocks per split): enough programs for ~2 per SM when the output tiles are fewer than SMs."""
-    splits = 1 if tiles >= sms else min(k_blocks, triton.cdiv(2 * sms, tiles))
+@dataclass
+class DecodeTiles:
+    """The decode path's launch (M <= SMALL_M): N block, warps, stages, and the split-K target of
+    programs per SM. benchmarks/sweep_decode_tiles.py measures the candidates on the GPU."""
+
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 4
+    programs_per_sm: int = 2
+
+
+DECODE_TILES = DecodeTiles()
+
+
+def _split_k(tiles: int, k_blocks: int, sms: int, programs_per_sm: int = 2) -> tuple[int, int]:
+    """(splits, K blocks per split): about `programs_per_sm` programs per SM when the output tiles are
+    fewer than SMs."""
+    splits = 1 if tiles >= sms else min(k_blocks, triton.cdiv(programs_per_sm * sms, tiles))
     per_split = triton.cdiv(k_blocks, splits)
     return triton.cdiv(k_blocks, per_split), per_split
 
@@ -335,21 +367,43 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
         def grid(meta: dict) -> tuple[int, int]:
             return triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), 1
 
-        _fp8_gemm_tuned[grid](a, sa, b, bs, out, m, n, k_blocks, k_blocks, a.stride(0), a.stride(1), *sa_strides,
-                              b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), 0, out.stride(0), out.stride(1),
-                              min(triton.next_power_of_2(m), 4096), **flags)
+        _fp8_gemm_tuned[grid](a, sa, b, bs, out, out, out, m, n, k_blocks, k_blocks, a.stride(0), a.stride(1),
+                              *sa_strides, b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), 0, out.stride(0),
+                              out.stride(1), 0, 0, min(triton.next_power_of_2(m), 4096), FIXUP=False, **flags)
         return
-    block_m, block_n = max(16, triton.next_power_of_2(m)), 64
+    cfg = DECODE_TILES
+    block_m, block_n = max(16, triton.next_power_of_2(m)), cfg.block_n
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    splits, per_split = _split_k(tiles, k_blocks, _num_sms(out.device))
+    splits, per_split = _split_k(tiles, k_blocks, _num_sms(out.device), cfg.programs_per_sm)
     c = out if splits == 1 else _empty((splits, m, n), torch.float32, out.device)
     c_split_stride = 0 if splits == 1 else c.stride(0)
+    locks = _split_locks(out.device, tiles) if splits > 1 else None
     _fp8_gemm_kernel[(tiles, splits)](
-        a, sa, b, bs, c, m, n, k_blocks, per_split, a.stride(0), a.stride(1), *sa_strides,
-        b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), c_split_stride, c.stride(-2), c.stride(-1), 0,
-        BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, num_warps=4, num_stages=4, **flags)
-    if splits > 1:
+        a, sa, b, bs, c, out, out if locks is None else locks, m, n, k_blocks, per_split, a.stride(0), a.stride(1),
+        *sa_strides, b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), c_split_stride, c.stride(-2),
+        c.stride(-1), out.stride(0), out.stride(1), 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, GROUP_M=1, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FIXUP=locks is not None, **flags)
+    if splits > 1 and locks is None:
         _split_sum_kernel[(triton.cdiv(m * n, 1024),)](c, out, m * n, splits, BLOCK=1024, num_warps=4)
+
+
+_LOCKS: dict[torch.device, Tensor] = {}
+LOCK_SLOTS = 4096  # split-K runs only when the output tiles are fewer than SMs: far fewer than this
+
+
+def _split_locks(device: torch.device, tiles: int) -> Tensor | None:
+    """The device's per-tile arrival counters for the fused split-K sum (all zero between calls, as
+    each call's last split resets its tile's). Kernels on one device run one at a time per stream and
+    split-K GEMMs are not issued on two streams at once here, so one set per device serves every call.
+    None (the separate sum kernel instead) when too many tiles, or when the counters would have to be
+    made inside a CUDA graph capture (their memory would belong to the graph)."""
+    locks = _LOCKS.get(device)
+    if locks is None:
+        if tiles > LOCK_SLOTS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return None
+        locks = _LOCKS[device] = torch.zeros(LOCK_SLOTS, dtype=torch.int32, device=device)
+    return locks if tiles <= LOCK_SLOTS else None
 
 
 def act_quant(x: Tensor, block: int = BLOCK, ue8m0: bool = True) -> tuple[Tensor, Tensor]:

@@ -276,7 +276,9 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
             decoder = StaticDecoder(net, batch=batch, capacity=context + 256, kv_format=engine.config.kv_format)
             for row in range(batch):
                 decoder.load_row(row, state)
-            tokens = torch.full((batch,), prompt[-1], dtype=torch.long, device="cuda")
+            # each row its own token: rows with one token would route to the same 6 experts, and the
+            # step would move a sixth of the expert bytes that step_bytes counts for B rows
+            tokens = torch.tensor([prompt[-1 - row] for row in range(batch)], dtype=torch.long, device="cuda")
             decoder.token_ids.copy_(tokens)
             decoder.positions.fill_(context)
             decoder.capture()

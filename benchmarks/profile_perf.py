@@ -65,7 +65,7 @@ def decode_profile(engine: Engine, context: int, batch: int) -> dict:
     decoder = StaticDecoder(net, batch=batch, capacity=context + 64, kv_format=engine.config.kv_format)
     for row in range(batch):
         decoder.load_row(row, state)
-    decoder.token_ids.fill_(int(prompt[-1]))
+    decoder.token_ids.copy_(prompt[-batch:])  # a token per row: rows route to different experts
     decoder.positions.fill_(context)
     decoder.capture()
     out = {"graph_ms": cuda_ms(decoder.replay, 50)}

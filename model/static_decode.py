@@ -28,7 +28,9 @@ so the step still captures in one graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -43,6 +45,7 @@ from .quantized import grouped_linear
 from .state import CompressorState, DecodeState, check_kv_format
 from .v4 import Transformer
 
+T = TypeVar("T")
 PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of every compression rate)
 
 
@@ -108,6 +111,10 @@ class StaticDecoder:
         self.positions = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
+        self._rows = torch.arange(batch, device=self.device)
+        # What every layer of one step derives from the positions alone (rope angles per frequency
+        # table, window slots, compression indices): computed once per step, not once per layer.
+        self._per_step: dict[object, object] = {}
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
         self._logits: Tensor | None = None
         self.grow(capacity)
@@ -310,6 +317,7 @@ class StaticDecoder:
 
     def _forward(self) -> Tensor:
         model = self.model
+        self._per_step.clear()
         ids = self.token_ids[:, None]
         streams = model.embed_streams(ids)
         for block, buffers in zip(model.layers, self.layers):
@@ -321,15 +329,13 @@ class StaticDecoder:
         config = self.config
         pos = self.positions
         window = config.sliding_window
-        cos, sin = rope_cos_sin(attn.inv_freq, pos)  # [B, R/2]: row b's position
+        cos, sin = self._once(("rope", id(attn.inv_freq)), lambda: rope_cos_sin(attn.inv_freq, pos))  # [B, R/2]
         q_residual = attn.q_norm(attn.wq_a(x))
         q = attn.wq_b(q_residual).view(self.batch, 1, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, cos, sin))
         kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, cos, sin)[0]
         self._put(buffers.kv, pos % window, self._as_stored(kv))
-        back = torch.arange(window, device=self.device)
-        behind = pos[:, None] - back[None, :]  # the window's positions, newest first
-        indices = torch.where(behind >= 0, behind % window, -1)
+        indices = self._once("window", self._window_slots)
         if attn.compressor is not None:
             rate = attn.compressor.rate
             entry, index = self._compress(attn.compressor, x, buffers.compressor, attn.inv_freq)
@@ -349,11 +355,23 @@ class StaticDecoder:
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
         return out if attn.reduce is None else attn.reduce(out)
 
+    def _once(self, key: object, make: Callable[[], T]) -> T:
+        """`make()` the first time `key` is asked for in this step, the same tensors after that."""
+        if key not in self._per_step:
+            self._per_step[key] = make()
+        return self._per_step[key]
+
+    def _window_slots(self) -> Tensor:
+        """`[B, window]`: each row's ring slots of its window's positions, newest first (-1 before 0)."""
+        window = self.config.sliding_window
+        behind = self.positions[:, None] - torch.arange(window, device=self.device)[None, :]
+        return torch.where(behind >= 0, behind % window, -1)
+
     def _put(self, target: Tensor, index: Tensor, value: Tensor) -> None:
         """`target[b, index[b]] = value[b]` for the active rows; inactive rows keep what they hold."""
         if target.dtype == torch.float8_e4m3fn:  # move FP8 keys as bytes: not every backend selects float8
             target, value = target.view(torch.uint8), value.view(torch.uint8)
-        rows = torch.arange(self.batch, device=self.device)
+        rows = self._rows
         keep = self.active.view(-1, *([1] * (value.dim() - 1)))
         target[rows, index] = torch.where(keep, value.to(target.dtype), target[rows, index])
 
@@ -362,9 +380,9 @@ class StaticDecoder:
         """Put this token in its window's partial buffer; return the window's entry `[B, dim]` as it
         stands (exact once the window is full) and the window's index `[B]`."""
         rate, dim, pos = compressor.rate, compressor.dim, self.positions
-        rows = torch.arange(self.batch, device=self.device)
-        index, slot = pos // rate, pos % rate
-        base = (index % 2) * rate if compressor.overlap else torch.zeros_like(index)
+        rows = self._rows
+        index, slot, base = self._once(("window index", rate, compressor.overlap), lambda: (
+            pos // rate, pos % rate, (pos // rate % 2) * rate if compressor.overlap else torch.zeros_like(pos)))
         new_gate = compressor.wgate(x)[:, 0] + compressor.ape[slot]  # float32, as the eager path has it
         self._put(buffers.kv, base + slot, compressor.wkv(x)[:, 0])
         self._put(buffers.gate, base + slot, new_gate)
@@ -383,7 +401,7 @@ class StaticDecoder:
             gate = torch.cat([previous_gate, halves_gate[rows, this, :, dim:]], dim=1)
         else:
             kv, gate = buffers.kv, gates
-        cos, sin = rope_cos_sin(inv_freq, index * rate)
+        cos, sin = self._once(("entry rope", id(inv_freq), rate), lambda: rope_cos_sin(inv_freq, index * rate))
         entry = ops.compress_windows(kv[None], gate[None], compressor.norm.weight, compressor.norm.eps, cos, sin)
         return entry[0].to(self.dtype), index
 

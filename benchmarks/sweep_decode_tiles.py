@@ -107,6 +107,30 @@ def sweep_fp8(results: Results) -> None:
     results.put("fp8_decode", out)
 
 
+def compare_split_sum(results: Results) -> None:
+    """The decode tiles with the split-K partials summed by the tile's last split (fused) and by the
+    separate sum kernel, side by side per shape in CUDA graphs; both give the same bits."""
+    out: dict = {"tiles": vars(fp8_gemm.DECODE_TILES), "shapes": {}}
+    fused_total = separate_total = 0.0
+    real_locks = fp8_gemm._split_locks
+    for (name, n, k), m in itertools.product(fp8_shapes(), (1, 8)):
+        weight = torch.randn(n, k, device="cuda").clamp(-448, 448).to(torch.float8_e4m3fn)
+        scale = torch.full((-(-n // 128), k // 128), 127 - 7, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu)
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        fused_out = fp8_gemm.fp8_linear(x, weight, scale)
+        fused = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
+        fp8_gemm._split_locks = lambda device, tiles: None
+        try:
+            same = torch.equal(fp8_gemm.fp8_linear(x, weight, scale), fused_out)
+            separate = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
+        finally:
+            fp8_gemm._split_locks = real_locks
+        fused_total, separate_total = fused_total + fused, separate_total + separate
+        out["shapes"][f"{name} N={n} K={k} M={m}"] = {"fused_us": fused, "separate_us": separate, "same_bits": same}
+    out["fused_total_us"], out["separate_total_us"] = fused_total, separate_total
+    results.put("fp8_split_sum", out)
+
+
 def fp4_experts(hidden: int, inter: int, experts: int) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     weights, scales = [], []
     for rows, cols in ((inter, hidden), (inter, hidden), (hidden, inter)):
@@ -157,7 +181,7 @@ def sweep_moe(results: Results) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--only", choices=("fp8", "moe"), default=None)
+    parser.add_argument("--only", choices=("fp8", "moe", "split-sum"), default=None)
     args = parser.parse_args()
     started = time.perf_counter()
     results = Results(args.out)
@@ -166,6 +190,8 @@ def main() -> None:
             sweep_moe(results)
         if args.only in (None, "fp8"):
             sweep_fp8(results)
+        if args.only in (None, "split-sum"):
+            compare_split_sum(results)
     results.put("wall_s", time.perf_counter() - started)
 
 

@@ -21,9 +21,6 @@ scales) weights are dequantised as their tiles load, exactly as model.quant does
 f32, then rounded to x's dtype). BLOCK_N and BLOCK_K divide 128, so an FP8 tile has one scale. An FP4
 nibble is moved into e4m3 bit positions (e2m1 is e4m3 with the top exponent bits clear, times 2^6), so
 the hardware fp8 conversion decodes it, subnormal 0.5 included; the 2^6 goes into the group scale.
-The low and high nibbles of a byte stay apart, as the even- and odd-column halves of the tile, each
-dotted with the matching half of x's columns: interleaving them back into column order was a
-shared-memory shuffle per tile that capped the FP4 decode kernels at ~0.65 TB/s whatever the tiles.
 Activations stay in x's dtype (bf16 in the engine): nothing is quantised on the activation side.
 
 Routing (`route`): one program per BLOCK_T token rows with all E scores in registers, then k argmax
@@ -311,56 +308,34 @@ def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 def _weight_tile(w_ptr, s_ptr, n0, k0, n_rows, n_cols, stride_wn, stride_sn, FMT: tl.constexpr,
                  SCALE_E8M0: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr):
-    """Rows n0.. and columns k0.. of one expert's plain or FP8 [n_rows, n_cols] weight, dequantised to
-    DTYPE (float32 values of DTYPE under the interpreter); FP4 weights load as `_fp4_halves`."""
+    """Rows n0.. and columns k0.. of one expert's [n_rows, n_cols] weight, dequantised to DTYPE (float32
+    values of DTYPE under the interpreter)."""
     rows = n0 + tl.arange(0, BLOCK_N)
     rmask = rows < n_rows
-    cols = k0 + tl.arange(0, BLOCK_K)
-    w = tl.load(w_ptr + rows[:, None] * stride_wn + cols[None, :],
-                mask=rmask[:, None] & (cols < n_cols)[None, :], other=0.0)
-    if FMT == 1:  # BLOCK_N and BLOCK_K divide 128: one scale for the whole tile
-        w = w.to(tl.float32) * _scale_f32(tl.load(s_ptr + (n0 // 128) * stride_sn + k0 // 128), SCALE_E8M0, 0)
+    if FMT == 2:
+        packed = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        b = tl.load(w_ptr + rows[:, None] * stride_wn + packed[None, :],
+                    mask=rmask[:, None] & (packed < n_cols // 2)[None, :], other=0)
+        # e2m1 bits s.ee.m -> e4m3 bits s.000ee.m00: the same value times 2^-6 (ee = 0, m = 1 is subnormal)
+        lo = (((b << 2) & 0x1C) | ((b << 4) & 0x80)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        hi = (((b >> 2) & 0x1C) | (b & 0x80)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        w = tl.join(lo.to(tl.float32), hi.to(tl.float32)).reshape(BLOCK_N, BLOCK_K)  # low nibble: even column
+        groups = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+        s = tl.load(s_ptr + rows[:, None] * stride_sn + groups[None, :],
+                    mask=rmask[:, None] & (groups < tl.cdiv(n_cols, 32))[None, :], other=0)
+        w = w.reshape(BLOCK_N, BLOCK_K // 32, 32) * _scale_f32(s, SCALE_E8M0, 6)[:, :, None]
+        w = w.reshape(BLOCK_N, BLOCK_K)
+    else:
+        cols = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(w_ptr + rows[:, None] * stride_wn + cols[None, :],
+                    mask=rmask[:, None] & (cols < n_cols)[None, :], other=0.0)
+        if FMT == 1:  # BLOCK_N and BLOCK_K divide 128: one scale for the whole tile
+            w = w.to(tl.float32) * _scale_f32(tl.load(s_ptr + (n0 // 128) * stride_sn + k0 // 128), SCALE_E8M0, 0)
     if FMT != 0:
         w = _round(w, DTYPE, INTERPRET)
     if INTERPRET:  # the interpreter's bf16/fp16 tl.dot multiplies raw bits: it gets float32 operands
         w = w.to(tl.float32)
     return w
-
-
-@triton.jit
-def _fp4_halves(w_ptr, s_ptr, n0, k0, n_rows, n_cols, stride_wn, stride_sn, SCALE_E8M0: tl.constexpr,
-                DTYPE: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Rows n0.. of one expert's FP4 [n_rows, n_cols] weight over columns k0..k0+BLOCK_K, dequantised to
-    DTYPE as two [BLOCK_N, BLOCK_K/2] halves: the even columns (low nibbles) and the odd ones (high).
-    Kept apart, each byte's two values need no interleaving (a register shuffle through shared memory
-    that made the FP4 kernels ALU-bound at decode); the caller dots them with x's even and odd columns."""
-    rows = n0 + tl.arange(0, BLOCK_N)
-    rmask = rows < n_rows
-    j = tl.arange(0, BLOCK_K // 2)
-    packed = k0 // 2 + j
-    mask = rmask[:, None] & (packed < n_cols // 2)[None, :]
-    b = tl.load(w_ptr + rows[:, None] * stride_wn + packed[None, :], mask=mask, other=0)
-    # e2m1 bits s.ee.m -> e4m3 bits s.000ee.m00: the same value times 2^-6 (ee = 0, m = 1 is subnormal)
-    lo = (((b << 2) & 0x1C) | ((b << 4) & 0x80)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
-    hi = (((b >> 2) & 0x1C) | (b & 0x80)).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
-    s = tl.load(s_ptr + rows[:, None] * stride_sn + (packed // 16)[None, :], mask=mask, other=0)  # group of 32 columns
-    scale = _scale_f32(s, SCALE_E8M0, 6)
-    even = _round(lo.to(tl.float32) * scale, DTYPE, INTERPRET)
-    odd = _round(hi.to(tl.float32) * scale, DTYPE, INTERPRET)
-    if INTERPRET:  # the interpreter's bf16/fp16 tl.dot multiplies raw bits: it gets float32 operands
-        even, odd = even.to(tl.float32), odd.to(tl.float32)
-    return even, odd
-
-
-@triton.jit
-def _x_halves(row_ptrs, k0, K, rmask, INTERPRET: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Activation columns k0, k0+2, ... and k0+1, k0+3, ... of the rows `row_ptrs` [BLOCK_M, 1]."""
-    even = k0 + 2 * tl.arange(0, BLOCK_K // 2)
-    a_even = tl.load(row_ptrs + even[None, :], mask=rmask[:, None] & (even < K)[None, :], other=0.0)
-    a_odd = tl.load(row_ptrs + even[None, :] + 1, mask=rmask[:, None] & (even + 1 < K)[None, :], other=0.0)
-    if INTERPRET:
-        a_even, a_odd = a_even.to(tl.float32), a_odd.to(tl.float32)
-    return a_even, a_odd
 
 
 @triton.jit
@@ -394,27 +369,16 @@ def _gate_up_kernel(x_ptr, order_ptr, tiles_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr,
         acc1 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, H, BLOCK_K):
-            if FMT == 2:
-                a_even, a_odd = _x_halves(x_rows, k0, H, rmask, INTERPRET, BLOCK_K)
-                e1, o1 = _fp4_halves(w1_ptr, s1_ptr, n0, k0, I, H, stride_wn, stride_sn, SCALE_E8M0, dtype,
-                                     INTERPRET, BLOCK_N, BLOCK_K)
-                e3, o3 = _fp4_halves(w3_ptr, s3_ptr, n0, k0, I, H, stride_wn, stride_sn, SCALE_E8M0, dtype,
-                                     INTERPRET, BLOCK_N, BLOCK_K)
-                acc1 = tl.dot(a_even, tl.trans(e1), acc1, input_precision=PRECISION)
-                acc1 = tl.dot(a_odd, tl.trans(o1), acc1, input_precision=PRECISION)
-                acc3 = tl.dot(a_even, tl.trans(e3), acc3, input_precision=PRECISION)
-                acc3 = tl.dot(a_odd, tl.trans(o3), acc3, input_precision=PRECISION)
-            else:
-                cols = k0 + tl.arange(0, BLOCK_K)
-                a = tl.load(x_rows + cols[None, :], mask=rmask[:, None] & (cols < H)[None, :], other=0.0)
-                if INTERPRET:
-                    a = a.to(tl.float32)
-                b1 = _weight_tile(w1_ptr, s1_ptr, n0, k0, I, H, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype,
-                                  INTERPRET, BLOCK_N, BLOCK_K)
-                b3 = _weight_tile(w3_ptr, s3_ptr, n0, k0, I, H, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype,
-                                  INTERPRET, BLOCK_N, BLOCK_K)
-                acc1 = tl.dot(a, tl.trans(b1), acc1, input_precision=PRECISION)
-                acc3 = tl.dot(a, tl.trans(b3), acc3, input_precision=PRECISION)
+            cols = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(x_rows + cols[None, :], mask=rmask[:, None] & (cols < H)[None, :], other=0.0)
+            if INTERPRET:
+                a = a.to(tl.float32)
+            b1 = _weight_tile(w1_ptr, s1_ptr, n0, k0, I, H, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype, INTERPRET,
+                              BLOCK_N, BLOCK_K)
+            b3 = _weight_tile(w3_ptr, s3_ptr, n0, k0, I, H, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype, INTERPRET,
+                              BLOCK_N, BLOCK_K)
+            acc1 = tl.dot(a, tl.trans(b1), acc1, input_precision=PRECISION)
+            acc3 = tl.dot(a, tl.trans(b3), acc3, input_precision=PRECISION)
         gate = tl.minimum(acc1, limit)
         up = tl.minimum(tl.maximum(acc3, -limit), limit)
         cols_n = n0 + tl.arange(0, BLOCK_N)
@@ -440,20 +404,13 @@ def _down_kernel(h_ptr, order_ptr, tiles_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, H, 
         dtype = h_ptr.dtype.element_ty
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, I, BLOCK_K):
-            if FMT == 2:
-                a_even, a_odd = _x_halves(h_rows, k0, I, rmask, INTERPRET, BLOCK_K)
-                even, odd = _fp4_halves(w2_ptr, s2_ptr, n0, k0, H, I, stride_wn, stride_sn, SCALE_E8M0, dtype,
-                                        INTERPRET, BLOCK_N, BLOCK_K)
-                acc = tl.dot(a_even, tl.trans(even), acc, input_precision=PRECISION)
-                acc = tl.dot(a_odd, tl.trans(odd), acc, input_precision=PRECISION)
-            else:
-                cols = k0 + tl.arange(0, BLOCK_K)
-                a = tl.load(h_rows + cols[None, :], mask=rmask[:, None] & (cols < I)[None, :], other=0.0)
-                if INTERPRET:
-                    a = a.to(tl.float32)
-                b = _weight_tile(w2_ptr, s2_ptr, n0, k0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype,
-                                 INTERPRET, BLOCK_N, BLOCK_K)
-                acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+            cols = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(h_rows + cols[None, :], mask=rmask[:, None] & (cols < I)[None, :], other=0.0)
+            if INTERPRET:
+                a = a.to(tl.float32)
+            b = _weight_tile(w2_ptr, s2_ptr, n0, k0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype, INTERPRET,
+                             BLOCK_N, BLOCK_K)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
         pairs = tl.load(order_ptr + rows, mask=rmask, other=0)
         acc *= tl.load(rw_ptr + pairs, mask=rmask, other=0.0)[:, None]
         cols_n = n0 + tl.arange(0, BLOCK_N)

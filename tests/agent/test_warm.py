@@ -102,11 +102,11 @@ def test_a_question_mid_refresh_stops_it_at_a_step_and_resumes_from_there(setup:
     forward = setup.backend.engine.forward
     calls = {"n": 0}
 
-    def counting_forward(ids: object, state: object) -> torch.Tensor:  # the question arrives mid-refresh
+    def counting_forward(ids: object, state: object, **options: object) -> torch.Tensor:  # question mid-refresh
         calls["n"] += 1
         if calls["n"] == 2:
             entered.set()
-        return forward(ids, state)
+        return forward(ids, state, **options)
 
     setup.backend.engine.forward = counting_forward
     try:

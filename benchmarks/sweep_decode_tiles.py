@@ -76,6 +76,13 @@ def fp8_shapes() -> list[tuple[str, int, int]]:
     return shapes
 
 
+def fp8_case(m: int, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random bf16 activations [m, k] and an FP8 weight [n, k] with 2^-7 ue8m0 block scales."""
+    weight = torch.randn(n, k, device="cuda").clamp(-448, 448).to(torch.float8_e4m3fn)
+    scale = torch.full((-(-n // 128), k // 128), 127 - 7, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu)
+    return torch.randn(m, k, device="cuda", dtype=torch.bfloat16), weight, scale
+
+
 def sweep_fp8(results: Results) -> None:
     candidates = [fp8_gemm.DecodeTiles(bn, w, st, p) for bn, w, st, p in
                   itertools.product((32, 64, 128), (2, 4), (3, 4, 6), (1, 2, 4))]
@@ -83,9 +90,7 @@ def sweep_fp8(results: Results) -> None:
     out: dict = {"default": vars(default), "shapes": {}}
     totals = {i: 0.0 for i in range(len(candidates))}
     for (name, n, k), m in itertools.product(fp8_shapes(), (1, 8)):
-        weight = torch.randn(n, k, device="cuda").clamp(-448, 448).to(torch.float8_e4m3fn)
-        scale = torch.full((-(-n // 128), k // 128), 127 - 7, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        x, weight, scale = fp8_case(m, n, k)
         fp8_gemm.DECODE_TILES = default
         expected = fp8_gemm.fp8_linear(x, weight, scale)
         row = {}
@@ -114,9 +119,7 @@ def compare_split_sum(results: Results) -> None:
     fused_total = separate_total = 0.0
     real_locks = fp8_gemm._split_locks
     for (name, n, k), m in itertools.product(fp8_shapes(), (1, 8)):
-        weight = torch.randn(n, k, device="cuda").clamp(-448, 448).to(torch.float8_e4m3fn)
-        scale = torch.full((-(-n // 128), k // 128), 127 - 7, dtype=torch.uint8, device="cuda").view(torch.float8_e8m0fnu)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        x, weight, scale = fp8_case(m, n, k)
         fused_out = fp8_gemm.fp8_linear(x, weight, scale)
         fused = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
         fp8_gemm._split_locks = lambda device, tiles: None

@@ -94,17 +94,7 @@ class Engine:
         Raises:
             EngineInputError: an empty or out-of-range id, a state of another engine, or a state full.
         """
-        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
-        vocab = self.model.config.vocab_size
-        if ids.numel() == 0:
-            raise EngineInputError("no token ids to feed")
-        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-            raise EngineInputError(f"token ids must be in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
-        if state.owner != self.id:
-            raise EngineInputError("this state was made by another engine (other weights): make one with new_state()")
-        if state.num_tokens + ids.numel() > state.max_tokens:
-            raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
-                                   f"{ids.numel()} more were given")
+        ids = self._checked_ids(token_ids, state)
         start = state.num_tokens
         logits, streams = self.model(ids[None], state, return_streams=True, last_only=last_only)
         if state.mtp_layers:
@@ -117,18 +107,28 @@ class Engine:
         state is chunking-proof: the same logits as one forward).
 
         Raises:
-            EngineInputError: as forward(); a chunk that fails leaves the chunks before it in `state`.
+            EngineInputError: as forward(), for the whole prompt before any chunk is fed.
         """
-        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
-        if ids.numel() == 0:
-            raise EngineInputError("no token ids to feed")
-        if state.num_tokens + ids.numel() > state.max_tokens:  # checked up front: nothing is fed then
-            raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
-                                   f"{ids.numel()} more were given")
+        ids = self._checked_ids(token_ids, state)
         chunk = PREFILL_CHUNK.get(self.device.type, PREFILL_CHUNK["cpu"])
         for begin in range(0, ids.numel(), chunk):
             logits = self.forward(ids[begin : begin + chunk], state, last_only=True)
         return logits[-1]
+
+    def _checked_ids(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """`token_ids` as a 1-D int64 tensor on the engine's device, once they are known to fit `state`."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.device).reshape(-1)
+        vocab = self.model.config.vocab_size
+        if ids.numel() == 0:
+            raise EngineInputError("no token ids to feed")
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise EngineInputError(f"token ids must be in [0, {vocab}); got {int(ids.min())}..{int(ids.max())}")
+        if state.owner != self.id:
+            raise EngineInputError("this state was made by another engine (other weights): make one with new_state()")
+        if state.num_tokens + ids.numel() > state.max_tokens:
+            raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
+                                   f"{ids.numel()} more were given")
+        return ids
 
     def _advance_draft_head(self, ids: torch.Tensor, streams: torch.Tensor, start: int, state: DecodeState) -> None:
         """Feed the MTP block every position whose next token is now known; keep the last one pending."""

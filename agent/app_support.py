@@ -56,12 +56,12 @@ def demo_checkpoint(data_dir: Path | None = None) -> Path:
         return target
     from importlib import resources
 
-    from model.checkpoint import init_checkpoint
+    from v4.model.checkpoint import init_checkpoint
 
     data_dir.mkdir(parents=True, exist_ok=True)
     staging = data_dir / f".{DEMO_NAME}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    with resources.as_file(resources.files("repo_index") / "data" / "tokenizer.json") as tokenizer:
+    with resources.as_file(resources.files("v4.repo_index") / "data" / "tokenizer.json") as tokenizer:
         init_checkpoint(staging, "tiny", seed=0, tokenizer_json=tokenizer)
     (staging / RANDOM_MARKER).write_text("random weights from `v4 model init --preset tiny`: answers are noise\n")
     try:
@@ -98,7 +98,7 @@ def describe_backend(chosen: ChosenBackend, args: argparse.Namespace) -> Backend
         model = Path(args.model).name
         engine = getattr(backend, "engine", None)
         if engine is not None:
-            from model.checkpoint import state_bytes_per_token
+            from v4.model.checkpoint import state_bytes_per_token
 
             config = engine.model.config
             if engine.config.kv_format == "fp8":  # DeepSeek's layout, whatever the model's dtype
@@ -169,8 +169,8 @@ class RepositoryContext:
     """
 
     def __init__(self, root: Path, tokenizer_dir: Path | None, progress: Progress | None = None) -> None:
-        from repo_index import IndexConfig, RepoIndex
-        from repo_index.tokens import TokenizerError, load_tokenizer
+        from v4.repo_index import IndexConfig, RepoIndex
+        from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
         try:
             self.tokenizer = load_tokenizer(tokenizer_dir)
@@ -291,8 +291,8 @@ class RepositoryContext:
         return rel
 
     def _full_text(self, path: str) -> str:
-        from repo_index.files import decode_text
-        from repo_index.plan import render_full
+        from v4.repo_index.files import decode_text
+        from v4.repo_index.plan import render_full
 
         return render_full(path, decode_text((self.root / path).read_bytes()))
 

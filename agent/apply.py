@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from agent.edits import FileChange
+from v4.agent.edits import FileChange
 
 
 class PathError(ValueError):

@@ -56,9 +56,9 @@ def backend_from_args(args: argparse.Namespace) -> ChosenBackend:
 
 
 def _embedded(args: argparse.Namespace) -> ChosenBackend:
-    import model
-    from model.config import ConfigError
-    from model.weights import WeightsError
+    from v4 import model
+    from v4.model.config import ConfigError
+    from v4.model.weights import WeightsError
 
     from .chat_format import chat_format_for
     from .model_command import engine_options, load_with_progress
@@ -75,7 +75,7 @@ def _embedded(args: argparse.Namespace) -> ChosenBackend:
     context = min(limit, budget + 4 * reserve)
     store = None
     if not args.no_engram:
-        from model.engram_store import EngramStore, default_store_dir
+        from v4.model.engram_store import EngramStore, default_store_dir
 
         store = EngramStore(args.engram_dir or default_store_dir(), warn=lambda m: print(m, file=sys.stderr))
     backend = EmbeddedBackend(engine, chat_format_for(args.model), context, store)

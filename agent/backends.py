@@ -274,7 +274,7 @@ class EmbeddedBackend:
         """Bring the state to hold `ids`; returns the logits after them and how many were reused.
         `prefer_store`: resume from the store unless the state holds all of `ids` already (a stepped
         prefill, whose steps the store keeps)."""
-        from model.state import mark, rewind
+        from v4.model.state import mark, rewind
 
         self._sync_decoder()
         best = None
@@ -315,7 +315,7 @@ class EmbeddedBackend:
         """The text generated after prompt `ids` (a raw completion; `stream` renders a chat first)."""
         import torch
 
-        from model.engine import sample
+        from v4.model.engine import sample
 
         started = time.perf_counter()
         room = self.room_after(ids)

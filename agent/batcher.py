@@ -159,7 +159,7 @@ class DecodeBatcher:
     def _advance(self, row: _Row) -> int | None:
         """Sample the row's next token from its logits and stream it: the token to feed, or None when
         the row is finished (its generation closed)."""
-        from model.engine import sample
+        from v4.model.engine import sample
 
         generation = row.generation
         token = sample(row.logits, generation.temperature, generation.top_p, row.generator)

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tui(args: argparse.Namespace) -> int:
-    from tui.app import run  # Textual loads only for the TUI
+    from v4.tui.app import run  # Textual loads only for the TUI
 
     return run(args)
 

@@ -27,7 +27,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def store_from_args(args: argparse.Namespace) -> object:
-    from model.engram_store import EngramStore, default_store_dir
+    from v4.model.engram_store import EngramStore, default_store_dir
 
     return EngramStore(args.engram_dir or default_store_dir(), warn=lambda m: print(m, file=sys.stderr))
 
@@ -50,8 +50,8 @@ def run_engram(args: argparse.Namespace) -> int:
 
 
 def run_prefill(args: argparse.Namespace) -> int:
-    from repo_index import IndexConfig, RepoIndex
-    from repo_index.tokens import load_tokenizer
+    from v4.repo_index import IndexConfig, RepoIndex
+    from v4.repo_index.tokens import load_tokenizer
 
     from .backend_options import backend_from_args
     from .backends import BackendError, EmbeddedBackend

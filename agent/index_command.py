@@ -8,8 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from repo_index import DEFAULT_BUDGET, ContextPlan, DiscoveryConfig, IndexConfig, RepoIndex
-from repo_index.files import DEFAULT_MAX_FILE_BYTES
+from v4.repo_index import DEFAULT_BUDGET, ContextPlan, DiscoveryConfig, IndexConfig, RepoIndex
+from v4.repo_index.files import DEFAULT_MAX_FILE_BYTES
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Build the plan and print it; 1 on a bad path or tokenizer, with the reason on stderr."""
-    from repo_index.tokens import TokenizerError, load_tokenizer
+    from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
     root = Path(args.path)
     if not root.is_dir():

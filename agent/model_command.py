@@ -34,11 +34,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def run_model(args: argparse.Namespace) -> int:
     """`v4 model init|info`."""
-    from model.checkpoint import init_checkpoint, model_info
-    from model.config import ConfigError
+    from v4.model.checkpoint import init_checkpoint, model_info
+    from v4.model.config import ConfigError
 
     if args.model_command == "init":
-        tokenizer = resources.files("repo_index") / "data" / "tokenizer.json"
+        tokenizer = resources.files("v4.repo_index") / "data" / "tokenizer.json"
         try:
             with resources.as_file(tokenizer) as tokenizer_path:
                 path = init_checkpoint(args.directory, args.preset, args.seed, tokenizer_path, fp8=args.fp8)
@@ -89,7 +89,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
 def load_with_progress(path: Path, show: bool, **options: object) -> object:
     """`model.load` with a progress bar per shard on stderr (when `show`): a real checkpoint is
     tens of shards and minutes of reading."""
-    import model
+    from v4 import model
 
     if not show:
         return model.load(path, **options)
@@ -110,8 +110,8 @@ def load_with_progress(path: Path, show: bool, **options: object) -> object:
 
 def run_generate(args: argparse.Namespace) -> int:
     """`v4 generate`: tokens are printed as they come."""
-    from model.config import ConfigError
-    from model.weights import WeightsError
+    from v4.model.config import ConfigError
+    from v4.model.weights import WeightsError
 
     try:
         engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))

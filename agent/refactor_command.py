@@ -48,8 +48,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_refactor(args: argparse.Namespace) -> int:
-    from repo_index import IndexConfig, RepoIndex
-    from repo_index.tokens import TokenizerError, load_tokenizer
+    from v4.repo_index import IndexConfig, RepoIndex
+    from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
     from .backend_options import backend_from_args
     from .backends import BackendError

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo_index.files import ALWAYS_IGNORED_DIRS, VENDORED_DIRS, DiscoveryConfig, ignored_paths, path_skip_reason
+from v4.repo_index.files import ALWAYS_IGNORED_DIRS, VENDORED_DIRS, DiscoveryConfig, ignored_paths, path_skip_reason
 
 from .watch_layout import heavy_name, watch_layout
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from repo_index.files import ALWAYS_IGNORED_DIRS, VENDORED_DIRS, ignored_paths
+from v4.repo_index.files import ALWAYS_IGNORED_DIRS, VENDORED_DIRS, ignored_paths
 
 # Ignored directories cheap enough to leave inside a recursive watch (their events are dropped).
 LIGHT_IGNORED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"})

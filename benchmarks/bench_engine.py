@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "model"))
 
-import model  # noqa: E402
-from model.checkpoint import init_checkpoint  # noqa: E402
+from v4 import model  # noqa: E402
+from v4.model.checkpoint import init_checkpoint  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -82,7 +82,7 @@ def quantized(device: str, work: Path) -> dict:
         return {"skipped": "init_checkpoint has no fp8 option"}
     from safetensors.torch import save_file
 
-    from model.weights import read_tensors
+    from v4.model.weights import read_tensors
 
     path = init_checkpoint(work / "fp8", "tiny", seed=2, fp8=True)
     plain = work / "fp8_dequantised"

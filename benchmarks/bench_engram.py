@@ -28,9 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import model  # noqa: E402
-from model.checkpoint import init_checkpoint, state_bytes_per_token  # noqa: E402
-from model.engram_store import EngramStore  # noqa: E402
+from v4 import model  # noqa: E402
+from v4.model.checkpoint import init_checkpoint, state_bytes_per_token  # noqa: E402
+from v4.model.engram_store import EngramStore  # noqa: E402
 
 
 def repository_prompt(tokenizer: object, length: int) -> tuple[list[int], list[int]]:

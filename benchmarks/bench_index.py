@@ -21,7 +21,7 @@ AIDER_VENV = HERE / ".work" / "aider-venv"
 
 def child(root: Path, budget: int, edits: int) -> dict:
     """Runs in a fresh process: cold plan, then one-file updates, then the tokenizer's throughput."""
-    from repo_index import RepoIndex
+    from v4.repo_index import RepoIndex
 
     started = time.perf_counter()
     index = RepoIndex(root)
@@ -55,7 +55,7 @@ def child(root: Path, budget: int, edits: int) -> dict:
 
 
 def warm_child(root: Path, budget: int) -> dict:
-    from repo_index import RepoIndex
+    from v4.repo_index import RepoIndex
 
     started = time.perf_counter()
     plan = RepoIndex(root).plan(budget)

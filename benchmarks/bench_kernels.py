@@ -4,7 +4,7 @@
 
 First the two ceilings of this GPU, measured in the same run: a device-to-device copy (bytes read +
 written over time) and a large bf16 matrix product (and an FP8 one through `torch._scaled_mm` when the
-GPU has it). Then, per case of `benchmarks/kernels/<family>.py` (V4-Flash shapes): the kernel's
+GPU has it). Then, per case of `benchmarks/kernel_cases/<family>.py` (V4-Flash shapes): the kernel's
 relative error against the reference on fresh random inputs, and the median time of the kernel, the
 eager reference and `torch.compile` of it, each launched from Python and as CUDA-graph replays (the
 engine's decode runs in graphs, so small calls are judged by their graph time). Reported: achieved bandwidth (bytes the call must move / time)
@@ -162,7 +162,7 @@ def main() -> int:
     families = [f for f in args.only.split(",") if f] or list(FAMILIES)
     for family in families:
         try:
-            cases = importlib.import_module(f"benchmarks.kernels.{family}").cases(device)
+            cases = importlib.import_module(f"benchmarks.kernel_cases.{family}").cases(device)
         except Exception as exc:  # noqa: BLE001
             result["rows"].append({"kernel": family, "shape": "(cases)", "error": repr(exc)[:500],
                                    "trace": traceback.format_exc()[-2000:]})

@@ -38,13 +38,13 @@ import torch.distributed as dist  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import model  # noqa: E402
-from model.checkpoint import PRESETS  # noqa: E402
-from model.config import CSA, HCA, SLIDING, EngineConfig, V4Config  # noqa: E402
-from model.engine import DTYPES, Engine  # noqa: E402
-from model.parallel import Parallel, init_from_env, shard_model  # noqa: E402
-from model.v4 import Transformer  # noqa: E402
-from model.weights import _assign, _keeps_float32  # noqa: E402
+from v4 import model  # noqa: E402
+from v4.model.checkpoint import PRESETS  # noqa: E402
+from v4.model.config import CSA, HCA, SLIDING, EngineConfig, V4Config  # noqa: E402
+from v4.model.engine import DTYPES, Engine  # noqa: E402
+from v4.model.parallel import Parallel, init_from_env, shard_model  # noqa: E402
+from v4.model.v4 import Transformer  # noqa: E402
+from v4.model.weights import _assign, _keeps_float32  # noqa: E402
 
 
 def flash_config(layers: int) -> V4Config:

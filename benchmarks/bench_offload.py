@@ -35,15 +35,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_perf import GIB, Results, cuda_ms, timed_prefill  # noqa: E402
-from model.checkpoint import INIT_STD  # noqa: E402
-from model.config import CSA, HCA, EngineConfig, V4Config  # noqa: E402
-from model.engine import Engine  # noqa: E402
-from model.moe import MoE  # noqa: E402
-from model.offload import ExpertCache, to_host  # noqa: E402
-from model.quantized import FP4Linear, quantize_model  # noqa: E402
-from model.static_decode import StaticDecoder  # noqa: E402
-from model.v4 import Transformer  # noqa: E402
-from model.weights import _assign, _keeps_float32  # noqa: E402
+from v4.model.checkpoint import INIT_STD  # noqa: E402
+from v4.model.config import CSA, HCA, EngineConfig, V4Config  # noqa: E402
+from v4.model.engine import Engine  # noqa: E402
+from v4.model.moe import MoE  # noqa: E402
+from v4.model.offload import ExpertCache, to_host  # noqa: E402
+from v4.model.quantized import FP4Linear, quantize_model  # noqa: E402
+from v4.model.static_decode import StaticDecoder  # noqa: E402
+from v4.model.v4 import Transformer  # noqa: E402
+from v4.model.weights import _assign, _keeps_float32  # noqa: E402
 
 FLASH_LAYERS = 43
 SEEDS = itertools.count(100)

@@ -34,12 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "model"))
 
-import model  # noqa: E402
+from v4 import model  # noqa: E402
 from bench_engine import relative, tiny_reference  # noqa: E402
-from model.checkpoint import init_checkpoint  # noqa: E402
-from model.config import CSA, HCA  # noqa: E402
-from model.quantized import quantize_model  # noqa: E402
-from model.static_decode import StaticDecoder  # noqa: E402
+from v4.model.checkpoint import init_checkpoint  # noqa: E402
+from v4.model.config import CSA, HCA  # noqa: E402
+from v4.model.quantized import quantize_model  # noqa: E402
+from v4.model.static_decode import StaticDecoder  # noqa: E402
 
 GIB = 1024**3
 
@@ -259,7 +259,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
             timings["argmax_agreement_vs_bf16"] = (q_logits.argmax(-1) == bf16_logits.argmax(-1)).float().mean().item()
         state = engine.new_state(context + 256, draft=False)
         engine.forward(prompt, state)
-        from model.state import mark, rewind
+        from v4.model.state import mark, rewind
 
         saved = mark(state)
 
@@ -329,7 +329,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
     scaling["growth_per_doubling"] = {
         f"{a}->{b}": (scaling[str(b)]["seconds"] / scaling[str(a)]["seconds"]) ** (1 / math.log2(b / a))
         for a, b in zip(lengths, lengths[1:])}
-    from model.checkpoint import state_bytes_per_token
+    from v4.model.checkpoint import state_bytes_per_token
 
     scaling["analytic_state_bytes_per_token_bf16"] = state_bytes_per_token(net.config, fp8=False)
     scaling["analytic_state_bytes_per_token_fp8_layout"] = state_bytes_per_token(net.config, fp8=True)

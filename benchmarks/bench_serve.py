@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 def start_server(checkpoint: Path, device: str, max_batch: int) -> tuple[str, object]:
     import uvicorn
 
-    import model
-    from agent.backends import EmbeddedBackend
-    from agent.chat_format import chat_format_for
-    from agent.serve import ServeConfig, create_app
+    from v4 import model
+    from v4.agent.backends import EmbeddedBackend
+    from v4.agent.chat_format import chat_format_for
+    from v4.agent.serve import ServeConfig, create_app
 
     engine = model.load(checkpoint, device=device)
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 8192)
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from model.checkpoint import init_checkpoint
+    from v4.model.checkpoint import init_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.model or init_checkpoint(Path(tmp) / "small", "small", seed=0,

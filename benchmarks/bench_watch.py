@@ -27,17 +27,17 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import model  # noqa: E402
-from agent.app_support import RepositoryContext  # noqa: E402
-from agent.backends import EmbeddedBackend  # noqa: E402
-from agent.chat_format import chat_format_for  # noqa: E402
-from agent.session import Session  # noqa: E402
-from agent.warm import ContextWarmer  # noqa: E402
-from agent.watch import Watcher  # noqa: E402
-from agent.watch_loop import Changed, Warmed, WatchLoop  # noqa: E402
+from v4 import model  # noqa: E402
+from v4.agent.app_support import RepositoryContext  # noqa: E402
+from v4.agent.backends import EmbeddedBackend  # noqa: E402
+from v4.agent.chat_format import chat_format_for  # noqa: E402
+from v4.agent.session import Session  # noqa: E402
+from v4.agent.warm import ContextWarmer  # noqa: E402
+from v4.agent.watch import Watcher  # noqa: E402
+from v4.agent.watch_loop import Changed, Warmed, WatchLoop  # noqa: E402
 from benchmarks.make_tree import make_tree  # noqa: E402
-from model.checkpoint import init_checkpoint  # noqa: E402
-from model.engram_store import EngramStore  # noqa: E402
+from v4.model.checkpoint import init_checkpoint  # noqa: E402
+from v4.model.engram_store import EngramStore  # noqa: E402
 
 
 def save_and_wait(root: Path, path: str, watcher: Watcher, loop: WatchLoop, seen: list, n: int) -> dict:

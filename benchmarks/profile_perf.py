@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_offload import build  # noqa: E402
 from bench_perf import Results, cuda_ms, timed_prefill  # noqa: E402
-from model.config import EngineConfig  # noqa: E402
-from model.engine import Engine  # noqa: E402
-from model.static_decode import StaticDecoder  # noqa: E402
+from v4.model.config import EngineConfig  # noqa: E402
+from v4.model.engine import Engine  # noqa: E402
+from v4.model.static_decode import StaticDecoder  # noqa: E402
 
 
 def kernel_table(prof, runs: int, top: int = 30) -> dict:
@@ -82,7 +82,7 @@ def prefill_profile(engine: Engine, before: int, chunk: int) -> dict:
     tokens = torch.randint(0, vocab, (before + 2 * chunk,), device="cuda")
     state = engine.new_state(before + 2 * chunk, draft=False)
     seconds = timed_prefill(engine, tokens[:before], state, chunk)
-    from model.state import mark, rewind
+    from v4.model.state import mark, rewind
 
     saved = mark(state)
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_offload import flash_config  # noqa: E402
 from bench_perf import Results  # noqa: E402
-from kernels import fp8_gemm, moe  # noqa: E402
-from model.quantized import FP8Linear, quantize_model  # noqa: E402
-from model.v4 import Transformer  # noqa: E402
+from v4.kernels import fp8_gemm, moe  # noqa: E402
+from v4.model.quantized import FP8Linear, quantize_model  # noqa: E402
+from v4.model.v4 import Transformer  # noqa: E402
 
 CALLS = 20
 

@@ -5,7 +5,8 @@ Data flow: config.py -> layers.py -> mhc.py -> attention.py -> moe.py -> v4.py -
 sequence; `engine.generate(...)` streams ids. The reference path matches transformers logit for logit.
 """
 
-from __future__ import annotations
+if __name__ != "v4.model":  # the folder is also reachable from the repository root: one copy only
+    raise ImportError(f"import v4.model, not {__name__} (the packages live in the v4 namespace; see README)")
 
 from .config import ConfigError, EngineConfig, V4Config
 from .engine import Engine, EngineInputError, load, load_transformer

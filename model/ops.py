@@ -14,13 +14,13 @@ import os
 import torch
 from torch import Tensor
 
-from kernels import compressor as _compressor
-from kernels import fp8_gemm as _fp8_gemm
-from kernels import indexer as _indexer
-from kernels import mhc as _mhc
-from kernels import moe as _moe
-from kernels import norm_rope as _norm_rope
-from kernels import sparse_attention as _attention
+from v4.kernels import compressor as _compressor
+from v4.kernels import fp8_gemm as _fp8_gemm
+from v4.kernels import indexer as _indexer
+from v4.kernels import mhc as _mhc
+from v4.kernels import moe as _moe
+from v4.kernels import norm_rope as _norm_rope
+from v4.kernels import sparse_attention as _attention
 
 
 # DeepSeek's FP8 rows for compressed KV entries: e4m3 codes of the non-RoPE dims in blocks with ue8m0

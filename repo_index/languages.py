@@ -126,7 +126,7 @@ def tags_query(language: str) -> Query:
 def query_source(name: str) -> str:
     """The text of `queries/<name>.scm`, preceded by the files it names in `; inherits: a, b` lines
     (a dialect's query adds its own patterns to its base language's, as in nvim-treesitter)."""
-    source = resources.files("repo_index").joinpath("queries", f"{name}.scm").read_text("utf-8")
+    source = resources.files("v4.repo_index").joinpath("queries", f"{name}.scm").read_text("utf-8")
     parents = [p.strip() for line in source.splitlines() if line.startswith("; inherits:")
                for p in line.split(":", 1)[1].split(",") if p.strip()]
     return "".join(query_source(parent) + "\n" for parent in parents) + source

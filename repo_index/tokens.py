@@ -71,7 +71,7 @@ def load_tokenizer(model_path: str | os.PathLike[str] | None = None) -> TextToke
     """The tokenizer for a checkpoint directory (its tokenizer.json), a tokenizer.json file, or, for
     None, the packaged default."""
     if model_path is None:
-        resource = resources.files("repo_index") / "data" / "tokenizer.json"
+        resource = resources.files("v4.repo_index") / "data" / "tokenizer.json"
         source = str(resource)
         try:
             data = resource.read_bytes()

@@ -5,7 +5,7 @@ tokenizer that splits code roughly as a code model would. This script builds one
 installed locally (Python stdlib, C/C++ headers, node's global modules, Rust sources or rustdoc source
 pages, a JDK src.zip, Go), so the shipped `data/tokenizer.json` can be rebuilt without a download:
 
-    python -m repo_index.train_tokenizer --out repo_index/data/tokenizer.json
+    python -m v4.repo_index.train_tokenizer --out repo_index/data/tokenizer.json
 
 The corpus is deterministic: file lists are sorted, then visited in the order of a hash of each file's
 path inside its root (a spread over the whole tree rather than its alphabetical head), under a byte cap

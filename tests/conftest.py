@@ -64,14 +64,14 @@ TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "repo_index" / "data" / "
 
 def tiny_chat_checkpoint(directory: Path, seed: int) -> Path:
     """A tiny random V4 checkpoint with the bundled tokenizer and V4's prompt tokens, for the chat paths."""
-    from model.checkpoint import init_checkpoint
+    from v4.model.checkpoint import init_checkpoint
 
     return init_checkpoint(directory / "tiny", "tiny", seed=seed, tokenizer_json=TOKENIZER_JSON)
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from repo_index.tokens import load_tokenizer
+    from v4.repo_index.tokens import load_tokenizer
 
     return load_tokenizer(None)
 

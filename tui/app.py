@@ -11,7 +11,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from agent.workspace import Workspace, WorkspaceError
+from v4.agent.workspace import Workspace, WorkspaceError
 
 from .controllers.review import ReviewController
 from .screens.help import HelpScreen

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from agent.ai_comments import AIRequest
-from agent.app_support import BackendInfo, ContextView, PrefillReport
-from agent.session import TurnResult
-from agent.watch_loop import WatchEvent
+from v4.agent.ai_comments import AIRequest
+from v4.agent.app_support import BackendInfo, ContextView, PrefillReport
+from v4.agent.session import TurnResult
+from v4.agent.watch_loop import WatchEvent
 
 
 @dataclass

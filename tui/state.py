@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.reactive import var
 
-from agent.app_support import ContextView
+from v4.agent.app_support import ContextView
 
 
 class SessionState:

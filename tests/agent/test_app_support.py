@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import app_support
-from agent.backend_options import backend_from_args
-from agent.chat_format import Message
-from agent.session import system_message
+from v4.agent import app_support
+from v4.agent.backend_options import backend_from_args
+from v4.agent.chat_format import Message
+from v4.agent.session import system_message
 
 
 def _repo(root: Path, files: dict[str, str | bytes]) -> Path:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import agent.apply as apply_module
-from agent.apply import PathError, StaleChangeError, apply_changes, check_path, make_reader
-from agent.edits import FileChange, parse_edits, plan_changes
+import v4.agent.apply as apply_module
+from v4.agent.apply import PathError, StaleChangeError, apply_changes, check_path, make_reader
+from v4.agent.edits import FileChange, parse_edits, plan_changes
 
 
 def tree(root: Path) -> dict[str, object]:

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.backends import EmbeddedBackend
-from agent.chat_format import Message, chat_format_for
+from v4.agent.backends import EmbeddedBackend
+from v4.agent.chat_format import Message, chat_format_for
 from tests.conftest import tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> object:
-    import model
+    from v4 import model
 
     return model.load(tiny_chat_checkpoint(tmp_path_factory.mktemp("static"), seed=4), device="cpu")
 

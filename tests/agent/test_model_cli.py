@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from v4.agent.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_info_on_a_bad_config_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 
 def test_generate_streams_the_same_greedy_tokens_as_the_engine(tiny_dir: Path, capsys) -> None:
-    import model
+    from v4 import model
 
     assert main(["generate", "--model", str(tiny_dir), "--max-new-tokens", "6", "def add(a, b):"]) == 0
     out = capsys.readouterr().out

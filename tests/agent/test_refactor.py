@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from v4.agent.cli import main
 
 
 def git(repo: Path, *args: str) -> str:
@@ -59,8 +59,8 @@ def test_applies_the_edit_and_reports_json(repo: Path, tmp_path: Path, capsys) -
 
 
 def test_the_prompt_carries_the_repository(repo: Path, tmp_path: Path) -> None:
-    from agent.backends import ReplayBackend
-    from agent.session import Session
+    from v4.agent.backends import ReplayBackend
+    from v4.agent.session import Session
 
     backend = ReplayBackend([RENAME])
     session = Session(repo, backend, "==> calc.py <==\ndef add(a, b): ...")
@@ -136,8 +136,8 @@ def test_usage_errors_exit_2(repo: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_declining_the_confirmation_writes_nothing(repo: Path) -> None:
-    from agent.backends import ReplayBackend
-    from agent.session import Session, SessionOptions
+    from v4.agent.backends import ReplayBackend
+    from v4.agent.session import Session, SessionOptions
 
     seen = []
     options = SessionOptions(confirm=lambda changes: seen.extend(c.path for c in changes) or False)

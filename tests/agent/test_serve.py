@@ -36,10 +36,10 @@ def _serve(checkpoint: Path, max_batch: int):
     """(base URL, backend, app) of a live server until the generator is closed."""
     import uvicorn
 
-    import model
-    from agent.backends import EmbeddedBackend
-    from agent.chat_format import chat_format_for
-    from agent.serve import ServeConfig, create_app
+    from v4 import model
+    from v4.agent.backends import EmbeddedBackend
+    from v4.agent.chat_format import chat_format_for
+    from v4.agent.serve import ServeConfig, create_app
 
     engine = model.load(checkpoint, device="cpu", dtype="float32")
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 4096)
@@ -139,7 +139,7 @@ def test_chat_completion_is_the_engines_greedy_continuation(server) -> None:
     assert status == 200
     answer = json.loads(body)
     text = answer["choices"][0]["message"]["content"]
-    from agent.chat_format import Message
+    from v4.agent.chat_format import Message
 
     ids = backend.encode([Message("system", "You are terse."), Message("user", "def add(a, b):")])
     engine = backend.engine
@@ -192,7 +192,7 @@ def test_auth_and_bad_requests(server) -> None:
 
 
 def test_refactor_against_the_server_exits_1_and_leaves_the_tree(server, tmp_path: Path, capsys) -> None:
-    from agent.cli import main
+    from v4.agent.cli import main
 
     url, _ = server
     repo = tmp_path / "repo"

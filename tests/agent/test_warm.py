@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent.app_support import RepositoryContext
-from agent.backends import EmbeddedBackend
-from agent.chat_format import Message, chat_format_for
-from agent.session import Session, system_message
-from agent.warm import ContextWarmer, WarmReport
+from v4.agent.app_support import RepositoryContext
+from v4.agent.backends import EmbeddedBackend
+from v4.agent.chat_format import Message, chat_format_for
+from v4.agent.session import Session, system_message
+from v4.agent.warm import ContextWarmer, WarmReport
 from tests.conftest import make_repo, tiny_chat_checkpoint
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> object:
-    import model
+    from v4 import model
 
     return model.load(tiny_chat_checkpoint(tmp_path_factory.mktemp("warm"), seed=0), device="cpu")
 
@@ -37,7 +37,7 @@ class Setup:
     """A session over `repo` on the embedded backend with an Engram store, and a warmer with reports."""
 
     def __init__(self, engine: object, repo: Path, store_dir: Path, step_tokens: int) -> None:
-        from model.engram_store import EngramStore
+        from v4.model.engram_store import EngramStore
 
         self.backend = EmbeddedBackend(engine, chat_format_for(Path(engine.checkpoint)), 8192,
                                        EngramStore(store_dir))
@@ -74,7 +74,7 @@ def setup(engine: object, repo: Path, tmp_path: Path) -> Iterator[Setup]:
 
 
 def test_a_change_near_the_end_recomputes_only_the_tail(setup: Setup, engine: object, tmp_path: Path) -> None:
-    from model.engram_store import EngramStore
+    from v4.model.engram_store import EngramStore
 
     setup.warmer.refresh(setup.session.system, "start")
     first = setup.wait_report(1).stats

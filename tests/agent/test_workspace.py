@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.workspace import TRAILER, DirtyTreeError, UndoError, Workspace, WorkspaceError
+from v4.agent.workspace import TRAILER, DirtyTreeError, UndoError, Workspace, WorkspaceError
 from tests.conftest import git, make_repo
 
 NUMBERED = "".join(f"line {i}\n" for i in range(1, 31))

@@ -8,11 +8,11 @@ import pytest
 import torch
 import triton
 
-from kernels.compressor import _compress_windows, _plan, compress_windows, compress_windows_reference
-from model.attention import Compressor
-from model.config import V4Config
-from model.layers import rope_cos_sin, rope_inv_freq
-from model.state import CompressorState
+from v4.kernels.compressor import _compress_windows, _plan, compress_windows, compress_windows_reference
+from v4.model.attention import Compressor
+from v4.model.config import V4Config
+from v4.model.layers import rope_cos_sin, rope_inv_freq
+from v4.model.state import CompressorState
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")

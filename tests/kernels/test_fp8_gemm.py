@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import fp8_gemm as fp8
-from model.quant import dequantize_fp8, quantize_fp8
+from v4.kernels import fp8_gemm as fp8
+from v4.model.quant import dequantize_fp8, quantize_fp8
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
@@ -283,7 +283,7 @@ def test_fused_quantisation_equals_act_quant(poisoned: list) -> None:
 
 @needs_kernel
 def test_benchmark_cases_at_tiny_scale() -> None:
-    from benchmarks.kernels.fp8_gemm import cases
+    from benchmarks.kernel_cases.fp8_gemm import cases
 
     built = cases(KERNEL_DEVICE, tiny=True)
     assert all(c.bytes_moved > 0 and c.flops > 0 for c in built)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels import indexer as ix
+from v4.kernels import indexer as ix
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
@@ -58,7 +58,7 @@ def indexer_inputs(batch: int, seq_len: int, heads: int, head_dim: int, num_keys
 def test_topk_reference_is_a_stable_descending_sort_of_the_visible_scores() -> None:
     """What every chunking must select alike: the k best, ties to the lowest index (ReLU sums are
     often exactly 0), never an invisible (-inf) entry."""
-    from model.attention import compressed_visibility
+    from v4.model.attention import compressed_visibility
 
     generator = torch.Generator().manual_seed(11)
     cases = [mixed_scores(2, 4, 90, seed=1)]
@@ -82,10 +82,10 @@ def test_topk_reference_is_a_stable_descending_sort_of_the_visible_scores() -> N
 
 
 def test_reference_equals_the_models_indexer() -> None:
-    from model.attention import Indexer
-    from model.config import V4Config
-    from model.layers import apply_rope, rope_cos_sin, rope_inv_freq
-    from model.state import CompressorState
+    from v4.model.attention import Indexer
+    from v4.model.config import V4Config
+    from v4.model.layers import apply_rope, rope_cos_sin, rope_inv_freq
+    from v4.model.state import CompressorState
     from tests.model.conftest import TINY, randomize
 
     config = V4Config.from_dict({**TINY, "model_type": "deepseek_v4"})
@@ -184,7 +184,7 @@ def test_scores_kernel_matches_reference(batch: int, seq_len: int, heads: int, h
 ])
 def test_indexer_topk_matches_reference(batch: int, seq_len: int, heads: int, head_dim: int, num_keys: int,
                                         start: int, k: int, fp8: bool) -> None:
-    from benchmarks.kernels.indexer import selection_error
+    from benchmarks.kernel_cases.indexer import selection_error
 
     q, weights, keys = indexer_inputs(batch, seq_len, heads, head_dim, num_keys, torch.float32, seed=k)
     scale = head_dim**-0.5
@@ -211,7 +211,7 @@ def test_indexer_topk_matches_reference(batch: int, seq_len: int, heads: int, he
 
 @needs_kernel
 def test_benchmark_cases_run_at_tiny_scale() -> None:
-    from benchmarks.kernels.indexer import cases
+    from benchmarks.kernel_cases.indexer import cases
 
     built = cases(KERNEL_DEVICE, tiny=True)
     assert len(built) == 6 and all(c.bytes_moved > 0 and c.flops > 0 for c in built)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels.mhc import hc_head, hc_head_reference, hc_post, hc_post_reference, hc_pre, hc_pre_reference
+from v4.kernels.mhc import hc_head, hc_head_reference, hc_post, hc_post_reference, hc_pre, hc_pre_reference
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
@@ -37,7 +37,7 @@ def _mhc_inputs(tokens: tuple[int, int], n: int, dim: int, dtype: torch.dtype, h
 
 def _poison(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every output the launchers allocate starts as NaN, so an unwritten element fails the test."""
-    import kernels.mhc as mhc
+    import v4.kernels.mhc as mhc
 
     class PoisonedTorch:
         def __getattr__(self, name: str) -> object:
@@ -102,7 +102,7 @@ def test_hc_post(tokens: tuple[int, int], n: int, dim: int, dtype: torch.dtype,
 @needs_kernel
 def test_hc_pre_many_k_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decode-like plans: 24 K splits of 16 columns, summed by kernel B in two chunks of 16."""
-    import kernels.mhc as mhc
+    import v4.kernels.mhc as mhc
 
     _poison(monkeypatch)
     monkeypatch.setattr(mhc, "_mix_config", lambda num_tokens, device: (16, 16, 4))
@@ -141,7 +141,7 @@ def test_launchers_reject_bad_inputs() -> None:
 
 
 def test_benchmark_cases_build_at_tiny_scale() -> None:
-    from benchmarks.kernels.mhc import cases
+    from benchmarks.kernel_cases.mhc import cases
 
     built = cases("cpu", tiny=True)
     assert {c.kernel_name for c in built} == {"hc_pre", "hc_post", "hc_head"}

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import moe
-from model.config import HASH_MOE, MOE, V4Config
-from model.moe import MoE, Gate
-from model.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
+from v4.kernels import moe
+from v4.model.config import HASH_MOE, MOE, V4Config
+from v4.model.moe import MoE, Gate
+from v4.model.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from kernels.norm_rope import (apply_rope, apply_rope_reference, rms_norm, rms_norm_reference, rms_norm_rope,
+from v4.kernels.norm_rope import (apply_rope, apply_rope_reference, rms_norm, rms_norm_reference, rms_norm_rope,
                                rms_norm_rope_reference)
-from model.layers import RMSNorm, unweighted_rms_norm
-from model.layers import apply_rope as model_apply_rope
+from v4.model.layers import RMSNorm, unweighted_rms_norm
+from v4.model.layers import apply_rope as model_apply_rope
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
 needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-import kernels.sparse_attention as sa
-from kernels.sparse_attention import (dequantize_kv_fp8, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
+import v4.kernels.sparse_attention as sa
+from v4.kernels.sparse_attention import (dequantize_kv_fp8, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
                                       sparse_attention_fp8_reference, sparse_attention_reference)
 
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
@@ -84,10 +84,10 @@ def test_reference_ignores_slot_order_and_keeps_dtype() -> None:
 def test_reference_matches_model_attention(layer: int) -> None:
     """A tiny model's Attention.forward equals its own math with the core replaced by the reference over
     the indices of the keys it lets each query see (window, then the compressed entries chosen)."""
-    from model.attention import Attention, compressed_visibility
-    from model.config import CSA, HCA, SLIDING, V4Config
-    from model.layers import apply_rope, rope_cos_sin, unweighted_rms_norm
-    from model.state import new_decode_state
+    from v4.model.attention import Attention, compressed_visibility
+    from v4.model.config import CSA, HCA, SLIDING, V4Config
+    from v4.model.layers import apply_rope, rope_cos_sin, unweighted_rms_norm
+    from v4.model.state import new_decode_state
 
     config = V4Config(vocab_size=97, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, head_dim=32,
                       q_lora_rank=24, o_groups=2, o_lora_rank=16, sliding_window=8, partial_rotary_factor=0.25,
@@ -260,7 +260,7 @@ def test_bad_inputs_raise() -> None:
 
 @needs_kernel
 def test_benchmark_cases_at_tiny_scale() -> None:
-    from benchmarks.kernels.sparse_attention import cases
+    from benchmarks.kernel_cases.sparse_attention import cases
 
     for case in cases(KERNEL_DEVICE, tiny=True):
         assert case.bytes_moved > 0 and case.flops > 0

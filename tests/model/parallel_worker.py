@@ -16,8 +16,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import model  # noqa: E402
-from model import weights  # noqa: E402
+from v4 import model  # noqa: E402
+from v4.model import weights  # noqa: E402
 
 PROMPT_SEED, PROMPT_LEN, CHUNKS, NEW_TOKENS = 5, 40, (23, 1, 1, 15), 8
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from model.config import CSA, HCA, SLIDING, ConfigError, EngineConfig, V4Config
+from v4.model.config import CSA, HCA, SLIDING, ConfigError, EngineConfig, V4Config
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
-from model import EngineInputError
+from v4 import model
+from v4.model import EngineInputError
 
 CHUNKS = [37, 1, 1, 90, 1]  # 130 tokens: several sliding, CSA and HCA windows, and the top-k limit
 

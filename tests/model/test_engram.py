@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from model.engram import (
+from v4.model.engram import (
     ENGRAM_KEYS, Engram, EngramConfig, hash_multipliers, layer_table_sizes, new_engram_state, ngram_hashes,
 )
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import model
-from model import ConfigError, V4Config
-from model.state import mark, rewind
-from model.v4 import Transformer
+from v4 import model
+from v4.model import ConfigError, V4Config
+from v4.model.state import mark, rewind
+from v4.model.v4 import Transformer
 
 ENGRAM = {"engram_layer_ids": [1, 2], "engram_max_ngram_size": 3, "engram_n_embed_per_ngram": 32,
           "engram_n_head_per_ngram": 4, "engram_table_size": 1009, "engram_kernel_size": 4}

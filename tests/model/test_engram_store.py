@@ -17,10 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-import model
-from model import engram_store
-from model.checkpoint import init_checkpoint
-from model.engram_store import FORMAT_VERSION, EngramStore, model_fingerprint, prefix_keys
+from v4 import model
+from v4.model import engram_store
+from v4.model.checkpoint import init_checkpoint
+from v4.model.engram_store import FORMAT_VERSION, EngramStore, model_fingerprint, prefix_keys
 
 CHUNK = 128  # a multiple of the tiny preset's compress rates (4 and 8)
 LENGTH = 600  # four whole chunks and a tail

@@ -13,15 +13,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import model
-from kernels.indexer import dequantize_index_keys_fp8, indexer_topk_reference
-from kernels.sparse_attention import sparse_attention_reference
-from model import ops
-from model.checkpoint import init_checkpoint, state_bytes_per_token
-from model.config import EngineConfig
-from model.engram_store import EngramStore, model_fingerprint
-from model.state import DecodeState, mark, rewind
-from model.static_decode import StaticDecodeError, StaticDecoder
+from v4 import model
+from v4.kernels.indexer import dequantize_index_keys_fp8, indexer_topk_reference
+from v4.kernels.sparse_attention import sparse_attention_reference
+from v4.model import ops
+from v4.model.checkpoint import init_checkpoint, state_bytes_per_token
+from v4.model.config import EngineConfig
+from v4.model.engram_store import EngramStore, model_fingerprint
+from v4.model.state import DecodeState, mark, rewind
+from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 # The tiny preset at the sizes DeepSeek's FP8 rows are fixed at (512 dims, 64 of them RoPE; the indexer's
 # keys carry the same RoPE, so they need 64 dims too). Every layer hash-routed: until the indexer has a

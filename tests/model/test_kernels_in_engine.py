@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-import model
-from model import ops
+from v4 import model
+from v4.model import ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import model
-from model import EngineInputError
-from model.checkpoint import init_checkpoint
-from model.state import LayerState, mark, new_decode_state, rewind
+from v4 import model
+from v4.model import EngineInputError
+from v4.model.checkpoint import init_checkpoint
+from v4.model.state import LayerState, mark, new_decode_state, rewind
 
 
 @pytest.fixture(scope="module")

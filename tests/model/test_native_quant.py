@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import model
-from model import WeightsError, load_transformer, ops, quant
-from model.checkpoint import PRESETS, init_checkpoint, linear_weights, stored_format
-from model.moe import MoE
-from model.parallel import Parallel
-from model.quant import QuantError
-from model.quantized import FP4Linear, FP8Linear, quantize_model
+from v4 import model
+from v4.model import WeightsError, load_transformer, ops, quant
+from v4.model.checkpoint import PRESETS, init_checkpoint, linear_weights, stored_format
+from v4.model.moe import MoE
+from v4.model.parallel import Parallel
+from v4.model.quant import QuantError
+from v4.model.quantized import FP4Linear, FP8Linear, quantize_model
 
 CHUNKS = (9, 1, 1, 13)  # 24 tokens: a prefill, two decode steps, a prefill
 QUANTISED_DTYPES = (torch.float8_e4m3fn, torch.int8, torch.float8_e8m0fnu)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import model
-from model.checkpoint import init_checkpoint
-from model.config import ConfigError
-from model.moe import MoE
-from model.offload import ExpertCache, OffloadError, has_offload, offload_experts
-from model.static_decode import StaticDecodeError, StaticDecoder
+from v4 import model
+from v4.model.checkpoint import init_checkpoint
+from v4.model.config import ConfigError
+from v4.model.moe import MoE
+from v4.model.offload import ExpertCache, OffloadError, has_offload, offload_experts
+from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 CHUNKS = (40, 1, 1, 9)  # a prefill that streams, two decode steps, a short chunk
 

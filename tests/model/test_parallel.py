@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import model
-from model.checkpoint import init_checkpoint
-from model.parallel import Parallel, shard_model
-from model.weights import native_name
+from v4 import model
+from v4.model.checkpoint import init_checkpoint
+from v4.model.parallel import Parallel, shard_model
+from v4.model.weights import native_name
 
 from .parallel_worker import run_checks
 
@@ -122,8 +122,8 @@ def test_sharding_a_meta_model_allocates_nothing_and_keeps_checkpoint_names() ->
 
 
 def _tiny_config() -> model.V4Config:
-    from model.checkpoint import PRESETS
-    from model.config import CSA, HCA, SLIDING
+    from v4.model.checkpoint import PRESETS
+    from v4.model.config import CSA, HCA, SLIDING
 
     data = {"model_type": "deepseek_v4", **PRESETS["tiny"]}
     ratios = data.pop("compress_ratios")
@@ -132,7 +132,7 @@ def _tiny_config() -> model.V4Config:
 
 
 def test_world_size_one_is_the_single_process_engine(monkeypatch) -> None:
-    from model.parallel import current, init_from_env
+    from v4.model.parallel import current, init_from_env
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_from_env("cpu") is None and current() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import WeightsError, load_transformer
+from v4.model import WeightsError, load_transformer
 
 # 44 crosses 5 sliding windows (8), 11 CSA windows (4) with top-3 selection and 5 HCA windows (8);
 # 130 crosses 16 sliding windows and 32 CSA windows, and passes 128 positions.

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.quant import (
+from v4.model.quant import (
     E2M1_VALUES, FP4_GROUP, FP8_BLOCK, QuantError, dequantize, dequantize_fp4, dequantize_fp8,
     is_fp4_packed, quantize_fp4, quantize_fp8,
 )

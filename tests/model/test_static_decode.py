@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
-from model.static_decode import StaticDecodeError, StaticDecoder
+from v4 import model
+from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 PAGE = 64
 

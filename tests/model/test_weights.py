@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import model
-from model import WeightsError, load_transformer
-from model.weights import read_tensors
+from v4 import model
+from v4.model import WeightsError, load_transformer
+from v4.model.weights import read_tensors
 
 
 def write_sharded(tensors: dict[str, torch.Tensor], directory: Path, shards: int) -> None:

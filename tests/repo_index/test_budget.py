@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_index import RepoIndex
-from repo_index.budget import all_fit, choose_modes
+from v4.repo_index import RepoIndex
+from v4.repo_index.budget import all_fit, choose_modes
 from tests.conftest import make_repo
 
 
@@ -113,7 +113,7 @@ def test_pagerank_matches_networkx() -> None:
 
     import networkx as nx
 
-    from repo_index.budget import pagerank
+    from v4.repo_index.budget import pagerank
 
     rng = random.Random(0)
     weights: dict[tuple[int, int], float] = {}

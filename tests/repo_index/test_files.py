@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_index import DiscoveryConfig, IndexConfig, RepoIndex
-from repo_index.parse import ParseError
+from v4.repo_index import DiscoveryConfig, IndexConfig, RepoIndex
+from v4.repo_index.parse import ParseError
 from tests.conftest import make_repo
 
 SOURCE = "def main() -> int:\n    return 0\n"
@@ -157,7 +157,7 @@ def test_special_files_are_skipped(tmp_path: Path, tokenizer) -> None:
 
 
 def test_a_grammar_failure_keeps_the_file_unparsed_and_warns(tmp_path: Path, tokenizer, monkeypatch) -> None:
-    import repo_index.parse as parse_module
+    import v4.repo_index.parse as parse_module
 
     root = make_repo(tmp_path / "repo", {"good.py": SOURCE, "bad.py": SOURCE})
     real_parse = parse_module.parse_source

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import repo_index.parse as parse_module
-from repo_index import IndexConfig, RepoIndex
-from repo_index.cache import CACHE_DIR, CACHE_VERSION
+import v4.repo_index.parse as parse_module
+from v4.repo_index import IndexConfig, RepoIndex
+from v4.repo_index.cache import CACHE_DIR, CACHE_VERSION
 
 
 @pytest.fixture

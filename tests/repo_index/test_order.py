@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from repo_index import IndexConfig, RepoIndex
+from v4.repo_index import IndexConfig, RepoIndex
 
 # History of the fixture (conftest.order_repo): every file is in the first commit; models.py and
 # util.ts are touched by a second commit, models.py by a third; notes/todo.md is untracked. So every

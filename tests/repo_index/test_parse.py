@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_index.languages import PARSED_LANGUAGES, tags_query
-from repo_index.parse import FileSymbols, Import, parse_source
+from v4.repo_index.languages import PARSED_LANGUAGES, tags_query
+from v4.repo_index.parse import FileSymbols, Import, parse_source
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "languages"
 

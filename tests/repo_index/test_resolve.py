@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from repo_index.parse import Import
-from repo_index.resolve import PathTable, resolve_imports
+from v4.repo_index.parse import Import
+from v4.repo_index.resolve import PathTable, resolve_imports
 
 FILES = [
     # Python: a src layout, a flat package, a script directory

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from repo_index.tokens import TextTokenizer, TokenizerError, load_tokenizer
+from v4.repo_index.tokens import TextTokenizer, TokenizerError, load_tokenizer
 
 REPO_INDEX = Path(__file__).resolve().parents[2] / "repo_index"
 
@@ -38,7 +38,7 @@ def tiny_tokenizer(directory: Path, corpus: list[str]) -> Path:
 
 
 def test_shipped_tokenizer_is_small_and_loads() -> None:
-    shipped = resources.files("repo_index") / "data" / "tokenizer.json"
+    shipped = resources.files("v4.repo_index") / "data" / "tokenizer.json"
     assert len(shipped.read_bytes()) < 5_000_000
     tokenizer = load_tokenizer()
     assert isinstance(tokenizer, TextTokenizer)

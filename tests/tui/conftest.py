@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from agent.cli import build_parser
-from agent.workspace import Workspace
-from tui.app import V4App
+from v4.agent.cli import build_parser
+from v4.agent.workspace import Workspace
+from v4.tui.app import V4App
 
 FILLER = "".join(f"# line {n}\n" for n in range(12))  # keeps add() and sub() in separate hunks
 CALC = f"def add(a, b):\n    return a + b\n\n{FILLER}\ndef sub(a, b):\n    return a - b\n"
@@ -108,9 +108,9 @@ def chat_text(app: V4App) -> str:
     """What the chat shows, as text: notes, answers' prose, edit blocks' paths and diff lines."""
     from textual.widgets import Markdown
 
-    from tui.widgets.diff_text import DiffText
-    from tui.widgets.edit_block import EditBlockView
-    from tui.widgets.note import Note
+    from v4.tui.widgets.diff_text import DiffText
+    from v4.tui.widgets.edit_block import EditBlockView
+    from v4.tui.widgets.note import Note
 
     parts = []
     for widget in app.main.query("#chat *"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tui.controllers.answer import EditPart, Prose, diff_lines, split_answer
+from v4.tui.controllers.answer import EditPart, Prose, diff_lines, split_answer
 
 BLOCK = "app/util.py\n```python\n<<<<<<< SEARCH\ndef add(a, b):\n    return a + b\n=======\n" \
         "def add(a: int, b: int) -> int:\n    return a + b\n>>>>>>> REPLACE\n```\n"

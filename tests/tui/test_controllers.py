@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.backends import BackendError, ReplayBackend, Usage
-from agent.chat_format import Message
-from agent.session import Session, TurnResult
-from agent.workspace import Workspace
+from v4.agent.backends import BackendError, ReplayBackend, Usage
+from v4.agent.chat_format import Message
+from v4.agent.session import Session, TurnResult
+from v4.agent.workspace import Workspace
 from tests.tui.conftest import CALC, TYPED, git
-from tui import messages as m
-from tui.controllers.chat import ChatController, describe_failure
-from tui.controllers.metering import STOPPED, MeteredBackend
-from tui.controllers.review import ReviewController
-from tui.controllers.startup import StartupController
+from v4.tui import messages as m
+from v4.tui.controllers.chat import ChatController, describe_failure
+from v4.tui.controllers.metering import STOPPED, MeteredBackend
+from v4.tui.controllers.review import ReviewController
+from v4.tui.controllers.startup import StartupController
 
 
 class Clock:

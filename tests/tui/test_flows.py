@@ -8,10 +8,10 @@ import pytest
 from textual.widgets import DataTable
 
 from tests.tui.conftest import CALC, MISSING, TYPED, MakeApp, ask, chat_text, git, ready, submit, until
-from tui.screens.help import HelpScreen
-from tui.screens.review import ReviewScreen
-from tui.widgets.chat_log import ChatLog
-from tui.widgets.hunk_view import HunkView
+from v4.tui.screens.help import HelpScreen
+from v4.tui.screens.review import ReviewScreen
+from v4.tui.widgets.chat_log import ChatLog
+from v4.tui.widgets.hunk_view import HunkView
 
 pytestmark = pytest.mark.anyio
 
@@ -211,9 +211,9 @@ async def test_ctrl_c_quits_and_says_nothing_without_pending_changes(make_app: M
 
 
 async def test_a_backend_that_cannot_start_is_reported_and_the_app_stays_usable(repo: Path, tmp_path: Path) -> None:
-    from agent.cli import build_parser
-    from agent.workspace import Workspace
-    from tui.app import V4App
+    from v4.agent.cli import build_parser
+    from v4.agent.workspace import Workspace
+    from v4.tui.app import V4App
 
     args = build_parser().parse_args(["--replay", str(tmp_path / "missing.json")])
     app = V4App(repo, args, Workspace(repo))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tui.controllers.slash import SLASH_COMMANDS, SlashError, completions, parse_slash
-from tui.screens.main import MainScreen
+from v4.tui.controllers.slash import SLASH_COMMANDS, SlashError, completions, parse_slash
+from v4.tui.screens.main import MainScreen
 
 
 @pytest.mark.parametrize("text, action, argument", [

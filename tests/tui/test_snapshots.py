@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.tui.conftest import TYPED, MakeApp, ask, ready, until
-from tui.screens.review import ReviewScreen
+from v4.tui.screens.review import ReviewScreen
 
 SIZES = [(80, 24), (120, 40)]
 SnapCompare = Callable[..., bool]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.tui.conftest import CALC, MakeApp, chat_text, git, ready, submit, until
-from tui.widgets.status_bar import StatusBar
+from v4.tui.widgets.status_bar import StatusBar
 
 pytestmark = pytest.mark.anyio
 BANG, ASK = "AI" + "!", "AI" + "?"  # spelled apart: this file is no request to a watcher

@@ -12,7 +12,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from agent.edits import EditError, parse_edits
+from v4.agent.edits import EditError, parse_edits
 
 _HEAD = re.compile(r"^<{5,9} ?(?:SEARCH|ORIGINAL)>?$")
 _DIVIDER = re.compile(r"^={5,9}$")

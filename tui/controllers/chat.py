@@ -7,9 +7,9 @@ from contextlib import nullcontext
 
 from textual.message import Message
 
-from agent.session import Session, TurnResult
-from agent.warm import ContextWarmer
-from agent.workspace import WorkspaceError
+from v4.agent.session import Session, TurnResult
+from v4.agent.warm import ContextWarmer
+from v4.agent.workspace import WorkspaceError
 
 from ..messages import TurnFinished
 from .metering import STOPPED, MeteredBackend

@@ -8,10 +8,10 @@ from contextlib import nullcontext
 
 from textual.message import Message
 
-from agent.app_support import ContextError, RepositoryContext, prefill
-from agent.backends import Backend
-from agent.session import Session, system_message
-from agent.warm import ContextWarmer
+from v4.agent.app_support import ContextError, RepositoryContext, prefill
+from v4.agent.backends import Backend
+from v4.agent.session import Session, system_message
+from v4.agent.warm import ContextWarmer
 
 from ..messages import ContextUpdated
 

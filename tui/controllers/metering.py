@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from textual.message import Message
 
-from agent.backends import Backend, BackendError, Usage
-from agent.chat_format import Message as ChatMessage
+from v4.agent.backends import Backend, BackendError, Usage
+from v4.agent.chat_format import Message as ChatMessage
 
 from ..messages import AnswerDelta, AnswerMetrics, AnswerStarted
 

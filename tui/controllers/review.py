@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.workspace import FileDiff, Workspace, WorkspaceError
+from v4.agent.workspace import FileDiff, Workspace, WorkspaceError
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from textual.message import Message
 
-from agent import app_support
-from agent.backend_options import backend_from_args
-from agent.backends import BackendError
-from agent.session import Session, SessionOptions
-from agent.warm import ContextWarmer
-from agent.workspace import WorkspaceError
+from v4.agent import app_support
+from v4.agent.backend_options import backend_from_args
+from v4.agent.backends import BackendError
+from v4.agent.session import Session, SessionOptions
+from v4.agent.warm import ContextWarmer
+from v4.agent.workspace import WorkspaceError
 
 from ..messages import StartupFailed, StartupReady, StartupStep
 from .chat import ChatController

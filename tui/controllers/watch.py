@@ -14,12 +14,12 @@ from pathlib import Path
 
 from textual.message import Message
 
-from agent.ai_comments import AIRequest
-from agent.app_support import RepositoryContext
-from agent.session import Session, TurnResult
-from agent.warm import ContextWarmer
-from agent.watch import WatchConfig, Watcher
-from agent.watch_loop import WatchLoop
+from v4.agent.ai_comments import AIRequest
+from v4.agent.app_support import RepositoryContext
+from v4.agent.session import Session, TurnResult
+from v4.agent.warm import ContextWarmer
+from v4.agent.watch import WatchConfig, Watcher
+from v4.agent.watch_loop import WatchLoop
 
 from ..messages import AiRequested, WatchStopped, WatchUpdate
 from .chat import ChatController

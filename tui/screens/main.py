@@ -16,9 +16,9 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
-from agent.ai_comments import AIRequest
-from agent.app_support import BackendInfo
-from agent.watch_loop import Changed, Warmed
+from v4.agent.ai_comments import AIRequest
+from v4.agent.app_support import BackendInfo
+from v4.agent.watch_loop import Changed, Warmed
 
 from .. import messages as m
 from ..controllers.chat import describe_failure

@@ -9,7 +9,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label
 
-from agent.workspace import FileDiff
+from v4.agent.workspace import FileDiff
 
 from ..controllers.review import ReviewController, ReviewOutcome
 from ..widgets.hunk_view import HunkView

@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Button, Label
 
-from agent.workspace import Hunk
+from v4.agent.workspace import Hunk
 
 from .diff_text import DiffText
 

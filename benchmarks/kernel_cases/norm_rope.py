@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.norm_rope import (apply_rope, apply_rope_reference, rms_norm, rms_norm_reference, rms_norm_rope,
+from v4.kernels.norm_rope import (apply_rope, apply_rope_reference, rms_norm, rms_norm_reference, rms_norm_rope,
                                rms_norm_rope_reference)
 
 from . import Case

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.mhc import hc_head, hc_head_reference, hc_post, hc_post_reference, hc_pre, hc_pre_reference
+from v4.kernels.mhc import hc_head, hc_head_reference, hc_post, hc_post_reference, hc_pre, hc_pre_reference
 
 from . import Case
 

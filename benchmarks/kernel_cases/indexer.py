@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.kernels import Case
-from kernels.indexer import (indexer_scores_reference, indexer_topk, indexer_topk_fp8, indexer_topk_fp8_reference,
+from benchmarks.kernel_cases import Case
+from v4.kernels.indexer import (indexer_scores_reference, indexer_topk, indexer_topk_fp8, indexer_topk_fp8_reference,
                              indexer_topk_reference, quantize_index_keys_fp8, dequantize_index_keys_fp8)
 
 HEADS, HEAD_DIM, TOPK, RATE = 64, 128, 512, 4  # model/config.py: index_n_heads, index_head_dim, index_topk, CSA

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.kernels import Case
-from kernels.moe import (moe_experts, moe_experts_fp4, moe_experts_fp4_reference, moe_experts_fp8,
+from benchmarks.kernel_cases import Case
+from v4.kernels.moe import (moe_experts, moe_experts_fp4, moe_experts_fp4_reference, moe_experts_fp8,
                          moe_experts_fp8_reference, moe_experts_reference, route, route_reference)
 
 HIDDEN, INTER, EXPERTS, TOPK, LIMIT, SCALING = 4096, 2048, 256, 6, 10.0, 1.5

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.compressor import compress_windows, compress_windows_reference
+from v4.kernels.compressor import compress_windows, compress_windows_reference
 
 from . import Case
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.kernels import Case
-from kernels.sparse_attention import (PACKED_DIM, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
+from benchmarks.kernel_cases import Case
+from v4.kernels.sparse_attention import (PACKED_DIM, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
                                       sparse_attention_fp8_reference, sparse_attention_reference)
 
 HEADS, DIM = 64, 512

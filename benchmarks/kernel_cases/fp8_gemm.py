@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.kernels import Case
-from kernels.fp8_gemm import (act_quant, act_quant_reference, fp8_gemm, fp8_gemm_reference, fp8_linear,
+from benchmarks.kernel_cases import Case
+from v4.kernels.fp8_gemm import (act_quant, act_quant_reference, fp8_gemm, fp8_gemm_reference, fp8_linear,
                               fp8_linear_reference)
-from model.quant import quantize_fp8
+from v4.model.quant import quantize_fp8
 
 PROJECTIONS = {"wq_a": (4096, 1024), "wq_b": (1024, 64 * 512), "wkv": (4096, 512), "wo_b": (8 * 1024, 4096)}
 ROWS = (1, 8, 8192)

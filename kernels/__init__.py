@@ -1,1 +1,0 @@
-"""v4 kernels package."""

@@ -183,29 +183,63 @@ def _prefilled(engine: model.Engine, ids: list[int]) -> DecodeState:
     return state
 
 
-def test_static_decoder_equals_eager_decoding_under_fp8(fp8) -> None:
-    """Rows at lengths 0, 13 and 50 decode 24 tokens each (window closes of every rate on different
-    steps; row 2 passes the first page, so the buffers grow), then go back to eager states that
-    continue as the eager path does. The float decoders agree to ~1e-6 (other shapes, other sums);
-    rounded to FP8 that leaves an odd byte flipped (1 of ~5K in a few entries: a bf16 RoPE low byte or
-    one e4m3 code): measured 2.5e-5, bound 1e-4."""
-    prompts = [[], _ids(13, 1), _ids(50, 2)]
-    continuations = [_ids(24, 10 + row) for row in range(3)]
-    decoder = StaticDecoder(fp8.model, batch=3, capacity=64, use_graph=False, page_tokens=PAGE, kv_format="fp8")
+def _rounded_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,
+                    key_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """ops.indexer_scores over float keys FP8-rounded as an FP8 state stores them."""
+    assert key_scale is None
+    rounded, rounded_scale = ops.quantize_index_keys_fp8(keys)
+    return INDEXER_SCORES(q, weights, rounded, start, rate, scale, rounded_scale)
+
+
+INDEXER_SCORES = ops.indexer_scores
+# Rows at lengths 0, 13 and 50 decode 24 tokens each: window closes of every rate on different steps, and
+# row 2 passes the first page, so the buffers grow.
+STATIC_PROMPTS = [[], _ids(13, 1), _ids(50, 2)]
+STATIC_CONTINUATIONS = [_ids(24, 10 + row) for row in range(3)]
+
+
+def _static_decoding(engine: model.Engine, kv_format: str) -> tuple[StaticDecoder, list[torch.Tensor]]:
+    """The decoder after STATIC_PROMPTS (prefilled eagerly) and STATIC_CONTINUATIONS, and its logits per step."""
+    decoder = StaticDecoder(engine.model, batch=3, capacity=64, use_graph=False, page_tokens=PAGE, kv_format=kv_format)
+    for row, prompt in enumerate(STATIC_PROMPTS):
+        decoder.load_row(row, _prefilled(engine, prompt))
+    steps = [decoder.step([STATIC_CONTINUATIONS[row][step] for row in range(3)]).clone() for step in range(24)]
+    return decoder, steps
+
+
+def test_the_static_fp8_decoder_is_the_static_float_decoder_with_every_key_fp8_rounded(monkeypatch, fp8,
+                                                                                        floating) -> None:
+    """Exact, so it holds on any CPU: the same shapes sum in the same order on both sides, and the FP8
+    decoder differs from the float one only in rounding every key it stores (ring rows, entries, indexer
+    keys), which a float decoder reading every key rounded reproduces bit for bit."""
+    decoder, ours = _static_decoding(fp8, "fp8")
     assert decoder.layers[1].kv.dtype == torch.uint8 and decoder.layers[1].index_keys.dtype == torch.float8_e4m3fn
-    eager = [_prefilled(fp8, prompt) for prompt in prompts]
-    for row, prompt in enumerate(prompts):
-        decoder.load_row(row, _prefilled(fp8, prompt))
-    worst = 0.0
-    for step in range(24):
-        logits = decoder.step([continuations[row][step] for row in range(3)])
-        for row in range(3):
-            worst = max(worst, _relative_error(logits[row], fp8.forward([continuations[row][step]], eager[row])[-1]))
-    assert worst < 1e-4 and decoder.capacity == 2 * PAGE
+    assert decoder.capacity == 2 * PAGE
+    monkeypatch.setattr(ops, "sparse_attention", _rounded_attention)
+    monkeypatch.setattr(ops, "indexer_topk", _rounded_topk)
+    monkeypatch.setattr(ops, "indexer_scores", _rounded_scores)
+    _, theirs = _static_decoding(floating, "float")
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_static_decoder_is_close_to_eager_decoding_under_fp8(fp8) -> None:
+    """The float decoders agree to ~1e-6 (other shapes, so other sums: 0.9-1.3e-6 over 8 prompt sets).
+    FP8 rounding turns such a difference into an odd flipped code where a key lies at a rounding
+    boundary, and the flip moves the logits by up to ~1e-2. Which keys flip depends on the order of the
+    float sums, and that depends on the CPU: ATen's AVX-512 kernels sum in other orders than its AVX2
+    ones. Over 8 prompt sets the worst step measured 4e-6 to 6.9e-3 with AVX-512 (AMD EPYC) and 1.6e-5
+    to 6.9e-3 with ATEN_CPU_CAPABILITY=avx2; this test's prompts gave 2.6e-3 and 2.5e-5. The earlier
+    bound, 1e-4, held only on an AVX2 machine (where CI ran it green) and failed on every AVX-512 one.
+    Bound 2e-2; the exact statement is the test above (and the float decoder's own, test_static_decode)."""
+    decoder, steps = _static_decoding(fp8, "fp8")
+    eager = [_prefilled(fp8, prompt) for prompt in STATIC_PROMPTS]
+    worst = max(_relative_error(logits[row], fp8.forward([STATIC_CONTINUATIONS[row][step]], eager[row])[-1])
+                for step, logits in enumerate(steps) for row in range(3))
+    assert worst < 2e-2
     back = fp8.new_state(512, draft=False)
-    decoder.store_row(2, back)
+    decoder.store_row(2, back)  # back to an eager state, which continues as the eager path does
     probe = _ids(9, 6)
-    assert _relative_error(fp8.forward(probe, back), fp8.forward(probe, eager[2])) < 1e-4
+    assert _relative_error(fp8.forward(probe, back), fp8.forward(probe, eager[2])) < 2e-2
 
 
 def test_static_generation_and_growth_under_fp8(fp8) -> None:

@@ -15,14 +15,19 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("agent", "model", "kernels", "repo_index", "tui")
+from tests.test_layering import PACKAGES, ROOT
+
 PACKAGE_DATA = ("v4/repo_index/data/tokenizer.json", "v4/repo_index/queries/python.scm", "v4/tui/screens/main.tcss")
 SOURCE_IGNORE = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "build", "dist", "*.egg-info", ".pytest_cache",
                                        "tests", "benchmarks", ".v4")
 
-# Hugging Face's kernels, which transformers 5.25 installs and imports (a GPU image may lack it).
-IMPORT_KERNELS = textwrap.dedent("""
+# Every probe runs in a fresh interpreter and starts here: transformers and its hub-kernels integration
+# (which does `from kernels import ...` when Hugging Face's kernels is installed; a GPU image may lack it).
+PRELUDE = textwrap.dedent("""
+    import importlib.metadata, json, sys, tempfile
+    from pathlib import Path
+    import torch, transformers
+    import transformers.integrations.hub_kernels
     try:
         importlib.metadata.distribution("kernels")
         import kernels
@@ -31,13 +36,8 @@ IMPORT_KERNELS = textwrap.dedent("""
         kernels_file = None
 """)
 
-# Run in a fresh interpreter: transformers' V4 and its hub-kernels integration (which does
-# `from kernels import ...` when Hugging Face's kernels is installed), then our engine on the same weights.
-PARITY_PROBE = textwrap.dedent("""
-    import importlib.metadata, json, sys, tempfile
-    import torch, transformers
-    import transformers.integrations.hub_kernels
-    #KERNELS#
+# transformers' V4 and our engine on the same weights.
+PARITY_PROBE = PRELUDE + textwrap.dedent("""
     from v4 import model
     from tests.model.conftest import TINY, randomize
     config = transformers.DeepseekV4Config(**TINY)
@@ -53,16 +53,11 @@ PARITY_PROBE = textwrap.dedent("""
         theirs = reference(torch.tensor([ids])).logits[0].float()
     print(json.dumps({"kernels": kernels_file, "model": model.__file__, "path0": sys.path[0],
                       "error": ((ours - theirs).norm() / theirs.norm()).item()}))
-""").replace("#KERNELS#\n", IMPORT_KERNELS)
+""")
 
-# From an installed wheel, outside any source tree: the same two imports, the engine on a random
-# checkpoint, the package data (tokenizer, tree-sitter queries) through an index, and the CLI module.
-WHEEL_PROBE = textwrap.dedent("""
-    import importlib.metadata, json, sys, tempfile
-    from pathlib import Path
-    import transformers
-    import transformers.integrations.hub_kernels
-    #KERNELS#
+# From an installed wheel, outside any source tree: transformers' V4 importable beside the engine on a
+# random checkpoint, the package data (tokenizer, tree-sitter queries) through an index, and the CLI module.
+WHEEL_PROBE = PRELUDE + textwrap.dedent("""
     from transformers import DeepseekV4ForCausalLM
     import v4
     from v4 import model
@@ -79,7 +74,7 @@ WHEEL_PROBE = textwrap.dedent("""
         plan = RepoIndex(tree).plan(1000)
     print(json.dumps({"v4": v4.__file__, "kernels": kernels_file, "finite": bool(logits.isfinite().all()),
                       "segments": len(plan.segments), "parser": build_parser().prog}))
-""").replace("#KERNELS#\n", IMPORT_KERNELS)
+""")
 
 
 def _probe(code: str, cwd: Path, env: dict[str, str] | None = None) -> dict:
@@ -91,7 +86,7 @@ def _probe(code: str, cwd: Path, env: dict[str, str] | None = None) -> dict:
 
 def _is_hugging_faces(module_file: Path) -> bool:
     """`kernels` was imported from an installed distribution, not from our folder."""
-    return module_file.parent.parent.name == "site-packages" and module_file.parent != ROOT / "kernels"
+    return module_file.parent.parent.name == "site-packages"
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +106,7 @@ def test_the_wheel_installs_one_namespace_and_every_module(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"v4"}
-    expected = {f"v4/{path.relative_to(ROOT).as_posix()}" for folder in FOLDERS
+    expected = {f"v4/{path.relative_to(ROOT).as_posix()}" for folder in PACKAGES
                 for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts}
     assert expected - set(names) == set()  # a new subpackage must be listed in pyproject.toml
     assert set(PACKAGE_DATA) <= set(names)

@@ -183,6 +183,9 @@ def _prefilled(engine: model.Engine, ids: list[int]) -> DecodeState:
     return state
 
 
+INDEXER_SCORES = ops.indexer_scores  # the real one, for the stand-in below to call while it is patched in
+
+
 def _rounded_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,
                     key_scale: torch.Tensor | None = None) -> torch.Tensor:
     """ops.indexer_scores over float keys FP8-rounded as an FP8 state stores them."""
@@ -191,7 +194,6 @@ def _rounded_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, 
     return INDEXER_SCORES(q, weights, rounded, start, rate, scale, rounded_scale)
 
 
-INDEXER_SCORES = ops.indexer_scores
 # Rows at lengths 0, 13 and 50 decode 24 tokens each: window closes of every rate on different steps, and
 # row 2 passes the first page, so the buffers grow.
 STATIC_PROMPTS = [[], _ids(13, 1), _ids(50, 2)]

@@ -1,4 +1,4 @@
-"""The edit protocol: SEARCH/REPLACE blocks in a model response, parsed and checked against the files.
+"""The edit protocol: SEARCH/REPLACE blocks in a model response, planned against the files.
 
 The format is Aider's "diff" edit format, which models already know. Three forms:
 
@@ -16,55 +16,38 @@ The format is Aider's "diff" edit format, which models already know. Three forms
   so it cannot be half-sent, and no SEARCH/REPLACE shape (e.g. an empty REPLACE) ever means delete.
   To rewrite a whole file, delete it and create it again in the same response.
 
-The path may also sit in the fence info (```` ```python app/x.py ````, ```` ```python:app/x.py ````)
-or on the first line inside the fence, and may be wrapped in ``**bold**``, backticks, a heading
-``#`` or a ``File:`` label. A block with no path of its own reuses the previous block's path, as
-Aider does. Markers may have 5 to 9 ``<``/``=``/``>`` characters; ``ORIGINAL``/``UPDATED`` (old
-Aider) are read as ``SEARCH``/``REPLACE``. Everything outside blocks (reasoning, fenced snippets,
-shell commands) is never applied.
+Every edit lands exactly as the model meant it, or is refused with a message for the model; the
+modules behind this one each answer one question:
 
-A SEARCH is matched in this order, and must match exactly one place:
-
-1. exactly, line for line;
-2. whitespace-tolerant: trailing whitespace and blank lines ignored, leading indentation allowed to
-   differ by one uniform shift, which is then applied to the REPLACE lines too;
-3. elided: a line that is only ``...`` (or ``# ...``, ``// ...``, ``// ... existing code ...``)
-   stands for any run of lines; REPLACE must carry the same number of such lines, and each keeps
-   its run unchanged.
+* `edit_parser` -- where the blocks are, and which file each belongs to;
+* `edit_match` -- where a SEARCH is in the file (exact, loose, elided; exactly one place);
+* `edit_splice` -- which indentation frame REPLACE is written in, and the bytes of every line;
+* `edit_syntax` -- whether the file still parses, and whether a `...` stays inside one unit;
+* `edit_feedback` -- what to tell the model when a SEARCH is not found.
 
 Matching runs on text with ``\\n`` newlines: a file written with CRLF throughout is matched with LF
 and written back with CRLF (a UTF-8 BOM is kept the same way). A file that mixes newline styles is
-matched as it is, its ``\\r`` ignored as trailing whitespace, so untouched lines keep their bytes.
-
-Every failure is an `EditError` whose message is written to be sent back to the model.
+matched as it is, its ``\\r`` ignored as trailing whitespace, and every line the edit leaves alone
+keeps its bytes.
 """
 
 from __future__ import annotations
 
-import difflib
-import itertools
-import posixpath
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-Kind = Literal["replace", "create", "delete"]
+from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, text_lines
+from v4.agent.edit_feedback import ambiguous_message, not_found_message
+from v4.agent.edit_match import attempts, find, is_elision
+from v4.agent.edit_parser import parse_edits, reading_kind
+from v4.agent.edit_splice import splice
+from v4.agent.edit_syntax import FileSyntax, is_stub_body
 
-_HEAD = re.compile(r"^<{5,9} ?(?:SEARCH|ORIGINAL)>?\s*$")
-_DIVIDER = re.compile(r"^={5,9}\s*$")
-_TAIL = re.compile(r"^>{5,9} ?(?:REPLACE|UPDATED)\s*$")
-_DELETE = re.compile(r"^<{5,9} ?DELETE\b:?\s*(.*?)\s*$")
-_FENCE = re.compile(r"^\s*(?:`{3,}|~{3,})\s*(.*?)\s*$")
-# `...` alone, or as a comment, optionally with a few words: "// ... existing code ...".
-_ELISION = re.compile(r"^(?:(?:#|//|--|/\*|<!--)\s*)?\.\.\.(?:[ \w,'-]{0,40}(?:\.\.\.)?)?\s*(?:\*/|-->)?$")
-# The comment forms only: a bare `...` line is valid Python and may be meant literally.
-_LAZY = re.compile(r"^\s*(?:#|//|--|/\*|<!--)\s*\.\.\.")
-_PATH_CHARS = re.compile(r"^[\w./\\~@+=,-]+$")
-_BARE_NAMES = {"Makefile", "Dockerfile", "Containerfile", "Justfile", "Procfile", "Gemfile", "Rakefile",
-               "Vagrantfile", "Jenkinsfile", "LICENSE", "CODEOWNERS", "BUILD", "WORKSPACE"}
-_PATH_LOOKBACK = 4  # lines above a marker searched for its path (path, blank, fence, ...)
-_EXCERPT_LINES = 12  # SEARCH lines quoted back in an error
+__all__ = ["EDIT_FORMAT_PROMPT", "EditBlock", "EditError", "FileChange", "Kind", "parse_edits", "plan_changes"]
+
+# A comment standing for code, or a bare `...`: never written literally unless it is real code.
+_LAZY = re.compile(r"^\s*(?:(?:#|//|--|/\*|<!--)\s*\.\.\.|\.\.\.\s*$)")
 
 EDIT_FORMAT_PROMPT = """\
 # Editing files
@@ -104,220 +87,48 @@ Delete a file: one line naming it:
 Rules:
 - SEARCH must match exactly one place in the file: copy whole lines with their indentation, \
 comments and blank lines, and add nearby lines if the text occurs more than once. Keep blocks small.
-- In a long SEARCH you may replace unchanged lines with a line `...`; put a `...` line at the same \
-place in REPLACE and those lines are kept. Anywhere else write lines out in full: REPLACE is \
-written literally.
+- Every block needs its own path line (blocks that follow each other inside one fence share it).
+- In a long SEARCH you may replace unchanged lines inside one function or class with a line `...`; \
+put a `...` line at the same place in REPLACE and those lines are kept. Anywhere else write lines \
+out in full: REPLACE is written literally.
 - Several blocks may edit one file; they apply in order, each to the result of the one before.
 - To rewrite a whole file, delete it and create it again.
 - All blocks apply together or none does; if some fail you will be told which, and why.
 """
 
 
-@dataclass(frozen=True)
-class EditBlock:
-    """One edit from a response; `index` is its 0-based position among the response's blocks."""
-
-    path: str
-    search: str
-    replace: str
-    kind: Kind
-    index: int
-
-
-class EditError(ValueError):
-    """An edit that cannot be parsed or applied; the message is feedback for the model.
-
-    `errors` holds one error per failing block when several are reported at once (itself otherwise);
-    `block_index` and `path` are those of the first.
-    """
-
-    def __init__(self, message: str, block_index: int | None = None, path: str | None = None,
-                 errors: Sequence[EditError] = ()) -> None:
-        super().__init__(message)
-        self.block_index = block_index
-        self.path = path
-        self.errors: tuple[EditError, ...] = tuple(errors) or (self,)
-
-    @property
-    def message(self) -> str:
-        return str(self.args[0])
-
-
-@dataclass
-class FileChange:
-    """A file's content before and after the edits; None means the file is absent (or deleted)."""
-
-    path: str
-    before: str | None
-    after: str | None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing
-
-
-def parse_edits(response: str) -> list[EditBlock]:
-    """Every edit block in `response`, in order; EditError for the first malformed or cut-off block."""
-    lines = response.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    blocks: list[EditBlock] = []
-    floor = 0  # a block's path is never looked for above the end of the block before it
-    last_path: str | None = None
-    i = 0
-    while i < len(lines):
-        marker = lines[i].strip()
-        if delete := _DELETE.match(marker):
-            named = delete.group(1)
-            path = _clean_path(named) if named else _find_path(lines, floor, i)
-            blocks.append(_delete_block(path, len(blocks)))
-            i += 1
-        elif _HEAD.match(marker):
-            path = _find_path(lines, floor, i) or last_path
-            if path is None:
-                raise EditError(_missing_path_message(len(blocks)), len(blocks))
-            search, replace, i = _read_sections(lines, i, len(blocks), path)
-            kind: Kind = "replace" if search.strip() else "create"
-            blocks.append(EditBlock(path, search if kind == "replace" else "", replace, kind, len(blocks)))
-        elif _TAIL.match(marker):
-            raise EditError(f"Found `>>>>>>> REPLACE` on line {i + 1} with no `<<<<<<< SEARCH` before it. "
-                            "Each edit block needs the three marker lines, in order: `<<<<<<< SEARCH`, "
-                            "`=======`, `>>>>>>> REPLACE`.", len(blocks))
-        else:
-            i += 1
-            continue
-        floor = i
-        last_path = blocks[-1].path
-    return blocks
-
-
-def _delete_block(path: str | None, index: int) -> EditBlock:
-    if path is None:
-        raise EditError(f"Edit block {index + 1} (DELETE) names no file path. Write the path on the marker "
-                        "line itself: `<<<<<<< DELETE path/to/file`.", index)
-    return EditBlock(path, "", "", "delete", index)
-
-
-def _read_sections(lines: list[str], head: int, index: int, path: str) -> tuple[str, str, int]:
-    """SEARCH text, REPLACE text and the line after the block starting at `lines[head]`."""
-    search, i = _read_until(lines, head + 1, _DIVIDER, index, path, "=======")
-    replace, i = _read_until(lines, i + 1, _TAIL, index, path, ">>>>>>> REPLACE")
-    return _text(search), _text(replace), i + 1
-
-
-def _read_until(lines: list[str], start: int, end: re.Pattern[str], index: int, path: str,
-                expected: str) -> tuple[list[str], int]:
-    """The lines from `start` up to the one matching `end`, and that line's position."""
-    body: list[str] = []
-    for i in range(start, len(lines)):
-        marker = lines[i].strip()
-        if end.match(marker):
-            return body, i
-        if _HEAD.match(marker) or _TAIL.match(marker):
-            raise EditError(f"Edit block {index + 1} ({path}) is malformed: line {i + 1} is `{marker}` where "
-                            f"`{expected}` was expected. Each block is `<<<<<<< SEARCH`, the old lines, "
-                            "`=======`, the new lines, `>>>>>>> REPLACE`.", index, path)
-        body.append(lines[i])
-    raise EditError(f"Edit block {index + 1} ({path}) is not closed: the response ended before its "
-                    f"`{expected}` line, so it was probably cut off. Nothing was applied; send this block "
-                    "(and any after it) again in full.", index, path)
-
-
-def _text(lines: list[str]) -> str:
-    return "".join(line + "\n" for line in lines)
-
-
-def _missing_path_message(index: int) -> str:
-    return (f"Edit block {index + 1} has no file path. Put the path, relative to the repository root, "
-            "alone on the line before the opening fence:\n\npath/to/file.py\n```python\n<<<<<<< SEARCH")
-
-
-def _find_path(lines: list[str], floor: int, marker: int) -> str | None:
-    """The path written just above the marker at `lines[marker]`: in a fence's info or on its own line."""
-    for j in range(marker - 1, max(floor, marker - _PATH_LOOKBACK) - 1, -1):
-        line = lines[j]
-        fence = _FENCE.match(line)
-        if fence:
-            if path := _path_in_fence_info(fence.group(1)):
-                return path
-        elif line.strip():
-            return _path_on_line(line.strip())  # the first text line decides: a path or prose
-    return None
-
-
-def _path_in_fence_info(info: str) -> str | None:
-    """`python app/x.py`, `app/x.py`, `python:app/x.py`, `python title="app/x.py"`."""
-    for token in info.split():
-        token = token.split("=", 1)[-1]
-        token = token.split(":", 1)[-1] if ":" in token else token
-        if path := _clean_path(token):
-            return path
-    return None
-
-
-def _path_on_line(line: str) -> str | None:
-    """A line that is just a path (decorated or not), or prose ending in ':' naming one path."""
-    bare = re.sub(r"^(?:#+\s*|[-*+]\s+|\d+[.)]\s+)", "", line)
-    bare = re.sub(r"^(?:file(?:name)?|path)\s*:\s*", "", bare, flags=re.IGNORECASE)
-    if path := _clean_path(bare):
-        return path
-    if line.rstrip("*").endswith(":"):  # "Update `app/x.py`:"
-        named = {p for token in re.findall(r"`([^`]+)`|\*\*([^*]+)\*\*", line)
-                 for p in [_clean_path(token[0] or token[1])] if p}
-        if len(named) == 1:
-            return named.pop()
-    return None
-
-
-def _clean_path(text: str) -> str | None:
-    """`text` without markdown decoration, normalised, if it looks like a file path; else None."""
-    text = re.sub(r"\s+\((?:new|new file|created?|deleted?)\):?$", "", text.strip(), flags=re.IGNORECASE)
-    previous = None
-    while previous != text:
-        previous = text
-        text = text.strip().rstrip(":").strip("*`'\"")
-    text = text.replace("\\_", "_")
-    if not _looks_like_path(text):
-        return None
-    return _normalise(text)
-
-
-def _looks_like_path(text: str) -> bool:
-    if not text or len(text) > 400 or not _PATH_CHARS.match(text) or set(text) <= {"."}:
-        return False
-    if text.endswith(("/", "\\", ".")):
-        return False
-    name = re.split(r"[/\\]", text)[-1]
-    return "/" in text or "\\" in text or bool(re.search(r"\.\w+$", name)) or name in _BARE_NAMES
-
-
-def _normalise(path: str) -> str:
-    """One spelling per file, so `./a.py` and `a.py` share their blocks; `..` that escapes is kept."""
-    return posixpath.normpath(path.replace("\\", "/"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning: every block checked against the current files, nothing written
-
-
 @dataclass
 class _FileState:
-    """A file as the blocks see it: `text` has `\\n` newlines and no BOM; None while absent."""
+    """A file as the blocks see it: `text` has `\\n` newlines and no BOM; None while absent.
+
+    `history` holds (block index, text after it) for each block applied, so a syntax error in the
+    end result can be traced to the block that brought it in.
+    """
 
     before: str | None
+    syntax: FileSyntax
     text: str | None = None
     crlf: bool = False
     bom: bool = False
     error: str | None = None
+    history: list[tuple[int, str | None]] = field(default_factory=list)
 
 
-class _BlockFailure(Exception):
-    """Why one block does not apply; becomes part of the EditError sent to the model."""
+@dataclass(frozen=True)
+class _Outcome:
+    """A reading that applied: the file's new text, and the first non-blank line after the match."""
+
+    text: str | None
+    following: str | None = None
 
 
 def plan_changes(blocks: list[EditBlock], read: Callable[[str], str | None]) -> list[FileChange]:
     """The file changes `blocks` make, applied in order against what `read` returns (None: no file).
 
-    Every block is checked; if any fails, one EditError lists them all. Files that end up unchanged
-    are left out. `read` may raise OSError/ValueError (e.g. a refused path): that fails the block.
+    Every block is checked; if any fails, one EditError lists them all. A file that parsed without
+    errors before and has errors after fails the block that brought the error in. Files that end up
+    unchanged are left out. `read` may raise OSError/ValueError (e.g. a refused path): that fails
+    the block.
     """
     states: dict[str, _FileState] = {}
     failures: list[EditError] = []
@@ -326,27 +137,36 @@ def plan_changes(blocks: list[EditBlock], read: Callable[[str], str | None]) -> 
             states[block.path] = _load(block.path, read)
         state = states[block.path]
         try:
-            state.text = _apply_block(state, block)
-        except _BlockFailure as failure:
-            message = f"Edit block {block.index + 1} ({block.path}): {failure}"
-            failures.append(EditError(message, block.index, block.path))
+            state.text = _apply_block(state, block).text
+            state.history.append((block.index, state.text))
+        except BlockFailure as failure:
+            failures.append(_block_error(block.index, block.path, str(failure)))
+    failing_paths = {error.path for error in failures}
+    for path, state in states.items():
+        if path not in failing_paths and (failure := _syntax_failure(path, state)) is not None:
+            failures.append(failure)
     if failures:
-        raise _combined(failures, len(blocks))
+        raise _combined(sorted(failures, key=lambda error: error.block_index or 0), len(blocks))
     changes = [FileChange(path, state.before, _encode(state)) for path, state in states.items()]
     return [change for change in changes if change.after != change.before]
+
+
+def _block_error(index: int, path: str, reason: str) -> EditError:
+    return EditError(f"Edit block {index + 1} ({path}): {reason}", index, path)
 
 
 def _load(path: str, read: Callable[[str], str | None]) -> _FileState:
     try:
         raw = read(path)
     except (OSError, ValueError) as exc:
-        return _FileState(before=None, error=f"cannot use this path: {exc}")
+        return _FileState(before=None, syntax=FileSyntax(path, ""), error=f"cannot use this path: {exc}")
     if raw is None:
-        return _FileState(before=None)
+        return _FileState(before=None, syntax=FileSyntax(path, ""))
     bom = raw.startswith("\ufeff")
     body = raw[1:] if bom else raw
     crlf = "\r\n" in body and body.count("\r\n") == body.count("\n")
-    return _FileState(before=raw, text=body.replace("\r\n", "\n") if crlf else body, crlf=crlf, bom=bom)
+    text = body.replace("\r\n", "\n") if crlf else body
+    return _FileState(before=raw, syntax=FileSyntax(path, text), text=text, crlf=crlf, bom=bom)
 
 
 def _encode(state: _FileState) -> str | None:
@@ -356,35 +176,126 @@ def _encode(state: _FileState) -> str | None:
     return "\ufeff" + text if state.bom else text
 
 
-def _apply_block(state: _FileState, block: EditBlock) -> str | None:
-    """The file's text after `block`; raises _BlockFailure."""
+def _syntax_failure(path: str, state: _FileState) -> EditError | None:
+    """An error for the first block after which a cleanly parsed file stopped parsing, if the end
+    result does not parse; None when the file is fine, was broken before, or has no grammar."""
+    if state.text is None or not state.history or not state.syntax.parsed:
+        return None
+    original = state.before[1:] if state.before and state.before.startswith("\ufeff") else state.before
+    if original is not None and state.crlf:
+        original = original.replace("\r\n", "\n")
+    if (original is not None and state.syntax.problem(original) is not None) or \
+            state.syntax.problem(state.text) is None:
+        return None
+    for index, text in state.history:
+        if text is not None and (problem := state.syntax.problem(text)) is not None:
+            return _block_error(index, path, f"after this block the file no longer parses as "
+                                f"{state.syntax.language} (it did before): the first error is at line "
+                                f"{problem.row + 1}, `{problem.text}`. Check the block's indentation, brackets "
+                                "and quotes, and that SEARCH covers whole statements.")
+    return None
+
+
+def _apply_block(state: _FileState, block: EditBlock) -> _Outcome:
+    """The file's text after `block`; raises BlockFailure."""
     if state.error:
-        raise _BlockFailure(state.error)
+        raise BlockFailure(state.error)
     if block.kind == "delete":
         if state.text is None:
-            raise _BlockFailure("there is no such file to delete. Check the path, or drop this block.")
-        return None
-    _refuse_lazy(block)
-    if block.kind == "create":
+            raise BlockFailure("there is no such file to delete. Check the path, or drop this block.")
+        return _Outcome(None)
+    if block.readings:
+        return _apply_readings(state, block)
+    return _apply_reading(state, block.search, block.replace)
+
+
+def _apply_readings(state: _FileState, block: EditBlock) -> _Outcome:
+    """The one reading of a body with several `=======` lines that the file supports.
+
+    A reading is doubtful when the file goes on, right after its SEARCH, with the very `=` line it
+    took as the divider: that line is then file content, and a later divider is the real one.
+    """
+    applied: list[tuple[int, _Outcome]] = []
+    failures: list[str] = []
+    for n, (search, replace) in enumerate(block.readings):
+        try:
+            applied.append((n, _apply_reading(state, search, replace)))
+        except BlockFailure as failure:
+            failures.append(str(failure))
+    sure = [(n, outcome) for n, outcome in applied if not _doubtful(block, n, outcome)]
+    if len(sure) == 1:
+        return sure[0][1]
+    count = len(block.readings)
+    if not applied:
+        raise BlockFailure(f"its body has {count} lines that could be the `=======` divider, and with none of "
+                           f"them does SEARCH match. With the first: {failures[0]}")
+    raise BlockFailure(f"its body has {count} lines that could be the `=======` divider, and the file "
+                       "does not settle which one it is. Use longer markers for this block, which "
+                       "the body cannot contain: `<<<<<<<<< SEARCH`, `=========`, `>>>>>>>>> REPLACE`.")
+
+
+def _doubtful(block: EditBlock, n: int, outcome: _Outcome) -> bool:
+    if n + 1 >= len(block.readings) or outcome.following is None:
+        return False
+    divider = text_lines(block.readings[n + 1][0])[len(text_lines(block.readings[n][0]))]
+    return outcome.following.strip() == divider.strip()
+
+
+def _apply_reading(state: _FileState, search: str, replace: str) -> _Outcome:
+    if reading_kind(search) == "create":
         if state.text is not None:
-            raise _BlockFailure("the file already exists, and an empty SEARCH only creates new files. To "
-                                "change it, SEARCH for the lines to change (to add at the end, the last "
-                                "lines); to rewrite it whole, DELETE it and create it again.")
-        return block.replace
+            raise BlockFailure("the file already exists, and an empty SEARCH only creates new files. To "
+                               "change it, SEARCH for the lines to change (to add at the end, the last "
+                               "lines); to rewrite it whole, DELETE it and create it again.")
+        _refuse_lazy(state.syntax.language, [], text_lines(replace), None)
+        return _Outcome(replace)
     if state.text is None:
-        raise _BlockFailure("the file does not exist. Check the path against the repository; to create "
-                            "a new file, leave the SEARCH section empty.")
-    return _replace(state.text, block)
+        raise BlockFailure("the file does not exist. Check the path against the repository; to create "
+                           "a new file, leave the SEARCH section empty.")
+    return _replace(state, text_lines(search), text_lines(replace))
 
 
-def _refuse_lazy(block: EditBlock) -> None:
-    """A `# ... rest unchanged` comment in REPLACE with none in SEARCH would delete the code it elides."""
-    lazy = [line for line in _lines(block.replace) if _LAZY.match(line)]
-    if len(lazy) > sum(1 for line in _lines(block.search) if _ELISION.match(line.strip())):
-        raise _BlockFailure(f"REPLACE contains the line `{lazy[0].strip()}`, which would be written "
-                            "literally in place of the code it stands for. Write the new lines out in "
-                            "full; `...` may only stand for unchanged lines when the same `...` line is "
-                            "at the same place in SEARCH.")
+def _replace(state: _FileState, search: list[str], replace: list[str]) -> _Outcome:
+    assert state.text is not None
+    lines, eol = text_lines(state.text), state.text.endswith("\n") or not state.text
+    for attempt in attempts(search, replace):
+        matches = find(lines, attempt.parts, attempt.loose)
+        if len(matches) > 1:
+            raise BlockFailure(ambiguous_message(search, matches))
+        if not matches:
+            continue
+        match = matches[0]
+        following = next((line for line in lines[match.end:] if line.strip()), None)
+        if attempt.elided:
+            _check_units(state, lines, match.rows)
+        else:
+            _refuse_lazy(state.syntax.language, search, replace, following)
+        new = splice(lines, attempt, match)
+        return _Outcome("\n".join(new) + ("\n" if eol and new else ""), following)
+    raise BlockFailure(not_found_message(lines, search, replace, state.syntax.path))
+
+
+def _check_units(state: _FileState, lines: list[str], rows: tuple[tuple[int, ...], ...]) -> None:
+    """Each `...` must stand for lines inside one syntactic unit (a function, a class, a block)."""
+    tree = state.syntax.tree(state.text or "")
+    for before, after in zip(rows, rows[1:]):
+        if not state.syntax.within_one_unit(lines, tree, before[-1], after[0]):
+            raise BlockFailure(f"a `...` in SEARCH would stand for file lines {before[-1] + 2}-{after[0]}, "
+                               f"which run from `{lines[before[-1]].strip()}` past the end of its function, "
+                               f"class or block to `{lines[after[0]].strip()}`. `...` may only stand for lines "
+                               "inside one unit; write SEARCH out in full there, or use two blocks.")
+
+
+def _refuse_lazy(language: str, search: list[str], replace: list[str], following: str | None) -> None:
+    """A `# ... rest unchanged` comment or a bare `...` in REPLACE, with no such line in SEARCH to pair
+    it with, would be written literally in place of the code it stands for; a Python stub body is code."""
+    lazy = [j for j, line in enumerate(replace) if _LAZY.match(line)
+            and not is_stub_body(language, replace, j, following)]
+    if len(lazy) > sum(1 for line in search if _LAZY.match(line) or is_elision(line)):
+        raise BlockFailure(f"REPLACE contains the line `{replace[lazy[0]].strip()}`, which would be written "
+                           "literally in place of the code it stands for. Write the new lines out in "
+                           "full; `...` may only stand for unchanged lines when the same `...` line is "
+                           "at the same place in SEARCH.")
 
 
 def _combined(failures: list[EditError], total: int) -> EditError:
@@ -396,299 +307,3 @@ def _combined(failures: list[EditError], total: int) -> EditError:
                 "fixed:\n\n")
     body = "\n\n".join(failure.message for failure in failures)
     return EditError(head + body, failures[0].block_index, failures[0].path, failures)
-
-
-# ---------------------------------------------------------------------------------------------
-# Matching: exact, then whitespace-tolerant, then elided
-
-
-@dataclass(frozen=True)
-class _Shift:
-    """Uniform indentation difference: the file has `add` more (or `remove` less) than the model wrote."""
-
-    add: str = ""
-    remove: str = ""
-
-
-@dataclass(frozen=True)
-class _Match:
-    spans: tuple[tuple[int, int], ...]  # [start, end) of each SEARCH part in the file's lines
-    shift: _Shift = field(default_factory=_Shift)
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    """One way of reading a block: SEARCH parts to find, REPLACE parts to put in their place."""
-
-    parts: list[list[str]]
-    replacements: list[list[str]]
-    loose: bool
-
-
-def _replace(text: str, block: EditBlock) -> str:
-    lines, eol = _split(text)
-    search, replace = _lines(block.search), _lines(block.replace)
-    for attempt in _attempts(search, replace):
-        matches = _find(lines, attempt.parts, attempt.loose)
-        if len(matches) == 1:
-            return _join(_splice(lines, matches[0], attempt.replacements), eol)
-        if matches:
-            raise _BlockFailure(_ambiguous_message(search, matches))
-    raise _BlockFailure(_not_found_message(lines, search, replace, block.path))
-
-
-def _attempts(search: list[str], replace: list[str]) -> Iterator[_Attempt]:
-    """Exact, whitespace-tolerant, then (if SEARCH has `...` lines) both again with elision.
-
-    A generator: the elided reading is only built (and its `...` pairing only checked) once the
-    literal readings found nothing, since a `...` line may be real code, e.g. a Python stub body.
-    """
-    literal = _Attempt([search], [replace], False)
-    candidates: Iterable[_Attempt] = (literal, _loose(literal))
-    if any(_ELISION.match(line.strip()) for line in search):
-        candidates = itertools.chain(candidates, _elided_attempts(search, replace))
-    return (attempt for attempt in candidates if all(attempt.parts))
-
-
-def _elided_attempts(search: list[str], replace: list[str]) -> Iterator[_Attempt]:
-    elided = _elided(search, replace)
-    yield elided
-    yield _loose(elided)
-
-
-def _loose(attempt: _Attempt) -> _Attempt:
-    """Blank lines dropped from SEARCH; the REPLACE edges lose as many blank lines as SEARCH's did."""
-    replacements = [_trim_like(rep, part) for part, rep in zip(attempt.parts, attempt.replacements)]
-    parts = [[line for line in part if line.strip()] for part in attempt.parts]
-    return _Attempt(parts, replacements, True)
-
-
-def _trim_like(replacement: list[str], part: list[str]) -> list[str]:
-    lead = min(_blank_run(part), _blank_run(replacement))
-    tail = min(_blank_run(part[::-1]), _blank_run(replacement[::-1]))
-    return replacement[lead:len(replacement) - tail]
-
-
-def _blank_run(lines: list[str]) -> int:
-    count = 0
-    while count < len(lines) and not lines[count].strip():
-        count += 1
-    return count
-
-
-def _elided(search: list[str], replace: list[str]) -> _Attempt:
-    """SEARCH and REPLACE cut at their `...` lines; the pieces pair up one to one."""
-    parts, replacements = _cut(search), _cut(replace)
-    if len(parts) != len(replacements):
-        raise _BlockFailure(f"SEARCH has {len(parts) - 1} `...` line(s) but REPLACE has "
-                            f"{len(replacements) - 1}. Each `...` in SEARCH needs a `...` at the same place "
-                            "in REPLACE, which keeps the lines it stands for; or write SEARCH out in full.")
-    for end in (0, -1):  # a leading or trailing `...` stands for nothing to find or keep
-        if not parts[end] and not replacements[end] and len(parts) > 1:
-            parts.pop(end)
-            replacements.pop(end)
-    if not all(part for part in parts) or not parts:
-        raise _BlockFailure("SEARCH must begin and end with real lines from the file, with real lines "
-                            "between any two `...` lines (and REPLACE may not add lines outside them).")
-    return _Attempt(parts, replacements, False)
-
-
-def _cut(lines: list[str]) -> list[list[str]]:
-    pieces: list[list[str]] = [[]]
-    for line in lines:
-        if _ELISION.match(line.strip()):
-            pieces.append([])
-        else:
-            pieces[-1].append(line)
-    return pieces
-
-
-def _find(lines: list[str], parts: list[list[str]], loose: bool) -> list[_Match]:
-    """Every place `parts` match in order (later parts at their first fit after the one before)."""
-    matches = []
-    for start in range(len(lines)):
-        hit = _part_at(lines, parts[0], start, loose, None)
-        if hit is None:
-            continue
-        spans, shift = [(start, hit[0])], hit[1]
-        for part in parts[1:]:
-            found = _first_fit(lines, part, spans[-1][1], loose, shift)
-            if found is None:
-                break
-            spans.append(found)
-        else:
-            matches.append(_Match(tuple(spans), shift))
-    return matches
-
-
-def _first_fit(lines: list[str], part: list[str], start: int, loose: bool,
-               shift: _Shift) -> tuple[int, int] | None:
-    for at in range(start, len(lines)):
-        if (hit := _part_at(lines, part, at, loose, shift)) is not None:
-            return at, hit[0]
-    return None
-
-
-def _part_at(lines: list[str], part: list[str], at: int, loose: bool,
-             shift: _Shift | None) -> tuple[int, _Shift] | None:
-    """Where `part` ends if it matches from `lines[at]`, with the indentation shift it needed."""
-    if not loose:
-        end = at + len(part)
-        return (end, _Shift()) if lines[at] == part[0] and lines[at:end] == part else None
-    j = at
-    for k, want in enumerate(part):
-        while k and j < len(lines) and not lines[j].strip():
-            j += 1  # blank lines in the file are skipped (the loose part has none)
-        if j >= len(lines):
-            return None
-        got = _shift_between(lines[j], want)
-        if got is None or (shift is not None and got != shift):
-            return None
-        shift, j = got, j + 1
-    assert shift is not None
-    return j, shift
-
-
-def _shift_between(have: str, want: str) -> _Shift | None:
-    """How `have` (file) is indented relative to `want` (model), if the rest is equal."""
-    have, want = have.rstrip(), want.rstrip()
-    have_body, want_body = have.lstrip(), want.lstrip()
-    if have_body != want_body:
-        return None
-    have_indent, want_indent = have[:len(have) - len(have_body)], want[:len(want) - len(want_body)]
-    if have_indent.endswith(want_indent):
-        return _Shift(add=have_indent[:len(have_indent) - len(want_indent)])
-    if want_indent.endswith(have_indent):
-        return _Shift(remove=want_indent[:len(want_indent) - len(have_indent)])
-    return None
-
-
-def _splice(lines: list[str], match: _Match, replacements: list[list[str]]) -> list[str]:
-    """`lines` with each matched span replaced; the runs between spans (the `...`) are kept."""
-    out: list[str] = []
-    previous = 0
-    for (start, end), replacement in zip(match.spans, replacements):
-        out += lines[previous:start]
-        out += [_reindent(line, match.shift) for line in replacement]
-        previous = end
-    return out + lines[previous:]
-
-
-def _reindent(line: str, shift: _Shift) -> str:
-    if not line.strip():
-        return line
-    if shift.add:
-        return shift.add + line
-    if shift.remove:
-        indent = line[:len(line) - len(line.lstrip())]
-        return line[len(posixpath.commonprefix([indent, shift.remove])):]
-    return line
-
-
-def _lines(text: str) -> list[str]:
-    return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
-
-
-def _split(text: str) -> tuple[list[str], bool]:
-    """The file's lines and whether it ends with a newline (an empty file will)."""
-    return _lines(text), text.endswith("\n") or not text
-
-
-def _join(lines: list[str], eol: bool) -> str:
-    return "\n".join(lines) + ("\n" if eol and lines else "")
-
-
-# ---------------------------------------------------------------------------------------------
-# Feedback
-
-
-def _ambiguous_message(search: list[str], matches: list[_Match]) -> str:
-    starts = ", ".join(str(match.spans[0][0] + 1) for match in matches[:10])
-    more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
-    return (f"SEARCH matches {len(matches)} places (starting at lines {starts}{more}); it must match "
-            f"exactly one. Add a few neighbouring lines so that it is unique:\n{_fenced(search)}")
-
-
-def _not_found_message(lines: list[str], search: list[str], replace: list[str], path: str) -> str:
-    target = _missing_piece(lines, search)
-    parts = [f"SEARCH does not match the file:\n{_fenced(search)}"]
-    window = _closest_window(lines, target) if target else None
-    if target is None:
-        parts.append("Each run of lines around the `...` lines is in the file, but not in this order. "
-                     "Check the order of the runs, or write SEARCH out in full.")
-    elif window is not None:
-        start, end = window
-        where = f"line {end}" if end - start == 1 else f"lines {start + 1}-{end}"
-        parts.append(f"Did you mean these lines ({path}, {where})?\n{_fenced(lines[start:end])}")
-    else:
-        parts.append("No similar lines were found in the file; check that this is the right file.")
-    written = [line for line in replace if line.strip() and not _ELISION.match(line.strip())]
-    if written and _find(lines, [written], True):
-        parts.append("The REPLACE lines are already in the file: this edit may have been made already; "
-                     "if so, drop this block.")
-    parts.append("SEARCH must copy the file's current lines exactly (indentation, comments, blank lines "
-                 "and all); use `...` lines only as described for eliding unchanged lines.")
-    return "\n".join(parts)
-
-
-def _missing_piece(lines: list[str], search: list[str]) -> list[str] | None:
-    """The SEARCH lines to find the nearest lines for: the first `...`-separated piece that is not in
-    the file; None when every piece is there (so only their order is wrong)."""
-    pieces = [piece for piece in _cut(search) if any(line.strip() for line in piece)]
-    if len(pieces) <= 1:
-        return search
-    for piece in pieces:
-        if not _find(lines, [[line for line in piece if line.strip()]], True):
-            return piece
-    return None
-
-
-def _closest_window(lines: list[str], target: list[str]) -> tuple[int, int] | None:
-    """The [start, end) run of file lines most like `target` (difflib), if it is at all like it.
-
-    Compared without blank lines and indentation, as the whitespace-tolerant match is, so a SEARCH
-    that left out blank lines still lines up with the run it meant.
-    """
-    rows = [i for i, line in enumerate(lines) if line.strip()]
-    keys = [lines[i].strip() for i in rows]
-    wanted = [line.strip() for line in target if line.strip() and not _ELISION.match(line.strip())]
-    size = min(len(wanted), len(keys))
-    if size == 0:
-        return None
-    starts = range(len(keys) - size + 1)
-    by_line = difflib.SequenceMatcher(None, autojunk=False)
-    by_line.set_seq2(wanted)
-    line_scores = []
-    for start in starts:
-        by_line.set_seq1(keys[start:start + size])
-        line_scores.append((by_line.ratio(), -start))
-    candidates = [-neg for _, neg in sorted(line_scores, reverse=True)[:5]]
-    if max(line_scores)[0] == 0:  # no line equal: compare characters (quick bound first)
-        candidates = _char_candidates(keys, wanted, size)
-    best = max(candidates, key=lambda start: (_char_ratio(keys[start:start + size], wanted), -start))
-    if _char_ratio(keys[best:best + size], wanted) < 0.5:
-        return None
-    return rows[best], rows[best + size - 1] + 1
-
-
-def _char_candidates(keys: list[str], wanted: list[str], size: int) -> list[int]:
-    target = "\n".join(wanted)
-    quick = difflib.SequenceMatcher(None, autojunk=False)
-    quick.set_seq2(target)
-    scores = []
-    for start in range(len(keys) - size + 1):
-        quick.set_seq1("\n".join(keys[start:start + size]))
-        scores.append((quick.quick_ratio(), -start))
-    return [-neg for _, neg in sorted(scores, reverse=True)[:20]]
-
-
-def _char_ratio(window: list[str], wanted: list[str]) -> float:
-    return difflib.SequenceMatcher(None, "\n".join(window), "\n".join(wanted), autojunk=False).ratio()
-
-
-def _fenced(lines: list[str]) -> str:
-    shown = lines[:_EXCERPT_LINES]
-    if len(lines) > _EXCERPT_LINES:
-        shown = shown + [f"[... {len(lines) - _EXCERPT_LINES} more lines]"]
-    fence = "````" if any(line.lstrip().startswith("```") for line in shown) else "```"
-    return "\n".join([fence, *shown, fence])

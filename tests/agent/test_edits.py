@@ -84,10 +84,13 @@ def test_block_without_path_reuses_the_previous_path() -> None:
     assert [(b.path, b.index) for b in parse_edits(response)] == [("app/x.py", 0), ("app/x.py", 1)]
 
 
-def test_prose_before_the_fence_is_not_a_path() -> None:
+def test_a_block_in_a_new_fence_needs_its_own_path() -> None:
+    """Prose is not a path, and a block in a fence of its own never borrows the previous block's file."""
     response = "a.py\n```\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```\n\nThen this:\n" \
                "```python\n<<<<<<< SEARCH\nc\n=======\nd\n>>>>>>> REPLACE\n```\n"
-    assert [b.path for b in parse_edits(response)] == ["a.py", "a.py"]
+    with pytest.raises(EditError, match="Edit block 2 has no file path of its own") as caught:
+        parse_edits(response)
+    assert caught.value.block_index == 1
 
 
 @pytest.mark.parametrize("head, divider, tail", [
@@ -335,7 +338,8 @@ def test_crlf_file_is_matched_on_lf_and_written_back_as_crlf() -> None:
 def test_mixed_newlines_keep_the_untouched_lines_bytes() -> None:
     source = "a = 1\r\nb = 2\nc = 3\r\n"
     assert planned({"m.py": source}, block("m.py", "b = 2\n", "b = 20\n")) == {"m.py": "a = 1\r\nb = 20\nc = 3\r\n"}
-    assert planned({"m.py": source}, block("m.py", "a = 1\n", "a = 10\n")) == {"m.py": "a = 10\nb = 2\nc = 3\r\n"}
+    # a changed line keeps the ending of the line it replaces
+    assert planned({"m.py": source}, block("m.py", "a = 1\n", "a = 10\n")) == {"m.py": "a = 10\r\nb = 2\nc = 3\r\n"}
 
 
 def test_bom_and_missing_final_newline_are_kept() -> None:

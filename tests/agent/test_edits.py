@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
@@ -355,12 +354,11 @@ def test_read_errors_fail_the_block() -> None:
         plan_changes(parse_edits(block("../x", "", "y\n")), read)
 
 
-def test_feedback_for_a_large_file_is_fast() -> None:
+def test_feedback_for_a_large_file_finds_the_nearest_lines() -> None:
+    """7,500 lines; how the cost grows with the file is measured in benchmarks/bench_edit_feedback.py."""
     source = "".join(f"def function_{i}(value):\n    return value * {i}\n\n" for i in range(2500))
-    start = time.perf_counter()
     search = "def function_1234(value):\n    return value * 1243\n"
     error = plan_error({"big.py": source}, block("big.py", search, "x\n"))
-    assert time.perf_counter() - start < 2.0
     assert "def function_1234(value):" in error.message
 
 

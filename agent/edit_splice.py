@@ -88,13 +88,14 @@ def _width(indent: str) -> str:
 def _shared(part: list[str], replacement: list[str]) -> list[tuple[int, int]]:
     """(SEARCH line, REPLACE line) pairs with the same text, aligned in order; blank lines left out."""
     pairs = []
-    for tag, i1, i2, j1, _ in _opcodes(part, replacement):
+    for tag, i1, i2, j1, _ in align(part, replacement):
         if tag == "equal":
             pairs += [(i1 + t, j1 + t) for t in range(i2 - i1) if part[i1 + t].strip()]
     return pairs
 
 
-def _opcodes(part: list[str], replacement: list[str]) -> list[tuple[str, int, int, int, int]]:
+def align(part: list[str], replacement: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """difflib opcodes turning `part` into `replacement`, lines compared without surrounding whitespace."""
     matcher = SequenceMatcher(None, [line.strip() for line in part], [line.strip() for line in replacement],
                               autojunk=False)
     return matcher.get_opcodes()
@@ -123,7 +124,7 @@ def _splice_part(lines: list[str], part: list[str], rows: tuple[int, ...], repla
     keys = [written.get(row, lines[row]) for row in span]
     unseen = [row not in written for row in span]
     out: list[str] = []
-    for tag, i1, i2, j1, j2 in _opcodes(keys, replacement):
+    for tag, i1, i2, j1, j2 in align(keys, replacement):
         old, new = [rows[0] + i for i in range(i1, i2)], replacement[j1:j2]
         if tag == "equal":
             out += [_kept(lines[row], line) for row, line in zip(old, new)]

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, text_lines
 from v4.agent.edit_feedback import ambiguous_message, not_found_message
-from v4.agent.edit_match import attempts, find, is_elision
+from v4.agent.edit_match import attempts, find
 from v4.agent.edit_parser import parse_edits, reading_kind
-from v4.agent.edit_splice import splice
+from v4.agent.edit_splice import align, splice
 from v4.agent.edit_syntax import FileSyntax, is_stub_body
 
 __all__ = ["EDIT_FORMAT_PROMPT", "EditBlock", "EditError", "FileChange", "Kind", "parse_edits", "plan_changes"]
@@ -287,15 +287,20 @@ def _check_units(state: _FileState, lines: list[str], rows: tuple[tuple[int, ...
 
 
 def _refuse_lazy(language: str, search: list[str], replace: list[str], following: str | None) -> None:
-    """A `# ... rest unchanged` comment or a bare `...` in REPLACE, with no such line in SEARCH to pair
-    it with, would be written literally in place of the code it stands for; a Python stub body is code."""
-    lazy = [j for j, line in enumerate(replace) if _LAZY.match(line)
-            and not is_stub_body(language, replace, j, following)]
-    if len(lazy) > sum(1 for line in search if _LAZY.match(line) or is_elision(line)):
-        raise BlockFailure(f"REPLACE contains the line `{replace[lazy[0]].strip()}`, which would be written "
-                           "literally in place of the code it stands for. Write the new lines out in "
-                           "full; `...` may only stand for unchanged lines when the same `...` line is "
-                           "at the same place in SEARCH.")
+    """A `# ... rest unchanged` comment or a bare `...` in REPLACE would be written literally in place of
+    the code it stands for. It may stay only where SEARCH has the same line at that place, or, for a
+    bare `...` that adds a Python stub body, where it replaces nothing."""
+    for tag, _, _, j1, j2 in align(search, replace):
+        for j in range(j1, j2):
+            if tag == "equal" or not _LAZY.match(replace[j]):
+                continue
+            if tag == "insert" and is_stub_body(language, replace, j, following):
+                continue
+            stub = " (for a stub, put `...` on the `def` line itself)" if replace[j].strip() == "..." else ""
+            raise BlockFailure(f"REPLACE line {j + 1} is `{replace[j].strip()}`, which would be written literally "
+                               f"in place of the code it stands for{stub}. Write the new lines out in full; "
+                               "`...` may only stand for unchanged lines when the same `...` line is at the "
+                               "same place in SEARCH.")
 
 
 def _combined(failures: list[EditError], total: int) -> EditError:

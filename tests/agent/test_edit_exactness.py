@@ -177,10 +177,16 @@ def test_bare_ellipsis_in_replace_is_refused() -> None:
     assert "written literally" in plan_error({"f.py": FUNCS}, response).message
 
 
-def test_python_stub_body_is_code() -> None:
-    response = block("f.py", "def b():\n    z = 3\n    return z\n", "def b() -> int:\n    ...\n")
-    assert planned({"f.py": FUNCS}, response)["f.py"] == FUNCS.replace("def b():\n    z = 3\n    return z\n",
-                                                                       "def b() -> int:\n    ...\n")
+def test_a_new_python_stub_body_is_code() -> None:
+    response = block("f.py", "def b():\n", "def a2() -> int:\n    ...\n\n\ndef b():\n")
+    assert planned({"f.py": FUNCS}, response)["f.py"] == FUNCS.replace("def b():", "def a2() -> int:\n    ...\n\n\ndef b():")
+
+
+def test_a_bare_ellipsis_in_place_of_lines_is_refused_even_where_it_would_be_valid_python() -> None:
+    source = "if x:\n    a()\n    b()\nelse:\n    c()\n"
+    response = block("f.py", source, "if x:\n    ...\nelse:\n    d()\n")
+    error = plan_error({"f.py": source}, response)
+    assert "written literally" in error.message and "on the `def` line" in error.message
 
 
 # --- the result must still parse ---------------------------------------------------------------

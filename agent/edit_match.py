@@ -43,12 +43,17 @@ class Shift:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One reading of a block: SEARCH parts to find, REPLACE parts to put in their place."""
+    """One reading of a block: SEARCH parts to find, REPLACE parts to put in their place.
+
+    `written` holds the parts as the model wrote them; `parts` is what is matched (without blank
+    lines, on the loose rungs).
+    """
 
     parts: list[list[str]]
     replacements: list[list[str]]
     loose: bool
     elided: bool
+    written: list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def attempts(search: list[str], replace: list[str]) -> Iterator[Attempt]:
     A generator: the elided reading is only built (and its `...` pairing only checked) once the
     literal readings found nothing, since a `...` line may be real code, e.g. a Python stub body.
     """
-    literal = Attempt([search], [replace], False, False)
+    literal = Attempt([search], [replace], False, False, [search])
     candidates: Iterable[Attempt] = (literal, _loose(literal))
     if any(is_elision(line) for line in search):
         candidates = itertools.chain(candidates, _elided_attempts(search, replace))
@@ -87,23 +92,9 @@ def _elided_attempts(search: list[str], replace: list[str]) -> Iterator[Attempt]
 
 
 def _loose(attempt: Attempt) -> Attempt:
-    """Blank lines dropped from SEARCH; the REPLACE edges lose as many blank lines as SEARCH's did."""
-    replacements = [_trim_like(rep, part) for part, rep in zip(attempt.parts, attempt.replacements)]
+    """Blank lines dropped from the SEARCH that is matched (splicing still sees where they were)."""
     parts = [[line for line in part if line.strip()] for part in attempt.parts]
-    return Attempt(parts, replacements, True, attempt.elided)
-
-
-def _trim_like(replacement: list[str], part: list[str]) -> list[str]:
-    lead = min(_blank_run(part), _blank_run(replacement))
-    tail = min(_blank_run(part[::-1]), _blank_run(replacement[::-1]))
-    return replacement[lead:len(replacement) - tail]
-
-
-def _blank_run(lines: list[str]) -> int:
-    count = 0
-    while count < len(lines) and not lines[count].strip():
-        count += 1
-    return count
+    return Attempt(parts, attempt.replacements, True, attempt.elided, attempt.written)
 
 
 def _elided(search: list[str], replace: list[str]) -> Attempt:
@@ -120,7 +111,7 @@ def _elided(search: list[str], replace: list[str]) -> Attempt:
     if not all(part for part in parts) or not parts:
         raise BlockFailure("SEARCH must begin and end with real lines from the file, with real lines "
                            "between any two `...` lines (and REPLACE may not add lines outside them).")
-    return Attempt(parts, replacements, False, True)
+    return Attempt(parts, replacements, False, True, parts)
 
 
 def cut_at_elisions(lines: list[str]) -> list[list[str]]:

@@ -17,6 +17,7 @@ Two decisions are made here, both from evidence in the block and the file, never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from v4.agent.edit_blocks import BlockFailure, indent_of
@@ -28,10 +29,12 @@ def splice(lines: list[str], attempt: Attempt, match: Match) -> list[str]:
     frame = replace_frame(lines, attempt, match)
     out: list[str] = []
     previous = 0
-    for part, rows, replacement in zip(attempt.parts, match.rows, attempt.replacements):
-        out += lines[previous:rows[0]]
-        out += _splice_part(lines, part, rows, [_convert(line, frame) for line in replacement])
-        previous = rows[-1] + 1
+    for written, rows, replacement in zip(attempt.written, match.rows, attempt.replacements):
+        entries = _entries(lines, written, rows, previous)
+        first = next(entry.row for entry in entries if entry.row is not None)
+        out += lines[previous:first]
+        out += _splice_part(lines, entries, [_convert(line, frame) for line in replacement])
+        previous = max(entry.row for entry in entries if entry.row is not None) + 1
     return out + lines[previous:]
 
 
@@ -114,52 +117,114 @@ def _convert(line: str, frame: Shift) -> str:
     return line[len(frame.remove):]
 
 
-def _splice_part(lines: list[str], part: list[str], rows: tuple[int, ...], replacement: list[str]) -> list[str]:
-    """The lines that replace file rows `rows[0]..rows[-1]`, REPLACE aligned against that span.
+@dataclass(frozen=True)
+class _Entry:
+    """One line of a matched span as the model saw it: `said` is its SEARCH line ("" for a blank line
+    SEARCH left out), `row` its file row (None for a blank line SEARCH has and the file has not)."""
 
-    The span is SEARCH as written plus the blank lines a loose SEARCH left out ("unseen" rows).
-    """
-    span = range(rows[0], rows[-1] + 1)
-    written = dict(zip(rows, part))
-    keys = [written.get(row, lines[row]) for row in span]
-    unseen = [row not in written for row in span]
-    out: list[str] = []
-    for tag, i1, i2, j1, j2 in align(keys, replacement):
-        old, new = [rows[0] + i for i in range(i1, i2)], replacement[j1:j2]
+    said: str
+    row: int | None
+    unseen: bool = False
+
+
+def _entries(lines: list[str], written: list[str], rows: tuple[int, ...], floor: int) -> list[_Entry]:
+    """The span SEARCH matched, as `_Entry`s: its rows widened over the blank lines SEARCH begins or ends
+    with (where the file has them too), then lined up with SEARCH as written."""
+    exact = len(rows) == len(written)  # every SEARCH line, blank ones too, already has its row
+    lead = 0 if exact else len(written) - len(_drop_blank_edge(written))
+    tail = 0 if exact else len(written) - len(_drop_blank_edge(written[::-1]))
+    low, high = rows[0], rows[-1] + 1
+    while lead and low > floor and not lines[low - 1].strip():
+        low, lead = low - 1, lead - 1
+    while tail and high < len(lines) and not lines[high].strip():
+        high, tail = high + 1, tail - 1
+    span = list(range(low, high))
+    entries: list[_Entry] = []
+    for tag, i1, i2, j1, j2 in align([lines[row] for row in span], written):
         if tag == "equal":
-            out += [_kept(lines[row], line) for row, line in zip(old, new)]
+            entries += [_Entry(written[j1 + t], span[i1 + t]) for t in range(i2 - i1)]
+            continue
+        entries += [_Entry("", row, unseen=True) for row in span[i1:i2]]
+        entries += [_Entry(said, None) for said in written[j1:j2]]
+    return entries
+
+
+def _drop_blank_edge(lines: list[str]) -> list[str]:
+    count = 0
+    while count < len(lines) and not lines[count].strip():
+        count += 1
+    return lines[count:]
+
+
+def _splice_part(lines: list[str], entries: list[_Entry], replacement: list[str]) -> list[str]:
+    """The lines that replace the span of `entries`, REPLACE aligned against SEARCH as written."""
+    out: list[str] = []
+    for tag, i1, i2, j1, j2 in align([entry.said for entry in entries], replacement):
+        old, new = entries[i1:i2], replacement[j1:j2]
+        if tag == "equal":
+            out += [_kept(lines, entry, line) for entry, line in zip(old, new) if entry.row is not None]
         elif tag == "insert":
-            out += [line + _ending(lines[rows[0] + max(i1 - 1, 0)]) for line in new]
+            out += [line + _ending(lines, _nearest_row(entries, i1 - 1)) for line in new]
         elif tag == "delete":
-            out += [lines[row] for row in old] if all(unseen[i1:i2]) else []  # unseen blanks stay
+            out += [lines[e.row] for e in old if e.row is not None] if all(e.unseen for e in old) else []
         else:
-            out += _replaced(lines, old, unseen[i1:i2], new)
+            out += _replaced(lines, entries, i1, i2, new)
     return out
 
 
-def _kept(have: str, want: str) -> str:
-    """The file's own line where the edit leaves it as it is; else the new line with the old ending."""
-    return have if have.rstrip() == want.rstrip() else want + _ending(have)
+def _kept(lines: list[str], entry: _Entry, want: str) -> str:
+    """The file's own line where the edit leaves it as it is; else the new line with the old ending.
+
+    Left as it is: same indentation and text, and trailing whitespace changed neither way from what
+    SEARCH said (a SEARCH that dropped the file's trailing spaces does not strip them)."""
+    assert entry.row is not None
+    have = lines[entry.row]
+    same = have.rstrip() == want.rstrip() and _trailing(want) == _trailing(entry.said)
+    return have if same or entry.unseen else want + _ending(lines, entry.row)
 
 
-def _replaced(lines: list[str], old: list[int], unseen: list[bool], new: list[str]) -> list[str]:
-    """New lines for file rows `old`, some of which may be blank lines SEARCH left out."""
-    seen = [row for row, hidden in zip(old, unseen) if not hidden]
-    if not any(unseen):
-        return [line + _ending(lines[old[min(t, len(old) - 1)]]) for t, line in enumerate(new)]
+def _trailing(line: str) -> str:
+    return line[len(line.rstrip()):]
+
+
+def _nearest_row(entries: list[_Entry], at: int) -> int | None:
+    """The file row of `entries[at]` or the nearest entry before it (after it, at the start)."""
+    before = [entry.row for entry in entries[:max(at, 0) + 1] if entry.row is not None]
+    after = [entry.row for entry in entries if entry.row is not None]
+    return before[-1] if before else (after[0] if after else None)
+
+
+def _replaced(lines: list[str], entries: list[_Entry], i1: int, i2: int, new: list[str]) -> list[str]:
+    """New lines for `entries[i1:i2]`, some of which may be blank lines SEARCH left out."""
+    old = entries[i1:i2]
+    seen = [n for n, entry in enumerate(old) if not entry.unseen]
+    unseen_rows = [entry.row for entry in old if entry.unseen and entry.row is not None]
+    if not unseen_rows:
+        return [line + _ending(lines, _nearest_row(entries, i1 + min(t, len(old) - 1))) for t, line in enumerate(new)]
+    first = unseen_rows[0] + 1
     if not seen:  # only left-out blank lines are replaced
         if any(line.strip() for line in new):
-            raise BlockFailure(f"SEARCH leaves out the blank line(s) at file line {old[0] + 1}, where REPLACE "
-                               "adds lines, so whether the new lines go before or after them is unclear. Copy "
+            raise BlockFailure(f"SEARCH leaves out the blank line(s) at file line {first}, where REPLACE adds "
+                               "lines, so whether the new lines go before or after them is unclear. Copy "
                                "SEARCH with the file's blank lines.")
-        return [lines[row] for row in old] if len(new) == len(old) else [line + _ending(lines[old[0]]) for line in new]
+        if len(new) == len(unseen_rows):
+            return [lines[row] for row in unseen_rows]
+        return [line + _ending(lines, unseen_rows[0]) for line in new]
     if len(new) != len(seen):
-        raise BlockFailure(f"SEARCH leaves out the blank line(s) at file line {old[unseen.index(True)] + 1}, "
-                           "among the lines this block changes, so where they belong in REPLACE is unclear. "
-                           "Copy SEARCH with the file's blank lines.")
+        raise BlockFailure(f"SEARCH leaves out the blank line(s) at file line {first}, among the lines this "
+                           "block changes, so where they belong in REPLACE is unclear. Copy SEARCH with the "
+                           "file's blank lines.")
     queue = iter(new)  # one line for one line: the left-out blank lines stay where they were
-    return [lines[row] if hidden else next(queue) + _ending(lines[row]) for row, hidden in zip(old, unseen)]
+    out = []
+    for n, entry in enumerate(old):
+        if entry.unseen:
+            out.append(lines[entry.row] if entry.row is not None else "")
+        else:
+            line = next(queue)
+            out.append(line + _ending(lines, _nearest_row(entries, i1 + n)))
+    return out
 
 
-def _ending(line: str) -> str:
-    return "\r" if line.endswith("\r") else ""
+def _ending(lines: list[str], row: int | None) -> str:
+    """`\\r` where the file line `row` ends with one (a CRLF line of a mixed-newline file)."""
+    return "\r" if row is not None and lines[row].endswith("\r") else ""

@@ -17,6 +17,7 @@ Two decisions are made here, both from evidence in the block and the file, never
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
@@ -89,12 +90,19 @@ def _width(indent: str) -> str:
 
 
 def _shared(part: list[str], replacement: list[str]) -> list[tuple[int, int]]:
-    """(SEARCH line, REPLACE line) pairs with the same text, aligned in order; blank lines left out."""
+    """(SEARCH line, REPLACE line) pairs with the same text, aligned in order; blank lines left out.
+
+    Only lines whose text occurs once in SEARCH and once in REPLACE count where there are any: a
+    `}` or `return None` can pair with the wrong one of its copies and vote for the wrong frame.
+    """
     pairs = []
     for tag, i1, i2, j1, _ in align(part, replacement):
         if tag == "equal":
             pairs += [(i1 + t, j1 + t) for t in range(i2 - i1) if part[i1 + t].strip()]
-    return pairs
+    in_part = Counter(line.strip() for line in part)
+    in_replacement = Counter(line.strip() for line in replacement)
+    unique = [(k, j) for k, j in pairs if in_part[part[k].strip()] == 1 and in_replacement[part[k].strip()] == 1]
+    return unique or pairs
 
 
 def align(part: list[str], replacement: list[str]) -> list[tuple[str, int, int, int, int]]:

@@ -2,8 +2,9 @@
 
 Three questions: does the file still parse after the edit (a file that parsed cleanly before and
 has an error after is a failed block); does an elided SEARCH stay inside one syntactic unit (a
-`...` may stand for lines of one function or class, never run on into the next); and is a bare
-`...` line in a Python REPLACE a stub body (real code) rather than a stand-in for elided lines.
+`...` may stand for lines of the function, class or block its preceding line is in, never run on
+past its end into the next one); and is a bare `...` line in a Python REPLACE a stub body (real
+code) rather than a stand-in for elided lines.
 Files in a language with no grammar fall back to indentation for the unit question.
 """
 
@@ -52,19 +53,23 @@ class FileSyntax:
         return SyntaxProblem(row, lines[row].strip() if row < len(lines) else "")
 
     def within_one_unit(self, lines: list[str], tree: Tree | None, before: int, after: int) -> bool:
-        """True when rows `before` and `after` (the lines around a `...`) lie in one syntactic unit:
-        the innermost construct that runs on past row `before` also holds row `after`, and it is not
-        the whole file. Without a grammar, every line between must be indented deeper than the two."""
+        """True when the lines strictly between rows `before` and `after` (what a `...` stands for)
+        stay inside the innermost construct that runs on past row `before` (the function whose
+        header or body line precedes the `...`), and that construct is not the whole file. Without a
+        grammar, every one of those lines must be indented deeper than row `before`."""
+        gap = [row for row in range(before + 1, after) if lines[row].strip()]
+        if not gap:
+            return True
         if tree is None:
-            floor = min(len(indent_of(lines[before])), len(indent_of(lines[after])))
-            return all(len(indent_of(line)) > floor for line in lines[before + 1:after] if line.strip())
+            depth = len(indent_of(lines[before]))
+            return all(len(indent_of(lines[row])) > depth for row in gap)
         node = _node_on_row(tree, lines, before)
         while node is not None and node.end_point.row <= before:
             node = node.parent
         if node is None or node.parent is None:
             return False
-        last = lines[after].rstrip()
-        return (node.end_point.row, node.end_point.column) >= (after, len(last.encode("utf-8")))
+        last = lines[gap[-1]].rstrip()
+        return (node.end_point.row, node.end_point.column) >= (gap[-1], len(last.encode("utf-8")))
 
 
 def is_stub_body(language: str, replacement: list[str], at: int, following: str | None) -> bool:

@@ -276,14 +276,17 @@ def _replace(state: _FileState, search: list[str], replace: list[str]) -> _Outco
 
 
 def _check_units(state: _FileState, lines: list[str], rows: tuple[tuple[int, ...], ...]) -> None:
-    """Each `...` must stand for lines inside one syntactic unit (a function, a class, a block)."""
+    """Each `...` must stand for lines inside one syntactic unit (a function, a class, a block),
+    judged by the nearest non-blank lines on either side of it."""
     tree = state.syntax.tree(state.text or "")
-    for before, after in zip(rows, rows[1:]):
-        if not state.syntax.within_one_unit(lines, tree, before[-1], after[0]):
-            raise BlockFailure(f"a `...` in SEARCH would stand for file lines {before[-1] + 2}-{after[0]}, "
-                               f"which run from `{lines[before[-1]].strip()}` past the end of its function, "
-                               f"class or block to `{lines[after[0]].strip()}`. `...` may only stand for lines "
-                               "inside one unit; write SEARCH out in full there, or use two blocks.")
+    for left, right in zip(rows, rows[1:]):
+        before = next((row for row in reversed(left) if lines[row].strip()), left[-1])
+        after = next((row for row in right if lines[row].strip()), right[0])
+        if not state.syntax.within_one_unit(lines, tree, before, after):
+            raise BlockFailure(f"a `...` in SEARCH would stand for file lines {left[-1] + 2}-{right[0]}, "
+                               f"which run past the end of the function, class or block that "
+                               f"`{lines[before].strip()}` is in, up to `{lines[after].strip()}`. `...` may "
+                               "only stand for lines inside one unit; write SEARCH out in full there, or use two blocks.")
 
 
 def _refuse_lazy(language: str, search: list[str], replace: list[str], following: str | None) -> None:

@@ -161,7 +161,7 @@ def test_elision_inside_one_function_applies() -> None:
 
 def test_elision_running_into_the_next_function_is_refused() -> None:
     response = block("f.py", "def a():\n    ...\n    return z\n", "def a():\n    ...\n    return 0\n")
-    assert "past the end of its function" in plan_error({"f.py": FUNCS}, response).message
+    assert "past the end of the function" in plan_error({"f.py": FUNCS}, response).message
 
 
 def test_elision_without_a_grammar_follows_indentation() -> None:

@@ -37,9 +37,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tree_sitter import Tree
+
 from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, text_lines
 from v4.agent.edit_feedback import ambiguous_message, not_found_message
-from v4.agent.edit_match import attempts, find
+from v4.agent.edit_match import Match, attempts, find
 from v4.agent.edit_parser import parse_edits, reading_kind
 from v4.agent.edit_splice import align, splice
 from v4.agent.edit_syntax import FileSyntax, is_stub_body
@@ -260,33 +262,45 @@ def _replace(state: _FileState, search: list[str], replace: list[str]) -> _Outco
     lines, eol = text_lines(state.text), state.text.endswith("\n") or not state.text
     for attempt in attempts(search, replace):
         matches = find(lines, attempt.parts, attempt.loose)
+        if attempt.elided and matches:
+            matches = _within_units(state, lines, matches)
         if len(matches) > 1:
             raise BlockFailure(ambiguous_message(search, matches))
         if not matches:
             continue
         match = matches[0]
         following = next((line for line in lines[match.end:] if line.strip()), None)
-        if attempt.elided:
-            _check_units(state, lines, match.rows)
-        else:
+        if not attempt.elided:
             _refuse_lazy(state.syntax.language, search, replace, following)
         new = splice(lines, attempt, match)
         return _Outcome("\n".join(new) + ("\n" if eol and new else ""), following)
     raise BlockFailure(not_found_message(lines, search, replace, state.syntax.path))
 
 
-def _check_units(state: _FileState, lines: list[str], rows: tuple[tuple[int, ...], ...]) -> None:
-    """Each `...` must stand for lines inside one syntactic unit (a function, a class, a block),
-    judged by the nearest non-blank lines on either side of it."""
+def _within_units(state: _FileState, lines: list[str], matches: list[Match]) -> list[Match]:
+    """The matches whose every `...` stands for lines inside one syntactic unit (a function, a class,
+    a block); a reading that would run past the end of one is no reading. BlockFailure if none is."""
     tree = state.syntax.tree(state.text or "")
+    problems = [_unit_problem(state, lines, tree, match.rows) for match in matches]
+    valid = [match for match, problem in zip(matches, problems) if problem is None]
+    if not valid:
+        raise BlockFailure(problems[0] or "")
+    return valid
+
+
+def _unit_problem(state: _FileState, lines: list[str], tree: Tree | None,
+                  rows: tuple[tuple[int, ...], ...]) -> str | None:
+    """Why one of the `...` in a match runs out of its unit (judged from the nearest non-blank line
+    before it), or None."""
     for left, right in zip(rows, rows[1:]):
         before = next((row for row in reversed(left) if lines[row].strip()), left[-1])
         after = next((row for row in right if lines[row].strip()), right[0])
         if not state.syntax.within_one_unit(lines, tree, before, after):
-            raise BlockFailure(f"a `...` in SEARCH would stand for file lines {left[-1] + 2}-{right[0]}, "
-                               f"which run past the end of the function, class or block that "
-                               f"`{lines[before].strip()}` is in, up to `{lines[after].strip()}`. `...` may "
-                               "only stand for lines inside one unit; write SEARCH out in full there, or use two blocks.")
+            return (f"a `...` in SEARCH would stand for file lines {left[-1] + 2}-{right[0]}, which run past "
+                    f"the end of the function, class or block that `{lines[before].strip()}` is in, up to "
+                    f"`{lines[after].strip()}`. `...` may only stand for lines inside one unit; write SEARCH "
+                    "out in full there, or use two blocks.")
+    return None
 
 
 def _refuse_lazy(language: str, search: list[str], replace: list[str], following: str | None) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 VARIANTS = ("exact", "both_less", "both_more", "search_more", "search_less", "tabs", "tabs_search_less",
             "crlf", "mixed", "trailing_ws", "dot_path", "fenced_path", "twice", "eq_line", "conflict",
-            "elided", "elided_body", "elided_comment", "lazy_replace")
+            "elided", "elided_body", "elided_header", "elided_comment", "lazy_replace")
 FENCE_INFO = {"python": "python", "javascript": "javascript", "typescript": "typescript", "c": "c",
               "rust": "rust", "markdown": "markdown", "rst": "rst"}
 ELISION_COMMENT = {"python": "# ... existing code ...", "javascript": "// ... existing code ...",
@@ -328,6 +328,21 @@ def _elided_body(h: _Hunk) -> _Spec | None:
     return h.elide("...", nested=True)
 
 
+def _elided_header(h: _Hunk) -> _Spec | None:
+    """SEARCH and REPLACE start at the header of the block the hunk is in (the nearest line above it
+    indented less), with a `...` for the lines between: how models point at a spot in a function."""
+    first = next((line for line in h.old[h.a:h.b] if line.strip()), None)
+    if first is None or not indent(first):
+        return None
+    depth = len(indent(first))
+    header = next((k for k in range(h.a - 1, max(h.a - 80, 0) - 1, -1)
+                   if h.old[k].strip() and len(indent(h.old[k])) < depth), None)
+    if header is None or not any(line.strip() for line in h.old[header + 1:h.a]):
+        return None
+    head, marker = body(h.old[header]), indent(first) + "..."
+    return _Spec(h.old, [head, marker, *h.search], [head, marker, *h.replace], h.expected(h.old))
+
+
 def _elided_comment(h: _Hunk) -> _Spec | None:
     comment = ELISION_COMMENT.get(h.pair.language)
     return h.elide(comment) if comment else None
@@ -342,7 +357,7 @@ _BUILDERS: dict[str, Callable[[_Hunk], _Spec | None]] = {
     "search_less": _search_less, "tabs": _tabs, "tabs_search_less": _tabs_search_less, "crlf": _crlf_variant,
     "mixed": _mixed, "trailing_ws": _trailing_ws, "dot_path": _dot_path, "fenced_path": _fenced_path,
     "twice": _twice, "eq_line": _eq_line, "conflict": _conflict, "elided": _elided,
-    "elided_body": _elided_body, "elided_comment": _elided_comment, "lazy_replace": _lazy_replace,
+    "elided_body": _elided_body, "elided_header": _elided_header, "elided_comment": _elided_comment, "lazy_replace": _lazy_replace,
 }
 assert tuple(_BUILDERS) == VARIANTS
 

@@ -35,6 +35,7 @@ MIN_EXACT_SHARE: dict[str, float] = {
     "conflict": 0.99,
     "elided": 0.28,
     "elided_body": 0.99,
+    "elided_header": 0.98,
     "elided_comment": 0.28,
     "lazy_replace": 0.0,
 }

@@ -176,6 +176,18 @@ def _part_at(lines: list[str], part: list[str], at: int, loose: bool,
     return tuple(rows), shift
 
 
+def retab(lines: list[str], width: int) -> list[str]:
+    """`lines` with each `width` leading spaces as a tab (spaces left over stay, as alignment)."""
+    out = []
+    for line in lines:
+        lead = indent_of(line)
+        if "\t" in lead or not lead:
+            out.append(line)
+            continue
+        out.append("\t" * (len(lead) // width) + " " * (len(lead) % width) + line[len(lead):])
+    return out
+
+
 def shift_between(have: str, want: str) -> Shift | None:
     """How `have` (file) is indented relative to `want` (model), if the rest is equal."""
     have, want = have.rstrip(), want.rstrip()

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 from tree_sitter import Tree
 
-from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, text_lines
+from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, indent_of, text_lines
 from v4.agent.edit_feedback import ambiguous_message, not_found_message
-from v4.agent.edit_match import Match, attempts, find
+from v4.agent.edit_match import Attempt, Match, attempts, find, retab
 from v4.agent.edit_parser import parse_edits, reading_kind
 from v4.agent.edit_splice import align, splice
 from v4.agent.edit_syntax import FileSyntax, is_stub_body
@@ -260,21 +260,71 @@ def _apply_reading(state: _FileState, search: str, replace: str) -> _Outcome:
 def _replace(state: _FileState, search: list[str], replace: list[str]) -> _Outcome:
     assert state.text is not None
     lines, eol = text_lines(state.text), state.text.endswith("\n") or not state.text
+    try:
+        found = _first_match(state, lines, search, replace)
+    except _Ambiguous:
+        raise
+    except BlockFailure as failure:  # e.g. `...` pairing: a literal `...` stub read with tabs may fit
+        if (found := _tab_match(state, lines, search, replace)) is None:
+            raise failure from None
+    if found is None:
+        found = _tab_match(state, lines, search, replace)
+    if found is None:
+        raise BlockFailure(not_found_message(lines, search, replace, state.syntax.path))
+    attempt, match = found
+    following = next((line for line in lines[match.end:] if line.strip()), None)
+    if not attempt.elided:
+        _refuse_lazy(state.syntax.language, attempt.written[0], attempt.replacements[0], following)
+    new = splice(lines, attempt, match)
+    return _Outcome("\n".join(new) + ("\n" if eol and new else ""), following)
+
+
+class _Ambiguous(BlockFailure):
+    """SEARCH matches more than one place."""
+
+
+def _first_match(state: _FileState, lines: list[str], search: list[str],
+                 replace: list[str]) -> tuple[Attempt, Match] | None:
+    """The first rung's one match; BlockFailure when a rung matches several places."""
     for attempt in attempts(search, replace):
         matches = find(lines, attempt.parts, attempt.loose)
         if attempt.elided and matches:
             matches = _within_units(state, lines, matches)
         if len(matches) > 1:
-            raise BlockFailure(ambiguous_message(search, matches))
-        if not matches:
+            raise _Ambiguous(ambiguous_message(search, matches))
+        if matches:
+            return attempt, matches[0]
+    return None
+
+
+def _tab_match(state: _FileState, lines: list[str], search: list[str],
+               replace: list[str]) -> tuple[Attempt, Match] | None:
+    """For a file indented with tabs and a SEARCH indented with spaces: the match found reading some
+    number of spaces (2, 4 or 8) as a tab. A width that matches exactly beats one that needs a shift;
+    two widths with equal evidence are no evidence."""
+    if not any(line.startswith("\t") for line in lines) or any("\t" in indent_of(line) for line in search) \
+            or not any(line.startswith(" ") for line in search):
+        return None
+    hits: dict[int, tuple[Attempt, Match]] = {}
+    unclear: list[int] = []
+    for width in (2, 4, 8):
+        try:
+            hit = _first_match(state, lines, retab(search, width), retab(replace, width))
+        except BlockFailure:
+            unclear.append(width)
             continue
-        match = matches[0]
-        following = next((line for line in lines[match.end:] if line.strip()), None)
-        if not attempt.elided:
-            _refuse_lazy(state.syntax.language, search, replace, following)
-        new = splice(lines, attempt, match)
-        return _Outcome("\n".join(new) + ("\n" if eol and new else ""), following)
-    raise BlockFailure(not_found_message(lines, search, replace, state.syntax.path))
+        if hit is not None:
+            hits[width] = hit
+    exact = [width for width, (attempt, _) in hits.items() if not attempt.loose]
+    best = exact if exact else list(hits)
+    if len(best) == 1 and not unclear:
+        return hits[best[0]]
+    if best or unclear:
+        widths = " and ".join(str(width) for width in sorted(best + unclear))
+        raise BlockFailure(f"SEARCH is indented with spaces where the file uses tabs, and it matches when "
+                           f"{widths} spaces are read as a tab, so which lines it means is unclear. Copy "
+                           "SEARCH with the file's tabs.")
+    return None
 
 
 def _within_units(state: _FileState, lines: list[str], matches: list[Match]) -> list[Match]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from tests.agent.release_corpus import FilePair, Hunk
 
 VARIANTS = ("exact", "both_less", "both_more", "search_more", "search_less", "tabs", "tabs_search_less",
-            "crlf", "mixed", "trailing_ws", "dot_path", "fenced_path", "twice", "eq_line", "conflict",
+            "spaces_for_tabs", "crlf", "mixed", "trailing_ws", "dot_path", "fenced_path", "twice", "eq_line", "conflict",
             "elided", "elided_body", "elided_header", "elided_comment", "lazy_replace")
 FENCE_INFO = {"python": "python", "javascript": "javascript", "typescript": "typescript", "c": "c",
               "rust": "rust", "markdown": "markdown", "rst": "rst"}
@@ -101,6 +101,12 @@ def tabify(line: str) -> str:
     while line.startswith("    ", 4 * tabs):
         tabs += 1
     return "\t" * tabs + line[4 * tabs:]
+
+
+def untabify(line: str) -> str:
+    """Each leading tab as 4 spaces (leading indentation only)."""
+    lead = indent(line)
+    return lead.replace("\t", "    ") + line[len(lead):]
 
 
 def _crlf(line: str) -> str:
@@ -252,6 +258,19 @@ def _tabs_search_less(h: _Hunk) -> _Spec | None:
     return _Spec(spec.file, _dedent(spec.search, "\t"), spec.replace, spec.expected)
 
 
+def _spaces_for_tabs(h: _Hunk) -> _Spec | None:
+    """A tab-indented file (as released, or the `tabs` variant's) answered with 4 spaces per tab."""
+    if h.unit == "\t":
+        search, replace = [untabify(x) for x in h.search], [untabify(x) for x in h.replace]
+        if search == h.search:
+            return None
+        return _Spec(h.old, search, replace, h.expected(h.old))
+    spec = _tabs(h)
+    if spec is None or spec.search == h.search:  # SEARCH shows no tab: REPLACE's spaces are literal
+        return None
+    return _Spec(spec.file, h.search, h.replace, spec.expected)
+
+
 def _crlf_variant(h: _Hunk) -> _Spec | None:
     file = [_crlf(line) for line in h.old]
     return _Spec(file, h.search, h.replace, h.expected(file, _crlf))
@@ -354,7 +373,8 @@ def _lazy_replace(h: _Hunk) -> _Spec | None:
 
 _BUILDERS: dict[str, Callable[[_Hunk], _Spec | None]] = {
     "exact": _exact, "both_less": _both_less, "both_more": _both_more, "search_more": _search_more,
-    "search_less": _search_less, "tabs": _tabs, "tabs_search_less": _tabs_search_less, "crlf": _crlf_variant,
+    "search_less": _search_less, "tabs": _tabs, "tabs_search_less": _tabs_search_less,
+    "spaces_for_tabs": _spaces_for_tabs, "crlf": _crlf_variant,
     "mixed": _mixed, "trailing_ws": _trailing_ws, "dot_path": _dot_path, "fenced_path": _fenced_path,
     "twice": _twice, "eq_line": _eq_line, "conflict": _conflict, "elided": _elided,
     "elided_body": _elided_body, "elided_header": _elided_header, "elided_comment": _elided_comment, "lazy_replace": _lazy_replace,

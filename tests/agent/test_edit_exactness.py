@@ -63,6 +63,18 @@ def test_tab_indented_file_keeps_its_tabs() -> None:
     assert planned({"f.go": source}, response)["f.go"] == source.replace("return 1", "return 2")
 
 
+def test_spaces_for_tabs_are_read_as_tabs_and_written_as_tabs() -> None:
+    source = "func f() {\n\tif x {\n\t\treturn 1\n\t}\n}\n"
+    response = block("f.go", "    if x {\n        return 1\n    }\n", "    if x {\n        return 2\n    }\n", "```go")
+    assert planned({"f.go": source}, response)["f.go"] == source.replace("return 1", "return 2")
+
+
+def test_spaces_for_tabs_that_fit_two_widths_equally_are_refused() -> None:
+    source = "a {\n\tb\n\t\tb\n}\n"
+    response = block("f.go", "    b\n", "    c\n", "```go")  # one tab (4 spaces) or two (2 spaces)?
+    assert "so which lines it means is unclear" in plan_error({"f.go": source}, response).message
+
+
 # --- lines the edit does not change keep their bytes ------------------------------------------
 
 

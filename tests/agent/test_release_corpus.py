@@ -25,6 +25,7 @@ MIN_EXACT_SHARE: dict[str, float] = {
     "search_less": 0.99,
     "tabs": 0.99,
     "tabs_search_less": 0.99,
+    "spaces_for_tabs": 0.96,
     "crlf": 0.99,
     "mixed": 0.99,
     "trailing_ws": 0.99,

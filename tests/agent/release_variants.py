@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 VARIANTS = ("exact", "both_less", "both_more", "search_more", "search_less", "tabs", "tabs_search_less",
             "spaces_for_tabs", "crlf", "mixed", "trailing_ws", "dot_path", "fenced_path", "twice", "eq_line", "conflict",
-            "elided", "elided_body", "elided_header", "elided_comment", "lazy_replace")
+            "elided", "elided_body", "elided_header", "elided_overrun", "elided_comment", "lazy_replace")
 FENCE_INFO = {"python": "python", "javascript": "javascript", "typescript": "typescript", "c": "c",
               "rust": "rust", "markdown": "markdown", "rst": "rst"}
 ELISION_COMMENT = {"python": "# ... existing code ...", "javascript": "// ... existing code ...",
@@ -347,9 +348,9 @@ def _elided_body(h: _Hunk) -> _Spec | None:
     return h.elide("...", nested=True)
 
 
-def _elided_header(h: _Hunk) -> _Spec | None:
-    """SEARCH and REPLACE start at the header of the block the hunk is in (the nearest line above it
-    indented less), with a `...` for the lines between: how models point at a spot in a function."""
+def _header(h: _Hunk) -> int | None:
+    """The old index of the header of the block the hunk is in: the nearest non-blank line above it
+    indented less than the hunk's first line, with non-blank lines between (at most 80 lines up)."""
     first = next((line for line in h.old[h.a:h.b] if line.strip()), None)
     if first is None or not indent(first):
         return None
@@ -358,8 +359,43 @@ def _elided_header(h: _Hunk) -> _Spec | None:
                    if h.old[k].strip() and len(indent(h.old[k])) < depth), None)
     if header is None or not any(line.strip() for line in h.old[header + 1:h.a]):
         return None
+    return header
+
+
+def _elided_header(h: _Hunk) -> _Spec | None:
+    """SEARCH and REPLACE start at the header of the block the hunk is in, with a `...` for the lines
+    between: how models point at a spot in a function."""
+    header = _header(h)
+    if header is None:
+        return None
+    first = next(line for line in h.search if line.strip())
     head, marker = body(h.old[header]), indent(first) + "..."
     return _Spec(h.old, [head, marker, *h.search], [head, marker, *h.replace], h.expected(h.old))
+
+
+_DEFINITION = re.compile(r"^\s*(?:export\s+)?(?:pub(?:\([\w:]+\))?\s+)?(?:async\s+)?(?:def|class|function|fn)\s+\w")
+
+
+def _elided_overrun(h: _Hunk) -> _Spec | None:
+    """`def a(...):` / `...` / a line the model thinks is in `a` but that is only in the next
+    definition: the `...` would run past the end of `a`, and applying it there is wrong; it must be
+    refused. Only for a hunk inside a definition (Python, JS/TS or Rust) followed by another."""
+    header = _header(h)
+    if header is None or not _DEFINITION.match(h.old[header]):
+        return None
+    depth = len(indent(h.old[header]))
+    following = next((k for k in range(header + 1, len(h.old)) if _DEFINITION.match(h.old[k])
+                      and len(indent(h.old[k])) <= depth), None)
+    if following is None:
+        return None
+    counts = Counter(h.old)
+    later = next((k for k in range(following + 1, len(h.old)) if h.old[k].strip()
+                  and len(indent(h.old[k])) > depth and counts[h.old[k]] == 1), None)
+    if later is None or len(indent(h.old[later])) <= len(indent(h.old[following])) or counts[h.old[header]] != 1:
+        return None  # (a header written more than once, e.g. overloads, may be the later line's own)
+    head, line = body(h.old[header]), body(h.old[later])
+    marker = indent(line) + "..."
+    return _Spec(h.old, [head, marker, line], [head, marker, line, line], None)
 
 
 def _elided_comment(h: _Hunk) -> _Spec | None:
@@ -377,7 +413,8 @@ _BUILDERS: dict[str, Callable[[_Hunk], _Spec | None]] = {
     "spaces_for_tabs": _spaces_for_tabs, "crlf": _crlf_variant,
     "mixed": _mixed, "trailing_ws": _trailing_ws, "dot_path": _dot_path, "fenced_path": _fenced_path,
     "twice": _twice, "eq_line": _eq_line, "conflict": _conflict, "elided": _elided,
-    "elided_body": _elided_body, "elided_header": _elided_header, "elided_comment": _elided_comment, "lazy_replace": _lazy_replace,
+    "elided_body": _elided_body, "elided_header": _elided_header,
+    "elided_overrun": _elided_overrun, "elided_comment": _elided_comment, "lazy_replace": _lazy_replace,
 }
 assert tuple(_BUILDERS) == VARIANTS
 

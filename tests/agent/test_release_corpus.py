@@ -37,6 +37,7 @@ MIN_EXACT_SHARE: dict[str, float] = {
     "elided": 0.28,
     "elided_body": 0.99,
     "elided_header": 0.98,
+    "elided_overrun": 0.0,  # must always be refused (test_an_elision_running_past_its_block_is_refused)
     "elided_comment": 0.28,
     "lazy_replace": 0.0,
 }
@@ -73,6 +74,12 @@ def test_a_search_found_twice_is_refused(corpus: Corpus) -> None:
     assert twice
     applied = sum(result.outcome != "refused" for result in twice)
     assert applied == 0, wrong_report(twice)
+
+
+def test_an_elision_running_past_its_block_is_refused(corpus: Corpus) -> None:
+    overruns = [result for result in corpus[1] if result.case.variant == "elided_overrun"]
+    assert overruns
+    assert all(result.outcome == "refused" for result in overruns), wrong_report(overruns)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -20,6 +20,9 @@ from pathlib import Path
 
 CACHE_VERSION = 2
 CACHE_DIR = ".v4"
+# What a query can raise: SQLite's own errors, and a key that is not UTF-8 (a path with surrogate
+# escapes, should one get past discovery), which may degrade the cache but never fail the index.
+DB_ERRORS = (sqlite3.Error, UnicodeError)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS symbols (sha256 TEXT, language TEXT, data TEXT, PRIMARY KEY (sha256, language));
 CREATE TABLE IF NOT EXISTS tokens (key TEXT PRIMARY KEY, ids BLOB);
@@ -85,7 +88,7 @@ class IndexCache:
                     found[sha, language] = json.loads(data)
                 except ValueError:
                     continue  # a damaged row is re-parsed
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._fail(exc)
         return found
 
@@ -105,7 +108,7 @@ class IndexCache:
                 if sys.byteorder != "little":
                     ids.byteswap()
                 found[key] = ids.tolist()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._fail(exc)
         return found
 
@@ -121,7 +124,7 @@ class IndexCache:
     def meta(self, key: str) -> str | None:
         try:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._fail(exc)
             return None
         return None if row is None else row[0]
@@ -141,7 +144,7 @@ class IndexCache:
         try:
             with self._db:
                 self._db.executemany(sql, rows)
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             self._fail(exc)
 
     def close(self) -> None:

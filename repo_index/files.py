@@ -87,6 +87,7 @@ class Discovery:
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     is_git: bool = False
+    unnamable: list[str] = field(default_factory=list)  # names that are not UTF-8 (see `is_unnamable`)
 
 
 def discover(root: Path, config: DiscoveryConfig) -> Discovery:
@@ -102,6 +103,9 @@ def discover(root: Path, config: DiscoveryConfig) -> Discovery:
         paths = listed
     real_root = root.resolve()
     for rel, tracked in sorted(paths):
+        if is_unnamable(rel):
+            result.unnamable.append(rel)
+            continue
         reason = path_skip_reason(rel, config)
         info = None
         if reason is None:
@@ -113,6 +117,22 @@ def discover(root: Path, config: DiscoveryConfig) -> Discovery:
         else:
             result.skipped.append(Skipped(rel, reason or "unreadable"))
     return result
+
+
+def is_unnamable(rel: str) -> bool:
+    """Whether `rel` is not valid UTF-8: git and `os.scandir` hand such names over with surrogate
+    escapes (as `os.fsdecode` does), which no plan, prompt, JSON or cache key can carry (issue 21)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown_name(rel: str) -> str:
+    """`rel` as printable text for a warning: undecodable bytes and control characters escaped."""
+    text = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def path_skip_reason(rel: str, config: DiscoveryConfig) -> str | None:

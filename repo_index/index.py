@@ -18,7 +18,7 @@ from typing import Protocol
 from .budget import FULL, OMITTED, OUTLINE, RankCache, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
-                    ignored_paths, path_skip_reason, stat_candidate)
+                    ignored_paths, is_unnamable, path_skip_reason, shown_name, stat_candidate)
 from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability, order_key
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
@@ -86,6 +86,7 @@ class RepoIndex:
         self._parse_errors: dict[str, str] = {}  # path -> why its grammar failed (it is included unparsed)
         self._entries: dict[str, FileEntry] = {}
         self._skipped: dict[str, Skipped] = {}
+        self._unnamable: set[str] = set()  # files whose names are not UTF-8: left out, one warning each
         self._is_git = False
         self._loaded = False
         self._table: PathTable | None = None
@@ -104,8 +105,11 @@ class RepoIndex:
 
     @property
     def warnings(self) -> list[str]:
-        """Problems that did not stop indexing: an unusable cache, files whose grammar failed."""
-        return self._cache_warnings + [self._parse_errors[p] for p in sorted(self._parse_errors) if p in self._entries]
+        """Problems that did not stop indexing: an unusable cache, files with names that are not
+        UTF-8, files whose grammar failed."""
+        names = [f"skipped {shown_name(p)}: its name is not valid UTF-8" for p in sorted(self._unnamable)]
+        return self._cache_warnings + names + [self._parse_errors[p] for p in sorted(self._parse_errors)
+                                               if p in self._entries]
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -114,6 +118,7 @@ class RepoIndex:
         listing = discover(self.root, self.config.discovery)
         self._is_git = listing.is_git
         self._skipped = {s.path: s for s in listing.skipped}
+        self._unnamable = set(listing.unnamable)
         self._entries = {}
         self._parse_errors = {}
         self._ingest(listing.candidates)
@@ -134,6 +139,12 @@ class RepoIndex:
             self.refresh()  # ignore rules changed: which files exist for us may change anywhere
             return
         wanted = self._expand(paths)
+        for rel in [rel for rel in wanted if is_unnamable(rel)]:  # a watcher passes such names on
+            wanted.discard(rel)
+            if os.path.lexists(self.root / rel):
+                self._unnamable.add(rel)
+            else:
+                self._unnamable.discard(rel)
         new = [rel for rel in wanted if rel not in self._entries]
         ignored = ignored_paths(self.root, new, self._is_git) if new else set()
         candidates = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -130,6 +131,48 @@ def test_undecodable_bytes_are_reported_per_file(tmp_path: Path, tokenizer) -> N
     plan = RepoIndex(root, tokenizer=tokenizer).plan()
     assert _reasons(plan)["latin.py"] == "not UTF-8 text (byte 0xe9 at offset 11)"
     assert set(_paths(plan)) == {"bom.py", "main.py"}
+
+
+def _create_with_bytes_name(root: Path, rel: bytes, data: bytes) -> None:
+    """Write `root/rel` through bytes paths; skip the test where the file system refuses the name."""
+    path = os.fsencode(root) + b"/" + rel
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        pytest.skip(f"the file system refuses a name that is not UTF-8: {exc}")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("in_git", [True, False], ids=["git", "plain"])
+def test_a_file_name_that_is_not_utf8_is_skipped_with_one_warning(tmp_path: Path, tokenizer, in_git: bool) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "main.py").write_text(SOURCE)
+    _create_with_bytes_name(root, b"caf\xe9.py", b"X = 1\n")
+    _create_with_bytes_name(root, b"d\xe9j\xe0/mod.py", b"Y = 2\n")  # a directory's name, too
+    if in_git:
+        make_repo(root, {})
+        from tests.conftest import git
+
+        assert len(git(root, "ls-files").splitlines()) == 3  # git tracks them
+    index = RepoIndex(root, tokenizer=tokenizer)
+    plan = index.plan()
+    assert _paths(plan) == ["main.py"]
+    assert plan.skipped == []
+    assert plan.warnings == ["skipped caf\\xe9.py: its name is not valid UTF-8",
+                             "skipped d\\xe9j\\xe0/mod.py: its name is not valid UTF-8"]
+    json.dumps(plan.to_json(), ensure_ascii=False).encode("utf-8")  # nothing in the plan is unprintable
+
+    # A watcher hands the name over as os.fsdecode makes it: still skipped, still one warning.
+    bad = os.fsdecode(b"caf\xe9.py")
+    index.update([bad, root / bad])
+    assert [s.path for s in index.plan().segments] == ["main.py"]
+    assert index.warnings == plan.warnings
+    os.unlink(os.fsencode(root) + b"/caf\xe9.py")
+    index.update([bad])
+    assert index.warnings == plan.warnings[1:]
 
 
 def test_unreadable_file_is_reported_not_raised(tmp_path: Path, tokenizer, monkeypatch) -> None:

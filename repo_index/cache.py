@@ -1,25 +1,35 @@
-"""The on-disk index cache under `<root>/.v4/`: parses by content hash, token ids by segment.
+"""The on-disk index cache: parses by content hash, token ids by segment.
+
+It lives in git's own directory, `<git common dir>/v4/index-cache/`, when the root is in a git
+repository: a clone cannot plant files there, while a committed `.v4/` arrives with every clone with
+cache rows chosen by someone else (issue 21). Outside git it lives in `<root>/.v4/`. Worktrees share
+one cache, which is safe because every row is keyed by content.
 
 Keyed by content (sha256), not mtime: the bytes are read anyway to render segments, and a hash
 never mistakes a same-size edit within one mtime tick for no change.
 
 SQLite (one file, transactional, safe with a second process) rather than one file per entry. The
-directory holds a `.gitignore` of `*`, so git ignores it without touching the user's own ignore file.
-Values are JSON and raw int32 arrays, never pickle: a cache file must not be able to run code. Any
-error (corrupt, unreadable, read-only) warns once and falls back: the cache never fails the index.
+directory holds a `.gitignore` of `*`, so git ignores the work-tree fallback without touching the
+user's own ignore file. Values are JSON and raw int32 arrays, never pickle: a cache file must not be
+able to run code, and what is read is checked before use. Any error (corrupt, unreadable, read-only,
+`.v4` a file or a symlink) warns once and falls back to memory: the cache never fails the index.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import sys
 from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 CACHE_VERSION = 2
-CACHE_DIR = ".v4"
+CACHE_DIR = ".v4"  # under the root, outside git only
+GIT_CACHE_DIR = Path("v4", "index-cache")  # under the git common dir
+GIT_TIMEOUT_S = 60
 # What a query can raise: SQLite's own errors, and a key that is not UTF-8 (a path with surrogate
 # escapes, should one get past discovery), which may degrade the cache but never fail the index.
 DB_ERRORS = (sqlite3.Error, UnicodeError)
@@ -30,25 +40,54 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
+class CacheLocationError(OSError):
+    """`root` is in a git repository that git will not describe, so no cache directory is trusted."""
+
+
+def cache_dir(root: Path) -> Path:
+    """The directory of `root`'s index cache: in the git common dir inside git, `<root>/.v4` outside.
+
+    Raises CacheLocationError when git fails although a `.git` lies at or above `root` (git missing,
+    or refusing a repository owned by someone else): `<root>/.v4` may then be a planted one.
+    """
+    root = Path(root)
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "--git-common-dir"],
+                              capture_output=True, timeout=GIT_TIMEOUT_S)
+        problem = (os.fsdecode(done.stderr).strip() or f"git exited with {done.returncode}").splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        done, problem = None, str(exc)
+    if done is not None and done.returncode == 0:
+        common = os.fsdecode(done.stdout).removesuffix("\n")  # bytes: the path need not be UTF-8
+        return Path(os.path.normpath(root / common)) / GIT_CACHE_DIR  # relative output is relative to root
+    if any(os.path.lexists(directory / ".git") for directory in (root, *root.parents)):
+        raise CacheLocationError(f"git cannot read the repository holding {root} ({problem})")
+    return root / CACHE_DIR
+
+
 class IndexCache:
     """Key-value tables over SQLite; every method is total: on error it warns and degrades."""
 
     def __init__(self, root: Path | None, warn: Callable[[str], None]) -> None:
+        """`root` None: a cache in memory only (`--no-cache`)."""
         self._warn = warn
         self._warned = False
-        self.path = None if root is None else root / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+        self.path: Path | None = None
+        if root is not None:
+            try:
+                self.path = cache_dir(root) / f"index-v{CACHE_VERSION}.sqlite"
+            except CacheLocationError as exc:
+                self._report(f"index cache not used: {exc}; caching in memory only")
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         if self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                ignore = self.path.parent / ".gitignore"
-                if not ignore.exists():
-                    ignore.write_text("# v4's cache: never committed\n*\n")
-                for stale in self.path.parent.glob("index-v*.sqlite*"):  # other versions' files
-                    if not stale.name.startswith(self.path.name):
-                        stale.unlink(missing_ok=True)
+                self._prepare(self.path.parent)
+            except OSError as exc:
+                self._report(f"index cache directory {self.path.parent} unusable ({exc}); caching in memory only")
+                return self._connect(Path(":memory:"))
+            try:
                 return self._connect(self.path)
             except (OSError, sqlite3.Error) as exc:
                 self._report(f"index cache {self.path} unusable ({exc}); rebuilding it")
@@ -58,6 +97,18 @@ class IndexCache:
                 except (OSError, sqlite3.Error) as again:
                     self._report(f"index cache {self.path} cannot be rebuilt ({again}); using memory")
         return self._connect(Path(":memory:"))
+
+    def _prepare(self, directory: Path) -> None:
+        """Create `directory` and drop other versions' files; OSError when it cannot be ours."""
+        if directory.is_symlink():  # a planted `.v4` -> elsewhere must not make us write (or delete) there
+            raise OSError(f"{directory} is a symbolic link")
+        directory.mkdir(parents=True, exist_ok=True)  # FileExistsError when `.v4` is a file
+        ignore = directory / ".gitignore"
+        if not os.path.lexists(ignore):  # lexists: never write through a dangling link
+            ignore.write_text("# v4's cache: never committed\n*\n")
+        for stale in directory.glob("index-v*.sqlite*"):  # other versions' files, and links SQLite would follow
+            if stale.is_symlink() or not stale.name.startswith(self.path.name):
+                stale.unlink(missing_ok=True)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -86,8 +137,8 @@ class IndexCache:
                     continue
                 try:
                     found[sha, language] = json.loads(data)
-                except ValueError:
-                    continue  # a damaged row is re-parsed
+                except (ValueError, TypeError, RecursionError):
+                    continue  # a damaged row (not JSON, not text, nested without end) is re-parsed
         except DB_ERRORS as exc:
             self._fail(exc)
         return found

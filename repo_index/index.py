@@ -258,13 +258,14 @@ class RepoIndex:
 
     def _load_history(self) -> dict[str, int]:
         head = head_commit(self.root)
-        key = f"history:{head}"
+        # The counts are relative to the root, and one cache serves every root and worktree of a repository.
+        key = f"history:{head}:{shown_name(str(self.root))}"
         if head is not None:
             stored = self._cache.meta(key)
             if stored is not None:
                 try:
                     return {str(k): int(v) for k, v in json.loads(stored).items()}
-                except (ValueError, AttributeError, TypeError):
+                except (ValueError, AttributeError, TypeError, OverflowError, RecursionError):
                     pass
         counts = commit_counts(self.root)
         if head is not None:
@@ -444,5 +445,5 @@ def _summary_from_json(data: object) -> FileSummary | None:
         outline = tuple((int(a), int(b)) for a, b in data["outline"])
         error = data["error"]
         return FileSummary(definitions, references, bare, imports, outline, None if error is None else str(error))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity)
         return None

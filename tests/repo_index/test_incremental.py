@@ -8,7 +8,7 @@ import pytest
 
 import v4.repo_index.parse as parse_module
 from v4.repo_index import IndexConfig, RepoIndex
-from v4.repo_index.cache import CACHE_DIR, CACHE_VERSION
+from v4.repo_index.cache import CACHE_VERSION, cache_dir
 
 
 @pytest.fixture
@@ -73,12 +73,12 @@ def test_a_new_process_reuses_the_disk_cache(order_repo: Path, tokenizer, parse_
     parse_calls.clear()
     RepoIndex(order_repo, tokenizer=tokenizer).plan()
     assert parse_calls == []
-    assert (order_repo / CACHE_DIR / ".gitignore").read_text().strip().endswith("*")
+    assert (cache_dir(order_repo) / ".gitignore").read_text().strip().endswith("*")
 
 
 def test_a_corrupt_cache_warns_and_is_rebuilt(order_repo: Path, tokenizer, parse_calls: list[str]) -> None:
     reference = RepoIndex(order_repo, tokenizer=tokenizer, config=IndexConfig(use_cache=False)).plan()
-    cache_file = order_repo / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+    cache_file = cache_dir(order_repo) / f"index-v{CACHE_VERSION}.sqlite"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     cache_file.write_bytes(b"this is not a database" * 100)
     plan = RepoIndex(order_repo, tokenizer=tokenizer).plan()
@@ -93,7 +93,7 @@ def test_damaged_cache_rows_are_reparsed(order_repo: Path, tokenizer, parse_call
     import sqlite3
 
     RepoIndex(order_repo, tokenizer=tokenizer).plan()
-    cache_file = order_repo / CACHE_DIR / f"index-v{CACHE_VERSION}.sqlite"
+    cache_file = cache_dir(order_repo) / f"index-v{CACHE_VERSION}.sqlite"
     with sqlite3.connect(cache_file) as db:
         db.execute("UPDATE symbols SET data = '{\"tags\": 5}'")
         db.execute("UPDATE tokens SET ids = x'010203'")  # not a whole number of int32s

@@ -24,7 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="skip files larger than this (default: 1,000,000)")
     sub.add_argument("--include-secrets", action="store_true", help="include .env files, keys and the like")
     sub.add_argument("--include-vendored", action="store_true", help="include vendor/, node_modules/, ...")
-    sub.add_argument("--no-cache", action="store_true", help="do not read or write .v4/ under the repository")
+    sub.add_argument("--no-cache", action="store_true",
+                     help="do not read or write the index cache (kept in the git directory; .v4/ outside git)")
 
 
 def _positive(text: str) -> int:

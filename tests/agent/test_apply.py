@@ -232,3 +232,79 @@ def test_make_reader(repo: Path) -> None:
     (repo / "blob.bin").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match="not UTF-8"):
         read("blob.bin")
+
+
+# --- the user's own saves while v4 writes (issue 21) -------------------------------------------
+
+
+def user_save(path: Path, how: str) -> None:
+    """What an editor does on save: append in place, or write a new file and rename it over the old."""
+    if how == "in place":
+        with path.open("ab") as handle:
+            handle.write(b"user line\n")
+    else:
+        old = path.read_bytes() if path.exists() else b""
+        path.with_name("editor-swap").write_bytes(old + b"user line\n")
+        os.rename(path.with_name("editor-swap"), path)
+
+
+@pytest.mark.parametrize("journaled", [False, True])
+@pytest.mark.parametrize("rel, how", [("win.txt", "in place"), ("win.txt", "atomic"), ("new/deep/n.py", "atomic")])
+def test_a_save_while_v4_writes_is_kept(repo: Path, monkeypatch: pytest.MonkeyPatch, journaled: bool, rel: str,
+                                        how: str) -> None:
+    """The user saves a file v4 has not replaced yet: v4 stops, puts back what it had replaced, keeps the save."""
+    expected = tree(repo.parent)
+    old = expected.pop(f"repo/{rel}", (b"", 0o644))
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if ".git" not in Path(dst).parts:  # the first rename into the tree: pkg/a.py
+            user_save(repo / rel, how)
+            monkeypatch.setattr(apply_module.os, "replace", real_replace)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(apply_module.os, "replace", replace)
+    with pytest.raises(StaleChangeError, match=f"{rel} changed on disk while v4 was writing; nothing was changed"):
+        apply_changes(repo, CHANGES, repo / ".git" / "v4" if journaled else None)
+    after = {key: value for key, value in tree(repo.parent).items() if not key.startswith("repo/.git/v4")}
+    assert after.pop(f"repo/{rel}")[0] == old[0] + b"user line\n"
+    if rel.startswith("new/"):  # the user's save made these
+        assert after.pop("repo/new")[0] == after.pop("repo/new/deep")[0] == "dir"
+    assert after == expected
+    assert not (repo / ".git" / "v4" / "apply-journal.json").exists()
+
+
+def test_a_write_through_a_handle_opened_before_the_apply_is_kept(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write lands in the original file after v4 replaced it; v4 notices from its backup and undoes all."""
+    expected = tree(repo.parent)
+    expected["repo/pkg/a.py"] = (b"a = 1\nlate line\n", expected["repo/pkg/a.py"][1])
+    real_replace = os.replace
+    with (repo / "pkg" / "a.py").open("a") as handle:
+
+        def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+            real_replace(src, dst)
+            if Path(dst).name == "a.py":  # v4's new a.py is in place; the handle still writes to the old one
+                handle.write("late line\n")
+                handle.flush()
+                monkeypatch.setattr(apply_module.os, "replace", real_replace)
+
+        monkeypatch.setattr(apply_module.os, "replace", replace)
+        with pytest.raises(StaleChangeError, match="pkg/a.py changed on disk while v4 was writing"):
+            apply_changes(repo, CHANGES, repo / ".git" / "v4")
+    assert {key: value for key, value in tree(repo.parent).items() if not key.startswith("repo/.git/v4")} == expected
+    assert not (repo / ".git" / "v4" / "apply-journal.json").exists()
+
+
+def test_symlink_loop_is_a_path_error(repo: Path) -> None:
+    (repo / "loop").symlink_to("loop")
+    (repo / "ping").symlink_to("pong")
+    (repo / "pong").symlink_to("ping")
+    before = tree(repo.parent)
+    for rel in ["loop", "loop/x.py", "ping", "pong/deeper/x.py"]:
+        with pytest.raises(PathError, match=f"refusing '{rel}': .* cannot be resolved .*loop of symbolic links"):
+            check_path(repo, rel)
+    with pytest.raises(PathError, match="loop of symbolic links"):
+        make_reader(repo)("ping")
+    with pytest.raises(PathError, match="'loop/x.py'.*loop of symbolic links"):
+        apply_changes(repo, [FileChange("pkg/a.py", "a = 1\n", "a = 2\n"), FileChange("loop/x.py", None, "x\n")])
+    assert tree(repo.parent) == before

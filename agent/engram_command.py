@@ -60,10 +60,12 @@ def run_prefill(args: argparse.Namespace) -> int:
     if args.model is None or args.endpoint or args.replay:
         print("v4 prefill: needs --model DIR (the embedded engine); endpoints keep their own caches", file=sys.stderr)
         return 2
-    root = args.path.resolve()
-    if not root.is_dir():
-        print(f"v4 prefill: not a directory: {root}", file=sys.stderr)
+    from .workspace import repository_root
+
+    if not args.path.is_dir():
+        print(f"v4 prefill: not a directory: {args.path.resolve()}", file=sys.stderr)
         return 2
+    root = repository_root(args.path)  # the same root a session from any subdirectory uses
     try:
         chosen = backend_from_args(args)
     except BackendError as exc:

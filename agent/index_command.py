@@ -42,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
     """Build the plan and print it; 1 on a bad path or tokenizer, with the reason on stderr."""
     from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
-    root = Path(args.path)
-    if not root.is_dir():
-        print(f"v4 index: not a directory: {root}", file=sys.stderr)
+    from .workspace import repository_root
+
+    if not Path(args.path).is_dir():
+        print(f"v4 index: not a directory: {args.path}", file=sys.stderr)
         return 1
+    root = repository_root(args.path)  # the git top level, as a session from any subdirectory uses
     try:
         tokenizer = load_tokenizer(args.model)
     except TokenizerError as exc:

@@ -54,11 +54,11 @@ def run_refactor(args: argparse.Namespace) -> int:
     from .backend_options import backend_from_args
     from .backends import BackendError
     from .session import Session, SessionOptions
-    from .workspace import WorkspaceError
+    from .workspace import WorkspaceError, repository_root
 
-    root = args.repo.resolve()
-    if not root.is_dir():
-        return _usage(f"not a directory: {root}")
+    if not args.repo.is_dir():
+        return _usage(f"not a directory: {args.repo.resolve()}")
+    root = repository_root(args.repo)  # the git top level: v4 acts the same from any subdirectory
     try:
         chosen = backend_from_args(args)
         tokenizer = load_tokenizer(chosen.tokenizer_dir)
@@ -192,11 +192,15 @@ def run_commit(args: argparse.Namespace) -> int:
     from .workspace import Workspace, WorkspaceError
 
     try:
-        sha = Workspace(args.repo).commit(args.message)
+        workspace = Workspace(args.repo)
+        skipped = workspace.uncommittable()
+        sha = workspace.commit(args.message)
     except WorkspaceError as exc:
         print(f"v4 commit: {exc}", file=sys.stderr)
         return 1
     print(f"v4: committed {sha[:12]}")
+    if skipped:
+        print(f"v4: not committed (ignored by git, still pending): {', '.join(skipped)}", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,7 @@ from .apply import PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, Usage
 from .chat_format import Message, split_reasoning
 from .edits import EDIT_FORMAT_PROMPT, EditError, FileChange, parse_edits, plan_changes
-from .workspace import DirtyTreeError, Workspace
+from .workspace import DirtyTreeError, Workspace, WorkspaceError
 
 SYSTEM_RULES = """You are v4, a coding agent working in the user's repository. The whole repository (or an
 outline of its less central files) follows, each file under a header line `==> path <==`, dependencies
@@ -77,13 +77,13 @@ class Session:
 
     def __init__(self, root: Path, backend: Backend, repository: str, options: SessionOptions | None = None,
                  on_text: Callable[[str], None] | None = None) -> None:
-        self.root = Path(root).resolve()
+        self.workspace = Workspace(root)
+        self.root = self.workspace.root  # the git top level, whatever directory v4 started in
         self.backend = backend
         self.options = options or SessionOptions()
         self.system = system_message(repository)
         self.history: list[Message] = []
         self.on_text = on_text or (lambda _piece: None)
-        self.workspace = Workspace(self.root)
 
     def messages(self, extra: Sequence[Message] = ()) -> list[Message]:
         return [self.system, *self.history, *extra]
@@ -150,37 +150,56 @@ class Session:
                     return ("Your answer contained no edit blocks, so nothing was changed. Make the requested "
                             "change with edit blocks in the format described in the system message.")
                 return None  # a chat answer without edits
-            for block in blocks:
-                check_path(self.root, block.path)
-                if self.options.editable is not None and block.path not in self.options.editable:
-                    raise EditError(f"{block.path} is not one of the files you may edit: "
-                                    f"{', '.join(self.options.editable)}")
-            changes = plan_changes(blocks, self._read)
-        except (EditError, PathError) as exc:
+            self._check_targets(blocks)
+            changes = [c for c in plan_changes(blocks, self._read) if c.before != c.after]
+        except (EditError, PathError, WorkspaceError) as exc:
             return f"Your edits were not applied.\n{exc}"
-        paths = [c.path for c in changes if c.before != c.after]
-        if not paths:
+        if not changes:
+            return None
+        own = {posixpath.normpath(p) for p in user_edited}
+        targets = [c.path for c in changes if posixpath.normpath(c.path) not in own]
+        dirty = [] if self.options.dirty_commit else self.workspace.dirty_paths(targets)
+        if dirty:  # refused before asking; checked again under the lock below
+            result.refused, result.error = True, str(DirtyTreeError(dirty))
+            return result.error
+        if self.options.confirm is not None and not self.options.confirm(changes):
+            result.declined = True
             return None
         try:
-            own = {posixpath.normpath(p) for p in user_edited}
-            self.workspace.prepare([p for p in paths if posixpath.normpath(p) not in own], self.options.dirty_commit)
+            with self.workspace.locked():  # no other v4 process edits or records between these steps
+                self.workspace.prepare(targets, self.options.dirty_commit)
+                previous = self.workspace.record_changes(changes)
+                try:
+                    apply_changes(self.root, changes, journal_dir=self.workspace.journal_dir)
+                except BaseException:
+                    self.workspace.restore_record(previous)
+                    raise
         except DirtyTreeError as exc:
             result.refused, result.error = True, str(exc)
             return str(exc)
-        if self.options.confirm is not None and not self.options.confirm([c for c in changes if c.path in paths]):
-            result.declined = True
-            return None
-        before = self.workspace.snapshot(paths)
-        try:
-            apply_changes(self.root, [c for c in changes if c.path in paths])
-        except (StaleChangeError, PathError, OSError) as exc:  # nothing was written: all or none
+        except (StaleChangeError, PathError, OSError, WorkspaceError) as exc:  # all or none: nothing written
             result.error = f"the edits could not be written, nothing was changed: {exc}"
             return f"Your edits were not applied: {exc}"
-        self.workspace.record_agent_change(paths, before)
+        paths = [c.path for c in changes]
         result.applied = True
         result.files = sorted(set(result.files) | set(paths))
-        result.diff = "".join(d.text for d in self.workspace.pending() if d.path in result.files)
+        shown = {self.workspace.rel(p) for p in result.files}
+        result.diff = "".join(d.text for d in self.workspace.pending() if d.path in shown)
         return None
+
+    def _check_targets(self, blocks: Sequence[object]) -> None:
+        """Every block's path is safe, allowed, and not a file git ignores (unless the user named it)."""
+        named = set(self.options.editable or ())
+        for block in blocks:
+            check_path(self.root, block.path)
+            if self.options.editable is not None and block.path not in named:
+                raise EditError(f"{block.path} is not one of the files you may edit: "
+                                f"{', '.join(self.options.editable)}")
+        ignored = self.workspace.ignored([b.path for b in blocks if b.path not in named])
+        if ignored:
+            raise EditError(f"{', '.join(ignored)}: ignored by git (.gitignore or similar), and v4 never edits "
+                            "or deletes ignored files unless the user names them. Leave "
+                            f"{'it' if len(ignored) == 1 else 'them'} unchanged.")
 
     def _read(self, path: str) -> str | None:
         """Exact contents (no newline translation: apply checks them byte for byte)."""

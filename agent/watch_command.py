@@ -45,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from .warm import ContextWarmer
     from .watch import WatchConfig, Watcher
     from .watch_loop import Ready, WatchLoop
-    from .workspace import WorkspaceError
+    from .workspace import WorkspaceError, repository_root
 
-    root = args.repo.resolve()
-    if not root.is_dir():
-        return _usage(f"not a directory: {root}")
+    if not args.repo.is_dir():
+        return _usage(f"not a directory: {args.repo.resolve()}")
+    root = repository_root(args.repo)
     try:
         config = WatchConfig(quiet_s=args.debounce, max_delay_s=max(args.max_delay, args.debounce))
         chosen = backend_from_args(args)

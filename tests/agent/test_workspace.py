@@ -184,7 +184,7 @@ def test_commit_has_trailer_and_only_accepted_files(repo: Path) -> None:
     assert staged(repo) == ["other.py"]
     assert git(repo, "status", "--porcelain", "--", "a.py", "b.py", "c.py") == ""
     assert ws.pending() == []
-    commits = json.loads((repo / ".v4" / "commits.json").read_text())["commits"]
+    commits = json.loads((repo / ".git" / "v4" / "commits.json").read_text())["commits"]
     assert [(c["sha"], c["kind"], c["paths"]) for c in commits] == [(sha, "agent", ["a.py", "c.py"])]
 
 
@@ -197,9 +197,10 @@ def test_commit_with_a_message_and_nothing_pending(repo: Path) -> None:
     assert git(repo, "log", "-1", "--format=%B", sha).rstrip("\n") == f"Bump b\n\n{TRAILER}"
 
 
-def test_pending_survives_a_new_workspace_and_git_ignores_state(repo: Path) -> None:
+def test_pending_survives_a_new_workspace_and_lives_in_the_git_dir(repo: Path) -> None:
     agent_edit(Workspace(repo), {"b.py": "b = 2\n"})
-    assert (repo / ".v4" / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert not (repo / ".v4").exists()  # v4's records live in .git/v4/, where a clone cannot plant them
+    assert (repo / ".git" / "v4" / "pending.json").is_file()
     (repo / "sub").mkdir()
     again = Workspace(repo / "sub")  # found from a subdirectory, paths stay repo-relative
     assert again.root == repo.resolve()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .apply import PathError, StaleChangeError, apply_changes, check_path
+from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, Usage
 from .chat_format import Message, split_reasoning
 from .edits import EDIT_FORMAT_PROMPT, EditError, FileChange, parse_edits, plan_changes
@@ -177,7 +177,7 @@ class Session:
         except DirtyTreeError as exc:
             result.refused, result.error = True, str(exc)
             return str(exc)
-        except (StaleChangeError, PathError, OSError, WorkspaceError) as exc:  # all or none: nothing written
+        except (StaleChangeError, PathError, JournalError, OSError, WorkspaceError) as exc:  # all or none
             result.error = f"the edits could not be written, nothing was changed: {exc}"
             return f"Your edits were not applied: {exc}"
         paths = [c.path for c in changes]

@@ -274,3 +274,39 @@ def test_a_killed_apply_is_rolled_back_when_the_next_workspace_opens(repo: Path)
     assert [(repo / f"m{n}.py").read_text() for n in range(5)] == [f"v = {n}\n" for n in range(5)]
     assert not [p.name for p in repo.iterdir() if ".v4-" in p.name]
     assert ws.pending() == [] and git(repo, "status", "--porcelain") == ""
+
+
+def _edit_in_turns(root: str, worker: int) -> None:
+    for n in range(4):
+        name = f"c{worker}_{n}.py"
+        result = session(Path(root), block(name, "v = 0\n", f"v = {worker}{n}\n")).run("edit")
+        assert result.applied, result.error
+
+
+def test_two_processes_applying_at_once_keep_every_edit_and_record(repo: Path) -> None:
+    names = [f"c{w}_{n}.py" for w in range(2) for n in range(4)]
+    for name in names:
+        (repo / name).write_text("v = 0\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "files")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_edit_in_turns, args=(str(repo), w)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    assert sorted(d.path for d in Workspace(repo).pending()) == sorted(names)
+    assert all((repo / name).read_text() != "v = 0\n" for name in names)
+
+
+@pytest.mark.parametrize("command", [["review", "--reject"], ["commit"], ["undo"]])
+def test_a_corrupt_record_is_a_message_from_every_command(repo: Path, command: list[str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from v4.agent.cli import main
+
+    (repo / ".git" / "v4").mkdir(parents=True, exist_ok=True)
+    (repo / ".git" / "v4" / "pending.json").write_text("{ corrupt")
+    (repo / ".git" / "v4" / "commits.json").write_text("[]")
+    assert main([*command, "--repo", str(repo / "pkg")]) == 1
+    assert "is invalid" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def run_refactor(args: argparse.Namespace) -> int:
     plan = RepoIndex(root, tokenizer=tokenizer, config=IndexConfig()).plan(chosen.budget)
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
     options = SessionOptions(max_reflections=args.max_reflections, max_answer_tokens=args.max_tokens,
-                             dirty_commit=args.dirty_commit, editable=args.files, test_cmd=args.test_cmd,
+                             dirty_commit=args.dirty_commit, editable=_named(root, args.files), test_cmd=args.test_cmd,
                              require_edits=True, confirm=_ask_to_apply if interactive else None)
     stream = None if args.json else (lambda piece: (sys.stderr.write(piece), sys.stderr.flush()))
     try:
@@ -97,6 +98,18 @@ def run_refactor(args: argparse.Namespace) -> int:
     if result.error and not result.applied:
         return EXIT_NO_EDIT
     return EXIT_APPLIED
+
+
+def _named(root: Path, files: list[str] | None) -> list[str] | None:
+    """`--files` as repository paths: each is taken relative to the current directory, as a shell
+    user means it, so `v4 refactor --files mod.py` in `pkg/` names `pkg/mod.py`."""
+    if files is None:
+        return None
+    named = []
+    for name in files:
+        absolute = Path(os.path.abspath(name))
+        named.append(absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else name)
+    return named
 
 
 def _ask_to_apply(changes: list) -> bool:

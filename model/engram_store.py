@@ -15,11 +15,12 @@ An FP8 state (kv_format "fp8") is stored as it is held: uint8 packed rows, float
 and their float32 scales, which safetensors keeps bit for bit; the fingerprint names the kv format,
 so a snapshot only ever loads into a state of its own format.
 
-Files are safetensors whose metadata names the format version, the model fingerprint, the key and an
-xxh3 checksum of the tensor bytes; they are written to a temporary file and renamed, so a reader sees
-a whole file or none. A file that is truncated, corrupt, of another model or format is reported once,
-deleted and recomputed, never loaded. Writes and eviction (LRU by access time, under `max_bytes`)
-hold a file lock on the store, so concurrent processes can share it.
+Files are safetensors entries written and checked by `engram_files`: the store owns only the entries
+its manifest lists, and each entry's checksum covers every byte but its own digits. A file that is
+truncated, corrupt, of another model or format is reported once, deleted if the store wrote it, and
+recomputed, never loaded. Writes and eviction (LRU by access time, under `max_bytes`) hold a file lock
+on the store, so concurrent processes can share it. A misdirected, foreign or read-only directory is
+refused (`StoreDirectoryError`) before any work.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -38,22 +38,19 @@ from pathlib import Path
 import torch
 import xxhash
 from filelock import FileLock
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 
+from .engram_files import (FORMAT, FORMAT_VERSION, StoreDirectoryError, StoreError, StoreRoot, decode_entry,
+                           encode_entry, is_file, read_entry, temp_path, write_entry)
 from .state import CompressorState, DecodeState, LayerState
 
-FORMAT = "v4-engram"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT", "FORMAT_VERSION", "EngramStore", "PrefillStats", "StoreDirectoryError", "StoreError",
+           "default_store_dir", "model_fingerprint", "prefix_keys"]
 HASH_BLOCK = 64  # tokens per link of the prefix-hash chain
 # Most tokens per forward: bounds the attention's score matrices. On CPU the reference path is
 # fastest in short pieces (8.7K tokens, tiny preset: 3.7 s in ~500-token pieces, 10.1 s in 2048).
 PREFILL_PIECE = {"cpu": 512, "cuda": 4096}
 DEFAULT_MAX_BYTES = 20 * 10**9
-
-
-class StoreError(RuntimeError):
-    """A store file that cannot be used (reported, deleted, recomputed)."""
 
 
 @dataclass(slots=True)
@@ -240,15 +237,6 @@ def restore(state: DecodeState, snapshot: dict[str, torch.Tensor], counters: dic
 
 # ----------------------------------------------------------------------------------------- the store
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    digest = xxhash.xxh3_128()
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
 @dataclass
 class EngramStore:
     """Prefix states of one or more models: an in-memory LRU over a size-limited directory."""
@@ -265,11 +253,16 @@ class EngramStore:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
+        self.root = StoreRoot(self.directory)
+        self.root.check()  # a file, a foreign directory or an old store: refused before any work
+
+    def prepare(self) -> None:
+        """Refuse now, before a model is loaded or a prefill computed, a store that cannot be written."""
+        self.root.prepare()
 
     # -- files
     def _lock(self) -> FileLock:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.directory / ".lock"))
+        return self.root.lock()
 
     @property
     def _chunk_kind(self) -> str:
@@ -287,52 +280,54 @@ class EngramStore:
 
     def _write(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> int:
         """Write atomically; 0 bytes (and a report) when the disk refuses: the store stays consistent."""
-        metadata = {"format": FORMAT, "version": str(FORMAT_VERSION), "checksum": _checksum(tensors),
-                    **{k: json.dumps(v) for k, v in meta.items()}}
-        temp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-            os.close(handle)
-            save_file(tensors, temp, metadata=metadata)
-            os.replace(temp, path)
-            return path.stat().st_size
-        except (OSError, SafetensorError) as exc:  # safetensors reports its I/O errors (ENOSPC) as its own
+            return write_entry(path, encode_entry(tensors, {k: json.dumps(v) for k, v in meta.items()}))
+        except (OSError, SafetensorError) as exc:
             self._report(f"engram store: cannot write {path.name} ({exc}); continuing without it")
-            if temp is not None and os.path.exists(temp):
-                os.unlink(temp)
             return 0
 
     def _read(self, path: Path, fingerprint: str, key: str) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The file's tensors and metadata, or None (a bad file is reported once and deleted)."""
+        """The file's tensors and metadata, or None (a bad file is reported once, deleted if owned)."""
         cached = self._memory.get(path)
         if cached is not None:
             self._memory.move_to_end(path)
             return cached
-        if not path.exists():
+        try:
+            data = read_entry(path)
+        except FileNotFoundError:
+            return None  # never written, or evicted by another process meanwhile
+        except OSError as exc:
+            self._report(f"engram store: cannot read {path} ({exc.strerror or exc}); recomputing")
             return None
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                    raise StoreError(f"format {meta.get('format')} version {meta.get('version')}, "
-                                     f"expected {FORMAT} {FORMAT_VERSION}")
-                if json.loads(meta.get("fingerprint", "null")) != fingerprint or json.loads(meta.get("key", "null")) != key:
-                    raise StoreError("it belongs to another model or prefix")
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-            if _checksum(tensors) != meta.get("checksum"):
-                raise StoreError("checksum mismatch")
-        except FileNotFoundError:
-            return None  # evicted by another process meanwhile
+            tensors, meta = decode_entry(data)
+            if json.loads(meta.get("fingerprint", "null")) != fingerprint or json.loads(meta.get("key", "null")) != key:
+                raise StoreError("it belongs to another model or prefix")
         except Exception as exc:  # truncated or corrupt: safetensors raises its own types
-            self._report(f"engram store: ignoring and deleting {path} ({exc}); it will be recomputed")
-            path.unlink(missing_ok=True)
+            self._discard(path, str(exc))
             return None
         with contextlib.suppress(FileNotFoundError):  # evicted by another process since it was read
             os.utime(path)  # LRU by access time
         decoded = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "version", "checksum")}
         self._remember(path, (tensors, decoded))
         return tensors, decoded
+
+    def _discard(self, path: Path, reason: str) -> None:
+        """Report a bad entry; delete it only if the manifest says the store wrote it."""
+        with self._lock():
+            entries = self.root.entries()
+            owned = self.root.relative(path) in entries and is_file(path)
+            if owned:
+                path.unlink(missing_ok=True)
+                self.root.record(entries - {self.root.relative(path)})
+        self._forget(path)
+        action = "deleting it" if owned else "leaving it alone: the store did not write it"
+        self._report(f"engram store: ignoring {path} ({reason}); {action}; it will be recomputed")
+
+    def _forget(self, path: Path) -> None:
+        dropped = self._memory.pop(path, None)
+        if dropped is not None:
+            self._memory_used -= sum(t.numel() * t.element_size() for t in dropped[0].values())
 
     def _remember(self, path: Path, item: tuple[dict[str, torch.Tensor], dict]) -> None:
         size = sum(t.numel() * t.element_size() for t in item[0].values())
@@ -354,6 +349,7 @@ class EngramStore:
         if not ids:
             raise ValueError("nothing to prefill")
         stats = PrefillStats(tokens=len(ids))
+        self.root.prepare()  # a misdirected or read-only store is refused before anything is computed
         self._check_chunking(engine)
         fingerprint = model_fingerprint(engine, self._digests)
         # snapshot at the caller's boundaries, at the end, and every chunk (so a long segment still
@@ -362,6 +358,10 @@ class EngramStore:
         marks = sorted({p for p in boundaries if 0 < p < len(ids)} | grid_marks | {len(ids)})
         grid = range(self.chunk_tokens, len(ids) + 1, self.chunk_tokens)
         keys = prefix_keys(fingerprint, ids, [*marks, *grid])
+        for position in marks:
+            self.root.check_entry(self._path(fingerprint, "snapshots", keys[position]))
+        for position in grid:
+            self.root.check_entry(self._path(fingerprint, self._chunk_kind, keys[position]))
         state = engine.new_state(max(max_tokens, len(ids)) if max_tokens else None)
         if state.max_tokens < len(ids):
             raise ValueError(f"{len(ids)} tokens do not fit a state of {state.max_tokens}")
@@ -421,45 +421,66 @@ class EngramStore:
 
     def _save(self, state: DecodeState, logits: torch.Tensor, fingerprint: str, keys: dict[int, str],
               position: int) -> int:
-        written = 0
+        """Write the chunks not yet stored and the snapshot at `position`. Each entry is listed in the
+        manifest before its file is written: a crash leaves a listed entry without a file (forgotten at
+        the next eviction), never a file the store cannot prove it wrote."""
         with self._lock():
+            entries = self.root.entries()
+            planned: list[tuple[Path, Callable[[], tuple[dict[str, torch.Tensor], dict]]]] = []
             for index in range(position // self.chunk_tokens):
                 key = keys[(index + 1) * self.chunk_tokens]
                 path = self._path(fingerprint, self._chunk_kind, key)
                 if not path.exists():
-                    written += self._write(path, chunk_tensors(state, index, self.chunk_tokens),
-                                           {"fingerprint": fingerprint, "key": key})
-            tensors, counters = snapshot_tensors(state, logits, self.chunk_tokens)
+                    planned.append((path, lambda index=index, key=key: (
+                        chunk_tensors(state, index, self.chunk_tokens), {"fingerprint": fingerprint, "key": key})))
             path = self._path(fingerprint, "snapshots", keys[position])
-            written += self._write(path, tensors, {"fingerprint": fingerprint, "key": keys[position],
-                                                   "counters": counters})
-            self._evict()
+            if not path.exists() or self.root.relative(path) in entries:  # never overwrite what it did not write
+                planned.append((path, lambda: self._snapshot(state, logits, fingerprint, keys[position])))
+            new = {self.root.relative(p) for p, _ in planned} - entries
+            if new:
+                entries |= new
+                self.root.record(entries)
+            written = 0
+            for path, build in planned:
+                tensors, meta = build()
+                written += self._write(path, tensors, meta)
+            self._evict(entries)
         return written
+
+    def _snapshot(self, state: DecodeState, logits: torch.Tensor, fingerprint: str, key: str
+                  ) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, counters = snapshot_tensors(state, logits, self.chunk_tokens)
+        return tensors, {"fingerprint": fingerprint, "key": key, "counters": counters}
 
     # -- maintenance
     def files(self) -> list[Path]:
-        if not self.directory.exists():
-            return []
-        return [p for p in self.directory.glob("*/*/*.safetensors") if not p.name.startswith(".tmp-")]
+        """The entries the store wrote that are still there (nothing else in the directory counts)."""
+        paths = [self.directory / rel for rel in sorted(self.root.entries())]
+        return [path for path in paths if is_file(path)]
 
-    def _evict(self) -> None:
-        """Drop the least recently used files until the store fits `max_bytes` (caller holds the lock)."""
-        entries = []
-        for path in self.files():
+    def _evict(self, entries: set[str]) -> set[str]:
+        """Drop the least recently used entries until the store fits `max_bytes` (caller holds the lock);
+        the manifest forgets entries that are gone. Returns the entries left."""
+        listed = []
+        for rel in entries:
             try:
-                stat = path.stat()
+                info = os.lstat(self.directory / rel)
             except FileNotFoundError:
                 continue
-            entries.append((stat.st_atime if stat.st_atime > stat.st_mtime else stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries):
+            if is_file(self.directory / rel):
+                listed.append((max(info.st_atime, info.st_mtime), info.st_size, rel))
+        total = sum(size for _, size, _ in listed)
+        kept = {rel for _, _, rel in listed}
+        for _, size, rel in sorted(listed):
             if total <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
-            dropped = self._memory.pop(path, None)
-            if dropped is not None:
-                self._memory_used -= sum(t.numel() * t.element_size() for t in dropped[0].values())
+            (self.directory / rel).unlink(missing_ok=True)
+            self._forget(self.directory / rel)
+            kept.discard(rel)
             total -= size
+        if kept != entries:
+            self.root.record(kept)
+        return kept
 
     def stats(self) -> dict:
         files = self.files()
@@ -471,29 +492,51 @@ class EngramStore:
                 "models": len({p.parent.parent.name for p in files})}
 
     def clear(self) -> int:
-        """Delete every file; returns how many."""
+        """Delete every entry the store wrote (and the folders they leave empty); returns how many."""
+        if not self.directory.exists():
+            return 0
+        self.root.prepare()
         with self._lock():
             files = self.files()
             for path in files:
                 path.unlink(missing_ok=True)
+            for folder in sorted({p.parent for p in files} | {p.parent.parent for p in files}, reverse=True):
+                with contextlib.suppress(OSError):  # not empty: something else lives there, leave it
+                    folder.rmdir()
+            self.root.record(set())
             self._memory.clear()
             self._memory_used = 0
         return len(files)
 
     def verify(self) -> list[str]:
-        """Check every file's header and checksum; bad ones are deleted and listed."""
+        """Check every entry the store wrote (header, counters, tensors: every byte); bad ones are deleted
+        and listed. Files the store did not write are never read, listed or deleted."""
+        if not self.directory.exists():
+            return []
+        self.root.prepare()
         bad = []
         with self._lock():
-            for path in self.files():
+            entries = self.root.entries()
+            for rel in sorted(entries):
+                path = self.directory / rel
+                if is_file(temp_path(path)):  # a write killed before its rename
+                    temp_path(path).unlink()
+                if not (path.exists() or path.is_symlink()):
+                    entries.discard(rel)
+                    continue
+                if not is_file(path):
+                    bad.append(f"{path}: not a regular file; left alone, no longer counted as an entry")
+                    entries.discard(rel)
+                    continue
                 try:
-                    with safe_open(str(path), framework="pt") as handle:
-                        meta = handle.metadata() or {}
-                        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-                    if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                        raise StoreError("another format or version")
-                    if _checksum(tensors) != meta.get("checksum"):
-                        raise StoreError("checksum mismatch")
+                    _, meta = decode_entry(read_entry(path))
+                    if json.loads(meta.get("key", "null")) != path.stem or \
+                            not json.loads(meta.get("fingerprint", "null")).startswith(path.parent.parent.name):
+                        raise StoreError("it belongs to another model or prefix")
                 except Exception as exc:
                     bad.append(f"{path}: {exc}")
                     path.unlink(missing_ok=True)
+                    self._forget(path)
+                    entries.discard(rel)
+            self.root.record(entries)
         return bad

@@ -4,9 +4,9 @@ sharing a store, eviction under max_bytes, the prefix keys, clear and stats."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
+import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from v4 import model
-from v4.model import engram_store
+from v4.model import engram_files, engram_store
 from v4.model.checkpoint import init_checkpoint
 from v4.model.engram_store import FORMAT_VERSION, EngramStore, model_fingerprint, prefix_keys
 
@@ -320,15 +320,14 @@ def test_file_evicted_while_being_read(tiny: Tiny, populated: Path, tmp_path: Pa
     """Another process may evict a file right after this one read it (between the read and the touch)."""
     directory = _copy(populated, tmp_path)
     ids = tiny.ids(0)
-    real = engram_store.safe_open
+    real = engram_store.read_entry
 
-    @contextlib.contextmanager
-    def read_then_evicted(path: str, **options: object):
-        with real(path, **options) as handle:
-            yield handle
-        Path(path).unlink(missing_ok=True)
+    def read_then_evicted(path: Path) -> bytes:
+        data = real(path)
+        path.unlink(missing_ok=True)
+        return data
 
-    monkeypatch.setattr(engram_store, "safe_open", read_then_evicted)
+    monkeypatch.setattr(engram_store, "read_entry", read_then_evicted)
     _, logits, stats = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
 
@@ -342,11 +341,14 @@ def test_file_evicted_while_being_read(tiny: Tiny, populated: Path, tmp_path: Pa
 def test_full_disk(tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     ids = tiny.ids(0)
 
-    def full(tensors: dict, filename: str, metadata: dict | None = None) -> None:
-        Path(filename).write_bytes(b"\0" * 100)  # a partial write, then the disk is full
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[:100])  # a partial write, then the disk is full
         raise error
 
-    monkeypatch.setattr(engram_store, "save_file", full)
+    if isinstance(error, SafetensorError):  # raised by safetensors itself, while it serializes
+        monkeypatch.setattr(engram_files, "save", lambda *args, **options: (_ for _ in ()).throw(error))
+    else:
+        monkeypatch.setattr(engram_files, "_write_all", full)
     warnings: list[str] = []
     store = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
     _, logits, stats = store.prefill(tiny.engine, ids, BOUNDARIES)
@@ -538,7 +540,7 @@ def test_prefix_keys(tiny: Tiny, other: Tiny) -> None:
         130: "0c9cd73c0d95bf4a5cb3e110b395c4a3",
         200: "754256468e34d0443a0d48af552acd15",
     }
-    assert FORMAT_VERSION == 1
+    assert FORMAT_VERSION == 2
 
 
 # ---------------------------------------------------------------------------------- 8. stats, clear

@@ -15,35 +15,49 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .backends import Answer, BackendError, EmbeddedBackend, Usage
 
-_DONE = object()
+DONE = object()  # the item that ends a generation's stream
 
 
 @dataclass(slots=True)
 class Generation:
-    """One request's answer as it is produced: `pieces()` blocks for the next text piece; `usage`
-    is final once `pieces()` has ended."""
+    """One request's answer as it is produced: text pieces, then `DONE` or a BackendError, handed to
+    `sink` from the scheduler thread (by default a queue that `pieces()` blocks on); `usage` is final
+    once `DONE` has come. `cancel()` (a client that went away) frees its row before the next step."""
 
     ids: list[int]
     max_tokens: int
     temperature: float
     top_p: float
     seed: int
+    stop: tuple[str, ...] = ()  # the request's own stop strings, beside the chat format's
+    sink: Callable[[object], None] | None = None
     usage: Usage = field(default_factory=Usage)
     _queue: queue.Queue = field(default_factory=queue.Queue)
+    _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def pieces(self) -> Iterator[str]:
         while True:
             item = self._queue.get()
-            if item is _DONE:
+            if item is DONE:
                 return
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def emit(self, item: object) -> None:
+        (self.sink or self._queue.put)(item)
 
 
 @dataclass(slots=True)
@@ -65,28 +79,49 @@ class DecodeBatcher:
         if backend.engine.model.config.engram is not None:
             raise BackendError("batched decoding does not run Engram layers yet; serve one request at a time")
         self.backend, self.max_batch = backend, max_batch
-        self._waiting: queue.Queue[Generation] = queue.Queue()
+        self._waiting: queue.Queue[Generation | None] = queue.Queue()  # None: wake up (closing)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._rows: dict[int, _Row] = {}  # decoder row -> request, owned by the scheduler thread
         self.steps = 0  # decode steps run (each for every active row): tests and stats
         self.widest = 0  # the most rows one step has decoded
         self.moves = 0  # times the active rows moved to a larger decoder
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int = 0) -> Generation:
-        generation = Generation(list(ids), max_tokens, temperature, top_p, seed)
+               seed: int = 0, stop: tuple[str, ...] = (), sink: Callable[[object], None] | None = None
+               ) -> Generation:
+        generation = Generation(list(ids), max_tokens, temperature, top_p, seed, tuple(stop), sink)
         with self._start_lock:
+            if self._closed.is_set():
+                generation.emit(BackendError("the server is shutting down"))
+                return generation
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="v4-batcher", daemon=True)
                 self._thread.start()
         self._waiting.put(generation)
         return generation
 
+    @property
+    def live_rows(self) -> int:
+        """Rows decoding now (a cancelled request's row is gone before the next step)."""
+        return len(self._rows)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop decoding: every active and waiting request fails with a BackendError, and the
+        scheduler thread ends after its current step (waited for up to `timeout` seconds)."""
+        with self._start_lock:
+            self._closed.set()
+            thread = self._thread
+        self._waiting.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     # ------------------------------------------------------------------ the scheduler thread
 
     def _run(self) -> None:
-        rows: dict[int, _Row] = {}
-        pending: list[Generation] = []
+        rows = self._rows
+        pending: list[Generation | None] = []
         decoder = None
         while True:
             if not rows and not pending:  # idle: block for work
@@ -96,12 +131,20 @@ class DecodeBatcher:
                     pending.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
+            pending = [g for g in pending if g is not None and not g.cancelled]
+            for index in [i for i, row in rows.items() if row.generation.cancelled]:
+                del rows[index]  # its client went away: the row is free for the next request
+            if self._closed.is_set():
+                for generation in [row.generation for row in rows.values()] + pending:
+                    generation.emit(BackendError("the server is shutting down"))
+                rows.clear()
+                return
             while pending and len(rows) < self.max_batch:
                 generation = pending.pop(0)
                 try:
                     admitted = self._admit(generation)
                 except Exception as exc:  # noqa: BLE001 - the request fails, the server goes on
-                    generation._queue.put(exc if isinstance(exc, BackendError) else BackendError(str(exc)))
+                    generation.emit(exc if isinstance(exc, BackendError) else BackendError(str(exc)))
                     continue
                 if admitted is None:
                     continue  # finished at its first token
@@ -116,7 +159,7 @@ class DecodeBatcher:
                     self._step(decoder, rows)
                 except Exception as exc:  # noqa: BLE001 - every request in the step fails alike
                     for row in rows.values():
-                        row.generation._queue.put(BackendError(f"decoding failed: {exc}"))
+                        row.generation.emit(BackendError(f"decoding failed: {exc}"))
                     rows.clear()
 
     def _decoder_for(self, wanted: int, capacity: int, decoder: object | None, rows: dict[int, _Row]
@@ -151,7 +194,10 @@ class DecodeBatcher:
         logits, reused = backend._prefill(ids, ())
         generation.usage = Usage(prompt_tokens=len(ids), cached_tokens=reused)
         generator = torch.Generator(device=backend.engine.device).manual_seed(generation.seed)
-        row = _Row(generation, backend.new_answer(min(generation.max_tokens, room)), generator, logits, started)
+        steps = min(generation.max_tokens, room)
+        answer = Answer(backend.tokenizer, [*backend.chat_format.stop_strings, *generation.stop], backend._stop_ids,
+                        steps)
+        row = _Row(generation, answer, generator, logits, started)
         if self._advance(row) is None:
             return None
         return row, len(ids) + row.answer.steps
@@ -164,11 +210,11 @@ class DecodeBatcher:
         generation = row.generation
         token = sample(row.logits, generation.temperature, generation.top_p, row.generator)
         for piece in row.answer.take(token):
-            generation._queue.put(piece)
+            generation.emit(piece)
         if row.answer.finished:
             generation.usage.completion_tokens = len(row.answer.generated)
             generation.usage.seconds = time.perf_counter() - row.started
-            generation._queue.put(_DONE)
+            generation.emit(DONE)
             return None
         row.pending = token
         return token

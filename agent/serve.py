@@ -1,24 +1,35 @@
 """`v4 serve`: the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
 vLLM uses): `/v1/models`, `/v1/chat/completions` and `/v1/completions`, streamed as server-sent events
-or whole. One engine, one decode state: requests run one at a time, and consecutive chats that share
-a prefix (the same repository, a longer conversation) reuse the prefilled state. Concurrent requests
-decode together (agent/batcher.py: continuous batching on the static batched decoder, up to
-`--max-num-seqs` at once); a model the batcher cannot run (Engram layers) serves one at a time.
+or whole. Concurrent requests decode together (agent/batcher.py: continuous batching on the static
+batched decoder, up to `--max-num-seqs` at once) and consecutive chats that share a prefix reuse the
+prefilled state; a model the batcher cannot run (Engram layers) serves one at a time.
+
+Issue 22 hardened it: every route needs the key when one is set; a body over `max_body_bytes` is a 413
+and a prompt over the token limit a 400, tokenized in a worker thread; every sampling field is checked
+as OpenAI defines it (400 naming it); a client that goes away frees its batch row before the next
+step; SIGTERM fails every open request and exits within SHUTDOWN_GRACE_S.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`Request`,
 # imported lazily inside create_app so that `v4` starts without loading the web stack) at run time.
+import asyncio
+import hmac
 import json
+import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from .backends import BackendError, EmbeddedBackend, Usage
-from .batcher import DecodeBatcher
+from .batcher import DONE, DecodeBatcher, Generation
 from .chat_format import ChatFormatError, Message
 from .model_command import add_engine_arguments
+
+ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
+MAX_STOP_STRINGS = 4  # as OpenAI allows
+SHUTDOWN_GRACE_S = 1.0  # after SIGTERM, how long open responses get to end before uvicorn drops them
 
 
 @dataclass(slots=True)
@@ -27,6 +38,190 @@ class ServeConfig:
     api_key: str | None = None
     default_max_tokens: int = 512
     max_batch: int = 8  # requests decoding at once (vLLM's --max-num-seqs)
+    max_body_bytes: int = 4 << 20  # a request body over this is refused (413) before it is read whole
+    max_prompt_tokens: int | None = None  # default: the context less one token for the answer
+
+    def __post_init__(self) -> None:
+        for name in ("default_max_tokens", "max_batch", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
+
+
+class RequestError(Exception):
+    """A request the server refuses: OpenAI's error JSON with `param` naming the field."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 kind: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(slots=True)
+class Sampling:
+    """A request's validated generation settings."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+def parse_sampling(body: dict, default_max_tokens: int, context_length: int) -> Sampling:
+    """The sampling fields as OpenAI's API defines them; RequestError naming the first bad one."""
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, name)
+    if max_tokens is not None and not 1 <= max_tokens <= context_length:
+        raise RequestError(f"{name} must be between 1 and the context length, {context_length:,}; got {max_tokens}",
+                           name)
+    temperature = _number(body, "temperature", 0.0, 2.0, default=1.0)  # OpenAI's default
+    top_p = _number(body, "top_p", 0.0, 1.0, default=1.0, open_low=True)
+    n = _integer(body, "n")
+    if n is not None and n != 1:
+        raise RequestError(f"n must be 1: this server returns one choice per request (got {n})", "n")
+    for penalty in ("presence_penalty", "frequency_penalty"):
+        if _number(body, penalty, -2.0, 2.0, default=0.0) != 0.0:
+            raise RequestError(f"{penalty} is not supported by this server: only 0 is accepted", penalty)
+    seed = _integer(body, "seed")
+    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
+        raise RequestError("seed must fit in 64 bits", "seed")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise RequestError("stream must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError("stream_options must be an object or null", "stream_options")
+    include_usage = (options or {}).get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise RequestError("stream_options.include_usage must be true or false", "stream_options.include_usage")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
+    if not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stops):
+        raise RequestError(f"stop must be a non-empty string or a list of up to {MAX_STOP_STRINGS} of them", "stop")
+    return Sampling(max_tokens or default_max_tokens, temperature, top_p, seed or 0, tuple(stops), bool(stream),
+                    bool(include_usage))
+
+
+def _integer(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RequestError(f"{name} must be an integer, got {json.dumps(value)}", name)
+    return value
+
+
+def _number(body: dict, name: str, low: float, high: float, default: float, open_low: bool = False) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a number, got {json.dumps(value)}", name)
+    if not (low < value if open_low else low <= value) or value > high:
+        raise RequestError(f"{name} must be in {'(' if open_low else '['}{low:g}, {high:g}], got {value}", name)
+    return float(value)
+
+
+def parse_messages(value: object) -> list[Message]:
+    """OpenAI chat messages -> Messages; RequestError naming the first bad one."""
+    if not isinstance(value, list) or not value:
+        raise RequestError("messages must be a non-empty list", "messages")
+    messages = []
+    for index, data in enumerate(value):
+        param = f"messages[{index}]"
+        if not isinstance(data, dict):
+            raise RequestError(f"{param} must be an object with a role and a content", param)
+        role = data.get("role")
+        if role not in ROLES:
+            raise RequestError(f"{param}.role must be one of {', '.join(ROLES)}; got {json.dumps(role)}",
+                               f"{param}.role")
+        content = data.get("content")
+        if isinstance(content, list):  # the OpenAI parts form: text parts only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise RequestError(f"{param}.content parts must all be text parts", f"{param}.content")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise RequestError(f"{param}.content must be a string or a list of text parts", f"{param}.content")
+        messages.append(Message("system" if role == "developer" else role, content))
+    return messages
+
+
+def key_matches(header: str | None, api_key: str) -> bool:
+    """`Authorization: Bearer KEY`, the scheme in any case, the key compared in constant time."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+class _Guard:
+    """ASGI middleware in front of every route (docs and schema included): the API key when one is
+    set, and a body whose Content-Length is over the limit refused before any of it is read."""
+
+    def __init__(self, app: object, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        from fastapi.responses import JSONResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = None
+        if self.api_key is not None and not key_matches(headers.get("authorization"), self.api_key):
+            refusal = RequestError("missing or wrong API key", None, 401, "invalid_request_error", "invalid_api_key")
+        elif not (headers.get("content-length") or "0").isdigit():
+            refusal = RequestError("Content-Length is not a number")
+        elif int(headers.get("content-length") or 0) > self.max_body_bytes:
+            refusal = RequestError(f"the body is over the limit of {self.max_body_bytes:,} bytes", None, 413)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else {}
+        await JSONResponse(refusal.body(), refusal.status, headers=extra)(scope, receive, send)
+
+
+class _SerialRunner:
+    """For a model the batcher cannot run (Engram layers): one request at a time on the backend's
+    own state, each in its own thread, with the batcher's `submit`/`close` and cancellation."""
+
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def submit(self, ids: list[int], max_tokens: int, temperature: float, top_p: float, seed: int,
+               stop: tuple[str, ...], sink: Callable[[object], None]) -> Generation:
+        generation = Generation(list(ids), max_tokens, temperature, top_p, seed, stop, sink)
+        threading.Thread(target=self._run, args=(generation,), name="v4-serial", daemon=True).start()
+        return generation
+
+    def close(self, timeout: float = 1.0) -> None:
+        self._closed.set()
+
+    def _run(self, generation: Generation) -> None:
+        with self._lock:
+            if generation.cancelled:
+                return
+            stream = self.backend.stream_ids(generation.ids, generation.max_tokens, generation.temperature,
+                                             generation.top_p, generation.seed)
+            try:
+                for piece in stream:
+                    if self._closed.is_set():
+                        raise BackendError("the server is shutting down")
+                    if generation.cancelled:
+                        return
+                    generation.emit(piece)
+            except BackendError as exc:
+                generation.emit(exc)
+                return
+            finally:
+                stream.close()  # an abandoned answer still syncs the state back
+            generation.usage = self.backend.last_usage
+            generation.emit(DONE)
 
 
 def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
@@ -36,115 +231,158 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="v4", docs_url=None, redoc_url=None)
-    lock = threading.Lock()  # without a batcher: one engine state, one request at a time
+    app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     try:
         batcher: DecodeBatcher | None = DecodeBatcher(backend, config.max_batch)
     except BackendError:
         batcher = None
-    app.state.batcher = batcher
+    runner = batcher or _SerialRunner(backend)
+    app.state.batcher, app.state.runner = batcher, runner
     created = int(time.time())
+    max_prompt_tokens = min(config.max_prompt_tokens or backend.context_length, backend.context_length - 1)
+    # Each token covers at most `longest` characters of the prompt (x4 leaves room for normalizers),
+    # so a longer text is over the limit without tokenizing it.
+    longest = 4 * max(len(token) for token in backend.tokenizer.get_vocab(with_added_tokens=True))
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
-
-    def authorised(request: Request) -> bool:
-        return config.api_key is None or request.headers.get("authorization") == f"Bearer {config.api_key}"
+    def error(exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.get("/v1/models")
-    def models(request: Request) -> object:
-        if not authorised(request):
-            return error(401, "missing or wrong API key", "authentication_error")
+    def models() -> object:
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": created,
                                             "owned_by": "v4", "max_model_len": backend.context_length}]}
 
-    async def body_of(request: Request) -> dict | JSONResponse:
-        if not authorised(request):
-            return error(401, "missing or wrong API key", "authentication_error")
+    async def body_of(request: Request) -> dict:
+        """The JSON body, counted while it arrives (a chunked body has no Content-Length)."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > config.max_body_bytes:
+                raise RequestError(f"the body is over the limit of {config.max_body_bytes:,} bytes", None, 413)
+            chunks.append(chunk)
         try:
-            body = await request.json()
+            body = json.loads(b"".join(chunks))
         except ValueError:
-            return error(400, "the body is not JSON")
+            raise RequestError("the body is not JSON") from None
         if not isinstance(body, dict):
-            return error(400, "the body must be a JSON object")
+            raise RequestError("the body must be a JSON object")
         return body
+
+    def tokenize(text: str, param: str) -> list[int]:
+        """The prompt's ids, in a worker thread: `encode_batch` lets go of the GIL, `encode` does not."""
+        over = RequestError(f"the prompt is over {max_prompt_tokens:,} tokens, the limit of this server", param)
+        if len(text) > max_prompt_tokens * longest:
+            raise over
+        ids = backend.tokenizer.encode_batch([text], add_special_tokens=False)[0].ids
+        if len(ids) > max_prompt_tokens:
+            raise RequestError(f"the prompt is {len(ids):,} tokens; the limit of this server is "
+                               f"{max_prompt_tokens:,}", param)
+        if not ids:
+            raise RequestError("the prompt is empty", param)
+        return ids
+
+    def render(messages: list[Message]) -> list[int]:
+        try:
+            text = backend.chat_format.render(messages, add_generation_prompt=True)
+        except ChatFormatError as exc:
+            raise RequestError(str(exc), "messages") from None
+        return tokenize(text, "messages")
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> object:
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            return body
         try:
-            messages = [_message(m) for m in body.get("messages") or []]
-            if not messages:
-                raise ValueError("messages must be a non-empty list")
-            ids = backend.encode(messages)
-        except (ValueError, TypeError, ChatFormatError) as exc:
-            return error(400, str(exc))
-        return await run_in_threadpool(respond, body, ids, True)  # a whole answer waits off the event loop
+            body = await body_of(request)
+            sampling = parse_sampling(body, config.default_max_tokens, backend.context_length)
+            messages = parse_messages(body.get("messages"))
+            ids = await run_in_threadpool(render, messages)
+        except RequestError as exc:
+            return error(exc)
+        return await respond(request, sampling, ids, True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> object:
-        body = await body_of(request)
-        if not isinstance(body, dict):
-            return body
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            return error(400, "prompt must be a non-empty string")
-        ids = backend.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return await run_in_threadpool(respond, body, ids, False)
-
-    def respond(body: dict, ids: list[int], chat: bool) -> object:
         try:
-            max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or config.default_max_tokens)
-            temperature = 1.0 if body.get("temperature") is None else float(body["temperature"])  # OpenAI's default
-            top_p = float(body.get("top_p") or 1.0)
-            seed = int(body.get("seed") or 0)
-        except (TypeError, ValueError) as exc:
-            return error(400, f"bad sampling parameter: {exc}")
-        if max_tokens <= 0:
-            return error(400, "max_tokens must be positive")
+            body = await body_of(request)
+            sampling = parse_sampling(body, config.default_max_tokens, backend.context_length)
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                raise RequestError("prompt must be a non-empty string", "prompt")
+            ids = await run_in_threadpool(tokenize, prompt, "prompt")
+        except RequestError as exc:
+            return error(exc)
+        return await respond(request, sampling, ids, False)
+
+    async def respond(request: Request, sampling: Sampling, ids: list[int], chat: bool) -> object:
+        if batcher is None and sampling.stop:
+            return error(RequestError("stop is not supported for this model (it decodes one request at a time)",
+                                      "stop"))
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+
+        def sink(item: object) -> None:  # from the scheduler thread
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the event loop has closed: nobody is listening
+                pass
+
+        generation = runner.submit(ids, sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.seed,
+                                   sampling.stop, sink)
+
+        def cancel() -> None:
+            generation.cancel()
+            items.put_nowait(_GONE)
+
+        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        usage = Usage()
-
-        def pieces() -> Iterator[str]:
-            nonlocal usage
-            if batcher is not None:
-                generation = batcher.submit(ids, max_tokens, temperature, top_p, seed)
-                yield from generation.pieces()
-                usage = generation.usage
-                return
-            with lock:
-                yield from backend.stream_ids(ids, max_tokens, temperature, top_p, seed)
-                usage = backend.last_usage
-
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_events(pieces(), lambda: usage, stream_id, config.model_name, chat,
-                                             include_usage, max_tokens), media_type="text/event-stream")
+        if sampling.stream:
+            return StreamingResponse(_events(_pieces(items), generation, stream_id, config.model_name, chat,
+                                             sampling, lambda: (generation.cancel(), watcher.cancel())),
+                                     media_type="text/event-stream")
         try:
-            text = "".join(pieces())
+            text = "".join([piece async for piece in _pieces(items)])
         except BackendError as exc:
-            return error(400, str(exc))
-        finish = _finish(usage, max_tokens)
+            return error(RequestError(str(exc), None, 503 if "shutting down" in str(exc) else 400))
+        except _ClientGone:
+            return error(RequestError("the client went away", None, 499))
+        finally:
+            generation.cancel()  # a no-op once it has finished
+            watcher.cancel()
+        finish = _finish(generation.usage, sampling.max_tokens)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish}
         return {"id": stream_id, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": config.model_name, "choices": [choice], "usage": _usage(usage)}
+                "model": config.model_name, "choices": [choice], "usage": _usage(generation.usage)}
 
     return app
 
 
-def _message(data: object) -> Message:
-    if not isinstance(data, dict) or data.get("role") not in ("system", "user", "assistant"):
-        raise ValueError("each message needs a role of system, user or assistant")
-    content = data.get("content")
-    if isinstance(content, list):  # the OpenAI parts form: keep the text parts
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    if not isinstance(content, str):
-        raise ValueError("message content must be a string")
-    return Message(data["role"], content)
+_GONE = object()  # the client went away: the answer's reader stops
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _pieces(items: asyncio.Queue) -> AsyncIterator[str]:
+    while True:
+        item = await items.get()
+        if item is DONE:
+            return
+        if item is _GONE:
+            raise _ClientGone
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+async def _watch_disconnect(request: object, cancel: Callable[[], None]) -> None:
+    """Cancel the request's generation once its client disconnects (or its response is complete:
+    then the cancel is a no-op)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel()
 
 
 def _usage(usage: Usage) -> dict:
@@ -157,9 +395,10 @@ def _finish(usage: Usage, max_tokens: int) -> str:
     return "length" if usage.completion_tokens >= max_tokens else "stop"
 
 
-def _events(pieces: Iterator[str], usage_of: Callable[[], Usage], stream_id: str, model_name: str, chat: bool,
-            include_usage: bool, max_tokens: int) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _events(pieces: AsyncIterator[str], generation: Generation, stream_id: str, model_name: str,
+                  chat: bool, sampling: Sampling, on_close: Callable[[], object]) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; `on_close` runs
+    however the stream ends (a client that went away included)."""
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -170,23 +409,27 @@ def _events(pieces: Iterator[str], usage_of: Callable[[], Usage], stream_id: str
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk)}\n\n"
 
-    if chat:
-        yield event({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
     try:
-        for piece in pieces:
-            body = {"content": piece} if chat else None
-            yield event({"index": 0, "delta": body, "finish_reason": None} if chat else
-                        {"index": 0, "text": piece, "finish_reason": None})
-    except BackendError as exc:
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'invalid_request_error'}})}\n\n"
+        if chat:
+            yield event({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+        try:
+            async for piece in pieces:
+                yield event({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else
+                            {"index": 0, "text": piece, "finish_reason": None})
+        except BackendError as exc:
+            yield f"data: {json.dumps(RequestError(str(exc)).body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        except _ClientGone:
+            return
+        finish = _finish(generation.usage, sampling.max_tokens)
+        yield event({"index": 0, "delta": {}, "finish_reason": finish} if chat else
+                    {"index": 0, "text": "", "finish_reason": finish})
+        if sampling.include_usage:
+            yield event(None, _usage(generation.usage))
         yield "data: [DONE]\n\n"
-        return
-    finish = _finish(usage_of(), max_tokens)
-    yield event({"index": 0, "delta": {}, "finish_reason": finish} if chat else
-                {"index": 0, "text": "", "finish_reason": finish})
-    if include_usage:
-        yield event(None, _usage(usage_of()))
-    yield "data: [DONE]\n\n"
+    finally:
+        on_close()
 
 
 def add_parser(commands: object) -> None:
@@ -202,12 +445,12 @@ def add_parser(commands: object) -> None:
     serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
     serve.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: 32,768 on CPU)")
     serve.add_argument("--max-num-seqs", type=int, default=8, help="requests decoding at once (continuous batching)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 << 20,
+                       help="refuse larger request bodies with 413 (default: 4 MiB)")
 
 
 def run(args: object) -> int:
     import sys
-
-    import uvicorn
 
     from .backend_options import ANSWER_RESERVE
     from .chat_format import chat_format_for
@@ -225,13 +468,31 @@ def run(args: object) -> int:
         print(f"v4 serve: {exc}", file=sys.stderr)
         return 1
     name = args.served_model_name or args.model.resolve().name
-    if args.max_num_seqs < 1:
-        print("v4 serve: --max-num-seqs must be at least 1", file=sys.stderr)
+    try:
+        config = ServeConfig(name, args.api_key, min(512, backend.context_length - ANSWER_RESERVE // 8),
+                             args.max_num_seqs, args.max_body_bytes)
+    except ValueError as exc:
+        print(f"v4 serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(backend, ServeConfig(name, args.api_key, min(512, backend.context_length - ANSWER_RESERVE // 8),
-                                          args.max_num_seqs))
+    app = create_app(backend, config)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"v4 serve: listening on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    make_server(app, args.host, args.port).run()
     return 0
+
+
+def make_server(app: object, host: str, port: int) -> object:
+    """A uvicorn server for `app` that, on SIGTERM or Ctrl-C, stops decoding at once: every open
+    request fails (a stream ends with an error event), and what is still open after
+    SHUTDOWN_GRACE_S is dropped."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # In a thread: the signal handler may have interrupted the event loop inside `submit`.
+            threading.Thread(target=app.state.runner.close, args=(0.0,), daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S))

@@ -3,7 +3,7 @@
 Inside git: what git tracks plus untracked files git does not ignore (gitpython). Outside git: a walk
 that honours every `.gitignore` on the way (pathspec's git-compatible matcher). Either way, binaries,
 oversized, minified, generated, vendored and secret files are skipped with a reason, and symlinks are
-never followed.
+never followed. Secrets are recognised by name here and by content when a file is read (`secrets.py`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ from pathlib import Path, PurePosixPath
 
 import pathspec
 
+from .secrets import SecretMatch, match_name, scan_text
+
 # Directories that are never part of the repository's own text.
 ALWAYS_IGNORED_DIRS = frozenset({".git", ".v4", ".hg", ".svn"})
 VENDORED_DIRS = frozenset({
     "node_modules", "vendor", "third_party", "third-party", "thirdparty", "bower_components",
     "site-packages", ".venv", "venv", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache",
 })
-SECRET_PATTERNS = (
-    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "id_rsa*",
-    "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", ".htpasswd", "credentials.json",
-    "*.kdbx", "secrets.y*ml", ".npmrc", ".pypirc",
-)
 GENERATED_NAMES = frozenset({
     "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "Cargo.lock", "poetry.lock", "uv.lock",
     "Pipfile.lock", "composer.lock", "Gemfile.lock", "go.sum", "bun.lockb", "flake.lock",
@@ -143,8 +140,8 @@ def path_skip_reason(rel: str, config: DiscoveryConfig) -> str | None:
         return "inside a tool directory"
     if not config.include_vendored and any(part in VENDORED_DIRS for part in pure.parts[:-1]):
         return "vendored"
-    if not config.include_secrets and _matches(name, SECRET_PATTERNS) and not name.endswith(".example"):
-        return "secret (opt in with --include-secrets)"
+    if not config.include_secrets and (match := match_name(rel)) is not None:
+        return secret_reason(match)
     if pure.suffix.lower() in BINARY_SUFFIXES:
         return "binary"
     if _matches(name, MINIFIED_PATTERNS):
@@ -168,6 +165,16 @@ def content_skip_reason(data: bytes, config: DiscoveryConfig) -> str | None:
         if any(marker in first_lines for marker in GENERATED_MARKERS):
             return "generated"
     return None
+
+
+def secret_reason(match: SecretMatch) -> str:
+    """The skip reason for a file holding credentials: the rule and line, never the secret (issue 22)."""
+    return f"secret: {match.describe()} (opt in with --include-secrets)"
+
+
+def find_secret(rel: str, text: str) -> SecretMatch | None:
+    """Why the file `rel` with `text` looks like it holds credentials (its name, else its content), or None."""
+    return match_name(rel) or scan_text(rel, text)
 
 
 def decode_text(data: bytes) -> str:

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from .budget import FULL, OMITTED, OUTLINE, RankCache, all_fit, choose_modes, rank_files
 from .cache import IndexCache
-from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover,
-                    ignored_paths, is_unnamable, path_skip_reason, shown_name, stat_candidate)
+from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover, find_secret,
+                    ignored_paths, is_unnamable, path_skip_reason, secret_reason, shown_name, stat_candidate)
 from .graph import FileFacts, context_order, dependency_edges, git_stability, mtime_stability, order_key
 from .history import commit_counts, head_commit
 from .languages import detect_language, is_parsed
@@ -86,6 +86,7 @@ class RepoIndex:
         self._parse_errors: dict[str, str] = {}  # path -> why its grammar failed (it is included unparsed)
         self._entries: dict[str, FileEntry] = {}
         self._skipped: dict[str, Skipped] = {}
+        self._secrets: dict[str, str] = {}  # path -> what matched, for files kept by --include-secrets
         self._unnamable: set[str] = set()  # files whose names are not UTF-8: left out, one warning each
         self._is_git = False
         self._loaded = False
@@ -118,6 +119,7 @@ class RepoIndex:
         listing = discover(self.root, self.config.discovery)
         self._is_git = listing.is_git
         self._skipped = {s.path: s for s in listing.skipped}
+        self._secrets = {}
         self._unnamable = set(listing.unnamable)
         self._entries = {}
         self._parse_errors = {}
@@ -156,6 +158,7 @@ class RepoIndex:
                     self._tokens.pop(self._token_key(rel, mode, old.sha256), None)
                     self._texts.pop(self._token_key(rel, mode, old.sha256), None)
             self._skipped.pop(rel, None)
+            self._secrets.pop(rel, None)
             self._parse_errors.pop(rel, None)
             reason = "" if rel in ignored else path_skip_reason(rel, self.config.discovery)
             info = None
@@ -217,6 +220,11 @@ class RepoIndex:
                     text = decode_text(data)
                 except UnicodeDecodeError as exc:
                     reason = f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            if reason is None and (secret := find_secret(candidate.path, text)) is not None:
+                if self.config.discovery.include_secrets:
+                    self._secrets[candidate.path] = secret.describe()
+                else:
+                    reason = secret_reason(secret)
             if reason is not None:
                 self._skipped[candidate.path] = Skipped(candidate.path, reason)
                 continue
@@ -307,8 +315,9 @@ class RepoIndex:
             segments.append(Segment(path, entry.language, mode, entry.sha256, text, ids,
                                     None if full is None else len(full)))
         skipped = [self._skipped[p] for p in sorted(self._skipped)]
+        secrets = [Skipped(p, self._secrets[p]) for p in sorted(self._secrets) if p in self._entries]
         return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
-                           time.perf_counter() - started, self.warnings)
+                           time.perf_counter() - started, self.warnings, secrets)
 
     def _order(self, facts: dict[str, FileFacts]) -> list[str]:
         if self._order_memo is None or self._order_memo[0] != self._order_version:

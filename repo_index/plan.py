@@ -43,6 +43,8 @@ class ContextPlan:
     tokenizer: str
     elapsed_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    # files kept by --include-secrets although they look like credentials (path, what matched): issue 22
+    secrets: list[Skipped] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -52,6 +54,12 @@ class ContextPlan:
     def included(self) -> list[Segment]:
         """The segments that are in the context (full or outline), in order."""
         return [s for s in self.segments if s.mode != OMITTED]
+
+    @property
+    def secrets_sent(self) -> list[Skipped]:
+        """The files that look like credentials and are in the context (only with --include-secrets)."""
+        shown = {s.path for s in self.included}
+        return [s for s in self.secrets if s.path in shown]
 
     def token_ids(self) -> list[int]:
         """The whole repository part of the prompt."""
@@ -75,6 +83,7 @@ class ContextPlan:
             ],
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "warnings": list(self.warnings),
+            "secrets_included": [{"path": s.path, "reason": s.reason} for s in self.secrets],
         }
 
 

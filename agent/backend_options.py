@@ -63,6 +63,15 @@ def _embedded(args: argparse.Namespace) -> ChosenBackend:
     from .chat_format import chat_format_for
     from .model_command import engine_options, load_with_progress
 
+    store = None
+    if not args.no_engram:  # a misdirected or read-only store is refused before the model loads
+        from v4.model.engram_store import EngramStore, StoreError, default_store_dir
+
+        try:
+            store = EngramStore(args.engram_dir or default_store_dir(), warn=lambda m: print(m, file=sys.stderr))
+            store.prepare()
+        except StoreError as exc:
+            raise BackendError(str(exc)) from exc
     try:
         engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
     except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
@@ -73,10 +82,5 @@ def _embedded(args: argparse.Namespace) -> ChosenBackend:
     budget = max(min(args.budget or default, limit - reserve), 1)
     # the state is sized for the repository, the conversation and an answer, not for the model's limit
     context = min(limit, budget + 4 * reserve)
-    store = None
-    if not args.no_engram:
-        from v4.model.engram_store import EngramStore, default_store_dir
-
-        store = EngramStore(args.engram_dir or default_store_dir(), warn=lambda m: print(m, file=sys.stderr))
     backend = EmbeddedBackend(engine, chat_format_for(args.model), context, store)
     return ChosenBackend(backend, budget, args.model)

@@ -27,20 +27,27 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def store_from_args(args: argparse.Namespace) -> object:
+    """The store `--engram-dir` names (StoreError for a file, a foreign directory or an old store)."""
     from v4.model.engram_store import EngramStore, default_store_dir
 
     return EngramStore(args.engram_dir or default_store_dir(), warn=lambda m: print(m, file=sys.stderr))
 
 
 def run_engram(args: argparse.Namespace) -> int:
-    store = store_from_args(args)
-    if args.action == "stats":
-        result: object = store.stats()
-    elif args.action == "clear":
-        result = {"deleted_files": store.clear()}
-    else:
-        bad = store.verify()
-        result = {"bad_files_deleted": bad, "ok": not bad}
+    from v4.model.engram_store import StoreError
+
+    try:
+        store = store_from_args(args)
+        if args.action == "stats":
+            result: object = store.stats()
+        elif args.action == "clear":
+            result = {"deleted_files": store.clear()}
+        else:
+            bad = store.verify()
+            result = {"bad_files_deleted": bad, "ok": not bad}
+    except StoreError as exc:  # refused before anything was read or deleted
+        print(f"v4 engram: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -79,7 +86,13 @@ def run_prefill(args: argparse.Namespace) -> int:
     plan = RepoIndex(root, tokenizer=load_tokenizer(chosen.tokenizer_dir), config=IndexConfig()).plan(chosen.budget)
     ids, boundaries = backend.encode_with_boundaries([system_message(repository_text(plan.segments))],
                                                      add_generation_prompt=False)
-    _, _, stats = backend.store.prefill(backend.engine, ids, boundaries, backend.context_length)
+    from v4.model.engram_store import StoreError
+
+    try:
+        _, _, stats = backend.store.prefill(backend.engine, ids, boundaries, backend.context_length)
+    except StoreError as exc:  # raised before the prefill is computed
+        print(f"v4 prefill: {exc}", file=sys.stderr)
+        return 2
     document = {k: v for k, v in stats.to_json().items() if k != "snapshots_written"}
     document["store_bytes"] = backend.store.stats()["bytes"]
     if args.json:

@@ -73,13 +73,15 @@ class PrefillStats:
 
 
 def default_store_dir() -> Path:
-    """`$V4_ENGRAM_DIR`, else the platform's per-user cache (`~/.cache/v4/engram` on Linux)."""
+    """`$V4_ENGRAM_DIR`, else the platform's per-user cache (`~/.cache/v4/engram-v2` on Linux). The
+    default is named by format version, like Aider's tag cache, so an upgrade starts a new store instead
+    of refusing the old one (which it can neither read nor prove it wrote)."""
     configured = os.environ.get("V4_ENGRAM_DIR")
     if configured:
         return Path(configured)
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("v4")) / "engram"
+    return Path(platformdirs.user_cache_dir("v4")) / f"engram-v{FORMAT_VERSION}"
 
 
 # ---------------------------------------------------------------------------------------------- keys

@@ -225,3 +225,12 @@ def test_a_read_only_store(tiny: Tiny, store_dir: Path, no_forward: None) -> Non
     finally:
         _make_writable(store_dir)
     assert store.stats()["files"] > 0
+
+
+def test_the_default_directory_is_named_by_format_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade starts a new default store rather than refusing the old one on every run."""
+    from v4.model.engram_files import FORMAT_VERSION
+    from v4.model.engram_store import default_store_dir
+
+    monkeypatch.delenv("V4_ENGRAM_DIR", raising=False)
+    assert default_store_dir().name == f"engram-v{FORMAT_VERSION}"

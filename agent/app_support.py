@@ -168,21 +168,24 @@ class RepositoryContext:
     the budget meter shows the real total.
     """
 
-    def __init__(self, root: Path, tokenizer_dir: Path | None, progress: Progress | None = None) -> None:
-        from v4.repo_index import IndexConfig, RepoIndex
+    def __init__(self, root: Path, tokenizer_dir: Path | None, progress: Progress | None = None, *,
+                 include_secrets: bool = False) -> None:
+        from v4.repo_index import DiscoveryConfig, IndexConfig, RepoIndex
         from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
         try:
             self.tokenizer = load_tokenizer(tokenizer_dir)
         except TokenizerError as exc:
             raise ContextError(str(exc)) from exc
-        self.index = RepoIndex(root, tokenizer=self.tokenizer, config=IndexConfig(), progress=progress)
+        config = IndexConfig(discovery=DiscoveryConfig(include_secrets=include_secrets))
+        self.index = RepoIndex(root, tokenizer=self.tokenizer, config=config, progress=progress)
         self.root = self.index.root
         self.forced_in: set[str] = set()
         self.forced_out: set[str] = set()
         self.segments: list = []  # what the system message holds, in order
         self._view: ContextView | None = None
         self._skipped: dict[str, str] = {}  # path -> why the index left it out
+        self.secrets_sent: list = []  # files that look like credentials, in the context (--include-secrets)
         self._stamps: dict[str, tuple[int, int] | None] = {}  # path -> (mtime_ns, size) when planned
 
     def scan(self) -> None:
@@ -219,6 +222,8 @@ class RepositoryContext:
             kept, rows = self._keep_modes(kept, rows, previous, budget)
         self.segments = kept
         self._skipped = {s.path: s.reason for s in plan.skipped}
+        shown = {s.path for s in kept if s.mode != "omitted"}
+        self.secrets_sent = [s for s in plan.secrets if s.path in shown]
         self._stamps = {s.path: _stamp(self.root / s.path) for s in kept if s.mode != "omitted"}
         self._view = ContextView(tuple(rows), sum(s.num_tokens for s in kept), budget, len(plan.skipped))
         return self._view

@@ -31,6 +31,26 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                        "or the user cache dir)")
     parser.add_argument("--budget", type=int, default=None,
                         help="repository tokens in the context (default: the model's context; 8,192 on CPU)")
+    parser.add_argument("--include-secrets", action="store_true",
+                        help="put files that look like credentials (.env, keys, tokens in code) in the context too")
+
+
+def secrets_warning(endpoint: str | None, secrets: list) -> str | None:
+    """Issue 22: the warning for files that look like credentials and would go to a remote endpoint
+    (only --include-secrets puts them in the context); None when there is nothing to say."""
+    if not endpoint or not secrets:
+        return None
+    listed = "; ".join(f"{s.path} ({s.reason})" for s in secrets[:10])
+    more = f"; and {len(secrets) - 10} more" if len(secrets) > 10 else ""
+    return (f"warning: --include-secrets: {len(secrets)} file(s) that look like credentials will be sent to "
+            f"{endpoint}: {listed}{more}")
+
+
+def warn_secrets(args: argparse.Namespace, secrets: list) -> None:
+    """Print `secrets_warning` on stderr; called after planning, before anything is sent."""
+    message = secrets_warning(getattr(args, "endpoint", None), secrets)
+    if message:
+        print(f"v4: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(slots=True)

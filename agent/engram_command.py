@@ -57,7 +57,7 @@ def run_engram(args: argparse.Namespace) -> int:
 
 
 def run_prefill(args: argparse.Namespace) -> int:
-    from v4.repo_index import IndexConfig, RepoIndex
+    from v4.repo_index import DiscoveryConfig, IndexConfig, RepoIndex
     from v4.repo_index.tokens import load_tokenizer
 
     from .backend_options import backend_from_args
@@ -83,7 +83,8 @@ def run_prefill(args: argparse.Namespace) -> int:
     if backend.store is None:
         print("v4 prefill: the Engram store is off (--no-engram)", file=sys.stderr)
         return 2
-    plan = RepoIndex(root, tokenizer=load_tokenizer(chosen.tokenizer_dir), config=IndexConfig()).plan(chosen.budget)
+    config = IndexConfig(discovery=DiscoveryConfig(include_secrets=args.include_secrets))  # as the session will
+    plan = RepoIndex(root, tokenizer=load_tokenizer(chosen.tokenizer_dir), config=config).plan(chosen.budget)
     ids, boundaries = backend.encode_with_boundaries([system_message(repository_text(plan.segments))],
                                                      add_generation_prompt=False)
     from v4.model.engram_store import StoreError

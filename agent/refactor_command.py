@@ -49,10 +49,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_refactor(args: argparse.Namespace) -> int:
-    from v4.repo_index import IndexConfig, RepoIndex
+    from v4.repo_index import DiscoveryConfig, IndexConfig, RepoIndex
     from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
-    from .backend_options import backend_from_args
+    from .backend_options import backend_from_args, warn_secrets
     from .backends import BackendError
     from .session import Session, SessionOptions
     from .workspace import WorkspaceError, repository_root
@@ -65,7 +65,9 @@ def run_refactor(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(chosen.tokenizer_dir)
     except (BackendError, TokenizerError) as exc:
         return _usage(str(exc))
-    plan = RepoIndex(root, tokenizer=tokenizer, config=IndexConfig()).plan(chosen.budget)
+    config = IndexConfig(discovery=DiscoveryConfig(include_secrets=args.include_secrets))
+    plan = RepoIndex(root, tokenizer=tokenizer, config=config).plan(chosen.budget)
+    warn_secrets(args, plan.secrets_sent)  # before the session sends anything (issue 22)
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
     options = SessionOptions(max_reflections=args.max_reflections, max_answer_tokens=args.max_tokens,
                              dirty_commit=args.dirty_commit, editable=_named(root, args.files), test_cmd=args.test_cmd,

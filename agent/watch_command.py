@@ -39,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .app_support import ContextError, RepositoryContext
-    from .backend_options import backend_from_args
+    from .backend_options import backend_from_args, warn_secrets
     from .backends import BackendError
     from .session import Session, SessionOptions
     from .warm import ContextWarmer
@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
         config = WatchConfig(quiet_s=args.debounce, max_delay_s=max(args.max_delay, args.debounce))
         chosen = backend_from_args(args)
         started = time.perf_counter()
-        context = RepositoryContext(root, chosen.tokenizer_dir)
+        context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=args.include_secrets)
         context.scan()
         view = context.plan(chosen.budget)
+        warn_secrets(args, context.secrets_sent)  # before the first prefill sends anything (issue 22)
         options = SessionOptions(max_answer_tokens=args.max_tokens, require_edits=True)
         session = Session(root, chosen.backend, context.repository_text(), options)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:

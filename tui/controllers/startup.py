@@ -11,7 +11,7 @@ from pathlib import Path
 from textual.message import Message
 
 from v4.agent import app_support
-from v4.agent.backend_options import backend_from_args
+from v4.agent.backend_options import backend_from_args, secrets_warning
 from v4.agent.backends import BackendError
 from v4.agent.session import Session, SessionOptions
 from v4.agent.warm import ContextWarmer
@@ -76,7 +76,8 @@ class StartupController:
         embedded = not (args.endpoint or args.replay)
         context = app_support.RepositoryContext(self.root, args.model if embedded else None,
                                                 lambda phase, done, total: self._step("index", f"indexing: {phase}",
-                                                                                      done, total))
+                                                                                      done, total),
+                                                include_secrets=getattr(args, "include_secrets", False))
         self._step("index", "indexing the repository…")
         context.scan()
         self._step("index", "repository indexed", finished=True)
@@ -89,6 +90,9 @@ class StartupController:
         view = context.plan(chosen.budget)
         self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
                            f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
+        warning = secrets_warning(args.endpoint, context.secrets_sent)
+        if warning:  # shown before the prefill sends the context (issue 22)
+            self._step("plan", warning, finished=True)
         metered = MeteredBackend(chosen.backend, post_message=self._post)
         options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
         session = Session(self.root, metered, context.repository_text(), options)

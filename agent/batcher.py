@@ -151,6 +151,7 @@ class DecodeBatcher:
                 row_state, capacity = admitted
                 wanted = min(self.max_batch, len(rows) + 1 + len(pending))  # room for the burst at once
                 decoder, rows = self._decoder_for(wanted, capacity, decoder, rows)
+                self._rows = rows  # a move to a larger decoder renumbers the rows
                 free = next(r for r in range(decoder.batch) if r not in rows)
                 decoder.load_row(free, self.backend._state)
                 rows[free] = row_state

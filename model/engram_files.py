@@ -170,7 +170,9 @@ class StoreRoot:
             names = sorted(os.listdir(where))
         except OSError as exc:
             raise StoreDirectoryError(f"engram store {where} cannot be read ({exc.strerror})") from exc
-        if not names:
+        # another process may be creating the store: its manifest comes before any file but temporaries
+        names = [name for name in names if not name.startswith((".tmp-manifest-", ".tmp-probe-"))]
+        if not names or self.manifest.exists():
             return
         if all(name == LOCK or _HEX_DIR.fullmatch(name) for name in names):
             raise StoreDirectoryError(f"engram store {where} holds a store of an older format (before version "

@@ -234,3 +234,11 @@ def test_the_default_directory_is_named_by_format_version(monkeypatch: pytest.Mo
 
     monkeypatch.delenv("V4_ENGRAM_DIR", raising=False)
     assert default_store_dir().name == f"engram-v{FORMAT_VERSION}"
+
+
+def test_a_store_being_created_by_another_process_is_not_foreign(tmp_path: Path) -> None:
+    """Between its mkdir and its manifest, a new store holds only the manifest's temporary file."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / ".tmp-manifest-abc").write_text("{")
+    EngramStore(tmp_path / "store").prepare()
+    assert (tmp_path / MANIFEST).exists() is False and (tmp_path / "store" / MANIFEST).is_file()

@@ -36,8 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from tree_sitter import Tree
+from typing import TYPE_CHECKING
 
 from v4.agent.edit_blocks import BlockFailure, EditBlock, EditError, FileChange, Kind, indent_of, text_lines
 from v4.agent.edit_feedback import ambiguous_message, not_found_message
@@ -45,6 +44,9 @@ from v4.agent.edit_match import Attempt, Match, attempts, find, retab
 from v4.agent.edit_parser import parse_edits, reading_kind
 from v4.agent.edit_splice import align, splice
 from v4.agent.edit_syntax import FileSyntax, is_stub_body
+
+if TYPE_CHECKING:
+    from tree_sitter import Tree
 
 __all__ = ["EDIT_FORMAT_PROMPT", "EditBlock", "EditError", "FileChange", "Kind", "parse_edits", "plan_changes"]
 

@@ -27,8 +27,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .norm_rope import (FLOAT_DTYPES, apply_rope_reference, check_device, rms_norm_reference, rms_norm_rope,
-                        rms_normalize, rotate_pairs, round_to)
+from .common import check_device, round_to
+from .norm_rope import (FLOAT_DTYPES, apply_rope_reference, rms_norm_reference, rms_norm_rope, rms_normalize,
+                        rotate_pairs)
 
 TILE_ELEMENTS = 8192  # L x D elements per chunk and tensor: 16 per thread at 16 warps
 MAX_FUSED_D = 2048  # widest row one program normalises in registers
@@ -63,10 +64,10 @@ def _load_slots(ptr, base, slots, cols, col_ok, num_slots, dim, other):
 @triton.jit
 def _pool(kv, gate, top, total):
     """sum over the tile's slots of kv * p, with p and each product rounded to kv's dtype as in the model."""
-    p = round_to(tl.exp(gate.to(tl.float32) - top[None, :]) / total[None, :], kv.dtype).to(tl.float32)
+    p = round_to(tl.exp(gate.to(tl.float32) - top[None, :]) / total[None, :], kv.dtype, True).to(tl.float32)
     # the exact product rounded once to kv's dtype: a bf16 multiply, spelled in float32 (the interpreter
     # has no bf16 arithmetic)
-    return tl.sum(round_to(kv.to(tl.float32) * p, kv.dtype).to(tl.float32), axis=0)
+    return tl.sum(round_to(kv.to(tl.float32) * p, kv.dtype, True).to(tl.float32), axis=0)
 
 
 @triton.jit
@@ -108,7 +109,7 @@ def _compress_kernel(kv_ptr, gate_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
             kv = _load_slots(kv_ptr, base, slots, cols, col_ok, num_slots, dim, 0.0)
             pooled += _pool(kv, gate, top, total)
     # channels past D saw only -inf (NaN after the softmax): zero them before the norm's sum
-    y = tl.expand_dims(round_to(tl.where(col_ok, pooled, 0.0), out_ptr.dtype.element_ty), 0)  # [1, BLOCK_D]
+    y = tl.expand_dims(round_to(tl.where(col_ok, pooled, 0.0), out_ptr.dtype.element_ty, True), 0)  # [1, BLOCK_D]
     window = row % num_windows
     if FUSED:
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)

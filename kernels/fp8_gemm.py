@@ -36,7 +36,6 @@ on the GPU the hardware conversion (cvt.rn.satfinite) does it. The FP8 tl.dot ru
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -44,16 +43,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import interpreting, num_sms
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 BLOCK = 128  # quantisation block along K (and along N for weights)
 AMAX_FLOOR = 1e-4  # DeepSeek-V4 act_quant: an all-zero group gets a finite scale
 SMALL_M = 64  # at or below: decode path (small tiles, split-K, fused activation quantisation)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 WEIGHT_SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float8_e8m0fnu)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -313,7 +310,7 @@ def _split_sum_kernel(ws_ptr, out_ptr, numel, num_splits, BLOCK: tl.constexpr):
 def _prefill_configs() -> list[triton.Config]:
     """Large-M tiles. One config under the interpreter (autotuning there would only cost time), with
     BLOCK_N = 256 so the tests cover the per-column B scales (the decode path covers the per-tile one)."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 256, "GROUP_M": 2}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for bm, bn, w, s in ((128, 128, 8, 4), (128, 128, 8, 3), (128, 256, 8, 3), (64, 128, 4, 4),
@@ -325,11 +322,6 @@ _fp8_gemm_tuned = triton.autotune(configs=_prefill_configs(), key=["M_BUCKET", "
 
 # ---------------------------------------------------------------------------------------------------
 # Launchers.
-
-
-def _num_sms(device: torch.device) -> int:
-    """SMs to fill; a small number under the interpreter so small test shapes exercise split-K."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
 @dataclass
@@ -364,7 +356,7 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
     bs = b_scale.view(torch.uint8) if e8m0 else b_scale
     sa = a_scale if a_scale is not None else bs  # unread when quantising in the kernel
     sa_strides = (sa.stride(0), sa.stride(1))
-    flags = dict(QUANT_A=a_scale is None, B_E8M0=e8m0, INTERPRET=_interpreting(), BLOCK_K=BLOCK)
+    flags = dict(QUANT_A=a_scale is None, B_E8M0=e8m0, INTERPRET=interpreting(), BLOCK_K=BLOCK)
     if m > SMALL_M:
         def grid(meta: dict) -> tuple[int, int]:
             return triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), 1
@@ -376,7 +368,8 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
     cfg = DECODE_TILES
     block_m, block_n = max(16, triton.next_power_of_2(m)), cfg.block_n
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
-    splits, per_split = _split_k(tiles, k_blocks, _num_sms(out.device), cfg.programs_per_sm)
+    # 8 SMs under the interpreter, so that small test shapes exercise split-K
+    splits, per_split = _split_k(tiles, k_blocks, num_sms(out.device, 8), cfg.programs_per_sm)
     c = out if splits == 1 else _empty((splits, m, n), torch.float32, out.device)
     c_split_stride = 0 if splits == 1 else c.stride(0)
     locks = _split_locks(out.device, tiles) if splits > 1 else None
@@ -418,7 +411,7 @@ def act_quant(x: Tensor, block: int = BLOCK, ue8m0: bool = True) -> tuple[Tensor
         block_m = 32
         _act_quant_kernel[(triton.cdiv(m, block_m), k // block)](
             x, q, scale, m, x.stride(0), x.stride(1), q.stride(0), scale.stride(0),
-            UE8M0=ue8m0, INTERPRET=_interpreting(), BLOCK_M=block_m, BLOCK_K=block, num_warps=4)
+            UE8M0=ue8m0, INTERPRET=interpreting(), BLOCK_M=block_m, BLOCK_K=block, num_warps=4)
     return q, scale
 
 

@@ -34,24 +34,19 @@ T = 64K (chunk the prefill to bound it).
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import interpreting, num_sms
+
 CHUNK = 16  # keys per maximum written by the score kernel
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 _NEG_INF_KEY = tl.constexpr(-2139095041)  # _mono_key(-inf)
 _PAD_KEY = tl.constexpr(-2147483648)  # below every key: an empty slot
 _REF_ELEMENTS = 1 << 27  # float32 elements of one [B, S-chunk, Hi, T] product in the reference
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ----------------------------------------------------------------------------- references
@@ -132,7 +127,7 @@ def indexer_topk_fp8_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, key
 
 def _score_configs() -> list[triton.Config]:
     """(G queries per program, BLOCK_T, warps, stages); _prune_score_configs keeps those fit for a call."""
-    if _interpreting():
+    if interpreting():
         shapes = ((1, 32, 4, 1), (2, 32, 4, 1), (4, 32, 4, 1))
     else:
         shapes = ((1, 128, 4, 3), (1, 64, 4, 4), (1, 128, 8, 3), (1, 64, 8, 3),
@@ -153,7 +148,7 @@ def _prune_score_configs(configs: list[triton.Config], named_args: dict, **kwarg
         return wanted and group * heads <= widest and block_t * group * heads <= 64 * 32 * config.num_warps
 
     kept = [c for c in configs if fits(c)] or [c for c in configs if c.kwargs["G"] == 1][:1]
-    return kept[-1:] if _interpreting() else kept
+    return kept[-1:] if interpreting() else kept
 
 
 @triton.jit
@@ -220,19 +215,12 @@ def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, s
         _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T, G, CHUNK, WRITE_MAX)
 
 
-@functools.lru_cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
                    scale: float, scores: Tensor, maxima: Tensor | None) -> None:
     batch, seq_len, heads, head_dim = q.shape
     num_keys = keys.shape[1]
     q, weights, keys = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, weights, keys))
-    target = 4 * _num_sms(q.device)  # programs: ~4 per SM when the queries alone do not fill the GPU
+    target = 4 * num_sms(q.device, 1)  # programs: ~4 per SM when the queries alone do not fill the GPU
 
     def grid(meta: dict) -> tuple[int, int, int]:
         num_blocks, num_groups = triton.cdiv(num_keys, meta["BLOCK_T"]), triton.cdiv(seq_len, meta["G"])
@@ -251,7 +239,7 @@ def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor |
 def _dot_in_fp32(dtype: torch.dtype) -> bool:
     """fp32 inputs take the exact (not tf32) dot. So do bf16 ones under the interpreter, whose tl.dot
     multiplies bf16's uint16 storage (triton 3.9); bf16 products are exact in fp32 anyway."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting())
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
 
 
 # ----------------------------------------------------------------------------- selection kernel
@@ -399,7 +387,7 @@ def _launch_select(scores: Tensor, maxima: Tensor, k: int, out: Tensor, max_bloc
     _select_kernel[(rows,)](
         scores, maxima, chunk_ids, out, num_keys, num_chunks, k,
         BLOCK_M=min(max_block_m, max(16, pow2)), BLOCK_C=min(max_block_c, pow2), CHUNK=CHUNK,
-        BLOCK_PAD=min(1024, max(16, triton.next_power_of_2(k))), num_warps=4 if _interpreting() else 16)
+        BLOCK_PAD=min(1024, max(16, triton.next_power_of_2(k))), num_warps=4 if interpreting() else 16)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -432,7 +420,7 @@ def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
     tensors = [q, weights, keys] + ([key_scale] if key_scale is not None else [])
     if len({t.device for t in tensors}) != 1:
         raise ValueError(f"q, weights, keys (and key_scale) must share a device, got {[t.device for t in tensors]}")
-    if q.device.type != "cuda" and not _interpreting():
+    if not q.is_cuda and not interpreting():
         raise ValueError(f"Triton kernels need CUDA tensors (CPU ones only under TRITON_INTERPRET=1), got {q.device}")
 
 

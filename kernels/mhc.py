@@ -27,7 +27,7 @@ and a program must own about 64 tokens to amortise fn, far more than the registe
   Token blocks run in reverse, so the first programs reread the rows kernel A read last, still in L2.
 Interpreter (TRITON_INTERPRET=1, INTERPRET): its bf16 tl.dot multiplies the raw uint16 bits and its
 float32 -> bf16 cast truncates, so there the three bf16 parts are widened to float32 before the dot and
-bf16 results are rounded on the bits first (`_round_to`); on the GPU these are the plain ops.
+bf16 results are rounded on the bits first (`common.round_to`); on the GPU these are the plain ops.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .common import interpreting, num_sms, round_to
 
 STREAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_SPLITS = 64  # K splits of kernel A (decode): partials kernel B sums in one or a few loads
@@ -90,17 +92,6 @@ def hc_head_reference(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, 
 
 
 # ----------------------------------------------------------------------------- kernel A: mixes
-
-@triton.jit
-def _round_to(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """float32 -> dtype, to nearest even. The interpreter truncates float32 -> bf16, so there the bits
-    are rounded first (finite inputs) and its results match the GPU's."""
-    if INTERPRET and dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
 
 @triton.jit
 def _dot_bf16x3(x, w, acc, INTERPRET: tl.constexpr):
@@ -218,7 +209,7 @@ def _collapse(x_ptr, out_ptr, pre, toks, d_start, d_per_split, num_tokens, dim, 
         d = d0 + tl.arange(0, BLOCK_D)
         x = tl.load(rows + d[None, None, :], mask=row_ok & (d < dim)[None, None, :], other=0.0)
         y = tl.sum(x.to(tl.float32) * pre3, axis=1)
-        y = _round_to(y, out_ptr.dtype.element_ty, INTERPRET)
+        y = round_to(y, out_ptr.dtype.element_ty, INTERPRET)
         tl.store(outs + d[None, :], y, mask=tok_ok[:, None] & (d < dim)[None, :])
 
 
@@ -267,22 +258,18 @@ def _hc_post_kernel(o_ptr, x_ptr, post_ptr, comb_ptr, new_ptr, num_tokens, dim,
     dtype = x_ptr.dtype.element_ty  # rounded to it where the model's ops in this dtype round
     o = tl.load(o_ptr + t3 * dim + d3, mask=td_ok, other=0.0).to(tl.float32)
     post = tl.load(post_ptr + t3 * N + j[None, :, None], mask=tj_ok, other=0.0)
-    post = _round_to(post, dtype, INTERPRET).to(tl.float32)
+    post = round_to(post, dtype, INTERPRET).to(tl.float32)
     mixed = tl.zeros((BLOCK_T, NP, BLOCK_D), tl.float32)
     for src in tl.static_range(N):
         x = tl.load(x_ptr + (t3 * N + src) * dim + d3, mask=td_ok, other=0.0).to(tl.float32)
         c = tl.load(comb_ptr + t3 * (N * N) + src * N + j[None, :, None], mask=tj_ok, other=0.0)
-        mixed += _round_to(c, dtype, INTERPRET).to(tl.float32) * x
-    new = _round_to(post * o, dtype, INTERPRET).to(tl.float32) + _round_to(mixed, dtype, INTERPRET).to(tl.float32)
-    new = _round_to(new, dtype, INTERPRET)
+        mixed += round_to(c, dtype, INTERPRET).to(tl.float32) * x
+    new = round_to(post * o, dtype, INTERPRET).to(tl.float32) + round_to(mixed, dtype, INTERPRET).to(tl.float32)
+    new = round_to(new, dtype, INTERPRET)
     tl.store(new_ptr + (t3 * N + j[None, :, None]) * dim + d3, new, mask=tj_ok & (d3 < dim))
 
 
 # ----------------------------------------------------------------------------- launchers
-
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
 
 def _check(name: str, t: Tensor, shape: tuple[int, ...], device: torch.device, dtypes: tuple[torch.dtype, ...]) -> None:
     if tuple(t.shape) != shape:
@@ -307,7 +294,7 @@ def _mix_config(num_tokens: int, device: torch.device) -> tuple[int, int, int]:
     the bf16x3 split and the pipelined loads live in registers). The interpreter takes 256-wide K
     blocks: it pays per op, not per element."""
     block_m = min(64, max(16, triton.next_power_of_2(num_tokens)))
-    if device.type != "cuda":
+    if interpreting():
         return block_m, 256, 4
     return {16: (16, 64, 4), 32: (32, 32, 4)}.get(block_m, (64, 32, 8))
 
@@ -317,13 +304,13 @@ def _mixes(streams: Tensor, fn: Tensor, mix: int, mix_pad: int) -> tuple[Tensor,
     num_tokens, k = streams.shape[0] * streams.shape[1], streams.shape[2] * streams.shape[3]
     block_m, block_k, num_warps = _mix_config(num_tokens, streams.device)
     m_blocks, k_blocks = triton.cdiv(num_tokens, block_m), triton.cdiv(k, block_k)
-    splits = max(1, min(MAX_SPLITS, k_blocks, triton.cdiv(2 * _num_sms(streams.device), m_blocks)))
+    splits = max(1, min(MAX_SPLITS, k_blocks, triton.cdiv(2 * num_sms(streams.device, 2), m_blocks)))
     k_per_split = triton.cdiv(k_blocks, splits) * block_k
     splits = triton.cdiv(k, k_per_split)
     ws = torch.empty(splits, num_tokens, mix_pad, dtype=torch.float32, device=streams.device)
     _hc_mix_kernel[(splits, m_blocks)](
         streams, fn, ws, num_tokens, k, k_per_split, MIX=mix, MIX_PAD=mix_pad, BLOCK_M=block_m, BLOCK_K=block_k,
-        BF16X3=streams.dtype == torch.bfloat16, INTERPRET=streams.device.type != "cuda", num_warps=num_warps,
+        BF16X3=streams.dtype == torch.bfloat16, INTERPRET=interpreting(), num_warps=num_warps,
         num_stages=3)
     return ws, splits
 
@@ -335,7 +322,7 @@ def _finish(ws: Tensor, splits: int, streams: Tensor, base: Tensor, scale: Tenso
     num_tokens, np2 = batch * seq, triton.next_power_of_2(n)
     block_t, block_d = min(4, triton.next_power_of_2(num_tokens)), 256 if num_tokens >= 64 else 128
     t_blocks, d_blocks = triton.cdiv(num_tokens, block_t), triton.cdiv(dim, block_d)
-    d_splits = max(1, min(d_blocks, triton.cdiv(4 * _num_sms(streams.device), t_blocks)))
+    d_splits = max(1, min(d_blocks, triton.cdiv(4 * num_sms(streams.device, 2), t_blocks)))
     d_per_split = triton.cdiv(d_blocks, d_splits) * block_d
     split_block = max(2, min(triton.next_power_of_2(splits), 1024 // (block_t * np2 * np2)))
     pre, post, comb = weights if weights is not None else (out, out, out)  # unused pointers without comb
@@ -343,7 +330,7 @@ def _finish(ws: Tensor, splits: int, streams: Tensor, base: Tensor, scale: Tenso
         ws, streams, base, scale, out, pre, post, comb, num_tokens, dim, splits, d_per_split, rms_eps, hc_eps,
         sinkhorn_iters, N=n, NP=np2, MIX=(2 + n) * n if weights is not None else n, MIX_PAD=ws.shape[2],
         SPLIT_BLOCK=split_block, BLOCK_T=block_t, BLOCK_D=block_d, WITH_COMB=weights is not None,
-        INTERPRET=streams.device.type != "cuda", num_warps=4)
+        INTERPRET=interpreting(), num_warps=4)
 
 
 def _mix_pad(mix: int) -> int:
@@ -394,5 +381,5 @@ def hc_post(output: Tensor, streams: Tensor, post: Tensor, comb: Tensor) -> Tens
         block_d = 256 if num_tokens >= 64 else 128
         grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(dim, block_d))
         _hc_post_kernel[grid](output, streams, post, comb, new, num_tokens, dim, N=n, NP=triton.next_power_of_2(n),
-                              BLOCK_T=block_t, BLOCK_D=block_d, INTERPRET=streams.device.type != "cuda", num_warps=4)
+                              BLOCK_T=block_t, BLOCK_D=block_d, INTERPRET=interpreting(), num_warps=4)
     return new

@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .common import interpreting, round_to
+
 SCORINGS = ("sqrtsoftplus", "sigmoid", "softmax")
 PLAIN, FP8, FP4 = 0, 1, 2
 FP8_BLOCK, FP4_GROUP = 128, 32
@@ -295,16 +297,6 @@ def _scale_f32(s, E8M0: tl.constexpr, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _round(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """float32 x to DTYPE, to nearest even: the interpreter's cast to bf16 truncates, so round first there."""
-    if INTERPRET:
-        if DTYPE == tl.bfloat16:
-            bits = x.to(tl.int32, bitcast=True)
-            x = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
-
-
-@triton.jit
 def _weight_tile(w_ptr, s_ptr, n0, k0, n_rows, n_cols, stride_wn, stride_sn, FMT: tl.constexpr,
                  SCALE_E8M0: tl.constexpr, DTYPE: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr):
@@ -332,7 +324,7 @@ def _weight_tile(w_ptr, s_ptr, n0, k0, n_rows, n_cols, stride_wn, stride_sn, FMT
         if FMT == 1:  # BLOCK_N and BLOCK_K divide 128: one scale for the whole tile
             w = w.to(tl.float32) * _scale_f32(tl.load(s_ptr + (n0 // 128) * stride_sn + k0 // 128), SCALE_E8M0, 0)
     if FMT != 0:
-        w = _round(w, DTYPE, INTERPRET)
+        w = round_to(w, DTYPE, INTERPRET)
     if INTERPRET:  # the interpreter's bf16/fp16 tl.dot multiplies raw bits: it gets float32 operands
         w = w.to(tl.float32)
     return w
@@ -383,7 +375,7 @@ def _gate_up_kernel(x_ptr, order_ptr, tiles_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr,
         up = tl.minimum(tl.maximum(acc3, -limit), limit)
         cols_n = n0 + tl.arange(0, BLOCK_N)
         tl.store(h_ptr + rows.to(tl.int64)[:, None] * I + cols_n[None, :],
-                 _round(gate * tl.sigmoid(gate) * up, h_ptr.dtype.element_ty, INTERPRET),
+                 round_to(gate * tl.sigmoid(gate) * up, h_ptr.dtype.element_ty, INTERPRET),
                  mask=rmask[:, None] & (cols_n < I)[None, :])
 
 
@@ -414,7 +406,7 @@ def _down_kernel(h_ptr, order_ptr, tiles_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, H, 
         pairs = tl.load(order_ptr + rows, mask=rmask, other=0)
         acc *= tl.load(rw_ptr + pairs, mask=rmask, other=0.0)[:, None]
         cols_n = n0 + tl.arange(0, BLOCK_N)
-        tl.store(y_ptr + pairs[:, None] * H + cols_n[None, :], _round(acc, y_ptr.dtype.element_ty, INTERPRET),
+        tl.store(y_ptr + pairs[:, None] * H + cols_n[None, :], round_to(acc, y_ptr.dtype.element_ty, INTERPRET),
                  mask=rmask[:, None] & (cols_n < H)[None, :])
 
 
@@ -524,14 +516,14 @@ def _experts(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tensor, T
     num_pairs = num_tokens * topk
     if num_pairs == 0:
         return torch.zeros_like(x)
-    cfg = config or _pick_config(num_pairs, num_experts, fmt, x.dtype, x.is_cuda)
+    cfg = config or _pick_config(num_pairs, num_experts, fmt, x.dtype, not interpreting())
     order, tiles, t_max = _plan(ids, num_experts, cfg.block_m)
     x = x.contiguous()
     w1, w3, w2 = (t.view(torch.uint8) if fmt == FP4 else t for t in w)
     e8m0 = scales is not None and scales[0].dtype == torch.float8_e8m0fnu
     s1, s3, s2 = (s.view(torch.uint8) if e8m0 else s for s in scales) if scales is not None else (w1, w3, w2)
-    common = dict(FMT=fmt, SCALE_E8M0=e8m0, PRECISION="ieee" if x.dtype == torch.float32 or not x.is_cuda else "tf32",
-                  INTERPRET=not x.is_cuda, BLOCK_M=cfg.block_m)
+    common = dict(FMT=fmt, SCALE_E8M0=e8m0, PRECISION="ieee" if x.dtype == torch.float32 or interpreting() else "tf32",
+                  INTERPRET=interpreting(), BLOCK_M=cfg.block_m)
     h = _alloc((num_pairs, inter), x.dtype, x.device)
     g = cfg.gate_up
     _gate_up_kernel[(t_max * triton.cdiv(inter, g.block_n),)](

@@ -16,12 +16,12 @@ the norm rounds to the storage dtype before the rotation, which computes in floa
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .common import check_device, round_to
 
 TILE_ELEMENTS = 4096  # elements per program: 8 KB of bf16 in flight per program, registers to spare
 MAX_N = 16384  # one row per program in registers: 32 fp32 values per thread at 16 warps
@@ -73,17 +73,6 @@ def rms_norm_rope_reference(x: Tensor, weight: Tensor | None, eps: float, cos: T
 # ----------------------------------------------------------------------------- kernel
 
 @triton.jit
-def round_to(x, dtype: tl.constexpr):
-    """float32 -> dtype, rounding to nearest even. For bfloat16 the rounding is done on the bits: Triton's
-    interpreter truncates where GPUs round, and this way both agree with torch bit for bit."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # exactly representable afterwards
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
-
-@triton.jit
 def rms_normalize(x, w, n, eps, WEIGHTED: tl.constexpr):
     """x: `[M, BLOCK]` in storage dtype, zero past `n`; w: `[BLOCK]` float32 -> normalised rows, storage dtype."""
     x32 = x.to(tl.float32)
@@ -91,8 +80,8 @@ def rms_normalize(x, w, n, eps, WEIGHTED: tl.constexpr):
     if WEIGHTED:
         y = w[None, :] * (x32 * scale[:, None])
     else:  # unweighted_rms_norm rounds the scale to x's dtype and multiplies in it
-        y = x32 * round_to(scale, x.dtype).to(tl.float32)[:, None]
-    return round_to(y, x.dtype)
+        y = x32 * round_to(scale, x.dtype, True).to(tl.float32)[:, None]
+    return round_to(y, x.dtype, True)
 
 
 @triton.jit
@@ -101,7 +90,7 @@ def rotate_pairs(y, cos, sin, active, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
     even, odd = tl.split(tl.reshape(y.to(tl.float32), [BLOCK_M, BLOCK_N // 2, 2]))
     new_even = tl.where(active, even * cos - odd * sin, even)
     new_odd = tl.where(active, odd * cos + even * sin, odd)
-    return round_to(tl.reshape(tl.join(new_even, new_odd), [BLOCK_M, BLOCK_N]), y.dtype)
+    return round_to(tl.reshape(tl.join(new_even, new_odd), [BLOCK_M, BLOCK_N]), y.dtype, True)
 
 
 @triton.jit
@@ -138,16 +127,6 @@ def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
 
 
 # ----------------------------------------------------------------------------- launchers
-
-def check_device(*tensors: Tensor) -> None:
-    """One device, and CUDA unless Triton runs in its interpreter."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    for t in tensors:
-        if t.device != tensors[0].device:
-            raise ValueError(f"all tensors must be on one device, got {t.device} and {tensors[0].device}")
-    if not tensors[0].is_cuda and not interpreted:
-        raise ValueError(f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {tensors[0].device}")
-
 
 def _check_rope(x: Tensor, cos: Tensor, sin: Tensor) -> None:
     if x.dim() not in (3, 4):

@@ -29,12 +29,12 @@ repeated slot once, the kernel once per occurrence.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .common import interpreting, num_sms
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
@@ -44,7 +44,6 @@ KV_DIM, ROPE_DIM, NOPE_DIM, SCALE_BLOCK = 512, 64, 448, 64
 PACKED_DIM = 584  # 448 e4m3 + 64 x 2 bf16 + 7 ue8m0 + 1 pad
 SCALES_AT = NOPE_DIM + 2 * ROPE_DIM
 FP8_MAX = 448.0
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # ----------------------------------------------------------------------------------------- references
@@ -129,7 +128,7 @@ _SHAPES = {False: ((64, 16, 8, 2), (64, 16, 8, 3), (32, 32, 8, 3), (32, 64, 8, 2
 
 
 def _configs() -> list[triton.Config]:
-    if _INTERPRET:  # one small config: the interpreter is slow
+    if interpreting():  # one small config: the interpreter is slow
         return [triton.Config({"BLOCK_H": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     shapes = dict.fromkeys(_SHAPES[False] + _SHAPES[True])  # the union, in order
     return [triton.Config({"BLOCK_H": h, "BLOCK_N": n}, num_warps=w, num_stages=s) for h, n, w, s in shapes]
@@ -137,7 +136,7 @@ def _configs() -> list[triton.Config]:
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
     """The path's shapes (bf16/fp16, FP8 rows, fp32), without head blocks wider than the heads."""
-    if _INTERPRET:
+    if interpreting():
         return configs
     shapes = (_SMALLEST,) if named_args["q_ptr"].dtype == torch.float32 else _SHAPES[bool(kwargs["FP8"])]
     widest = max(16, triton.next_power_of_2(named_args["HEADS"]))
@@ -293,7 +292,7 @@ def _launch(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float, 
         q, kv, rope, indices, sink, out, part, lse, stride_b, stride_t, seq_len, heads, kv.shape[1],
         num_slots, scale * LOG2E, triton.next_power_of_2(max(num_slots, 1)), min(triton.next_power_of_2(rows), 4096),
         DIM=dim, BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, FP8=fp8,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=_INTERPRET and q.dtype == torch.bfloat16)
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=interpreting() and q.dtype == torch.bfloat16)
     if num_splits > 1:
         _combine_kernel[(rows * heads,)](part, lse, sink, out, heads, DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
                                          NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits))
@@ -302,7 +301,7 @@ def _launch(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float, 
 
 def _num_splits(rows: int, num_slots: int, device: torch.device) -> int:
     """Splits of the K slots so that rows x splits covers the SMs, each split at least MIN_CHUNK slots."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = num_sms(device, 4)
     if rows >= sms:
         return 1
     return max(1, min(triton.cdiv(num_slots, MIN_CHUNK), triton.cdiv(sms, rows), MAX_SPLITS))

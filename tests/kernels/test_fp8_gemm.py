@@ -195,7 +195,7 @@ def test_e4m3_cast_rounds_to_nearest_even() -> None:
     x = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.tensor([0.0, -0.0]), random]).clamp(-448, 448)
     x = x.to(KERNEL_DEVICE)
     q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=KERNEL_DEVICE)
-    _cast_kernel[(triton.cdiv(x.numel(), 4096),)](x, q, x.numel(), INTERPRET=fp8._interpreting(), BLOCK=4096)
+    _cast_kernel[(triton.cdiv(x.numel(), 4096),)](x, q, x.numel(), INTERPRET=fp8.interpreting(), BLOCK=4096)
     assert torch.equal(q.view(torch.uint8), x.to(torch.float8_e4m3fn).view(torch.uint8))
 
 

@@ -106,7 +106,7 @@ def test_hc_pre_many_k_splits(monkeypatch: pytest.MonkeyPatch) -> None:
 
     _poison(monkeypatch)
     monkeypatch.setattr(mhc, "_mix_config", lambda num_tokens, device: (16, 16, 4))
-    monkeypatch.setattr(mhc, "_num_sms", lambda device: 16)
+    monkeypatch.setattr(mhc, "num_sms", lambda device, fallback: 16)
     args = _mhc_inputs((2, 4), 4, 96, torch.bfloat16, head=False, device=KERNEL_DEVICE)
     x, post, comb, pre = hc_pre(*args, RMS_EPS, HC_EPS, ITERS)
     rx, rpost, rcomb, rpre = hc_pre_reference(*args, RMS_EPS, HC_EPS, ITERS)

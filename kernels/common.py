@@ -1,0 +1,49 @@
+"""What every kernel module shares: the one "interpreted or CUDA" decision, the SM count, and the
+round-to-nearest-even cast the interpreter needs (issue 23: these were copied per file)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its CPU interpreter (TRITON_INTERPRET=1) rather than compiling for CUDA."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_device(*tensors: Tensor) -> None:
+    """One device, and CUDA unless Triton runs in its interpreter."""
+    for t in tensors:
+        if t.device != tensors[0].device:
+            raise ValueError(f"all tensors must be on one device, got {t.device} and {tensors[0].device}")
+    if not tensors[0].is_cuda and not interpreting():
+        raise ValueError(f"Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got {tensors[0].device}")
+
+
+@functools.lru_cache
+def _cuda_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_sms(device: torch.device, fallback: int) -> int:
+    """SMs to fill on a CUDA device; `fallback` elsewhere (the interpreter: small, so that small test
+    shapes still exercise the split paths)."""
+    return _cuda_sms(device) if device.type == "cuda" else fallback
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr, ON_BITS: tl.constexpr):
+    """float32 -> dtype, to nearest even. With ON_BITS, a bfloat16 result is rounded on the bits first:
+    the interpreter truncates float32 -> bf16 where GPUs round, and this way both agree with torch bit
+    for bit (finite inputs). Callers pass INTERPRET, or True to round the same way everywhere."""
+    if ON_BITS and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # exactly representable afterwards
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)

@@ -14,6 +14,7 @@ checked against the current default's output (the same bits: tiles change the sc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
@@ -91,13 +92,11 @@ def sweep_fp8(results: Results) -> None:
     totals = {i: 0.0 for i in range(len(candidates))}
     for (name, n, k), m in itertools.product(fp8_shapes(), (1, 8)):
         x, weight, scale = fp8_case(m, n, k)
-        fp8_gemm.DECODE_TILES = default
-        expected = fp8_gemm.fp8_linear(x, weight, scale)
+        expected = fp8_gemm.fp8_linear(x, weight, scale, tiles=default)
         row = {}
         for index, cand in enumerate(candidates):
-            fp8_gemm.DECODE_TILES = cand
-            same = torch.equal(fp8_gemm.fp8_linear(x, weight, scale), expected)
-            us = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
+            same = torch.equal(fp8_gemm.fp8_linear(x, weight, scale, tiles=cand), expected)
+            us = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale, tiles=cand))
             row[str(index)] = {"us": us, "same": same}
             totals[index] += us
         best = min(row, key=lambda i: row[i]["us"])
@@ -105,7 +104,6 @@ def sweep_fp8(results: Results) -> None:
             "default_us": row[str(candidates.index(default))]["us"] if default in candidates else None,
             "best": vars(candidates[int(best)]), "best_us": row[best]["us"],
             "gbs_best": n * k / (row[best]["us"] * 1e-6) / 1e9, "all_same_bits": all(r["same"] for r in row.values())}
-        fp8_gemm.DECODE_TILES = default
     ranked = sorted(totals, key=totals.get)
     out["ranked_by_total_us"] = [{"tiles": vars(candidates[i]), "total_us": totals[i]} for i in ranked[:8]]
     out["default_total_us"] = totals[candidates.index(default)] if default in candidates else None
@@ -117,17 +115,13 @@ def compare_split_sum(results: Results) -> None:
     separate sum kernel, side by side per shape in CUDA graphs; both give the same bits."""
     out: dict = {"tiles": vars(fp8_gemm.DECODE_TILES), "shapes": {}}
     fused_total = separate_total = 0.0
-    real_locks = fp8_gemm._split_locks
+    unfused = dataclasses.replace(fp8_gemm.DECODE_TILES, fuse_split_sum=False)
     for (name, n, k), m in itertools.product(fp8_shapes(), (1, 8)):
         x, weight, scale = fp8_case(m, n, k)
         fused_out = fp8_gemm.fp8_linear(x, weight, scale)
         fused = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
-        fp8_gemm._split_locks = lambda device, tiles: None
-        try:
-            same = torch.equal(fp8_gemm.fp8_linear(x, weight, scale), fused_out)
-            separate = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale))
-        finally:
-            fp8_gemm._split_locks = real_locks
+        same = torch.equal(fp8_gemm.fp8_linear(x, weight, scale, tiles=unfused), fused_out)
+        separate = graph_us(lambda: fp8_gemm.fp8_linear(x, weight, scale, tiles=unfused))
         fused_total, separate_total = fused_total + fused, separate_total + separate
         out["shapes"][f"{name} N={n} K={k} M={m}"] = {"fused_us": fused, "separate_us": separate, "same_bits": same}
     out["fused_total_us"], out["separate_total_us"] = fused_total, separate_total

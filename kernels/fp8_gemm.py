@@ -324,17 +324,19 @@ _fp8_gemm_tuned = triton.autotune(configs=_prefill_configs(), key=["M_BUCKET", "
 # Launchers.
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecodeTiles:
     """The decode path's launch (M <= SMALL_M): N block, warps, stages, and the split-K target of
     programs per SM. The defaults won benchmarks/sweep_decode_tiles.py on an H100 (54 candidates, the
     8 V4-Flash projection shapes at M = 1 and 8, in CUDA graphs): 157.6 us for all 16 against 165.0
-    for the first guess (BLOCK_N 64, 4 stages); block_n <= 128 keeps one weight scale per tile."""
+    for the first guess (BLOCK_N 64, 4 stages); block_n <= 128 keeps one weight scale per tile.
+    fuse_split_sum False sums split-K partials with the separate kernel (benchmarks compare the two)."""
 
     block_n: int = 128
     num_warps: int = 4
     num_stages: int = 3
     programs_per_sm: int = 2
+    fuse_split_sum: bool = True
 
 
 DECODE_TILES = DecodeTiles()
@@ -348,7 +350,8 @@ def _split_k(tiles: int, k_blocks: int, sms: int, programs_per_sm: int = 2) -> t
     return triton.cdiv(k_blocks, per_split), per_split
 
 
-def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, out: Tensor) -> None:
+def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, out: Tensor,
+                 cfg: DecodeTiles) -> None:
     """out [M, N] = block-scaled a @ b^T; a_scale None: a is unquantised activations (M <= SMALL_M)."""
     m, n = out.shape
     k_blocks = b.shape[1] // BLOCK
@@ -365,14 +368,13 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
                               *sa_strides, b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), 0, out.stride(0),
                               out.stride(1), 0, 0, min(triton.next_power_of_2(m), 4096), FIXUP=False, **flags)
         return
-    cfg = DECODE_TILES
     block_m, block_n = max(16, triton.next_power_of_2(m)), cfg.block_n
     tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
     # 8 SMs under the interpreter, so that small test shapes exercise split-K
     splits, per_split = _split_k(tiles, k_blocks, num_sms(out.device, 8), cfg.programs_per_sm)
     c = out if splits == 1 else _empty((splits, m, n), torch.float32, out.device)
     c_split_stride = 0 if splits == 1 else c.stride(0)
-    locks = _split_locks(out.device, tiles) if splits > 1 else None
+    locks = _split_locks(out.device, tiles) if splits > 1 and cfg.fuse_split_sum else None
     _fp8_gemm_kernel[(tiles, splits)](
         a, sa, b, bs, c, out, out if locks is None else locks, m, n, k_blocks, per_split, a.stride(0), a.stride(1),
         *sa_strides, b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), c_split_stride, c.stride(-2),
@@ -415,20 +417,22 @@ def act_quant(x: Tensor, block: int = BLOCK, ue8m0: bool = True) -> tuple[Tensor
     return q, scale
 
 
-def fp8_gemm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """Triton `fp8_gemm_reference`: [M, N] out_dtype = block-scaled a [M, K] @ b [N, K]^T (FP8 tensor cores)."""
+def fp8_gemm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, out_dtype: torch.dtype = torch.bfloat16, *,
+             tiles: DecodeTiles = DECODE_TILES) -> Tensor:
+    """Triton `fp8_gemm_reference`: [M, N] out_dtype = block-scaled a [M, K] @ b [N, K]^T (FP8 tensor cores);
+    `tiles`: the launch when M <= SMALL_M."""
     m, _, n = _check_gemm(a, a_scale, b, b_scale, out_dtype)
     out = _empty((m, n), out_dtype, a.device)
     if m and n:
-        _launch_gemm(a, a_scale, b, b_scale, out)
+        _launch_gemm(a, a_scale, b, b_scale, out, tiles)
     return out
 
 
-def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor) -> Tensor:
+def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, *, tiles: DecodeTiles = DECODE_TILES) -> Tensor:
     """Triton `fp8_linear_reference`: the dense projection x [..., K] -> [..., N] in x's dtype.
 
     Activations are quantised as V4 does (ue8m0 scales, 1 x 128 groups): inside the GEMM for up to
-    64 rows (decode), by `act_quant` first otherwise.
+    64 rows (decode, launched with `tiles`), by `act_quant` first otherwise.
     """
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
@@ -440,8 +444,8 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor) -> Tensor:
     out = _empty((m, n), x.dtype, x.device)
     if m and n:
         if m <= SMALL_M:
-            _launch_gemm(x2, None, weight, weight_scale, out)
+            _launch_gemm(x2, None, weight, weight_scale, out, tiles)
         else:
             q, s = act_quant(x2, BLOCK, True)
-            _launch_gemm(q, s, weight, weight_scale, out)
+            _launch_gemm(q, s, weight, weight_scale, out, tiles)
     return out.view(*x.shape[:-1], n)

@@ -244,7 +244,7 @@ def test_split_k_partials_all_written(poisoned: list) -> None:
 
 
 @needs_kernel
-def test_fused_split_sum_equals_the_separate_sum_kernel(poisoned: list, monkeypatch) -> None:
+def test_fused_split_sum_equals_the_separate_sum_kernel(poisoned: list) -> None:
     """The last split of each tile sums the partials in the kernel: the same bits as the separate sum
     kernel, every arrival counter back at 0 afterwards (so the next call, or graph replay, starts clean)."""
     a, sa = fp8.act_quant_reference(activations(5, 384).to(KERNEL_DEVICE))
@@ -252,8 +252,9 @@ def test_fused_split_sum_equals_the_separate_sum_kernel(poisoned: list, monkeypa
     fused = [fp8.fp8_gemm(a, sa, b, sb, dtype) for dtype in (torch.float32, torch.bfloat16, torch.float32)]
     locks = fp8._LOCKS[torch.device(KERNEL_DEVICE) if KERNEL_DEVICE == "cpu" else a.device]
     assert int(locks.abs().sum()) == 0
-    monkeypatch.setattr(fp8, "_split_locks", lambda device, tiles: None)
-    separate = [fp8.fp8_gemm(a, sa, b, sb, dtype) for dtype in (torch.float32, torch.bfloat16, torch.float32)]
+    unfused = fp8.DecodeTiles(fuse_split_sum=False)
+    separate = [fp8.fp8_gemm(a, sa, b, sb, dtype, tiles=unfused)
+                for dtype in (torch.float32, torch.bfloat16, torch.float32)]
     for x, y in zip(fused, separate):
         assert torch.equal(x, y)
     assert torch.equal(fused[0], fused[2])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +29,10 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from .config import CSA, HCA, SLIDING, V4Config
-from .quant import FP4_GROUP, quantize_fp4, quantize_fp8
+from .formats import FP8_QUANTIZATION_CONFIG, as_shipped, linear_weights
+from .quant import FP4_GROUP
 from .v4 import Transformer
 
 if TYPE_CHECKING:
@@ -57,12 +56,6 @@ PRESETS: dict[str, dict] = {
 }
 INIT_STD = 0.02
 FP8_KV_SCALE_BLOCK = 64  # non-RoPE dims per ue8m0 scale in DeepSeek's FP8 KV rows
-# config.json keys of DeepSeek-V4-Flash's FP8 weights with FP4 routed experts.
-FP8_QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                           "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
-FP4_WEIGHTS = re.compile(r"^(layers|mtp)\.\d+\.ffn\.experts\.\d+\.w[123]\.weight$")
-BF16_WEIGHTS = re.compile(r"^(embed|head)\.weight$|\.compressor\.(wkv|wgate)\.weight$"
-                          r"|\.indexer\.weights_proj\.weight$|\.ffn\.gate\.weight$")
 # The strings DeepSeek V4's chat encoding builds prompts from (agent/chat_format.py renders them; model/
 # may not import agent). As in DeepSeek's tokenizer.json, BOS and EOS are special tokens and the role and
 # thinking markers are added tokens that are not special, so decoding keeps `</think>` in the text.
@@ -137,38 +130,6 @@ def _random_like(name: str, tensor: torch.Tensor, config: V4Config, generator: t
     if name.endswith(("_base", "attn_sink", "gate.bias", "ape")):
         return torch.zeros_like(tensor)
     return torch.randn(tensor.shape, generator=generator, dtype=torch.float32).to(tensor.dtype) * INIT_STD
-
-
-def linear_weights(model: nn.Module) -> set[str]:
-    """Names of the weights of `model`'s Linear layers: DeepSeek's FP8 candidates."""
-    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-
-
-def stored_format(name: str, linear: set[str]) -> str:
-    """How DeepSeek ships tensor `name`: "fp4", "fp8", "bf16" or "as is" (float32 norms, mHC, sinks,
-    ape, gate bias; integer tables)."""
-    if FP4_WEIGHTS.match(name):
-        return "fp4"
-    if BF16_WEIGHTS.search(name):
-        return "bf16"
-    return "fp8" if name in linear else "as is"
-
-
-def as_shipped(tensors: dict[str, torch.Tensor], linear: set[str]) -> dict[str, torch.Tensor]:
-    """`tensors` stored as DeepSeek ships V4: quantised weights gain an `X.scale` sibling."""
-    shipped = {}
-    for name, tensor in tensors.items():
-        kind = stored_format(name, linear)
-        if kind in ("fp4", "fp8"):
-            weight, scale = quantize_fp4(tensor) if kind == "fp4" else quantize_fp8(tensor)
-            shipped[name], shipped[name.removesuffix("weight") + "scale"] = weight, scale
-        elif kind == "bf16":
-            shipped[name] = tensor.to(torch.bfloat16)
-        elif name.endswith("tid2eid"):
-            shipped[name] = tensor.to(torch.int32)  # DeepSeek's table is int32
-        else:
-            shipped[name] = tensor
-    return shipped
 
 
 def _check_fp4_widths(config: V4Config) -> None:

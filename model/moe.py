@@ -3,17 +3,24 @@ in the first `num_hash_layers`, by a fixed token-id -> experts table; clamped Sw
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from . import ops
 from .config import HASH_MOE, V4Config
 
-if TYPE_CHECKING:
-    from .offload import ExpertCache
+
+class RoutedExperts(Protocol):
+    """Where routed experts run when they are not all on the device: `model/offload.py`'s ExpertCache,
+    attached from outside after the model is built (so this module does not import offload)."""
+
+    def routed(self, x: Tensor, weights: Tensor, ids: Tensor,
+               run: Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor],
+               meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]: ...
 
 
 class Expert(nn.Module):
@@ -75,7 +82,7 @@ class MoE(nn.Module):
         self.expert_format: str | None = None
         self._stacked: tuple[torch.Tensor, ...] | None = None
         # Expert offload (model/offload.py): routed experts in host memory, a cache of them on the GPU.
-        self.offload: ExpertCache | None = None
+        self.offload: RoutedExperts | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import piecewise_graph
+from .moe import MoE
 
 RunExperts = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor]
 
@@ -253,8 +254,6 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
     experts on `device` (default: where the model's embedding is). The experts' parameters become
     views of the host stacks, so their GPU memory is freed and `state_dict` still names them.
     Returns the caches (their `stats` say how the cache did)."""
-    from .moe import MoE
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     pin = device.type == "cuda"
     caches = []

@@ -5,7 +5,7 @@
 group, as DeepSeek's inference does). `FP4Linear` holds a routed expert's packed e2m1 weight and 1x32
 scales: the MoE runs its experts from stacks of them (`MoE.stacked_quantized`, `ops.moe_experts_quantized`),
 so its own forward (dequantise, then matmul) is only a fallback. Which weights are quantised is
-model/checkpoint.py's `stored_format`: the one list of what DeepSeek ships in which format.
+model/formats.py's `stored_format`: the one list of what DeepSeek ships in which format.
 
 Two ways in: `quantize_model` converts a loaded float model in place, module by module;
 `quantize_for_checkpoint` swaps in the quantised modules on the meta device before loading, so the
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops, quant
+from .formats import linear_weights, stored_format
 from .moe import MoE
 
 if TYPE_CHECKING:
@@ -166,11 +167,10 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def quantize_model(model: nn.Module, linears: str | None = "fp8", experts: str | None = "fp4") -> nn.Module:
-    """Quantise `model`'s weights in place as DeepSeek ships them (checkpoint.py `stored_format`): the
+    """Quantise `model`'s weights in place as DeepSeek ships them (formats.py `stored_format`): the
     FP8 ones to `linears` ("fp8" or None: keep) and the routed experts to `experts` ("fp4", "fp8" or
     None). One module at a time, its float weight released before the next, so the peak stays near
     the float model. Returns `model`."""
-    from .checkpoint import linear_weights, stored_format  # checkpoint builds models: imported late (cycle)
 
     if linears not in ("fp8", None) or experts not in ("fp8", "fp4", None):
         raise ValueError(f"linears must be 'fp8' or None and experts 'fp4', 'fp8' or None; got {linears!r}, "

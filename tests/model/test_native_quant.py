@@ -23,7 +23,8 @@ from torch import nn
 
 from v4 import model
 from v4.model import WeightsError, load_transformer, ops, quant
-from v4.model.checkpoint import PRESETS, init_checkpoint, linear_weights, stored_format
+from v4.model.checkpoint import PRESETS, init_checkpoint
+from v4.model.formats import linear_weights, stored_format
 from v4.model.moe import MoE
 from v4.model.parallel import Parallel
 from v4.model.quant import QuantError

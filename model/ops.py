@@ -19,6 +19,7 @@ from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
 from v4.kernels import mhc as _mhc
 from v4.kernels import moe as _moe
+from v4.kernels import moe_route as _moe_route
 from v4.kernels import norm_rope as _norm_rope
 from v4.kernels import sparse_attention as _attention
 
@@ -143,7 +144,7 @@ def hc_head(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, rms_eps: f
 def route(logits: Tensor, bias: Tensor | None, hash_ids: Tensor | None, k: int, scoring: str, normalize: bool,
           scaling: float) -> tuple[Tensor, Tensor]:
     """MoE routing weights `[N, k]` float32 and expert ids `[N, k]` int64."""
-    impl = _moe.route if kernels_enabled(logits) else _moe.route_reference
+    impl = _moe_route.route if kernels_enabled(logits) else _moe_route.route_reference
     return impl(logits, bias, hash_ids, k, scoring, normalize, scaling)
 
 

@@ -23,7 +23,8 @@ import torch
 
 from benchmarks.kernel_cases import Case
 from v4.kernels.moe import (moe_experts, moe_experts_fp4, moe_experts_fp4_reference, moe_experts_fp8,
-                         moe_experts_fp8_reference, moe_experts_reference, route, route_reference)
+                         moe_experts_fp8_reference, moe_experts_reference)
+from v4.kernels.moe_route import route, route_reference
 
 HIDDEN, INTER, EXPERTS, TOPK, LIMIT, SCALING = 4096, 2048, 256, 6, 10.0, 1.5
 PREFILL_TOKENS, DECODE_TOKENS = 8192, (1, 8)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from v4.kernels import moe
+from v4.kernels import moe, moe_route
 from v4.model.config import HASH_MOE, MOE, V4Config
 from v4.model.moe import MoE, Gate
 from v4.model.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
@@ -38,6 +38,7 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
         return torch.full(shape, fill, dtype=dtype, device=device)
 
     monkeypatch.setattr(moe, "_alloc", alloc)
+    monkeypatch.setattr(moe_route, "_alloc", alloc)
 
 
 def config(scoring: str = "sqrtsoftplus", experts: int = 16, topk: int = 4) -> V4Config:
@@ -61,7 +62,7 @@ def randomize(module: nn.Module, seed: int, experts: int = 16) -> None:
 def routed(tokens: int, experts: int, k: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and distinct expert ids per token, as a score-routed gate gives them."""
     g = torch.Generator().manual_seed(seed)
-    weights, ids = moe.route_reference(torch.randn(tokens, experts, generator=g), None, None, k, "sqrtsoftplus",
+    weights, ids = moe_route.route_reference(torch.randn(tokens, experts, generator=g), None, None, k, "sqrtsoftplus",
                                        True, 1.5)
     return weights.to(device), ids.to(device)
 
@@ -88,7 +89,7 @@ def test_route_reference_is_the_gate(scoring: str, layer: int) -> None:
     logits = torch.nn.functional.linear(x.float(), gate.weight.float())
     hashed = gate.tid2eid[token_ids] if gate.hashed else None
     bias = None if gate.hashed else gate.bias
-    ref_weights, ref_ids = moe.route_reference(logits, bias, hashed, cfg.num_experts_per_tok, scoring,
+    ref_weights, ref_ids = moe_route.route_reference(logits, bias, hashed, cfg.num_experts_per_tok, scoring,
                                                cfg.norm_topk_prob, cfg.routed_scaling_factor)
     assert torch.equal(ref_ids, ids) and torch.equal(ref_weights, weights)
 
@@ -147,8 +148,8 @@ def test_route(scoring: str, bias: bool, hashed: bool, normalize: bool, tokens: 
     b = (torch.randn(experts, generator=g) * 0.1).to(KERNEL_DEVICE) if bias else None
     hash_ids = (torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]).to(KERNEL_DEVICE)
                 if hashed else None)
-    weights, ids = moe.route(logits, b, hash_ids, k, scoring, normalize, 1.5)
-    ref_weights, ref_ids = moe.route_reference(logits, b, hash_ids, k, scoring, normalize, 1.5)
+    weights, ids = moe_route.route(logits, b, hash_ids, k, scoring, normalize, 1.5)
+    ref_weights, ref_ids = moe_route.route_reference(logits, b, hash_ids, k, scoring, normalize, 1.5)
     assert ids.dtype == torch.int64 and torch.equal(ids, ref_ids)
     assert rel_error(weights, ref_weights) < 1e-5
 
@@ -160,19 +161,19 @@ def test_route_ties_go_to_the_lowest_expert() -> None:
     logits[1, [9, 4, 7]] = 2.0  # a three-way tie at the top
     logits[2, [10, 2]] = -1.0   # ties below the rest
     bias = torch.zeros(12)
-    _, ids = moe.route(logits.to(KERNEL_DEVICE), bias.to(KERNEL_DEVICE), None, 4, "sqrtsoftplus", True, 1.0)
+    _, ids = moe_route.route(logits.to(KERNEL_DEVICE), bias.to(KERNEL_DEVICE), None, 4, "sqrtsoftplus", True, 1.0)
     assert ids.cpu().tolist() == [[0, 1, 2, 3], [4, 7, 9, 0], [0, 1, 3, 4]]
 
 
 def test_route_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="float32"):
-        moe.route(torch.zeros(2, 8, dtype=torch.bfloat16), None, None, 2, "sigmoid", True, 1.0)
+        moe_route.route(torch.zeros(2, 8, dtype=torch.bfloat16), None, None, 2, "sigmoid", True, 1.0)
     with pytest.raises(ValueError, match="k must be"):
-        moe.route(torch.zeros(2, 8), None, None, 9, "sigmoid", True, 1.0)
+        moe_route.route(torch.zeros(2, 8), None, None, 9, "sigmoid", True, 1.0)
     with pytest.raises(ValueError, match="scoring"):
-        moe.route(torch.zeros(2, 8), None, None, 2, "relu", True, 1.0)
+        moe_route.route(torch.zeros(2, 8), None, None, 2, "relu", True, 1.0)
     with pytest.raises(ValueError, match="hash_ids"):
-        moe.route(torch.zeros(2, 8), None, torch.zeros(2, 3, dtype=torch.long), 2, "sigmoid", True, 1.0)
+        moe_route.route(torch.zeros(2, 8), None, torch.zeros(2, 3, dtype=torch.long), 2, "sigmoid", True, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------- the plan

@@ -1,6 +1,31 @@
-"""model: the DeepSeek V4 engine (config, layers, mHC, attention, MoE, weights).
+"""model: the DeepSeek V4 engine, every module in data-flow order.
 
-Data flow: config.py -> layers.py -> mhc.py -> attention.py -> moe.py -> v4.py -> weights.py.
+Describe and load a checkpoint:
+  config.py        V4Config (the checkpoint's config.json, key by key) and EngineConfig (how we run it)
+  formats.py       what DeepSeek ships in which format (FP4 experts, FP8 linears, BF16, float32)
+  quant.py         block-scaled FP8/FP4: dequantise, quantise back
+  weights.py       safetensors under DeepSeek's or transformers' names, one rename table
+  checkpoint.py    random checkpoints (`v4 model init`) and their costs (`v4 model info`)
+The network, built on the meta device:
+  layers.py        RMS norms and the interleaved partial RoPE (plain and YaRN)
+  ops.py           the one dispatch point to kernels/ (Triton on CUDA, the reference elsewhere)
+  attention.py     sliding-window MQA plus compressed entries (CSA with the indexer, HCA), sinks
+  moe.py           shared expert plus score- or hash-routed experts, clamped SwiGLU
+  quantized.py     FP8/FP4 weights kept on the device as shipped, no dequantised copies
+  engram.py        the Engram layer: conditional memory by hashed n-gram lookup
+  v4.py            Transformer: embedding -> blocks (attention + MoE in mHC) -> head
+Run it:
+  state.py         DecodeState: what each layer remembers, plain tensors the store can copy
+  engine.py        Engine: `new_state`, `forward`, `generate` (the API other packages use)
+  static_decode.py shape-static batched decoding, captured once as a CUDA graph
+  piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
+  offload.py       routed experts in host memory with a GPU cache, attached after building
+  parallel.py      one model over the ranks of one host (torch.distributed), applied after building
+Keep prefilled prompts (the prefix-state store, not the Engram layer above):
+  engram_store.py  decode states of prefilled prompts in memory and on disk, longest prefix wins
+  engram_files.py  the files the store owns (its manifest) and each entry's checksum
+  engram_snapshot.py  a decode state as stored tensors, and back
+
 `engine = model.load(path)`; `state = engine.new_state()`; `engine.forward(ids, state)` continues a
 sequence; `engine.generate(...)` streams ids. The reference path matches transformers logit for logit.
 """

@@ -26,8 +26,10 @@ from array import array
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .files import V4_DIR
+
 CACHE_VERSION = 2
-CACHE_DIR = ".v4"  # under the root, outside git only
+CACHE_DIR = V4_DIR  # under the root, outside git only
 GIT_CACHE_DIR = Path("v4", "index-cache")  # under the git common dir
 GIT_TIMEOUT_S = 60
 # What a query can raise: SQLite's own errors, and a key that is not UTF-8 (a path with surrogate

@@ -20,7 +20,8 @@ import pathspec
 from .secrets import SecretMatch, match_name, scan_text
 
 # Directories that are never part of the repository's own text.
-ALWAYS_IGNORED_DIRS = frozenset({".git", ".v4", ".hg", ".svn"})
+V4_DIR = ".v4"  # v4's own directory in a tree outside git (the index cache); never indexed
+ALWAYS_IGNORED_DIRS = frozenset({".git", V4_DIR, ".hg", ".svn"})
 VENDORED_DIRS = frozenset({
     "node_modules", "vendor", "third_party", "third-party", "thirdparty", "bower_components",
     "site-packages", ".venv", "venv", "__pycache__", ".tox", ".mypy_cache", ".pytest_cache",

@@ -87,16 +87,16 @@ class Workspace:
         self.state = StateStore(Path(repo.git_dir).resolve() / "v4", self.rel)
         self.recovered: list[str] = []
         try:  # an apply killed midway is rolled back before anything else looks at the tree
-            if self.state.journal_dir.is_dir():
+            if self.state.directory.is_dir():
                 with self.state.locked():
-                    self.recovered = recover(self.root, self.state.journal_dir)
+                    self.recovered = recover(self.root, self.state.directory)
         except (StateError, ValueError, OSError) as exc:
             raise WorkspaceError(f"an interrupted v4 apply could not be rolled back: {exc}") from None
 
     @property
     def journal_dir(self) -> Path:
         """Where `apply_changes` keeps its journal (inside the git directory)."""
-        return self.state.journal_dir
+        return self.state.directory
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -188,10 +188,6 @@ class Workspace:
             self._save_pending({p: e for p, e in pending.items() if p not in dirty})
             return sha
 
-    def snapshot(self, paths: Iterable[str]) -> dict[str, str | None]:
-        """The exact current contents (None: absent), for `record_agent_change`'s `before_contents`."""
-        return {rel: self.read(rel) for rel in self._rels(paths)}
-
     # -- the record of v4's changes -------------------------------------------------------------
 
     def record_changes(self, changes: Sequence[FileChange]) -> dict[str, dict]:
@@ -215,17 +211,6 @@ class Workspace:
         """Put back the record `record_changes` returned (the write it announced did not happen)."""
         with self.locked():
             self._save_pending(previous)
-
-    def record_agent_change(self, paths: Iterable[str], before_contents: Mapping[str, str | None]) -> None:
-        """Remember that v4 changed `paths` (already written); `before_contents` is what they held."""
-        changes = []
-        for path in paths:
-            rel = self.rel(path)
-            key = path if path in before_contents else rel
-            if key not in before_contents:
-                raise WorkspaceError(f"no before-content given for {rel}")
-            changes.append(FileChange(rel, before_contents[key], self.read(rel)))
-        self.record_changes(changes)
 
     # -- review --------------------------------------------------------------------------------
 
@@ -380,12 +365,9 @@ class Workspace:
         return list(dict.fromkeys(self.rel(p) for p in paths))
 
     def _mode(self, rel: str) -> int | None:
-        """The file's permission bits; for a file already gone, what git's index records for it."""
+        """The file's permission bits (recorded before v4 writes, so a rejected deletion gets them back)."""
         path = self.root / rel
-        if path.is_file():
-            return stat.S_IMODE(path.stat().st_mode)
-        listed = self.plumbing.git("ls-files", "-s", "--", rel).split()
-        return {"100755": 0o755, "100644": 0o644}.get(listed[0]) if listed else None
+        return stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
 
     def _write(self, rel: str, content: str | None, mode: int | None) -> None:
         """Write (None: delete) one file, with its recorded mode when it is created again."""

@@ -42,10 +42,6 @@ class StateStore:
         self._depth = 0
         self._lock_fd: int | None = None
 
-    @property
-    def journal_dir(self) -> Path:
-        return self.directory
-
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the repository's v4 lock (re-entrant within this object; other processes wait)."""
@@ -130,8 +126,7 @@ class StateStore:
 
     def _save(self, name: str, key: str, value: dict | list) -> None:
         """Atomically: a uniquely named temp file, fsynced, renamed over the record."""
-        self._make_dir()
-        with self.locked():
+        with self.locked():  # (which makes the directory)
             fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:

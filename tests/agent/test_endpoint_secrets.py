@@ -5,7 +5,6 @@ first request."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import git
 from v4.agent.backend_options import secrets_warning
 from v4.agent.cli import main
 from v4.repo_index.files import Skipped
@@ -20,10 +20,6 @@ from v4.repo_index.files import Skipped
 AWS_KEY = "AKIA" + "J7Q2M4XK9WZT5R8B"  # assembled, so this file holds no key
 RENAME = ("I will change calc.py.\n\ncalc.py\n```python\n<<<<<<< SEARCH\ndef sub(a, b):\n    return a - b\n"
           "=======\ndef subtract(a, b):\n    return a - b\n>>>>>>> REPLACE\n```\n")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture()

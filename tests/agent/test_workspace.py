@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from v4.agent.edits import FileChange
 from v4.agent.workspace import TRAILER, DirtyTreeError, UndoError, Workspace, WorkspaceError
 from tests.conftest import git, make_repo
 
@@ -36,8 +37,8 @@ def repo(tmp_path: Path) -> Path:
 
 
 def agent_edit(ws: Workspace, files: dict[str, str | None]) -> None:
-    """What the editing module does: snapshot, write (None deletes), record."""
-    before = ws.snapshot(files)
+    """What the session does: record the change (before and after), then write it (None deletes)."""
+    ws.record_changes([FileChange(rel, ws.read(rel), text) for rel, text in files.items()])
     for rel, text in files.items():
         path = ws.root / rel
         if text is None:
@@ -45,7 +46,6 @@ def agent_edit(ws: Workspace, files: dict[str, str | None]) -> None:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(text.encode())
-    ws.record_agent_change(list(files), before)
 
 
 def files_in(ws: Workspace, sha: str) -> list[str]:

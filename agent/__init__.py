@@ -1,4 +1,24 @@
-"""v4 agent package."""
+"""The agent: a conversation about one repository, whose answers become reviewed, journaled edits.
+
+Modules, in the order a turn uses them:
+- `options.py`: the typed options a front end (cli/, tui/) hands down.
+- `demo.py`: the tiny random checkpoint used when no model is named.
+- `backends/`: the `Backend` Protocol and its adapters (embedded engine, OpenAI-compatible HTTP, replay).
+- `chat_format.py`: DeepSeek V4's chat encoding (messages -> prompt text; thinking split off answers).
+- `context.py`: the repository's context plan, with the user's /add and /drop.
+- `prompts.py`: every text v4 sends the model on its own behalf, and the system message.
+- `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
+- `session.py`: the edit loop of one turn (answer -> edits -> apply, reflections, tests).
+- `warm.py`: keeps the system message prefilled in the background as the context changes.
+- `edits.py`: the edit protocol's API, over `edit_blocks.py` (types), `edit_parser.py`
+  (SEARCH/REPLACE blocks in an answer), `edit_match.py` (the matching ladder), `edit_splice.py`
+  (REPLACE's frame and bytes), `edit_syntax.py` (tree-sitter checks) and `edit_feedback.py`
+  (messages to the model).
+- `workspace.py`: the one owner of repository paths, reads and writes; over `workspace_state.py`
+  (v4's records in the git directory), `workspace_diff.py` (hunks, three-way merge), `workspace_git.py`
+  (commits), `apply.py` and `journal.py` (all-or-nothing writes that survive a crash).
+- `watch/`: watch mode (file events -> re-plan -> re-prefill; AI comments start a turn).
+"""
 
 if __name__ != "v4.agent":  # the folder is also reachable from the repository root: one copy only
     raise ImportError(f"import v4.agent, not {__name__} (the packages live in the v4 namespace; see README)")

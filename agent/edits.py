@@ -48,58 +48,10 @@ from v4.agent.edit_syntax import FileSyntax, is_stub_body
 if TYPE_CHECKING:
     from tree_sitter import Tree
 
-__all__ = ["EDIT_FORMAT_PROMPT", "EditBlock", "EditError", "FileChange", "Kind", "parse_edits", "plan_changes"]
+__all__ = ["EditBlock", "EditError", "FileChange", "Kind", "parse_edits", "plan_changes"]
 
 # A comment standing for code, or a bare `...`: never written literally unless it is real code.
 _LAZY = re.compile(r"^\s*(?:(?:#|//|--|/\*|<!--)\s*\.\.\.|\.\.\.\s*$)")
-
-EDIT_FORMAT_PROMPT = """\
-# Editing files
-
-To change files, reply with edit blocks. Text outside edit blocks is never applied.
-
-Edit a file: its path (relative to the repository root) alone on a line, then a fenced block with a \
-SEARCH section copying the current lines exactly and a REPLACE section with the lines that replace them:
-
-app/util.py
-```python
-<<<<<<< SEARCH
-def add(a, b):
-    return a + b
-=======
-def add(a: int, b: int) -> int:
-    return a + b
->>>>>>> REPLACE
-```
-
-Create a file: leave SEARCH empty and put the whole file in REPLACE (the file must not exist yet):
-
-app/version.py
-```python
-<<<<<<< SEARCH
-=======
-VERSION = "1.0.0"
->>>>>>> REPLACE
-```
-
-Delete a file: one line naming it:
-
-```
-<<<<<<< DELETE docs/old_notes.md
-```
-
-Rules:
-- SEARCH must match exactly one place in the file: copy whole lines with their indentation, \
-comments and blank lines, and add nearby lines if the text occurs more than once. Keep blocks small.
-- Every block needs its own path line (blocks that follow each other inside one fence share it).
-- In a long SEARCH you may replace unchanged lines inside one function or class with a line `...`; \
-put a `...` line at the same place in REPLACE and those lines are kept. Anywhere else write lines \
-out in full: REPLACE is written literally.
-- Several blocks may edit one file; they apply in order, each to the result of the one before.
-- To rewrite a whole file, delete it and create it again.
-- All blocks apply together or none does; if some fail you will be told which, and why.
-"""
-
 
 @dataclass
 class _FileState:

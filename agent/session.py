@@ -14,17 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import prompts
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, Usage
 from .chat_format import Message, split_reasoning
-from .edits import EDIT_FORMAT_PROMPT, EditError, FileChange, parse_edits, plan_changes
+from .edits import EditError, FileChange, parse_edits, plan_changes
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
-
-SYSTEM_RULES = """You are v4, a coding agent working in the user's repository. The whole repository (or an
-outline of its less central files) follows, each file under a header line `==> path <==`, dependencies
-before the files that use them. Answer the user's request. To change files, use only the edit blocks
-described below; text outside edit blocks is for the user and is never applied."""
-
 
 @dataclass(slots=True)
 class TurnResult:
@@ -61,17 +56,6 @@ class SessionOptions:
     confirm: Callable[[Sequence[FileChange]], bool] | None = None  # asked before any write; False: declined
 
 
-def system_message(repository: str) -> Message:
-    """The session's first message: the rules, the edit format, then the repository. `v4 prefill`
-    builds the same one, so the next session finds its state in the Engram store."""
-    return Message("system", f"{SYSTEM_RULES}\n\n{EDIT_FORMAT_PROMPT}\n\n# Repository\n\n{repository}")
-
-
-def repository_text(segments: Sequence[object]) -> str:
-    """The repository part of the system message: every included segment, in order."""
-    return "\n".join(s.text for s in segments if getattr(s, "mode", "full") != "omitted" and s.text)
-
-
 class Session:
     """A conversation about one repository through one backend."""
 
@@ -81,7 +65,7 @@ class Session:
         self.root = self.workspace.root  # the git top level, whatever directory v4 started in
         self.backend = backend
         self.options = options or SessionOptions()
-        self.system = system_message(repository)
+        self.system = prompts.system_message(repository)
         self.history: list[Message] = []
         self.on_text = on_text or (lambda _piece: None)
 
@@ -147,13 +131,12 @@ class Session:
             blocks = parse_edits(answer)
             if not blocks:
                 if self.options.require_edits:
-                    return ("Your answer contained no edit blocks, so nothing was changed. Make the requested "
-                            "change with edit blocks in the format described in the system message.")
+                    return prompts.NO_EDIT_BLOCKS
                 return None  # a chat answer without edits
             self._check_targets(blocks)
             changes = [c for c in plan_changes(blocks, self._read) if c.before != c.after]
         except (EditError, PathError, WorkspaceError) as exc:
-            return f"Your edits were not applied.\n{exc}"
+            return prompts.edits_not_applied(str(exc))
         if not changes:
             return None
         own = {posixpath.normpath(p) for p in user_edited}
@@ -179,7 +162,7 @@ class Session:
             return str(exc)
         except (StaleChangeError, PathError, JournalError, OSError, WorkspaceError) as exc:  # all or none
             result.error = f"the edits could not be written, nothing was changed: {exc}"
-            return f"Your edits were not applied: {exc}"
+            return prompts.edits_not_written(str(exc))
         paths = [c.path for c in changes]
         result.applied = True
         result.files = sorted(set(result.files) | set(paths))
@@ -217,9 +200,8 @@ class Session:
             done = subprocess.run(self.options.test_cmd, shell=True, cwd=self.root, capture_output=True, text=True,
                                   timeout=self.options.test_timeout_s)
         except subprocess.TimeoutExpired:
-            return f"The test command `{self.options.test_cmd}` timed out after {self.options.test_timeout_s:.0f} s."
+            return prompts.tests_timed_out(self.options.test_cmd, self.options.test_timeout_s)
         if done.returncode == 0:
             return None
         output = (done.stdout + done.stderr)[-6000:]
-        return (f"The test command `{self.options.test_cmd}` failed (exit {done.returncode}) after your edits:\n"
-                f"```\n{output}\n```\nFix the code with edit blocks.")
+        return prompts.tests_failed(self.options.test_cmd, done.returncode, output)

@@ -28,16 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from v4 import model  # noqa: E402
-from v4.agent.app_support import RepositoryContext  # noqa: E402
+from v4.agent.context import RepositoryContext  # noqa: E402
 from v4.agent.backends import EmbeddedBackend  # noqa: E402
 from v4.agent.chat_format import chat_format_for  # noqa: E402
 from v4.agent.session import Session  # noqa: E402
 from v4.agent.warm import ContextWarmer  # noqa: E402
-from v4.agent.watch import Watcher  # noqa: E402
-from v4.agent.watch_loop import Changed, Warmed, WatchLoop  # noqa: E402
+from v4.agent.watch.watcher import Watcher  # noqa: E402
+from v4.agent.watch.loop import Changed, Warmed, WatchLoop  # noqa: E402
 from benchmarks.make_tree import make_tree  # noqa: E402
-from v4.model.checkpoint import init_checkpoint  # noqa: E402
-from v4.model.engram_store import EngramStore  # noqa: E402
+from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
+from v4.model.prefix_store import PrefixStore  # noqa: E402
 
 
 def save_and_wait(root: Path, path: str, watcher: Watcher, loop: WatchLoop, seen: list, n: int) -> dict:
@@ -73,7 +73,7 @@ def main() -> None:
         checkpoint = init_checkpoint(work / "small", "small", seed=0,
                                      tokenizer_json=REPO / "repo_index" / "data" / "tokenizer.json")
         engine = model.load(checkpoint, device="cpu")
-        backend = EmbeddedBackend(engine, chat_format_for(checkpoint), args.budget + 4096, EngramStore(work / "engram"))
+        backend = EmbeddedBackend(engine, chat_format_for(checkpoint), args.budget + 4096, PrefixStore(work / "engram"))
         started = time.perf_counter()
         context = RepositoryContext(root, checkpoint)
         context.scan()
@@ -104,7 +104,7 @@ def main() -> None:
         warmer.close()
         ids, boundaries = backend.encode_with_boundaries([session.system], add_generation_prompt=False)
         warm_logits = backend._marks[-1][2]  # the logits kept with the state's last mark
-        _, cold_logits, _ = EngramStore(work / "check").prefill(engine, ids, boundaries, len(ids) + 8)
+        _, cold_logits, _ = PrefixStore(work / "check").prefill(engine, ids, boundaries, len(ids) + 8)
         check = ((warm_logits - cold_logits).abs().max() / cold_logits.abs().max()).item()
         if backend._fed != ids or check > 1e-4:
             sys.exit(f"check failed: re-prefilled state differs from a cold prefill (rel {check:.2e})")

@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("agent", "model", "kernels", "repo_index", "tui")
+PACKAGES = ("cli", "agent", "model", "kernels", "repo_index", "tui")
 # package -> project packages it must not import
+# The layers, top down: cli -> tui -> agent -> (repo_index, model) -> kernels; no exceptions.
 FORBIDDEN = {
-    "kernels": {"agent", "model", "repo_index", "tui"},
-    "model": {"agent", "tui", "repo_index"},
-    "repo_index": {"agent", "model", "kernels", "tui"},
-    "tui": {"model", "kernels", "repo_index"},
-    "agent": {"tui", "kernels"},
+    "cli": {"kernels"},
+    "kernels": {"cli", "agent", "model", "repo_index", "tui"},
+    "model": {"cli", "agent", "tui", "repo_index"},
+    "repo_index": {"cli", "agent", "model", "kernels", "tui"},
+    "tui": {"cli", "model", "kernels", "repo_index"},
+    "agent": {"cli", "tui", "kernels"},
 }
 # Calls whose first argument names a module by its dotted name.
 NAMED_MODULE_CALLS = {"files", "import_module", "find_spec", "patch"}
-# The one place `agent/` may open the TUI: the CLI's default command, imported lazily.
-ALLOWED = {("agent/cli.py", "tui")}
 
 
 def _called_name(call: ast.Call) -> str | None:
@@ -66,9 +66,7 @@ def test_package_imports_run_one_way(package: str) -> None:
     violations = []
     for path in sorted((ROOT / package).rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        for imported in sorted(_imported_packages(path) & FORBIDDEN[package]):
-            if (rel, imported) not in ALLOWED:
-                violations.append(f"{rel} imports {imported}")
+        violations.extend(f"{rel} imports {imported}" for imported in sorted(_imported_packages(path) & FORBIDDEN[package]))
     assert violations == []
 
 
@@ -78,13 +76,9 @@ def test_model_reaches_kernels_only_through_ops() -> None:
     assert offenders == []
 
 
-# --- one layer per package: no import cycles, no oversized modules (issue 23 empties these lists) ---
+# --- one layer per package: no import cycles, no oversized modules (issue 23) ---
 
 MAX_MODULE_LINES = 500
-# Known debts, each to be removed by issue 23 ([layout]); a test below fails once one is paid, so the
-# list can only shrink.
-KNOWN_OVERSIZE: set[str] = set()
-KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules(package: str) -> dict[str, Path]:
@@ -161,18 +155,13 @@ def test_no_import_cycle_inside_a_package() -> None:
         known = _modules(package)
         graph = {name: _module_imports(package, name, path, known) for name, path in known.items()}
         cycles |= _cycles(graph)
-    new = sorted(sorted(cycle) for cycle in cycles - KNOWN_CYCLES)
-    assert new == [], "import cycles (break them; a late import only hides one)"
-    paid = sorted(sorted(cycle) for cycle in KNOWN_CYCLES - cycles)
-    assert paid == [], "these known cycles are gone: remove them from KNOWN_CYCLES"
+    assert sorted(sorted(cycle) for cycle in cycles) == [], "import cycles (break them; a late import only hides one)"
 
 
 def test_no_module_over_the_split_limit() -> None:
     sizes = {name + ".py": len(path.read_text().splitlines())
              for package in PACKAGES for name, path in _modules(package).items()}
-    oversize = {name for name, lines in sizes.items() if lines > MAX_MODULE_LINES}
-    assert sorted(oversize - KNOWN_OVERSIZE) == [], {n: sizes[n] for n in oversize - KNOWN_OVERSIZE}
-    assert sorted(KNOWN_OVERSIZE - oversize) == [], "these are split now: remove them from KNOWN_OVERSIZE"
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_MODULE_LINES} == {}
 
 
 def test_the_model_package_docstring_maps_every_module() -> None:

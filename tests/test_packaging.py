@@ -61,8 +61,8 @@ WHEEL_PROBE = PRELUDE + textwrap.dedent("""
     from transformers import DeepseekV4ForCausalLM
     import v4
     from v4 import model
-    from v4.agent.cli import build_parser
-    from v4.model.checkpoint import init_checkpoint
+    from v4.cli.main import build_parser
+    from v4.model.random_checkpoint import init_checkpoint
     from v4.repo_index import RepoIndex
     with tempfile.TemporaryDirectory() as directory:
         tiny = init_checkpoint(Path(directory) / "tiny", "tiny", seed=0)
@@ -111,7 +111,7 @@ def test_the_wheel_installs_one_namespace_and_every_module(wheel: Path) -> None:
     assert expected - set(names) == set()  # a new subpackage must be listed in pyproject.toml
     assert set(PACKAGE_DATA) <= set(names)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-    assert "v4 = v4.agent.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "v4 = v4.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_no_top_level_folder_is_a_regular_package_named_kernels() -> None:

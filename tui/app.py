@@ -1,9 +1,8 @@
-"""The v4 app: `v4` with no command, in a repository. Screens, app-wide keys and the palette."""
+"""The v4 app: `v4` with no command, in a repository (started by `cli/tui_command.py`). Screens,
+app-wide keys and the palette."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from v4.agent.options import BackendOptions
 from v4.agent.workspace import Workspace, WorkspaceError
 
 from .controllers.review import ReviewController
@@ -40,11 +40,11 @@ class V4App(App[str | None]):
         Binding("question_mark", "help", "Help", show=False),
     ]
 
-    def __init__(self, root: Path, args: argparse.Namespace, workspace: Workspace) -> None:
+    def __init__(self, root: Path, options: BackendOptions, workspace: Workspace) -> None:
         super().__init__()
         self.root = root
         self.review = ReviewController(workspace=workspace)
-        self.main = MainScreen(root, args, self.review)
+        self.main = MainScreen(root, options, self.review)
 
     def on_mount(self) -> None:
         self.push_screen(self.main)  # pushed, not the default screen: pushing loads its CSS_PATH
@@ -85,18 +85,3 @@ def exit_note(review: ReviewController) -> str | None:
     paths = ", ".join(d.path for d in pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
     return (f"v4: {len(pending)} file(s) with pending v4 changes stay in the work tree ({paths}); "
             "review them with `v4 review` (or `v4` again), commit with `v4 commit`.")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`v4` with no command: the app on the repository holding the current directory."""
-    try:
-        workspace = Workspace(Path.cwd())
-    except WorkspaceError as exc:
-        print(f"v4: {exc}. v4 edits through git so that every change can be reviewed and undone: "
-              "run `git init` first (`v4 index` shows how v4 reads any directory).", file=sys.stderr)
-        return 2
-    app = V4App(workspace.root, args, workspace)
-    app.run()
-    if app.return_value:
-        print(app.return_value)
-    return 1 if app.main.startup_error else 0

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from v4.agent.ai_comments import AIRequest
-from v4.agent.app_support import BackendInfo, ContextView, PrefillReport
+from v4.agent.watch.ai_comments import AIRequest
+from v4.agent.bootstrap import BackendInfo, PrefillReport
+from v4.agent.context import ContextView
 from v4.agent.session import TurnResult
-from v4.agent.watch_loop import WatchEvent
+from v4.agent.watch.loop import WatchEvent
 
 
 @dataclass

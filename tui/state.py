@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.reactive import var
 
-from v4.agent.app_support import ContextView
+from v4.agent.context import ContextView
 
 
 class SessionState:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from v4.agent.apply import apply_changes, make_reader
-from v4.agent.edits import EDIT_FORMAT_PROMPT, EditBlock, EditError, parse_edits, plan_changes
+from v4.agent.edits import EditBlock, EditError, parse_edits, plan_changes
+from v4.agent.prompts import EDIT_FORMAT_PROMPT
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "edit_corpus"
 MANIFEST = tomllib.loads((CORPUS / "manifest.toml").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from v4.agent.cli import build_parser
+from v4.agent.options import BackendOptions
 from v4.agent.workspace import Workspace
 from v4.tui.app import V4App
 
@@ -60,11 +60,10 @@ MakeApp = Callable[..., V4App]
 def make_app(repo: Path, tmp_path: Path) -> MakeApp:
     """`make_app("answer 1", "answer 2")`: the app on `repo`, replaying those answers in order."""
 
-    def make(*responses: str, extra: tuple[str, ...] = ()) -> V4App:
+    def make(*responses: str, **options: object) -> V4App:
         script = tmp_path / "replay.json"
         script.write_text(json.dumps(list(responses)))
-        args = build_parser().parse_args(["--replay", str(script), *extra])
-        return V4App(repo, args, Workspace(repo))
+        return V4App(repo, BackendOptions(replay=script, **options), Workspace(repo))
 
     return make
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from v4.agent.backends import BackendError, ReplayBackend, Usage
 from v4.agent.chat_format import Message
+from v4.agent.options import BackendOptions
 from v4.agent.session import Session, TurnResult
 from v4.agent.workspace import Workspace
 from tests.tui.conftest import CALC, TYPED, git
@@ -94,10 +94,8 @@ def test_rejecting_everything_then_committing_says_there_is_nothing(repo: Path) 
     assert outcome.error and "nothing to commit" in outcome.error and (repo / "calc.py").read_text() == CALC
 
 
-def _args(**values: object) -> argparse.Namespace:
-    base = dict(model=None, endpoint=None, replay=None, api_key=None, endpoint_model=None, device=None,
-                no_engram=True, engram_dir=None, budget=None)
-    return argparse.Namespace(**(base | values))
+def _options(**values: object) -> BackendOptions:
+    return BackendOptions(use_store=False, **values)
 
 
 def test_startup_reports_each_step_then_ready(repo: Path, tmp_path: Path) -> None:
@@ -105,7 +103,7 @@ def test_startup_reports_each_step_then_ready(repo: Path, tmp_path: Path) -> Non
     script.write_text('["hello"]')
     posted: list = []
     review = ReviewController(workspace=Workspace(repo))
-    StartupController(root=repo, args=_args(replay=script), review=review, post_message=posted.append).run()
+    StartupController(root=repo, options=_options(replay=script), review=review, post_message=posted.append).run()
     finished = [p.step for p in posted if isinstance(p, m.StartupStep) and p.finished]
     assert finished == ["index", "model", "plan", "prefill"]
     ready = posted[-1]
@@ -117,8 +115,8 @@ def test_startup_reports_each_step_then_ready(repo: Path, tmp_path: Path) -> Non
 def test_startup_failure_is_a_message_not_an_exception(repo: Path, tmp_path: Path) -> None:
     posted: list = []
     review = ReviewController(workspace=Workspace(repo))
-    args = _args(replay=tmp_path / "none.json", endpoint="http://127.0.0.1:9")
-    StartupController(root=repo, args=args, review=review, post_message=posted.append).run()
+    options = _options(replay=tmp_path / "none.json", endpoint="http://127.0.0.1:9")
+    StartupController(root=repo, options=options, review=review, post_message=posted.append).run()
     assert isinstance(posted[-1], m.StartupFailed) and "choose one model" in posted[-1].error
 
 
@@ -132,7 +130,7 @@ def test_usage_is_forwarded() -> None:
 def test_startup_cancelled_before_a_step_posts_nothing_more(repo: Path, tmp_path: Path) -> None:
     posted: list = []
     review = ReviewController(workspace=Workspace(repo))
-    startup = StartupController(root=repo, args=_args(replay=tmp_path / "r.json"), review=review,
+    startup = StartupController(root=repo, options=_options(replay=tmp_path / "r.json"), review=review,
                                 post_message=posted.append)
     startup.cancel()
     startup.run()

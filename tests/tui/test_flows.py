@@ -211,12 +211,11 @@ async def test_ctrl_c_quits_and_says_nothing_without_pending_changes(make_app: M
 
 
 async def test_a_backend_that_cannot_start_is_reported_and_the_app_stays_usable(repo: Path, tmp_path: Path) -> None:
-    from v4.agent.cli import build_parser
+    from v4.agent.options import BackendOptions
     from v4.agent.workspace import Workspace
     from v4.tui.app import V4App
 
-    args = build_parser().parse_args(["--replay", str(tmp_path / "missing.json")])
-    app = V4App(repo, args, Workspace(repo))
+    app = V4App(repo, BackendOptions(replay=tmp_path / "missing.json"), Workspace(repo))
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.main.startup_error is not None)
         assert "cannot read replay file" in chat_text(app)

@@ -8,9 +8,11 @@ from contextlib import nullcontext
 
 from textual.message import Message
 
-from v4.agent.app_support import ContextError, RepositoryContext, prefill
 from v4.agent.backends import Backend
-from v4.agent.session import Session, system_message
+from v4.agent.bootstrap import prefill
+from v4.agent.context import ContextError, RepositoryContext
+from v4.agent.prompts import system_message
+from v4.agent.session import Session
 from v4.agent.warm import ContextWarmer
 
 from ..messages import ContextUpdated

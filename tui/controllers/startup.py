@@ -1,8 +1,7 @@
-"""StartupController: from command-line arguments to a ready session, off the event loop."""
+"""StartupController: from the backend options to a ready session, off the event loop."""
 
 from __future__ import annotations
 
-import argparse
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,9 +9,11 @@ from pathlib import Path
 
 from textual.message import Message
 
-from v4.agent import app_support
-from v4.agent.backend_options import backend_from_args, secrets_warning
 from v4.agent.backends import BackendError
+from v4.agent.bootstrap import PrefillReport, describe_backend, open_backend, open_session, prefill
+from v4.agent.context import ContextError, RepositoryContext
+from v4.agent.demo import demo_checkpoint
+from v4.agent.options import BackendOptions
 from v4.agent.session import Session, SessionOptions
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
@@ -46,10 +47,10 @@ class StartupController:
     """Indexes the repository, loads the model (making the demo checkpoint on first use), plans the
     context and prefills it, posting a StartupStep as each moves. `run` blocks: a thread worker."""
 
-    def __init__(self, *, root: Path, args: argparse.Namespace, review: ReviewController,
+    def __init__(self, *, root: Path, options: BackendOptions, review: ReviewController,
                  post_message: Callable[[Message], object]) -> None:
         self.root = root
-        self.args = argparse.Namespace(**vars(args))  # the demo checkpoint is filled in on a copy
+        self.options = options
         self.review = review
         self._post = post_message
         self._cancelled = threading.Event()
@@ -63,41 +64,38 @@ class StartupController:
             self._post(self._start())
         except Cancelled:
             pass
-        except (BackendError, WorkspaceError, app_support.ContextError, OSError, ValueError) as exc:
+        except (BackendError, WorkspaceError, ContextError, OSError, ValueError) as exc:
             self._post(StartupFailed(str(exc)))
         except Exception as exc:  # noqa: BLE001 - anything else from a checkpoint or engine: say it, stay open
             self._post(StartupFailed(f"{type(exc).__name__}: {exc}"))
 
     def _start(self) -> StartupReady:
-        args = self.args
-        if app_support.needs_demo(args):
+        options = self.options
+        if options.names_no_model:
             self._step("model", "creating the demo checkpoint (random weights, first run only)…")
-            args.model = app_support.demo_checkpoint()
-        embedded = not (args.endpoint or args.replay)
-        context = app_support.RepositoryContext(self.root, args.model if embedded else None,
-                                                lambda phase, done, total: self._step("index", f"indexing: {phase}",
-                                                                                      done, total),
-                                                include_secrets=getattr(args, "include_secrets", False))
+            options = options.with_model(demo_checkpoint())
+        context = RepositoryContext(self.root, options.model if options.embedded else None,
+                                    lambda phase, done, total: self._step("index", f"indexing: {phase}", done, total),
+                                    include_secrets=options.include_secrets)
         self._step("index", "indexing the repository…")
         context.scan()
         self._step("index", "repository indexed", finished=True)
-        self._step("model", f"loading {Path(args.model).name if embedded else 'the backend'}…")
-        chosen = backend_from_args(args)
-        info = app_support.describe_backend(chosen, args)
+        self._step("model", f"loading {Path(options.model).name if options.embedded else 'the backend'}…")
+        chosen = open_backend(options)
+        info = describe_backend(chosen, options)
         self._step("model", f"model: {info.kind} {info.model}" + (" (random weights)" if info.random_weights else ""),
                    finished=True)
         self._step("plan", "planning the context…")
-        view = context.plan(chosen.budget)
+        metered = MeteredBackend(chosen.backend, post_message=self._post)
+        session_options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered)
+        session, view = opened.session, opened.view
         self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
                            f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
-        warning = secrets_warning(args.endpoint, context.secrets_sent)
-        if warning:  # shown before the prefill sends the context (issue 22)
-            self._step("plan", warning, finished=True)
-        metered = MeteredBackend(chosen.backend, post_message=self._post)
-        options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
-        session = Session(self.root, metered, context.repository_text(), options)
+        if opened.secrets_warning:  # shown before the prefill sends the context (issue 22)
+            self._step("plan", opened.secrets_warning, finished=True)
         self._step("prefill", "prefilling the context…")
-        report = app_support.prefill(chosen.backend, session.system)
+        report = prefill(chosen.backend, session.system)
         self._step("prefill", _prefill_label(report), finished=True)
         warmer = ContextWarmer(session, chosen.backend)
         chat = ChatController(session=session, backend=metered, pending_files=self.review.pending_files,
@@ -115,9 +113,9 @@ class StartupController:
         self._post(StartupStep(step, label, done, total, finished))
 
 
-def _prefill_label(report: app_support.PrefillReport | None) -> str:
+def _prefill_label(report: PrefillReport | None) -> str:
     if report is None:
         return "prefill: the backend keeps its own cache"
-    source = "from the Engram store" if report.from_store else "already held"
+    source = "from the prefix-state store" if report.from_store else "already held"
     return (f"prefilled {report.tokens:,} tokens: {report.reused_tokens:,} reused {source}, "
             f"{report.computed_tokens:,} computed in {report.seconds:.1f} s")

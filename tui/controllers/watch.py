@@ -14,12 +14,12 @@ from pathlib import Path
 
 from textual.message import Message
 
-from v4.agent.ai_comments import AIRequest
-from v4.agent.app_support import RepositoryContext
+from v4.agent.watch.ai_comments import AIRequest
+from v4.agent.context import RepositoryContext
 from v4.agent.session import Session, TurnResult
 from v4.agent.warm import ContextWarmer
-from v4.agent.watch import WatchConfig, Watcher
-from v4.agent.watch_loop import WatchLoop
+from v4.agent.watch.watcher import WatchConfig, Watcher
+from v4.agent.watch.loop import WatchLoop
 
 from ..messages import AiRequested, WatchStopped, WatchUpdate
 from .chat import ChatController

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -16,9 +15,10 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
-from v4.agent.ai_comments import AIRequest
-from v4.agent.app_support import BackendInfo
-from v4.agent.watch_loop import Changed, Warmed
+from v4.agent.watch.ai_comments import AIRequest
+from v4.agent.bootstrap import BackendInfo
+from v4.agent.options import BackendOptions
+from v4.agent.watch.loop import Changed, Warmed
 
 from .. import messages as m
 from ..controllers.chat import describe_failure
@@ -55,11 +55,11 @@ class MainScreen(SessionState, Screen[None]):
         Binding("escape", "stop", "Stop answer", show=False),
     ]
 
-    def __init__(self, root: Path, args: argparse.Namespace, review: ReviewController) -> None:
+    def __init__(self, root: Path, options: BackendOptions, review: ReviewController) -> None:
         super().__init__()
         self.root = root
         self.review = review
-        self.startup = StartupController(root=root, args=args, review=review, post_message=self.post_message)
+        self.startup = StartupController(root=root, options=options, review=review, post_message=self.post_message)
         self.services: Services | None = None
         self.info: BackendInfo | None = None
         self.answer: AnswerView | None = None

@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import DataTable, Label, ProgressBar
 
-from v4.agent.app_support import ContextView
+from v4.agent.context import ContextView
 
 MODES = {"full": "full", "outline": "outl", "omitted": "omit", "dropped": "drop"}
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.app_support import RepositoryContext
+from v4.agent.context import RepositoryContext
 from v4.agent.backends import ReplayBackend
 from v4.agent.session import Session, SessionOptions
 from v4.agent.warm import ContextWarmer
-from v4.agent.watch import ChangeBatch, WatchConfig, Watcher
-from v4.agent.watch_loop import AgentFinished, AgentStarted, Changed, WatchLoop
+from v4.agent.watch.watcher import ChangeBatch, WatchConfig, Watcher
+from v4.agent.watch.loop import AgentFinished, AgentStarted, Changed, WatchLoop
 from v4.agent.workspace import Workspace
 from tests.conftest import git, make_repo
 
@@ -185,7 +185,7 @@ def test_v4_watch_prints_one_json_object_per_event_and_stops_on_ctrl_c(repo: Pat
     script.write_text(json.dumps([TYPED]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     errors = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe nobody reads: it cannot fill up
-    process = subprocess.Popen([sys.executable, "-m", "v4.agent.cli", "watch", "--repo", str(repo), "--replay",
+    process = subprocess.Popen([sys.executable, "-m", "v4.cli.main", "watch", "--repo", str(repo), "--replay",
                                 str(script), "--json", "--debounce", "0.2"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=errors, text=True)
     try:

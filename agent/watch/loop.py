@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .ai_comments import AICommentTracker, AIRequest
-from .app_support import ContextError, ContextView, RepositoryContext
-from .backends import WarmStats
-from .session import Session, TurnResult, system_message
-from .warm import ContextWarmer, WarmReport
-from .watch import ChangeBatch
-from .workspace import WorkspaceError
+from ..context import ContextError, ContextView, RepositoryContext
+from ..backends import WarmStats
+from ..prompts import system_message
+from ..session import Session, TurnResult
+from ..warm import ContextWarmer, WarmReport
+from .watcher import ChangeBatch
+from ..workspace import WorkspaceError
 
 
 @dataclass(frozen=True, slots=True)

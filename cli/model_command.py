@@ -6,13 +6,20 @@ import argparse
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from v4.agent.options import EngineOptions
+
+from .backend_args import add_engine_arguments, engine_options
+from .progress import shard_progress
+
+if TYPE_CHECKING:
+    from v4.model.engine import Engine
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:
-    """Register `v4 model` (init, info) and `v4 generate`."""
-    model = commands.add_parser("model", help="make or inspect a DeepSeek V4 checkpoint",
-                                description="Make a random DeepSeek V4 checkpoint or describe one.")
-    actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+def build_model(parser: argparse.ArgumentParser) -> None:
+    """`v4 model init|info`."""
+    actions = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="write a random checkpoint (config, safetensors, tokenizer)")
     init.add_argument("directory", type=Path)
     init.add_argument("--preset", choices=["tiny", "small"], default="tiny")
@@ -21,20 +28,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                       help="store weights as DeepSeek ships V4: FP8 linears (128x128 blocks), FP4 routed experts")
     info = actions.add_parser("info", help="parameters, layer types, dtypes and decode-state size")
     info.add_argument("directory", type=Path)
-    generate = commands.add_parser("generate", help="stream a completion from a checkpoint",
-                                   description="Stream a completion of TEXT from the checkpoint in --model.")
-    generate.add_argument("text")
-    generate.add_argument("--model", type=Path, required=True, metavar="DIR")
-    generate.add_argument("--max-new-tokens", type=int, default=32)
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--top-p", type=float, default=1.0)
-    generate.add_argument("--seed", type=int, default=None)
-    add_engine_arguments(generate)
+
+
+def build_generate(parser: argparse.ArgumentParser) -> None:
+    """`v4 generate TEXT --model DIR`."""
+    parser.add_argument("text")
+    parser.add_argument("--model", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    add_engine_arguments(parser)
 
 
 def run_model(args: argparse.Namespace) -> int:
     """`v4 model init|info`."""
-    from v4.model.checkpoint import init_checkpoint, model_info
+    from v4.model.checkpoint import model_info
+    from v4.model.random_checkpoint import init_checkpoint
     from v4.model.config import ConfigError
 
     if args.model_command == "init":
@@ -69,43 +79,12 @@ def run_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """How the embedded engine runs: device, decode-state format, expert offload (named as vLLM's
-    users know them where a counterpart exists)."""
-    parser.add_argument("--device", default=None, help="embedded engine device (default: cuda if present)")
-    parser.add_argument("--kv-format", choices=("float", "fp8"), default="float",
-                        help="decode-state format: the model's dtype, or DeepSeek's FP8 layout (1.8x smaller)")
-    parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
-                        help="keep routed experts in host memory, N per layer cached on the GPU (models larger "
-                             "than the GPU)")
-
-
-def engine_options(args: argparse.Namespace) -> dict[str, object]:
-    """The `model.load` options `add_engine_arguments` parsed."""
-    return {"device": getattr(args, "device", None), "kv_format": getattr(args, "kv_format", "float"),
-            "offload_experts": getattr(args, "offload_experts", None)}
-
-
-def load_with_progress(path: Path, show: bool, **options: object) -> object:
-    """`model.load` with a progress bar per shard on stderr (when `show`): a real checkpoint is
-    tens of shards and minutes of reading."""
+def load_engine(path: Path, options: EngineOptions) -> Engine:
+    """`model.load` with a progress bar per shard on stderr when it is a terminal."""
     from v4 import model
 
-    if not show:
-        return model.load(path, **options)
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=Console(file=sys.stderr), transient=True) as bar:
-        tasks: dict[str, object] = {}
-
-        def progress(shard: str, done: int, total: int) -> None:
-            if shard not in tasks:
-                tasks[shard] = bar.add_task(f"loading {shard}", total=total)
-            bar.update(tasks[shard], completed=done)
-
-        return model.load(path, progress=progress, **options)
+    with shard_progress() as progress:
+        return model.load(path, **options.load_options(), **({"progress": progress} if progress else {}))
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -114,7 +93,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from v4.model.weights import WeightsError
 
     try:
-        engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
+        engine = load_engine(args.model, engine_options(args))
     except (ConfigError, WeightsError, OSError) as exc:
         print(f"v4 generate: {exc}", file=sys.stderr)
         return 1

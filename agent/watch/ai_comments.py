@@ -14,19 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..prompts import ASK_PROMPT, CHANGE_PROMPT
+
 # Aider's pattern (aider/watch.py), with its `;` for Lisp-family comments.
 AI_COMMENT = re.compile(r"(?:#|//|--|;+) *(?:ai\b.*|.*\bai[?!]?) *$", re.IGNORECASE)
 CONTEXT_LINES = 3  # code lines shown on each side of a comment
 MAX_FILE_BYTES = 1_000_000  # the index's default limit: larger files are not read for comments
 MARK, PLAIN, GAP = "█", "│", "⋮"
 
-CHANGE_PROMPT = """I wrote instructions for you as comments in the code, each marked with "AI". They are shown
-below (the lines marked {mark}) with the code around them; the files are in the repository above.
-Do what the comments ask, with edit blocks. As part of those edits, remove every one of these AI
-comments (just the comment: code on the same line stays).""".format(mark=MARK)
-ASK_PROMPT = """I wrote questions for you as comments in the code, each marked with "AI". They are shown below
-(the lines marked {mark}) with the code around them; the files are in the repository above.
-Answer them. Do not change any file: write no edit blocks.""".format(mark=MARK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.cli import main
+from v4.cli.main import main
 
 
 def git(repo: Path, *args: str) -> str:

@@ -1,5 +1,6 @@
-"""`v4 engram stats|clear|verify` and `v4 prefill` against a misdirected `--engram-dir` (issue 22): a clear
-message and exit status, nothing deleted, and no model loaded or prefill computed."""
+"""`v4 store stats|clear|verify` (and its old name `v4 engram`) and `v4 prefill` against a misdirected
+`--store-dir` (issue 22): a clear message and exit status, nothing deleted, and no model loaded or
+prefill computed."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent import model_command
-from v4.agent.cli import main
+from v4 import model
+from v4.cli.main import main
 
 
 def _model_folder(where: Path) -> dict[Path, bytes]:
@@ -25,7 +26,7 @@ def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def load(*args: object, **options: object) -> object:
         raise AssertionError("the model was loaded before the store was refused")
 
-    monkeypatch.setattr(model_command, "load_with_progress", load)
+    monkeypatch.setattr(model, "load", load)
 
 
 @pytest.mark.parametrize("action", ["stats", "verify", "clear"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import git
-from v4.agent.backend_options import secrets_warning
-from v4.agent.cli import main
+from v4.agent.bootstrap import secrets_warning
+from v4.cli.main import main
 from v4.repo_index.files import Skipped
 
 AWS_KEY = "AKIA" + "J7Q2M4XK9WZT5R8B"  # assembled, so this file holds no key

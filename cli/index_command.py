@@ -10,25 +10,27 @@ from pathlib import Path
 
 from v4.repo_index import DEFAULT_BUDGET, ContextPlan, DiscoveryConfig, IndexConfig, RepoIndex
 from v4.repo_index.files import DEFAULT_MAX_FILE_BYTES
+from v4.repo_index.index import Encoder
+
+from .progress import index_progress
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register `v4 index` and its options."""
-    sub = commands.add_parser("index", help="show the ordered, token-counted context plan of a repository",
-                              description="Order the repository with tree-sitter and fit it to a token budget.")
-    sub.add_argument("path", nargs="?", default=".", help="repository root (default: the current directory)")
-    sub.add_argument("--budget", type=_positive, default=DEFAULT_BUDGET, help="token budget (default: 1,000,000)")
-    sub.add_argument("--json", action="store_true", help="print the plan as JSON")
-    sub.add_argument("--model", metavar="DIR", help="count tokens with this checkpoint's tokenizer.json")
-    sub.add_argument("--max-file-bytes", type=_positive, default=DEFAULT_MAX_FILE_BYTES,
-                     help="skip files larger than this (default: 1,000,000)")
-    sub.add_argument("--include-secrets", action="store_true", help="include .env files, keys and the like")
-    sub.add_argument("--include-vendored", action="store_true", help="include vendor/, node_modules/, ...")
-    sub.add_argument("--no-cache", action="store_true",
-                     help="do not read or write the index cache (kept in the git directory; .v4/ outside git)")
+def build(parser: argparse.ArgumentParser) -> None:
+    """`v4 index`'s options."""
+    parser.add_argument("path", nargs="?", default=".", help="repository root (default: the current directory)")
+    parser.add_argument("--budget", type=positive_int, default=DEFAULT_BUDGET, help="token budget (default: 1,000,000)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--model", metavar="DIR", help="count tokens with this checkpoint's tokenizer.json")
+    parser.add_argument("--max-file-bytes", type=positive_int, default=DEFAULT_MAX_FILE_BYTES,
+                        help="skip files larger than this (default: 1,000,000)")
+    parser.add_argument("--include-secrets", action="store_true", help="include .env files, keys and the like")
+    parser.add_argument("--include-vendored", action="store_true", help="include vendor/, node_modules/, ...")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the index cache (kept in the git directory; .v4/ outside git)")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a positive whole number, `1_000` and `1,000` accepted."""
     try:
         value = int(text.replace("_", "").replace(",", ""))
     except ValueError:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the plan and print it; 1 on a bad path or tokenizer, with the reason on stderr."""
     from v4.repo_index.tokens import TokenizerError, load_tokenizer
 
-    from .workspace import repository_root
+    from v4.agent.workspace import repository_root
 
     if not Path(args.path).is_dir():
         print(f"v4 index: not a directory: {args.path}", file=sys.stderr)
@@ -67,31 +69,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_with_progress(root: Path, tokenizer: object, config: IndexConfig, budget: int, show: bool) -> ContextPlan:
-    if not show:
-        return RepoIndex(root, tokenizer=tokenizer, config=config).plan(budget)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, console=_console(sys.stderr)) as bar:
-        task = bar.add_task("reading files", total=None)
-
-        def progress(phase: str, done: int, total: int) -> None:
-            bar.update(task, description=f"{phase} files", completed=done, total=total)
-
+def _plan_with_progress(root: Path, tokenizer: Encoder, config: IndexConfig, budget: int, show: bool) -> ContextPlan:
+    with index_progress(show) as progress:
         return RepoIndex(root, tokenizer=tokenizer, config=config, progress=progress).plan(budget)
-
-
-def _console(file: object) -> object:
-    from rich.console import Console
-
-    return Console(file=file)
 
 
 def _print_table(plan: ContextPlan) -> None:
     from rich.table import Table
 
-    console = _console(sys.stdout)
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
     table = Table(title=f"context plan of {plan.root}", show_lines=False, header_style="bold")
     for column, justify in (("#", "right"), ("path", "left"), ("language", "left"), ("mode", "left"),
                             ("tokens", "right")):

@@ -1,19 +1,20 @@
-"""agent/app_support.py: what the TUI reaches through agent/ (the demo checkpoint, the context with
-/add and /drop, changed files, backend descriptions and the prefill)."""
+"""agent/bootstrap.py, context.py and demo.py: what every front end reaches through agent/ (the demo
+checkpoint, the context with /add and /drop, changed files, backend descriptions and the prefill)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from v4.agent import app_support
-from v4.agent.backend_options import backend_from_args
+from v4.agent.bootstrap import describe_backend, open_backend, prefill
 from v4.agent.chat_format import Message
-from v4.agent.session import system_message
+from v4.agent.context import STABLE_SLACK, ContextError, RepositoryContext
+from v4.agent.demo import DEMO_NAME, RANDOM_MARKER, demo_checkpoint
+from v4.agent.options import BackendOptions
+from v4.agent.prompts import system_message
 
 
 def _repo(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -27,28 +28,22 @@ def _repo(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-def _args(**values: object) -> argparse.Namespace:
-    base = dict(model=None, endpoint=None, replay=None, api_key=None, endpoint_model=None, device=None,
-                no_engram=False, engram_dir=None, budget=None)
-    return argparse.Namespace(**(base | values))
-
-
 @pytest.fixture()
-def context(tmp_path: Path) -> app_support.RepositoryContext:
+def context(tmp_path: Path) -> RepositoryContext:
     big = "".join(f"def function_{n}(value):\n    return value * {n}\n\n\n" for n in range(60))
     root = _repo(tmp_path / "repo", {"small.py": "X = 1\n", "big.py": big, "logo.png": b"\x89PNG\r\n\x1a\n\0\0"})
-    context = app_support.RepositoryContext(root, None)
+    context = RepositoryContext(root, None)
     context.scan()
     return context
 
 
 def test_needs_demo_only_when_no_model_is_named() -> None:
-    assert app_support.needs_demo(_args())
-    assert not app_support.needs_demo(_args(replay=Path("r.json")))
-    assert not app_support.needs_demo(_args(model=Path("m")))
+    assert BackendOptions().names_no_model
+    assert not BackendOptions(replay=Path("r.json")).names_no_model
+    assert not BackendOptions(model=Path("m")).names_no_model
 
 
-def test_drop_filters_the_file_out_of_the_system_message(context: app_support.RepositoryContext) -> None:
+def test_drop_filters_the_file_out_of_the_system_message(context: RepositoryContext) -> None:
     view = context.plan(100_000)
     assert {f.path: f.mode for f in view.files} == {"small.py": "full", "big.py": "full"}
     context.drop("./small.py")
@@ -58,7 +53,7 @@ def test_drop_filters_the_file_out_of_the_system_message(context: app_support.Re
     assert view.total_tokens == sum(f.tokens for f in view.files)
 
 
-def test_add_forces_an_outlined_file_in_full(context: app_support.RepositoryContext) -> None:
+def test_add_forces_an_outlined_file_in_full(context: RepositoryContext) -> None:
     view = context.plan(200)  # big.py does not fit in full
     assert {f.path: f.mode for f in view.files}["big.py"] != "full"
     context.add("big.py")
@@ -70,15 +65,15 @@ def test_add_forces_an_outlined_file_in_full(context: app_support.RepositoryCont
     assert "big.py" not in context.forced_in
 
 
-def test_unknown_and_skipped_paths_are_refused(context: app_support.RepositoryContext) -> None:
+def test_unknown_and_skipped_paths_are_refused(context: RepositoryContext) -> None:
     context.plan(100_000)
-    with pytest.raises(app_support.ContextError, match="not a file of this repository"):
+    with pytest.raises(ContextError, match="not a file of this repository"):
         context.add("nowhere.py")
-    with pytest.raises(app_support.ContextError, match="left out of the index: binary"):
+    with pytest.raises(ContextError, match="left out of the index: binary"):
         context.add("logo.png")
 
 
-def test_changed_files_since_the_plan(context: app_support.RepositoryContext) -> None:
+def test_changed_files_since_the_plan(context: RepositoryContext) -> None:
     context.plan(100_000)
     assert context.changed_files() == []
     (context.root / "small.py").write_text("X = 2\n")
@@ -93,38 +88,38 @@ def test_changed_files_since_the_plan(context: app_support.RepositoryContext) ->
 def test_describe_a_replay_backend(tmp_path: Path) -> None:
     script = tmp_path / "answers.json"
     script.write_text(json.dumps(["hi"]))
-    args = _args(replay=script)
-    info = app_support.describe_backend(backend_from_args(args), args)
+    options = BackendOptions(replay=script)
+    info = describe_backend(open_backend(options), options)
     assert (info.kind, info.model, info.random_weights, info.state_bytes_per_token) == \
         ("replay", "answers.json", False, None)
-    assert app_support.prefill(backend_from_args(args).backend, system_message("repo")) is None
+    assert prefill(open_backend(options).backend, system_message("repo")) is None
 
 
 def test_demo_checkpoint_is_made_once_and_is_labelled_random(tmp_path: Path) -> None:
     """The default model of `v4`: made on first use, loaded, described and prefilled like any checkpoint."""
-    path = app_support.demo_checkpoint(tmp_path)
-    assert path == tmp_path / app_support.DEMO_NAME and (path / app_support.RANDOM_MARKER).is_file()
+    path = demo_checkpoint(tmp_path)
+    assert path == tmp_path / DEMO_NAME and (path / RANDOM_MARKER).is_file()
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert app_support.demo_checkpoint(tmp_path) == path
+    assert demo_checkpoint(tmp_path) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not made again
     assert not list(tmp_path.glob(".demo-tiny.*"))
 
-    args = _args(model=path, engram_dir=tmp_path / "engram")
-    chosen = backend_from_args(args)
-    info = app_support.describe_backend(chosen, args)
-    assert (info.kind, info.model, info.random_weights) == ("embedded", app_support.DEMO_NAME, True)
+    options = BackendOptions(model=path, store_dir=tmp_path / "engram")
+    chosen = open_backend(options)
+    info = describe_backend(chosen, options)
+    assert (info.kind, info.model, info.random_weights) == ("embedded", DEMO_NAME, True)
     assert info.state_bytes_per_token and info.state_bytes_per_token > 0
     system = Message("system", "==> a.py <==\nX = 1\n")  # short: CPU prefill is slow, the path is the same
-    cold = app_support.prefill(chosen.backend, system)
+    cold = prefill(chosen.backend, system)
     assert cold.tokens > 0 and cold.computed_tokens == cold.tokens and cold.from_store
-    again = app_support.prefill(chosen.backend, system)  # the state already holds it: nothing computed
+    again = prefill(chosen.backend, system)  # the state already holds it: nothing computed
     assert (again.reused_tokens, again.computed_tokens, again.from_store) == (cold.tokens, 0, False)
 
 
-def _over_budget(tmp_path: Path) -> tuple[app_support.RepositoryContext, int]:
+def _over_budget(tmp_path: Path) -> tuple[RepositoryContext, int]:
     """A repository three times its budget, of many small files, and a budget the plan fills exactly."""
     files = {f"m{n:02}.py": "".join(f"V{n}_{k} = {k}\n" for k in range(3 + n % 7)) for n in range(40)}
-    context = app_support.RepositoryContext(_repo(tmp_path / "many", files), None)
+    context = RepositoryContext(_repo(tmp_path / "many", files), None)
     context.scan()
     budget = context.plan(context.plan(10**6).total_tokens // 3).total_tokens
     return context, budget
@@ -144,7 +139,7 @@ def test_a_stable_replan_keeps_every_other_files_mode(tmp_path: Path, stable: bo
     if not stable:  # the planner, with no room left, swaps other files in and out
         assert moved - {grown}
         return
-    assert moved == set() and after.total_tokens <= budget * (1 + app_support.STABLE_SLACK)
+    assert moved == set() and after.total_tokens <= budget * (1 + STABLE_SLACK)
     assert context.repository_text().startswith(text[: text.index(f"==> {grown} <==")])  # only its tail moved
 
 

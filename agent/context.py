@@ -1,141 +1,27 @@
-"""What the TUI needs from the packages below `agent/`, as a few thin functions.
-
-`tui/` imports `agent/` only (tests/test_layering.py), so the repository index, the demo
-checkpoint and the engine's state size are reached through here: the demo checkpoint made on first
-use, the chosen backend described for the status bar, the context plan with the user's `/add` and
-`/drop` applied, files changed since that plan was made, and a prefill of the system message.
-"""
+"""The repository's part of the context: the index's plan with the user's `/add` and `/drop`
+applied, kept stable across re-plans in watch mode, and the files changed since it was made."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .backend_options import ChosenBackend
-from .chat_format import Message
-from .session import repository_text
+from .prompts import repository_text
 
-DEMO_NAME = "demo-tiny"
+if TYPE_CHECKING:
+    from v4.repo_index.plan import Segment, Skipped
+
 STABLE_SLACK = 0.02  # watch mode lets the context run this far over its budget before re-planning it
-RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in a checkpoint directory whose weights are random
 Progress = Callable[[str, int, int], None]  # (phase, done, total), as repo_index reports it
 
 
 class ContextError(ValueError):
     """An /add or /drop the repository's index cannot do; the message says why."""
-
-
-# -- the model -------------------------------------------------------------------------------
-
-
-def needs_demo(args: argparse.Namespace) -> bool:
-    """True when the arguments (and $V4_MODEL, already folded into --model) name no model."""
-    return not (args.model or args.endpoint or args.replay)
-
-
-def demo_checkpoint(data_dir: Path | None = None) -> Path:
-    """The tiny random checkpoint `v4` uses when no model is given; created on first use.
-
-    It lives in the per-user data dir (platformdirs) with a RANDOM_WEIGHTS marker, so the UI can say
-    that its answers are noise. It is written to a temporary directory and renamed into place, so
-    two first runs at once cannot leave half a checkpoint.
-    """
-    if data_dir is None:
-        import platformdirs
-
-        data_dir = Path(platformdirs.user_data_dir("v4"))
-    target = data_dir / DEMO_NAME
-    if (target / RANDOM_MARKER).is_file():
-        return target
-    from importlib import resources
-
-    from v4.model.checkpoint import init_checkpoint
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = data_dir / f".{DEMO_NAME}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    with resources.as_file(resources.files("v4.repo_index") / "data" / "tokenizer.json") as tokenizer:
-        init_checkpoint(staging, "tiny", seed=0, tokenizer_json=tokenizer)
-    (staging / RANDOM_MARKER).write_text("random weights from `v4 model init --preset tiny`: answers are noise\n")
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first, or a broken leftover is in the way
-        if not (target / RANDOM_MARKER).is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-@dataclass(frozen=True, slots=True)
-class BackendInfo:
-    """The backend as the status bar and /model describe it."""
-
-    kind: str  # "embedded" | "http" | "replay"
-    model: str
-    random_weights: bool
-    budget: int  # repository tokens in the context
-    context_length: int
-    state_bytes_per_token: float | None  # decode-state bytes each token adds (embedded engine only)
-
-
-def describe_backend(chosen: ChosenBackend, args: argparse.Namespace) -> BackendInfo:
-    """Name the backend `backend_from_args` chose; the engine's state size per token if embedded."""
-    backend = chosen.backend
-    per_token = None
-    if args.replay:
-        model = Path(args.replay).name
-    elif args.endpoint:
-        model = getattr(backend, "model", None) or args.endpoint
-    else:
-        model = Path(args.model).name
-        engine = getattr(backend, "engine", None)
-        if engine is not None:
-            from v4.model.checkpoint import state_bytes_per_token
-
-            config = engine.model.config
-            if engine.config.kv_format == "fp8":  # DeepSeek's layout, whatever the model's dtype
-                per_token = state_bytes_per_token(config, fp8=True)
-            else:  # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
-                per_token = state_bytes_per_token(config, fp8=False) / 2 * engine.dtype.itemsize
-    random_weights = bool(args.model) and (Path(args.model) / RANDOM_MARKER).is_file()
-    return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
-
-
-@dataclass(frozen=True, slots=True)
-class PrefillReport:
-    """How the system message got into the engine's state."""
-
-    tokens: int
-    reused_tokens: int  # from the Engram store or the state already held
-    computed_tokens: int
-    seconds: float
-    from_store: bool
-
-
-def prefill(backend: object, system: Message) -> PrefillReport | None:
-    """Feed the system message (rules + repository) to an embedded backend now, so the first question
-    only pays for itself; resumes from the Engram store when it holds a prefix. None for other backends."""
-    if not hasattr(backend, "encode_with_boundaries"):
-        return None
-    started = time.perf_counter()
-    backend.last_prefill = None
-    ids, boundaries = backend.encode_with_boundaries([system], add_generation_prompt=False)
-    for _ in backend.stream_ids(ids, 0, boundaries=boundaries):  # max_tokens 0: prefill only
-        pass
-    stats = backend.last_prefill
-    reused = stats.reused_tokens if stats is not None else backend.last_usage.cached_tokens
-    return PrefillReport(len(ids), reused, len(ids) - reused, time.perf_counter() - started, stats is not None)
-
-
-# -- the repository --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +68,10 @@ class RepositoryContext:
         self.root = self.index.root
         self.forced_in: set[str] = set()
         self.forced_out: set[str] = set()
-        self.segments: list = []  # what the system message holds, in order
+        self.segments: list[Segment] = []  # what the system message holds, in order
         self._view: ContextView | None = None
         self._skipped: dict[str, str] = {}  # path -> why the index left it out
-        self.secrets_sent: list = []  # files that look like credentials, in the context (--include-secrets)
+        self.secrets_sent: list[Skipped] = []  # files that look like credentials, in the context (--include-secrets)
         self._stamps: dict[str, tuple[int, int] | None] = {}  # path -> (mtime_ns, size) when planned
 
     def scan(self) -> None:
@@ -228,7 +114,8 @@ class RepositoryContext:
         self._view = ContextView(tuple(rows), sum(s.num_tokens for s in kept), budget, len(plan.skipped))
         return self._view
 
-    def _keep_modes(self, kept: list, rows: list[ContextFile], previous: dict, budget: int) -> tuple[list, list]:
+    def _keep_modes(self, kept: list[Segment], rows: list[ContextFile], previous: dict[str, Segment],
+                    budget: int) -> tuple[list[Segment], list[ContextFile]]:
         """`kept` (the fresh plan) with each file back in its previous mode, if the total still fits
         within STABLE_SLACK of `budget`; otherwise the fresh plan as it is."""
         stable = []
@@ -304,7 +191,7 @@ class RepositoryContext:
     def _full_cost(self, path: str) -> int:
         return len(self.tokenizer.encode(self._full_text(path)))
 
-    def _full(self, segment: object) -> object:
+    def _full(self, segment: Segment) -> Segment:
         text = self._full_text(segment.path)
         ids = tuple(self.tokenizer.encode(text))
         return dataclasses.replace(segment, mode="full", text=text, token_ids=ids, full_tokens=len(ids))

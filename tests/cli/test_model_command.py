@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.cli import main
+from v4.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.cli import main
+from v4.cli.main import main
 
 
 def test_index_json_lists_files_in_context_order(order_repo: Path, capsys) -> None:
@@ -52,7 +52,7 @@ def test_no_command_is_the_tui_which_needs_a_git_repository(tmp_path: Path, monk
 
 
 def test_the_tui_takes_the_backend_options() -> None:
-    from v4.agent.cli import build_parser
+    from v4.cli.main import build_parser
 
     args = build_parser().parse_args(["--replay", "a.json", "--budget", "100"])
     assert (args.command, str(args.replay), args.budget) == (None, "a.json", 100)

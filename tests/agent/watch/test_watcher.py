@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.watch import ChangeBatch, WatchConfig, Watcher
-from v4.agent.watch_layout import watch_layout
+from v4.agent.watch.watcher import ChangeBatch, WatchConfig, Watcher
+from v4.agent.watch.layout import watch_layout
 from tests.conftest import git, make_repo
 
 QUIET = WatchConfig(quiet_s=0.2, max_delay_s=10.0)  # a long cap: these tests check coalescing

@@ -14,54 +14,57 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EXIT_STOPPED, EXIT_USAGE = 0, 2
+from .backend_args import add_backend_arguments, backend_options, print_warning
+from .exit_codes import EXIT_OK, EXIT_USAGE
+from .progress import shard_progress
 
+if TYPE_CHECKING:
+    from v4.agent.watch.loop import WatchEvent
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    from .backend_options import add_backend_arguments
-
-    watch = commands.add_parser(
-        "watch", help="keep the index and the model's context warm as files change; act on AI comments",
-        description="Watch the repository: update the index and re-prefill the context as files change, and run "
-                    "the agent on comments ending in AI! (make this change) or AI? (answer this). Edits are "
-                    "applied for review (`v4 review`), never committed.")
-    add_backend_arguments(watch)
-    watch.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
-    watch.add_argument("--json", action="store_true", help="one JSON object per event")
-    watch.add_argument("--debounce", type=float, default=0.3, metavar="S",
-                       help="a batch of changes closes after this many quiet seconds (default 0.3)")
-    watch.add_argument("--max-delay", type=float, default=2.0, metavar="S",
-                       help="... or this long after its first change, however busy the tree (default 2)")
-    watch.add_argument("--no-ai-comments", action="store_true", help="keep the context warm only; ignore AI comments")
-    watch.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens")
+def build(parser: argparse.ArgumentParser) -> None:
+    """`v4 watch`'s options."""
+    add_backend_arguments(parser)
+    parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per event")
+    parser.add_argument("--debounce", type=float, default=0.3, metavar="S",
+                        help="a batch of changes closes after this many quiet seconds (default 0.3)")
+    parser.add_argument("--max-delay", type=float, default=2.0, metavar="S",
+                        help="... or this long after its first change, however busy the tree (default 2)")
+    parser.add_argument("--no-ai-comments", action="store_true",
+                        help="keep the context warm only; ignore AI comments")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens (default 4,096)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .app_support import ContextError, RepositoryContext
-    from .backend_options import backend_from_args, warn_secrets
-    from .backends import BackendError
-    from .session import Session, SessionOptions
-    from .warm import ContextWarmer
-    from .watch import WatchConfig, Watcher
-    from .watch_loop import Ready, WatchLoop
-    from .workspace import WorkspaceError, repository_root
+    from v4.agent.backends import BackendError
+    from v4.agent.bootstrap import open_backend, open_session
+    from v4.agent.context import ContextError, RepositoryContext
+    from v4.agent.session import SessionOptions
+    from v4.agent.warm import ContextWarmer
+    from v4.agent.watch.loop import Ready, WatchLoop
+    from v4.agent.watch.watcher import WatchConfig, Watcher
+    from v4.agent.workspace import WorkspaceError, repository_root
 
     if not args.repo.is_dir():
         return _usage(f"not a directory: {args.repo.resolve()}")
     root = repository_root(args.repo)
     try:
         config = WatchConfig(quiet_s=args.debounce, max_delay_s=max(args.max_delay, args.debounce))
-        chosen = backend_from_args(args)
+        options = backend_options(args)
+        with shard_progress() as progress:
+            chosen = open_backend(options, progress, warn=print_warning)
         started = time.perf_counter()
-        context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=args.include_secrets)
+        context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
         context.scan()
-        view = context.plan(chosen.budget)
-        warn_secrets(args, context.secrets_sent)  # before the first prefill sends anything (issue 22)
-        options = SessionOptions(max_answer_tokens=args.max_tokens, require_edits=True)
-        session = Session(root, chosen.backend, context.repository_text(), options)
+        opened = open_session(context, chosen, SessionOptions(max_answer_tokens=args.max_tokens, require_edits=True),
+                              endpoint=options.endpoint)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))
+    if opened.secrets_warning:  # before the first prefill sends anything (issue 22)
+        print(f"v4: {opened.secrets_warning}", file=sys.stderr, flush=True)
+    session, view = opened.session, opened.view
     index_s = time.perf_counter() - started
     printer = Printer(args.json)
     warmer = ContextWarmer(session, chosen.backend)
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     printer.stopped()
-    return EXIT_STOPPED
+    return EXIT_OK
 
 
 class Printer:
@@ -100,7 +103,7 @@ class Printer:
         self.as_json = as_json
         self._lock = threading.Lock()
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: WatchEvent) -> None:
         line = json.dumps(event.to_json()) if self.as_json else f"{time.strftime('%H:%M:%S')} {event.describe()}"
         with self._lock:
             print(line, flush=True)
@@ -110,7 +113,7 @@ class Printer:
             print(json.dumps({"event": "stopped"}) if self.as_json else "stopped watching", flush=True)
 
 
-def _on_stop_signals(stop: threading.Event) -> dict:
+def _on_stop_signals(stop: threading.Event) -> dict[int, object]:
     """Ctrl+C and SIGTERM stop watching: they interrupt what runs (an agent turn) and also set `stop`,
     which the loop checks between batches, so an interrupt swallowed inside a library still ends it.
     Returns the previous handlers (none off the main thread, where signals cannot be set)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from v4.agent.ai_comments import AICommentTracker, find_ai_comments
+from v4.agent.watch.ai_comments import AICommentTracker, find_ai_comments
 
 BANG, ASK = "AI" + "!", "AI" + "?"
 

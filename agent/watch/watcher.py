@@ -29,7 +29,7 @@ from pathlib import Path
 
 from v4.repo_index.files import ALWAYS_IGNORED_DIRS, VENDORED_DIRS, DiscoveryConfig, ignored_paths, path_skip_reason
 
-from .watch_layout import heavy_name, watch_layout
+from .layout import heavy_name, watch_layout
 
 # Editors' own files: swap files, backups, lock files and atomic-save temporaries (vim, emacs, JetBrains,
 # VS Code, Sublime). They are never the change the user means.

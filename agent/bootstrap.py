@@ -1,0 +1,184 @@
+"""From options to a working session, the same way for every front end: `v4 refactor`, `v4 prefill`,
+`v4 watch` and the TUI all open the backend with `open_backend` and the session with `open_session`
+(plan -> system message -> Session), so the prompt one of them prefills is the prompt the others send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend
+from .chat_format import Message
+from .context import ContextView, RepositoryContext
+from .demo import has_random_weights
+from .options import BackendOptions
+from .session import Session, SessionOptions
+
+if TYPE_CHECKING:
+    from v4.model.prefix_store import PrefixStore
+    from v4.repo_index.plan import Skipped
+
+CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a session starts in seconds
+ANSWER_RESERVE = 4_096  # context tokens kept free for the conversation and the answer
+ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total) while a checkpoint loads
+
+
+@dataclass(slots=True)
+class ChosenBackend:
+    """The backend the options name, with the repository budget planned for it."""
+
+    backend: Backend
+    budget: int  # repository tokens in the context
+    tokenizer_dir: Path | None  # whose tokenizer counts the repository's tokens (None: v4's own)
+
+
+def open_backend(options: BackendOptions, load_progress: ShardProgress | None = None,
+                 warn: Callable[[str], None] | None = None) -> ChosenBackend:
+    """The backend `options` name; BackendError with what to pass when they name none or several.
+    `load_progress` follows a checkpoint's shards as they load and `warn` gets the prefix-state
+    store's warnings (a corrupt entry recomputed): both for the embedded engine only."""
+    chosen = options.chosen
+    if len(chosen) != 1:
+        raise BackendError("choose one model: --model DIR (or $V4_MODEL), --endpoint URL or --replay FILE"
+                           + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
+    if options.replay:
+        return ChosenBackend(ReplayBackend.from_file(options.replay), options.budget or 1_000_000 - ANSWER_RESERVE,
+                             None)
+    if options.endpoint:
+        backend = HttpBackend(options.endpoint, options.endpoint_model, options.api_key)
+        return ChosenBackend(backend, options.budget or backend.context_length - ANSWER_RESERVE, None)
+    return _embedded(options, load_progress, warn)
+
+
+def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
+              warn: Callable[[str], None] | None) -> ChosenBackend:
+    from v4 import model
+    from v4.model.config import ConfigError
+    from v4.model.weights import WeightsError
+
+    from .chat_format import chat_format_for
+
+    store = open_store(options, warn) if options.use_store else None  # refused before the model loads
+    progress = {"progress": load_progress} if load_progress is not None else {}
+    try:
+        engine = model.load(options.model, **options.engine.load_options(), **progress)
+    except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
+        raise BackendError(f"cannot load {options.model}: {exc}") from exc
+    limit = min(engine.config.max_seq_len, engine.model.config.max_position_embeddings)
+    reserve = min(ANSWER_RESERVE, limit // 4)  # room for the conversation and the answer
+    default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else limit - reserve
+    budget = max(min(options.budget or default, limit - reserve), 1)
+    # the state is sized for the repository, the conversation and an answer, not for the model's limit
+    context = min(limit, budget + 4 * reserve)
+    backend = EmbeddedBackend(engine, chat_format_for(options.model), context, store)
+    return ChosenBackend(backend, budget, options.model)
+
+
+def open_store(options: BackendOptions, warn: Callable[[str], None] | None = None) -> PrefixStore:
+    """The prefix-state store the options name, checked (BackendError for a file, a foreign or
+    read-only directory, an old store) before anything is loaded or computed."""
+    from v4.model.prefix_store import PrefixStore, StoreError, default_store_dir
+
+    try:
+        store = PrefixStore(options.store_dir or default_store_dir(), warn=warn)
+        store.prepare()
+    except StoreError as exc:
+        raise BackendError(str(exc)) from exc
+    return store
+
+
+def secrets_warning(endpoint: str | None, secrets: list[Skipped]) -> str | None:
+    """Issue 22: the warning for files that look like credentials and would go to a remote endpoint
+    (only --include-secrets puts them in the context); None when there is nothing to say."""
+    if not endpoint or not secrets:
+        return None
+    listed = "; ".join(f"{s.path} ({s.reason})" for s in secrets[:10])
+    more = f"; and {len(secrets) - 10} more" if len(secrets) > 10 else ""
+    return (f"warning: --include-secrets: {len(secrets)} file(s) that look like credentials will be sent to "
+            f"{endpoint}: {listed}{more}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """The backend as the status bar and /model describe it."""
+
+    kind: str  # "embedded" | "http" | "replay"
+    model: str
+    random_weights: bool
+    budget: int  # repository tokens in the context
+    context_length: int
+    state_bytes_per_token: float | None  # decode-state bytes each token adds (embedded engine only)
+
+
+def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendInfo:
+    """Name the backend `open_backend` chose; the engine's state size per token if embedded."""
+    backend = chosen.backend
+    per_token = None
+    if options.replay:
+        model = Path(options.replay).name
+    elif options.endpoint:
+        model = getattr(backend, "model", None) or options.endpoint
+    else:
+        model = Path(options.model).name
+        if isinstance(backend, EmbeddedBackend):
+            from v4.model.checkpoint import state_bytes_per_token
+
+            engine = backend.engine
+            config = engine.model.config
+            if engine.config.kv_format == "fp8":  # DeepSeek's layout, whatever the model's dtype
+                per_token = state_bytes_per_token(config, fp8=True)
+            else:  # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
+                per_token = state_bytes_per_token(config, fp8=False) / 2 * engine.dtype.itemsize
+    random_weights = bool(options.model) and has_random_weights(options.model)
+    return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillReport:
+    """How the system message got into the engine's state."""
+
+    tokens: int
+    reused_tokens: int  # from the prefix-state store or the state already held
+    computed_tokens: int
+    seconds: float
+    from_store: bool
+
+
+def prefill(backend: Backend, system: Message) -> PrefillReport | None:
+    """Feed the system message (rules + repository) to an embedded backend now, so the first question
+    only pays for itself; resumes from the prefix-state store when it holds a prefix. None for other
+    backends (they keep their own caches)."""
+    if not isinstance(backend, EmbeddedBackend):
+        return None
+    started = time.perf_counter()
+    backend.last_prefill = None
+    ids, boundaries = backend.encode_with_boundaries([system], add_generation_prompt=False)
+    for _ in backend.stream_ids(ids, 0, boundaries=boundaries):  # max_tokens 0: prefill only
+        pass
+    stats = backend.last_prefill
+    reused = stats.reused_tokens if stats is not None else backend.last_usage.cached_tokens
+    return PrefillReport(len(ids), reused, len(ids) - reused, time.perf_counter() - started, stats is not None)
+
+
+@dataclass(slots=True)
+class OpenedSession:
+    """A session over the planned context, and what planning found."""
+
+    session: Session
+    view: ContextView
+    secrets_warning: str | None  # to show before anything is sent (issue 22)
+
+
+def open_session(context: RepositoryContext, chosen: ChosenBackend, options: SessionOptions, *,
+                 endpoint: str | None = None, backend: Backend | None = None,
+                 on_text: Callable[[str], None] | None = None) -> OpenedSession:
+    """Plan `context` (already scanned) for the chosen budget and open a session whose system message
+    holds it. `backend` replaces the chosen one in the session (the TUI meters it); `endpoint` names
+    where the context goes, for the secrets warning. WorkspaceError outside a git work tree."""
+    view = context.plan(chosen.budget)
+    session = Session(context.root, backend or chosen.backend, context.repository_text(), options, on_text=on_text)
+    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent))

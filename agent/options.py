@@ -1,0 +1,69 @@
+"""Typed options the front ends (cli/, tui/) hand to the agent: which model answers and how the
+embedded engine runs. The CLI builds them from its arguments; nothing below `cli/` sees argparse."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KV_FORMATS = ("float", "fp8")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How the embedded engine runs: `model.load`'s keyword options."""
+
+    device: str | None = None  # None: cuda when present
+    kv_format: str = "float"  # "float": the model's dtype; "fp8": DeepSeek's layout (1.8x smaller)
+    offload_experts: int | None = None  # routed experts per layer cached on the GPU, the rest on the host
+
+    def __post_init__(self) -> None:
+        if self.kv_format not in KV_FORMATS:
+            raise ValueError(f"kv_format must be one of {', '.join(KV_FORMATS)}, not {self.kv_format!r}")
+        if self.offload_experts is not None and self.offload_experts < 1:
+            raise ValueError(f"offload_experts must be at least 1, not {self.offload_experts}")
+
+    def load_options(self) -> dict[str, object]:
+        """The keyword arguments of `v4.model.load`."""
+        return {"device": self.device, "kv_format": self.kv_format, "offload_experts": self.offload_experts}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """Which model answers (at most one of `model`, `endpoint`, `replay`; none: the demo checkpoint)
+    and how much of the repository goes into its context."""
+
+    model: Path | None = None  # checkpoint directory for the embedded engine
+    endpoint: str | None = None  # an OpenAI-compatible server
+    api_key: str | None = None
+    endpoint_model: str | None = None  # the model's name at the endpoint (None: its first)
+    replay: Path | None = None  # scripted answers, for tests and demos
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    use_store: bool = True  # read and write the prefix-state store (embedded engine only)
+    store_dir: Path | None = None  # None: $V4_STORE_DIR or the user cache dir
+    budget: int | None = None  # repository tokens in the context (None: the backend's default)
+    include_secrets: bool = False  # files that look like credentials go into the context too
+
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget must be positive, not {self.budget}")
+
+    @property
+    def chosen(self) -> list[str]:
+        """The model sources named: a subset of "model", "endpoint", "replay"."""
+        return [name for name in ("model", "endpoint", "replay") if getattr(self, name)]
+
+    @property
+    def names_no_model(self) -> bool:
+        """True when no model is named at all: the TUI then makes and uses the demo checkpoint."""
+        return not self.chosen
+
+    @property
+    def embedded(self) -> bool:
+        """True when the embedded engine answers (a checkpoint directory, or the demo's)."""
+        return not (self.endpoint or self.replay)
+
+    def with_model(self, model: Path) -> BackendOptions:
+        """These options with `model` as the checkpoint (the demo checkpoint, once it is made)."""
+        return dataclasses.replace(self, model=model)

@@ -1,0 +1,111 @@
+"""Every text v4 sends the model on its own behalf, in one place: the system message's rules and
+edit format, the requests made from AI comments, and the feedback after a failed turn.
+
+The system message is built here too (`system_message`): `v4 prefill` and every session build it the
+same way, so a prefilled state in the prefix-state store is found by the next session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .chat_format import Message
+
+if TYPE_CHECKING:
+    from v4.repo_index.plan import Segment
+
+SYSTEM_RULES = """You are v4, a coding agent working in the user's repository. The whole repository (or an
+outline of its less central files) follows, each file under a header line `==> path <==`, dependencies
+before the files that use them. Answer the user's request. To change files, use only the edit blocks
+described below; text outside edit blocks is for the user and is never applied."""
+
+EDIT_FORMAT_PROMPT = """\
+# Editing files
+
+To change files, reply with edit blocks. Text outside edit blocks is never applied.
+
+Edit a file: its path (relative to the repository root) alone on a line, then a fenced block with a \
+SEARCH section copying the current lines exactly and a REPLACE section with the lines that replace them:
+
+app/util.py
+```python
+<<<<<<< SEARCH
+def add(a, b):
+    return a + b
+=======
+def add(a: int, b: int) -> int:
+    return a + b
+>>>>>>> REPLACE
+```
+
+Create a file: leave SEARCH empty and put the whole file in REPLACE (the file must not exist yet):
+
+app/version.py
+```python
+<<<<<<< SEARCH
+=======
+VERSION = "1.0.0"
+>>>>>>> REPLACE
+```
+
+Delete a file: one line naming it:
+
+```
+<<<<<<< DELETE docs/old_notes.md
+```
+
+Rules:
+- SEARCH must match exactly one place in the file: copy whole lines with their indentation, \
+comments and blank lines, and add nearby lines if the text occurs more than once. Keep blocks small.
+- Every block needs its own path line (blocks that follow each other inside one fence share it).
+- In a long SEARCH you may replace unchanged lines inside one function or class with a line `...`; \
+put a `...` line at the same place in REPLACE and those lines are kept. Anywhere else write lines \
+out in full: REPLACE is written literally.
+- Several blocks may edit one file; they apply in order, each to the result of the one before.
+- To rewrite a whole file, delete it and create it again.
+- All blocks apply together or none does; if some fail you will be told which, and why.
+"""
+
+# AI comments (agent/watch/ai_comments.py): the marked lines are shown with `█` in the first column.
+CHANGE_PROMPT = """I wrote instructions for you as comments in the code, each marked with "AI". They are shown
+below (the lines marked █) with the code around them; the files are in the repository above.
+Do what the comments ask, with edit blocks. As part of those edits, remove every one of these AI
+comments (just the comment: code on the same line stays)."""
+ASK_PROMPT = """I wrote questions for you as comments in the code, each marked with "AI". They are shown below
+(the lines marked █) with the code around them; the files are in the repository above.
+Answer them. Do not change any file: write no edit blocks."""
+
+NO_EDIT_BLOCKS = ("Your answer contained no edit blocks, so nothing was changed. Make the requested change with "
+                  "edit blocks in the format described in the system message.")
+
+
+def edits_not_applied(reason: str) -> str:
+    """Feedback after a turn whose edits were refused as a whole (the reason names the blocks)."""
+    return f"Your edits were not applied.\n{reason}"
+
+
+def edits_not_written(reason: str) -> str:
+    """Feedback after valid edits could not be written (a file changed meanwhile; nothing was written)."""
+    return f"Your edits were not applied: {reason}"
+
+
+def tests_failed(command: str, exit_code: int, output: str) -> str:
+    """Feedback after the test command failed on the applied edits (`output`: its tail)."""
+    return (f"The test command `{command}` failed (exit {exit_code}) after your edits:\n"
+            f"```\n{output}\n```\nFix the code with edit blocks.")
+
+
+def tests_timed_out(command: str, timeout_s: float) -> str:
+    """Feedback after the test command ran past its time limit."""
+    return f"The test command `{command}` timed out after {timeout_s:.0f} s."
+
+
+def system_message(repository: str) -> Message:
+    """The session's first message: the rules, the edit format, then the repository."""
+    return Message("system", f"{SYSTEM_RULES}\n\n{EDIT_FORMAT_PROMPT}\n\n# Repository\n\n{repository}")
+
+
+def repository_text(segments: Sequence[Segment]) -> str:
+    """The repository part of the system message: every included segment, in order."""
+    return "\n".join(s.text for s in segments if getattr(s, "mode", "full") != "omitted" and s.text)

@@ -1,0 +1,73 @@
+"""The model options every model-using command shares: `--model DIR` (embedded engine), `--endpoint
+URL` (OpenAI-compatible HTTP) or `--replay FILE` (scripted answers), the engine's settings and the
+prefix-state store, read into `BackendOptions`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from v4.agent.options import KV_FORMATS, BackendOptions, EngineOptions
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the model options (defaults from $V4_MODEL, $V4_API_KEY and $V4_STORE_DIR)."""
+    group = parser.add_argument_group("model (one of)")
+    group.add_argument("--model", metavar="DIR", type=Path, default=os.environ.get("V4_MODEL"),
+                       help="checkpoint directory for the embedded engine (default: $V4_MODEL)")
+    group.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible server (vLLM, SGLang, v4 serve)")
+    group.add_argument("--api-key", default=os.environ.get("V4_API_KEY"), help="the endpoint's key ($V4_API_KEY)")
+    group.add_argument("--endpoint-model", metavar="NAME", help="model name at the endpoint (default: its first)")
+    group.add_argument("--replay", metavar="FILE", type=Path, help="scripted answers (JSON list), for tests and demos")
+    add_engine_arguments(group)
+    group.add_argument("--no-store", "--no-engram", dest="no_store", action="store_true",
+                       help="do not read or write the prefix-state store of prefilled repositories")
+    add_store_argument(group)
+    parser.add_argument("--budget", type=int, default=None,
+                        help="repository tokens in the context (default: the model's context; 8,192 on CPU)")
+    parser.add_argument("--include-secrets", action="store_true",
+                        help="put files that look like credentials (.env, keys, tokens in code) in the context too")
+
+
+def add_store_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--store-dir` (`--engram-dir` is its old name, still accepted)."""
+    parser.add_argument("--store-dir", "--engram-dir", dest="store_dir", type=Path, metavar="DIR", default=None,
+                        help="prefix-state store directory (default: $V4_STORE_DIR or the user cache dir)")
+
+
+def store_dir(args: argparse.Namespace) -> Path | None:
+    """The store directory the arguments or the environment name (None: the store's default)."""
+    named = args.store_dir or os.environ.get("V4_STORE_DIR") or os.environ.get("V4_ENGRAM_DIR")
+    return Path(named) if named else None
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the embedded engine runs: device, decode-state format, expert offload (named as vLLM's
+    users know them where a counterpart exists)."""
+    parser.add_argument("--device", default=None, help="embedded engine device (default: cuda if present)")
+    parser.add_argument("--kv-format", choices=KV_FORMATS, default="float",
+                        help="decode-state format: the model's dtype, or DeepSeek's FP8 layout (1.8x smaller)")
+    parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
+                        help="keep routed experts in host memory, N per layer cached on the GPU (models larger "
+                             "than the GPU)")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The engine options `add_engine_arguments` parsed."""
+    return EngineOptions(args.device, args.kv_format, args.offload_experts)
+
+
+def backend_options(args: argparse.Namespace) -> BackendOptions:
+    """The backend options `add_backend_arguments` parsed."""
+    return BackendOptions(model=args.model, endpoint=args.endpoint, api_key=args.api_key,
+                          endpoint_model=args.endpoint_model, replay=args.replay, engine=engine_options(args),
+                          use_store=not args.no_store, store_dir=store_dir(args), budget=args.budget,
+                          include_secrets=args.include_secrets)
+
+
+def print_warning(message: str) -> None:
+    """Where the engine's warnings go on the command line (a corrupt store entry, recomputed)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,134 @@
+"""`v4 refactor`: the agent on one instruction, headless.
+
+Exit codes: 0 applied (or nothing to do), 1 no valid edit from the model, 2 usage error, 3 refused
+because of the work tree's state, 4 tests still failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .backend_args import add_backend_arguments, backend_options, print_warning
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TESTS, EXIT_USAGE
+from .progress import shard_progress
+
+if TYPE_CHECKING:
+    from v4.agent.edits import FileChange
+    from v4.agent.session import TurnResult
+
+
+def build(parser: argparse.ArgumentParser) -> None:
+    """`v4 refactor INSTRUCTION`'s options."""
+    parser.add_argument("instruction")
+    add_backend_arguments(parser)
+    parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
+    parser.add_argument("--files", nargs="+", metavar="PATH", help="only these files may be edited")
+    parser.add_argument("--yes", action="store_true", help="apply without asking (the default without a terminal)")
+    parser.add_argument("--commit", action="store_true", help="commit the applied change")
+    parser.add_argument("--dirty-commit", action="store_true",
+                        help="commit your uncommitted changes to the files v4 edits first, in their own commit")
+    parser.add_argument("--test-cmd", metavar="CMD", help="run after applying; failures go back to the model")
+    parser.add_argument("--max-reflections", type=int, default=3,
+                        help="times a failed edit or test goes back to the model (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens (default 4,096)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from v4.agent.backends import BackendError
+    from v4.agent.bootstrap import open_backend, open_session
+    from v4.agent.context import ContextError, RepositoryContext
+    from v4.agent.session import SessionOptions
+    from v4.agent.workspace import WorkspaceError, repository_root
+
+    if not args.repo.is_dir():
+        return _usage(f"not a directory: {args.repo.resolve()}")
+    root = repository_root(args.repo)  # the git top level: v4 acts the same from any subdirectory
+    interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
+    stream = None if args.json else (lambda piece: (sys.stderr.write(piece), sys.stderr.flush()))
+    try:
+        options = backend_options(args)
+        with shard_progress() as progress:
+            chosen = open_backend(options, progress, warn=print_warning)
+        context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
+        session_options = SessionOptions(
+            max_reflections=args.max_reflections, max_answer_tokens=args.max_tokens, dirty_commit=args.dirty_commit,
+            editable=_named(root, args.files), test_cmd=args.test_cmd, require_edits=True,
+            confirm=_ask_to_apply if interactive else None)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, on_text=stream)
+    except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
+        return _usage(str(exc))
+    if opened.secrets_warning:  # before the session sends anything (issue 22)
+        print(f"v4: {opened.secrets_warning}", file=sys.stderr, flush=True)
+    session = opened.session
+    result = session.run(args.instruction)
+    if stream:
+        sys.stderr.write("\n")
+    if result.applied and args.commit and not result.tests_failed:
+        try:
+            result.commit = session.workspace.commit()
+        except WorkspaceError as exc:
+            result.error = f"applied but not committed: {exc}"
+    document = result.to_json() | {"budget": chosen.budget, "context_tokens": opened.view.total_tokens}
+    prefill = getattr(chosen.backend, "last_prefill", None)
+    if prefill is not None:  # how much of the prompt came from the prefix-state store
+        document["prefix_store"] = prefill.to_json()
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        _print_result(result)
+    if result.refused:
+        return EXIT_REFUSED
+    if result.tests_failed:
+        return EXIT_TESTS
+    if result.error and not result.applied:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _named(root: Path, files: list[str] | None) -> list[str] | None:
+    """`--files` as repository paths: each is taken relative to the current directory, as a shell
+    user means it, so `v4 refactor --files mod.py` in `pkg/` names `pkg/mod.py`."""
+    if files is None:
+        return None
+    named = []
+    for name in files:
+        absolute = Path(os.path.abspath(name))
+        named.append(absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else name)
+    return named
+
+
+def _ask_to_apply(changes: Sequence[FileChange]) -> bool:
+    """Show the proposed change as a diff and ask before writing (skipped with --yes or no terminal)."""
+    import difflib
+
+    for change in changes:
+        before = (change.before or "").splitlines(keepends=True)
+        after = (change.after or "").splitlines(keepends=True)
+        sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{change.path}", f"b/{change.path}"))
+    answer = input(f"\napply these changes to {len(changes)} file(s)? [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def _print_result(result: TurnResult) -> None:
+    if result.applied:
+        print(result.diff, end="")
+        print(f"v4: changed {', '.join(result.files)}" + (f"; committed {result.commit[:12]}" if result.commit else
+                                                          "; review with `v4 review`, commit with `v4 commit`"))
+    if result.error:
+        print(f"v4 refactor: {result.error}", file=sys.stderr)
+    elif result.declined:
+        print("v4: not applied", file=sys.stderr)
+    elif not result.applied:
+        print("v4: the model proposed no change", file=sys.stderr)
+
+
+def _usage(message: str) -> int:
+    print(f"v4 refactor: {message}", file=sys.stderr)
+    return EXIT_USAGE

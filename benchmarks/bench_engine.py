@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "model"))
 
 from v4 import model  # noqa: E402
-from v4.model.checkpoint import init_checkpoint  # noqa: E402
+from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

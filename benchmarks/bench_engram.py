@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from v4 import model  # noqa: E402
-from v4.model.checkpoint import init_checkpoint, state_bytes_per_token  # noqa: E402
+from v4.model.checkpoint import state_bytes_per_token  # noqa: E402
+from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
 from v4.model.engram_store import EngramStore  # noqa: E402
 
 

@@ -39,12 +39,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from v4 import model  # noqa: E402
-from v4.model.checkpoint import PRESETS  # noqa: E402
 from v4.model.config import CSA, HCA, SLIDING, EngineConfig, V4Config  # noqa: E402
 from v4.model.engine import DTYPES, Engine  # noqa: E402
+from v4.model.formats import keeps_float32  # noqa: E402
 from v4.model.parallel import Parallel, init_from_env, shard_model  # noqa: E402
+from v4.model.random_checkpoint import PRESETS  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
-from v4.model.weights import _assign, _keeps_float32  # noqa: E402
+from v4.model.weights import _assign  # noqa: E402
 
 
 def flash_config(layers: int) -> V4Config:
@@ -76,7 +77,7 @@ def random_model(config: V4Config, parallel: Parallel | None, device: str, dtype
             rows = torch.rand(shape[0], config.n_routed_experts, generator=generator, device=device)
             value = rows.argsort(dim=-1)[:, : shape[1]].contiguous()
         else:
-            kind = torch.float32 if _keeps_float32(name) else dtype
+            kind = torch.float32 if keeps_float32(name) else dtype
             value = torch.randn(shape, generator=generator, device=device, dtype=kind)
             value = value * (0.5 if len(shape) <= 1 else shape[-1] ** -0.5)
             if name.endswith("norm.weight"):

@@ -25,6 +25,7 @@ import gc
 import itertools
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,15 +36,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_perf import GIB, Results, cuda_ms, timed_prefill  # noqa: E402
-from v4.model.checkpoint import INIT_STD  # noqa: E402
 from v4.model.config import CSA, HCA, EngineConfig, V4Config  # noqa: E402
 from v4.model.engine import Engine  # noqa: E402
-from v4.model.moe import MoE  # noqa: E402
+from v4.model.formats import keeps_float32  # noqa: E402
+from v4.model.moe import ExpertStrategy, MoE  # noqa: E402
 from v4.model.offload import ExpertCache, to_host  # noqa: E402
-from v4.model.quantized import FP4Linear, quantize_model  # noqa: E402
+from v4.model.quantized_linear import FP4Linear, quantize_model  # noqa: E402
+from v4.model.random_checkpoint import INIT_STD  # noqa: E402
 from v4.model.static_decode import StaticDecoder  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
-from v4.model.weights import _assign, _keeps_float32  # noqa: E402
+from v4.model.weights import _assign  # noqa: E402
 
 FLASH_LAYERS = 43
 SEEDS = itertools.count(100)
@@ -66,13 +68,13 @@ def flash_config(layers: int) -> V4Config:
 
 def fill_random(module: nn.Module, prefix: str, generator: torch.Generator, skip: str = "\0") -> None:
     """Give every tensor of `module` (built on the meta device) a random value on the GPU, by
-    checkpoint.py's rules, in the dtype the loader would give it; names containing `skip` stay on meta."""
+    random_checkpoint.py's rules, in the dtype the loader would give it; names containing `skip` stay on meta."""
     with torch.no_grad():
         for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
             full = f"{prefix}{name}"
             if skip in full or tensor.device.type != "meta":
                 continue
-            dtype = torch.float32 if _keeps_float32(full) else torch.bfloat16
+            dtype = torch.float32 if keeps_float32(full) else torch.bfloat16
             if full.endswith(("norm.weight", "_scale")):
                 value = torch.ones(tensor.shape, device="cuda", dtype=dtype)
             elif full.endswith(("_base", "attn_sink", "gate.bias", "ape")):
@@ -100,8 +102,8 @@ def random_fp4_experts(moe: MoE, slots: int, generator: torch.Generator) -> None
         for proj_index, proj in enumerate(("w1", "w3", "w2")):
             weight, scale = host[2 * proj_index][expert_index], host[2 * proj_index + 1][expert_index]
             setattr(expert, proj, FP4Linear.from_quantized(weight, scale))
-    moe.expert_format, moe._stacked = "fp4", tuple(host)
-    moe.offload = ExpertCache(tuple(host), slots, "cuda") if slots else None
+    moe.strategy = ExpertStrategy(fmt="fp4", offload=ExpertCache(tuple(host), slots, "cuda") if slots else None)
+    moe.hold_stacks(tuple(host))
 
 
 def build(layers: int, slots: int) -> tuple[Transformer, dict]:
@@ -138,18 +140,18 @@ def build(layers: int, slots: int) -> tuple[Transformer, dict]:
 
 
 def caches(net: Transformer) -> list[ExpertCache]:
-    return [m.offload for m in net.modules() if isinstance(m, MoE) and m.offload is not None]
+    return [m.strategy.offload for m in net.modules() if isinstance(m, MoE) and m.strategy.offload is not None]
 
 
 def resize(net: Transformer, slots: int) -> None:
     """A fresh cache of `slots` experts per layer over the same host stacks."""
     for moe in net.modules():
         if isinstance(moe, MoE):
-            host = moe.offload.host
-            moe.offload = None
+            host = moe.strategy.offload.host
+            moe.strategy = replace(moe.strategy, offload=None)
             gc.collect()
             torch.cuda.empty_cache()
-            moe.offload = ExpertCache(host, slots, "cuda")
+            moe.strategy = replace(moe.strategy, offload=ExpertCache(host, slots, "cuda"))
 
 
 def totals(net: Transformer) -> dict:
@@ -178,7 +180,7 @@ def check_against_resident(net: Transformer) -> dict:
         offloaded = moe(x, ids)
         flat = x.reshape(tokens, -1)
         weights, experts = moe.gate(flat, ids.reshape(-1))
-        resident_stacks = tuple(t.to("cuda") for t in moe.offload.host)
+        resident_stacks = tuple(t.to("cuda") for t in moe.strategy.offload.host)
         resident = moe._run_experts(flat, weights, experts, resident_stacks) + moe.shared_experts(flat)
         out[f"tokens_{tokens}"] = {"max_abs": (offloaded.reshape(tokens, -1) - resident).abs().max().item(),
                                    "equal": bool(torch.equal(offloaded.reshape(tokens, -1), resident))}

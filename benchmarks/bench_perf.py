@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO / "tests" / "model"))
 
 from v4 import model  # noqa: E402
 from bench_engine import relative, tiny_reference  # noqa: E402
-from v4.model.checkpoint import init_checkpoint  # noqa: E402
 from v4.model.config import CSA, HCA  # noqa: E402
-from v4.model.quantized import quantize_model  # noqa: E402
+from v4.model.quantized_linear import quantize_model  # noqa: E402
+from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
 from v4.model.static_decode import StaticDecoder  # noqa: E402
 
 GIB = 1024**3

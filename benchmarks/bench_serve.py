@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from v4.model.checkpoint import init_checkpoint
+    from v4.model.random_checkpoint import init_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.model or init_checkpoint(Path(tmp) / "small", "small", seed=0,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_offload import flash_config  # noqa: E402
 from bench_perf import Results  # noqa: E402
 from v4.kernels import fp8_gemm, moe  # noqa: E402
-from v4.model.quantized import FP8Linear, quantize_model  # noqa: E402
+from v4.model.quantized_linear import FP8Linear, quantize_model  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
 
 CALLS = 20

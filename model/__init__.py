@@ -5,13 +5,14 @@ Describe and load a checkpoint:
   formats.py       what DeepSeek ships in which format (FP4 experts, FP8 linears, BF16, float32)
   quant.py         block-scaled FP8/FP4: dequantise, quantise back
   weights.py       safetensors under DeepSeek's or transformers' names, one rename table
-  checkpoint.py    random checkpoints (`v4 model init`) and their costs (`v4 model info`)
+  checkpoint.py    what a checkpoint costs (`v4 model info`): parameters, dtypes, state bytes per token
+  random_checkpoint.py  random checkpoints for tests and demos (`v4 model init`), nothing downloaded
 The network, built on the meta device:
   layers.py        RMS norms and the interleaved partial RoPE (plain and YaRN)
   ops.py           the one dispatch point to kernels/ (Triton on CUDA, the reference elsewhere)
   attention.py     sliding-window MQA plus compressed entries (CSA with the indexer, HCA), sinks
-  moe.py           shared expert plus score- or hash-routed experts, clamped SwiGLU
-  quantized.py     FP8/FP4 weights kept on the device as shipped, no dequantised copies
+  moe.py           shared expert plus score- or hash-routed experts, clamped SwiGLU; ExpertStrategy
+  quantized_linear.py  FP8/FP4 Linear modules holding the weights as shipped; `quantize_model`
   engram.py        the Engram layer: conditional memory by hashed n-gram lookup
   v4.py            Transformer: embedding -> blocks (attention + MoE in mHC) -> head
 Run it:

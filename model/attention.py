@@ -15,7 +15,7 @@ from torch import nn
 from . import ops
 from .config import CSA, FP8_KV, SLIDING, V4Config
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
-from .quantized import grouped_linear
+from .quantized_linear import grouped_linear
 from .state import CompressorState, LayerState
 
 

@@ -12,7 +12,7 @@ import torch
 from .config import EngineConfig, V4Config
 from .offload import offload_experts as offload_experts_to_host
 from .parallel import Parallel
-from .quantized import quantize_for_checkpoint, stack_quantized_experts
+from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
 from .static_decode import StaticDecoder
 from .state import DecodeState, check_kv_format, mark, new_decode_state, rewind
 from .v4 import Transformer

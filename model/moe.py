@@ -1,9 +1,13 @@
 """V4 MoE: a shared expert plus routed experts chosen by score (`sqrtsoftplus` + correction bias) or,
-in the first `num_hash_layers`, by a fixed token-id -> experts table; clamped SwiGLU everywhere."""
+in the first `num_hash_layers`, by a fixed token-id -> experts table; clamped SwiGLU everywhere.
+
+How the routed experts run (float or quantised weights, all here or this rank's share, on the device or
+from host memory) is one `ExpertStrategy` per MoE, which the modules that change it replace whole."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -21,6 +25,38 @@ class RoutedExperts(Protocol):
     def routed(self, x: Tensor, weights: Tensor, ids: Tensor,
                run: Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor],
                meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertShard:
+    """Expert parallel (model/parallel.py): this rank holds experts [start, end) only, and `reduce`
+    sums the ranks' routed outputs."""
+
+    start: int
+    end: int
+    reduce: Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertStrategy:
+    """How a MoE runs its routed experts. The default is the single-process engine: float weights, every
+    expert on the device. quantized_linear.py sets `fmt`, parallel.py `shard`, offload.py `offload`,
+    each by replacing the MoE's strategy (`dataclasses.replace`), so its whole state is this one value."""
+
+    fmt: str | None = None  # "fp8" | "fp4": the experts hold quantised weights + scales
+    shard: ExpertShard | None = None
+    offload: RoutedExperts | None = None  # routed experts in host memory, a cache of them on the GPU
+
+    def __post_init__(self) -> None:
+        if self.fmt not in (None, "fp8", "fp4"):
+            raise ValueError(f"routed experts are float (None), 'fp8' or 'fp4', got {self.fmt!r}")
+        if self.shard is not None and self.offload is not None:
+            raise ValueError("expert offload and expert parallelism do not combine; use one")
+
+    @property
+    def leaves(self) -> tuple[str, ...]:
+        """The tensors each expert projection holds: its weight, and its scale when quantised."""
+        return ("weight",) if self.fmt is None else ("weight", "scale")
 
 
 class Expert(nn.Module):
@@ -74,47 +110,43 @@ class MoE(nn.Module):
         self.shared_experts = Expert(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts,
                                      config.swiglu_limit)
         self.limit = config.swiglu_limit
-        # Expert parallel (model/parallel.py): this rank holds experts [start, end) only, and `reduce`
-        # sums the ranks' routed outputs. None: every expert is here (the single-process engine).
-        self.expert_range: tuple[int, int] | None = None
-        self.reduce = None
-        # "fp8" | "fp4" when the routed experts hold quantised weights + scales (model/quantized.py).
-        self.expert_format: str | None = None
+        self.strategy = ExpertStrategy()
         self._stacked: tuple[torch.Tensor, ...] | None = None
-        # Expert offload (model/offload.py): routed experts in host memory, a cache of them on the GPU.
-        self.offload: RoutedExperts | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """x: `[B, S, hidden]`, token_ids: `[B, S]` -> `[B, S, hidden]`."""
         flat = x.reshape(-1, x.shape[-1])
         weights, indices = self.gate(flat, token_ids.reshape(-1))
-        if self.offload is not None:
-            routed, shared = self.offload.routed(flat, weights, indices, self._run_experts,
-                                                 lambda: self.shared_experts(flat))
+        strategy = self.strategy
+        if strategy.offload is not None:
+            routed, shared = strategy.offload.routed(flat, weights, indices, self._run_experts,
+                                                     lambda: self.shared_experts(flat))
             return (routed + shared).view_as(x)
-        if self.expert_range is not None:
-            routed = self._local_routed(flat, weights, indices)
+        if strategy.shard is not None:
+            routed = self._local_routed(flat, weights, indices, strategy.shard)
         else:
             routed = self._routed(flat, weights, indices)
         return (routed + self.shared_experts(flat)).view_as(x)
 
     def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The held experts' weighted sum through the grouped GEMM, on quantised stacks if quantised."""
-        stacks = self.stacked_weights() if self.expert_format is None else self.stacked_quantized()
+        stacks = self.stacked_weights() if self.strategy.fmt is None else self.stacked_quantized()
         return self._run_experts(x, weights, ids, stacks)
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
                      stacks: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The grouped GEMM on `stacks` (this MoE's experts, or the offload cache's slots)."""
-        if self.expert_format is None:
+        fmt = self.strategy.fmt
+        if fmt is None:
             return ops.moe_experts(x, weights, ids, *stacks, self.limit)
-        return ops.moe_experts_quantized(x, weights, ids, self.expert_format, *stacks, self.limit)
+        return ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)
 
-    def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                      shard: ExpertShard) -> torch.Tensor:
         """Expert parallel: the (token, slot) pairs routed to this rank's experts through the same
         grouped GEMM, each pair's output put back in its slot, summed over slots in float32 and then over
         ranks (all_reduce); every rank gets the full routed sum in x's dtype."""
-        start, end = self.expert_range
+        start, end = shard.start, shard.end
         num_tokens, k = indices.shape
         pairs = ((indices >= start) & (indices < end)).reshape(-1).nonzero().squeeze(1)
         out = torch.zeros(num_tokens * k, flat.shape[-1], dtype=torch.float32, device=flat.device)
@@ -122,7 +154,7 @@ class MoE(nn.Module):
             tokens = pairs // k
             ids = (indices.reshape(-1)[pairs] - start)[:, None]
             out[pairs] = self._routed(flat[tokens], weights.reshape(-1)[pairs, None], ids).float()
-        return self.reduce(out.view(num_tokens, k, -1).sum(1)).to(flat.dtype)
+        return shard.reduce(out.view(num_tokens, k, -1).sum(1)).to(flat.dtype)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The routed experts' w1, w3 `[E, I, H]` and w2 `[E, H, I]` as single tensors, for the grouped
@@ -132,7 +164,7 @@ class MoE(nn.Module):
         return w1, w3, w2
 
     def stacked_quantized(self) -> tuple[torch.Tensor, ...]:
-        """Quantised experts (`expert_format`): w1, its scales, w3, its scales, w2, its scales, each
+        """Quantised experts (`strategy.fmt`): w1, its scales, w3, its scales, w2, its scales, each
         stacked `[E, ...]` as `stacked_weights` stacks the float ones."""
         return self._stacks(("weight", "scale"))
 
@@ -155,3 +187,15 @@ class MoE(nn.Module):
                 stacks.append(stack)
         self._stacked = tuple(stacks)
         return self._stacked
+
+    def hold_stacks(self, stacks: tuple[torch.Tensor, ...]) -> None:
+        """Make `stacks` (laid out as `stacked_weights`, or `stacked_quantized` when quantised, returns
+        them) the experts' storage: each expert's tensors become views into them, and they the cached
+        stacks (offload.py moves the experts to host memory this way)."""
+        pairs = [(proj, leaf) for proj in ("w1", "w3", "w2") for leaf in self.strategy.leaves]
+        if len(stacks) != len(pairs):
+            raise ValueError(f"expected {len(pairs)} stacks ({pairs}), got {len(stacks)}")
+        for (proj, leaf), stack in zip(pairs, stacks):
+            for expert, view in zip(self.experts, stack):
+                getattr(getattr(expert, proj), leaf).data = view
+        self._stacked = tuple(stacks)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from . import piecewise_graph
 from .moe import MoE
+from .piecewise_graph import PiecewiseGraph
 
 RunExperts = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor]
 
@@ -74,14 +74,15 @@ class ExpertCache:
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.stats = OffloadStats()
+        self.capturing: PiecewiseGraph | None = None  # set by PiecewiseGraph.capture while it runs
 
     def routed(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
                meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         """(the routed experts' weighted sum `[N, hidden]`, `meanwhile()`): `run(x, weights, slot_ids,
         cache stacks)` is the MoE's grouped kernel call; `meanwhile` (the shared expert) runs on the
         compute stream while the first copies are in flight."""
-        capture = piecewise_graph.active()
-        if capture is not None:  # counted at each replay instead
+        capture = self.capturing
+        if capture is not None and torch.cuda.is_current_stream_capturing():  # counted at each replay instead
             return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
         self.stats.calls += 1
         host_ids = ids.cpu()  # the one sync: which experts to fetch
@@ -95,8 +96,7 @@ class ExpertCache:
         return self._stream(x, weights, host_ids, needed, run, meanwhile)
 
     def _routed_in_graph(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
-                         meanwhile: Callable[[], Tensor], capture: piecewise_graph.PiecewiseGraph
-                         ) -> tuple[Tensor, Tensor]:
+                         meanwhile: Callable[[], Tensor], capture: PiecewiseGraph) -> tuple[Tensor, Tensor]:
         """Under a piecewise capture (model/piecewise_graph.py): the shared expert ends this piece;
         at replay the host then fetches the experts `ids` name and writes their slots into a buffer
         the next piece's grouped kernel reads. A decode batch needs at most N*k experts: they must fit."""
@@ -225,15 +225,22 @@ class ExpertCache:
         return [(expert, base + i) for i, expert in enumerate(group)]
 
 
+def expert_caches(model: torch.nn.Module) -> list[ExpertCache]:
+    """The expert caches of `model`'s offloaded MoEs, in module order: the cut points of its piecewise
+    decode graph (model/piecewise_graph.py)."""
+    return [m.strategy.offload for m in model.modules()
+            if isinstance(m, MoE) and isinstance(m.strategy.offload, ExpertCache)]
+
+
 def has_offload(model: torch.nn.Module) -> bool:
     """Whether any MoE of `model` runs its routed experts from host memory."""
-    return any(getattr(module, "offload", None) is not None for module in model.modules())
+    return any(isinstance(m, MoE) and m.strategy.offload is not None for m in model.modules())
 
 
 def fewest_slots(model: torch.nn.Module) -> int | None:
     """The smallest expert cache of `model`'s offloaded MoEs (None: nothing offloaded). A graphed
     decode step of B rows needs B x top-k slots per layer: a step may route every pair apart."""
-    slots = [m.offload.slots for m in model.modules() if getattr(m, "offload", None) is not None]
+    slots = [cache.slots for cache in expert_caches(model)]
     return min(slots) if slots else None
 
 
@@ -260,17 +267,14 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
     for name, moe in model.named_modules():
         if not isinstance(moe, MoE):
             continue
-        if moe.expert_range is not None:
+        if moe.strategy.shard is not None:
             raise OffloadError(f"{name}: expert offload and expert parallelism do not combine; use one")
-        stacks = moe.stacked_quantized() if moe.expert_format is not None else moe.stacked_weights()
-        leaves = ("weight", "scale") if moe.expert_format is not None else ("weight",)
+        stacks = moe.stacked_quantized() if moe.strategy.fmt is not None else moe.stacked_weights()
         host = tuple(to_host(t, pin) for t in stacks)
-        for stack_index, (proj, leaf) in enumerate((p, leaf) for p in ("w1", "w3", "w2") for leaf in leaves):
-            for expert, view in zip(moe.experts, host[stack_index]):
-                getattr(getattr(expert, proj), leaf).data = view
-        moe._stacked = host
-        moe.offload = ExpertCache(host, slots, device)
-        caches.append(moe.offload)
+        moe.hold_stacks(host)
+        cache = ExpertCache(host, slots, device)
+        moe.strategy = replace(moe.strategy, offload=cache)
+        caches.append(cache)
     if not caches:
         raise OffloadError("the model has no MoE layers to offload")
     if device.type == "cuda":

@@ -24,17 +24,22 @@ World size 1 is the single-process engine: nothing here is called and no module 
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .formats import is_routed_expert
+
 NARROW = tuple[int, int, int]  # (dim, start, end) of a stored tensor this rank keeps
-EXPERT_NAME = re.compile(r"^((?:layers|mtp)\.\d+)\.ffn\.experts\.(\d+)\.")
+# NCCL/torch settings a CUDA group starts with unless the caller's environment already sets them:
+# NVLink multicast (NVLS, symmetric-memory multicast) off, as the machines this engine runs on need.
+NO_MULTICAST: Mapping[str, str] = MappingProxyType({"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"})
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,13 @@ class Parallel:
         return torch.cat(parts, dim=-1)[..., :total]
 
 
-def init_from_env(device: str | None = None) -> Parallel | None:
+def init_from_env(device: str | None = None, nccl_env: Mapping[str, str] = NO_MULTICAST) -> Parallel | None:
     """The process group of a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK; MASTER_ADDR/PORT), or None
     without one or with WORLD_SIZE 1. Backend nccl for CUDA, gloo for CPU (`device` decides; default:
-    CUDA when available). An already-initialised default group is reused."""
+    CUDA when available). An already-initialised default group is reused.
+
+    `nccl_env`: environment variables a CUDA group needs before NCCL starts, set in this process only
+    where the environment does not already name them (default `NO_MULTICAST`; pass {} to set none)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
@@ -81,8 +89,8 @@ def init_from_env(device: str | None = None) -> Parallel | None:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     if cuda:
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on the lent machines
-        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        for key, value in nccl_env.items():
+            os.environ.setdefault(key, value)  # read by NCCL when the group's communicator starts
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         kwargs = {"device_id": torch.device("cuda", local_rank)} if cuda else {}
@@ -145,7 +153,7 @@ def shard_model(model: nn.Module, parallel: Parallel) -> dict[str, NARROW]:
     each tensor kept in part, the (dim, start, end) of the stored tensor this rank reads. Tensors of
     other ranks' experts are no longer in the model's state_dict."""
     from .attention import Attention
-    from .moe import MoE
+    from .moe import ExpertShard, MoE
 
     config = model.config
     check(config, parallel)
@@ -160,8 +168,7 @@ def shard_model(model: nn.Module, parallel: Parallel) -> dict[str, NARROW]:
         if isinstance(module, MoE):
             lo, hi = parallel.span(config.n_routed_experts)
             module.experts._modules = OrderedDict((str(e), module.experts._modules[str(e)]) for e in range(lo, hi))
-            module.expert_range = (lo, hi)
-            module.reduce = parallel.all_reduce
+            module.strategy = replace(module.strategy, shard=ExpertShard(lo, hi, parallel.all_reduce))
         elif isinstance(module, Attention) and split_attention:
             narrow.update({f"{name}.{leaf}": n for leaf, n in _split_attention(module, parallel).items()})
     return narrow
@@ -190,7 +197,7 @@ def shard_stored(stored: dict, model: nn.Module, narrow: dict[str, NARROW]) -> d
     keep = set(model.state_dict())
     out = {}
     for name, item in stored.items():
-        if EXPERT_NAME.match(name) and name not in keep:
+        if is_routed_expert(name) and name not in keep:
             continue  # another rank's expert: never read
         if name in narrow:
             dim, start, end = narrow[name]

@@ -8,28 +8,32 @@ cache slots into a device buffer, then piece i+1 runs the experts on those slots
 gate. Replaying the pieces and callbacks in capture order reproduces the step; tensors made in one
 piece and read in the next live in the shared pool, kept alive by the callbacks that hold them.
 
-Code running under capture asks `active()` for the capture and calls `split(callback)`.
+The code that cuts the graph is named when the graph is made (its `cut_points`, the offload caches):
+while `capture` runs, each holds the graph in its `capturing` attribute and calls `split(callback)` on
+it; no process-wide state says which graph is being captured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
-_ACTIVE: list[PiecewiseGraph] = []
 
+class CutPoint(Protocol):
+    """Code that may end a piece (offload.py's ExpertCache): `capturing` is the graph being captured
+    while `PiecewiseGraph.capture` runs, None otherwise."""
 
-def active() -> PiecewiseGraph | None:
-    """The piecewise graph being captured on this thread, if any."""
-    return _ACTIVE[-1] if _ACTIVE and torch.cuda.is_current_stream_capturing() else None
+    capturing: PiecewiseGraph | None
 
 
 class PiecewiseGraph:
-    """Graphs `pieces` with host `callbacks` between them (one fewer)."""
+    """Graphs `pieces` with host `callbacks` between them (one fewer), cut by `cut_points`."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, cut_points: Sequence[CutPoint]) -> None:
         self.device = device
+        self.cut_points = tuple(cut_points)
         self.pieces: list[torch.cuda.CUDAGraph] = []
         self.callbacks: list[Callable[[], None]] = []
         self._pool = torch.cuda.graph_pool_handle()  # one pool: a piece's outputs are the next piece's inputs
@@ -38,14 +42,16 @@ class PiecewiseGraph:
         """Capture `fn()` (already warmed up) on a side stream; returns its output (a pool tensor)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
-        _ACTIVE.append(self)
+        for point in self.cut_points:
+            point.capturing = self
         try:
             with torch.cuda.stream(stream):
                 self._begin()
                 out = fn()
                 self.pieces[-1].capture_end()
         finally:
-            _ACTIVE.pop()
+            for point in self.cut_points:
+                point.capturing = None
         torch.cuda.current_stream(self.device).wait_stream(stream)
         return out
 

@@ -39,9 +39,9 @@ from . import ops
 from .attention import Attention, Compressor
 from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
 from .layers import rope_cos_sin
-from .offload import fewest_slots, has_offload
+from .offload import expert_caches, fewest_slots, has_offload
 from .piecewise_graph import PiecewiseGraph
-from .quantized import grouped_linear
+from .quantized_linear import grouped_linear
 from .state import CompressorState, DecodeState, check_kv_format
 from .v4 import Transformer
 
@@ -306,7 +306,7 @@ class StaticDecoder:
                 self._forward()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self.piecewise:
-            graph = PiecewiseGraph(self.device)
+            graph = PiecewiseGraph(self.device, expert_caches(self.model))
             self._logits = graph.capture(self._forward)
             self._graph = graph
             return

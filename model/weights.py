@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .formats import DTYPE_BYTES, FP4_DTYPES, PACKED_FP4_DTYPES, is_routed_expert, keeps_float32
+
 # (shard file name, bytes read so far, bytes in the shard): one call per tensor read.
 LoadProgress = Callable[[str, int, int], None]
 
@@ -62,9 +64,6 @@ HF_TO_NATIVE: list[tuple[str, str]] = [
     (r"\.weight_scale_inv$", ".scale"),  # HF fine-grained FP8 spelling of DeepSeek's block scales
 ]
 FUSED_EXPERTS = re.compile(r"^(layers\.\d+\.ffn\.experts)\.(gate_up_proj|down_proj)$")
-PACKED_FP4_DTYPES = ("I8", "U8")  # two e2m1 values per byte; "F4" headers give the unpacked shape
-DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
-               "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1, "F4": 0.5}
 
 
 def native_name(name: str) -> str:
@@ -170,7 +169,7 @@ def _check_scale_shape(name: str, shape: tuple[int, ...], dtype: str, scale: tup
     if len(shape) < 2:
         raise WeightsError(f"tensor {name} has a scale but is not a matrix (shape {shape})")
     *lead, rows, cols = shape
-    if dtype in PACKED_FP4_DTYPES or dtype == "F4":
+    if dtype in FP4_DTYPES:
         expected = (*lead, rows, -(-cols // FP4_GROUP))
     else:
         expected = (*lead, -(-rows // FP8_BLOCK), -(-cols // FP8_BLOCK))
@@ -188,7 +187,7 @@ def keep_quantized(stored: dict[str, Stored], names: Collection[str]) -> dict[st
         if item.scale is None or not name.endswith(".weight"):
             raise WeightsError(f"tensor {name} is not stored with a scale, so it cannot be kept quantised")
         shape = item.shape
-        if item.dtype in PACKED_FP4_DTYPES or item.dtype == "F4":  # logical shapes count unpacked columns
+        if item.dtype in FP4_DTYPES:  # logical shapes count unpacked columns
             shape = (*shape[:-1], shape[-1] // 2)
         out[name] = replace(item, shape=shape, nbytes=item.nbytes - item.scale.nbytes, scale=None)
         out[name.removesuffix("weight") + "scale"] = item.scale
@@ -282,10 +281,10 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
                 if name in as_stored:
                     tensor = tensor.view(torch.int8) if tensor.dtype == torch.float4_e2m1fn_x2 else tensor
                 elif tensor.is_floating_point():
-                    tensor = tensor.to(torch.float32 if _keeps_float32(name) else dtype)
+                    tensor = tensor.to(torch.float32 if keeps_float32(name) else dtype)
                 on_table_device = table_device is not None and name.endswith(".engram.embed.weight")
                 target = table_device if on_table_device else "cpu" if experts_on_host and \
-                    ROUTED_EXPERT.search(name) else device
+                    is_routed_expert(name) else device
                 _assign(model, name, tensor.to(target))
                 done += stored[name].nbytes
                 if progress is not None:
@@ -296,9 +295,6 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
         for module in model.modules():
             if hasattr(module, "place_tables"):
                 module.place_tables(table_device)
-
-
-ROUTED_EXPERT = re.compile(r"\.ffn\.experts\.\d+\.w[123]\.(weight|scale)$")
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -319,8 +315,3 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         for name, item in stored.items():
             yield name, read(item, handles)
 
-
-def _keeps_float32(name: str) -> bool:
-    leaf = name.rsplit(".", 1)[-1]
-    return leaf.startswith("hc_") or leaf in ("attn_sink", "bias") or name.endswith("norm.weight") or \
-        name.endswith("ape")

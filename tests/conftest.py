@@ -64,7 +64,7 @@ TOKENIZER_JSON = Path(__file__).resolve().parents[1] / "repo_index" / "data" / "
 
 def tiny_chat_checkpoint(directory: Path, seed: int) -> Path:
     """A tiny random V4 checkpoint with the bundled tokenizer and V4's prompt tokens, for the chat paths."""
-    from v4.model.checkpoint import init_checkpoint
+    from v4.model.random_checkpoint import init_checkpoint
 
     return init_checkpoint(directory / "tiny", "tiny", seed=seed, tokenizer_json=TOKENIZER_JSON)
 

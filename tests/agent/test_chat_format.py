@@ -248,7 +248,7 @@ def test_demo_checkpoint_encodes_v4_tokens_as_single_ids(demo_checkpoint: Path) 
 def test_demo_checkpoint_config_names_v4_bos_and_eos(demo_checkpoint: Path) -> None:
     from tokenizers import Tokenizer
 
-    from v4.model.checkpoint import PRESETS, V4_BOS, V4_EOS, V4_MARKERS
+    from v4.model.random_checkpoint import PRESETS, V4_BOS, V4_EOS, V4_MARKERS
 
     assert (V4_BOS, V4_EOS, *V4_MARKERS) == V4_SPECIAL_TOKENS
     tokenizer = Tokenizer.from_file(str(demo_checkpoint / "tokenizer.json"))

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from v4 import model
 from v4.model import engram_files, engram_store
-from v4.model.checkpoint import init_checkpoint
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.engram_store import FORMAT_VERSION, EngramStore, model_fingerprint, prefix_keys
 
 CHUNK = 128  # a multiple of the tiny preset's compress rates (4 and 8)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from v4 import model
-from v4.model.checkpoint import init_checkpoint
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.engram_files import MANIFEST
 from v4.model.engram_store import EngramStore, StoreDirectoryError, model_fingerprint, prefix_keys
 

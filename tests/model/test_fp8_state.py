@@ -17,7 +17,8 @@ from v4 import model
 from v4.kernels.indexer import dequantize_index_keys_fp8, indexer_topk_reference
 from v4.kernels.sparse_attention import sparse_attention_reference
 from v4.model import ops
-from v4.model.checkpoint import init_checkpoint, state_bytes_per_token
+from v4.model.checkpoint import state_bytes_per_token
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.config import EngineConfig
 from v4.model.engram_store import EngramStore, model_fingerprint
 from v4.model.state import DecodeState, mark, rewind

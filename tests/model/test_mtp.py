@@ -3,15 +3,13 @@ greedy decoding yields exactly the ids plain greedy decoding yields, with the st
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from v4 import model
 from v4.model import EngineInputError
-from v4.model.checkpoint import init_checkpoint
-from v4.model.state import LayerState, mark, new_decode_state, rewind
+from v4.model.random_checkpoint import init_checkpoint
+from v4.model.state import mark, new_decode_state, rewind
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Quantised weights kept as stored (model/quantized.py): FP8 linears and FP4 routed experts hold the
+"""Quantised weights kept as stored (model/quantized_linear.py): FP8 linears and FP4 routed experts hold the
 checkpoint's bytes, run through ops (kernel references on CPU), and give the dequantised model's logits.
 
 Two comparisons recur. `ops.fp8_linear` quantises activations per 1x128 group to e4m3, as DeepSeek's
@@ -23,12 +23,12 @@ from torch import nn
 
 from v4 import model
 from v4.model import WeightsError, load_transformer, ops, quant
-from v4.model.checkpoint import PRESETS, init_checkpoint
 from v4.model.formats import linear_weights, stored_format
 from v4.model.moe import MoE
 from v4.model.parallel import Parallel
 from v4.model.quant import QuantError
-from v4.model.quantized import FP4Linear, FP8Linear, quantize_model
+from v4.model.quantized_linear import FP4Linear, FP8Linear, quantize_model
+from v4.model.random_checkpoint import PRESETS, init_checkpoint
 
 CHUNKS = (9, 1, 1, 13)  # 24 tokens: a prefill, two decode steps, a prefill
 QUANTISED_DTYPES = (torch.float8_e4m3fn, torch.int8, torch.float8_e8m0fnu)
@@ -122,7 +122,7 @@ def test_the_quantised_load_holds_the_stored_bytes_and_no_float_copies(
         assert torch.equal(module.weight.view(torch.uint8), stored[f"{name}.weight"].view(torch.uint8)), name
         assert torch.equal(module.scale.view(torch.uint8), stored[f"{name}.scale"].view(torch.uint8)), name
     moes = [m for m in quantised.model.modules() if isinstance(m, MoE)]
-    assert moes and all(m.expert_format == "fp4" for m in moes)
+    assert moes and all(m.strategy.fmt == "fp4" for m in moes)
     for moe in moes:  # the stacks are the experts' only copy: each expert's tensors are views into them
         w1, s1 = moe.stacked_quantized()[:2]
         assert w1.dtype == torch.int8 and s1.dtype == torch.float8_e8m0fnu
@@ -177,7 +177,7 @@ def test_quantize_model_follows_the_checkpoint_classification(
     quantize_model(engine.model, experts=experts)
     held = _held_quantised(engine.model)
     assert set(held) == _modules_of(targets)
-    assert all(m.expert_format == experts for m in engine.model.modules() if isinstance(m, MoE))
+    assert all(m.strategy.fmt == experts for m in engine.model.modules() if isinstance(m, MoE))
     if experts == "fp4":
         shipped = dict(quantised.model.named_parameters())
         assert all(torch.equal(p.view(torch.uint8), shipped[n].view(torch.uint8))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from v4 import model
-from v4.model.checkpoint import init_checkpoint
 from v4.model.config import ConfigError
-from v4.model.moe import MoE
+from v4.model.moe import ExpertShard, ExpertStrategy, MoE
 from v4.model.offload import ExpertCache, OffloadError, has_offload, offload_experts
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 CHUNKS = (40, 1, 1, 9)  # a prefill that streams, two decode steps, a short chunk
@@ -49,7 +49,7 @@ def test_offloaded_logits_equal_resident(checkpoint: tuple[Path, bool], slots: i
     ids = _ids(sum(CHUNKS), 1)
     for a, b in zip(_feed(resident, ids), _feed(offloaded, ids)):
         assert torch.equal(a, b)
-    caches = [m.offload for m in offloaded.model.modules() if isinstance(m, MoE)]
+    caches = [m.strategy.offload for m in offloaded.model.modules() if isinstance(m, MoE)]
     assert caches and all(c.slots == min(slots, 8) for c in caches)
     stats = caches[-1].stats
     if slots < 8:  # the 40-token prefill needs more experts than slots: it streamed them
@@ -75,7 +75,7 @@ def test_offloaded_moe_equals_resident_on_cuda(checkpoint: tuple[Path, bool], to
         offloaded = moe(x, ids).reshape(tokens, -1)
         flat = x.reshape(tokens, -1)
         weights, experts = moe.gate(flat, ids.reshape(-1))
-        stacks = tuple(t.to("cuda") for t in moe.offload.host)
+        stacks = tuple(t.to("cuda") for t in moe.strategy.offload.host)
         resident = moe._run_experts(flat, weights, experts, stacks) + moe.shared_experts(flat)
         assert torch.allclose(offloaded, resident, rtol=1e-5, atol=1e-6)
 
@@ -86,11 +86,11 @@ def test_experts_live_on_the_host_under_their_names(checkpoint: tuple[Path, bool
     moe = engine.model.layers[1].ffn
     stacks = moe.stacked_quantized() if quantized else moe.stacked_weights()
     # the experts' parameters are views of the host stacks, not copies
-    assert [t.data_ptr() for t in stacks] == [t.data_ptr() for t in moe.offload.host]
+    assert [t.data_ptr() for t in stacks] == [t.data_ptr() for t in moe.strategy.offload.host]
     names = {n for n in engine.model.state_dict() if ".ffn.experts." in n}
     resident = model.load(path, device="cpu", dtype="float32", quantized=quantized)
     assert names == {n for n in resident.model.state_dict() if ".ffn.experts." in n}
-    assert moe.offload.cache[0].shape[0] == 3 and has_offload(engine.model)
+    assert moe.strategy.offload.cache[0].shape[0] == 3 and has_offload(engine.model)
 
 
 def _decoder_with_rows(engine: model.Engine, prompts: list[list[int]], use_graph: bool) -> tuple[StaticDecoder, list]:
@@ -190,7 +190,7 @@ def test_bad_offload_requests_are_refused(checkpoint: tuple[Path, bool]) -> None
     with pytest.raises(OffloadError, match="at least 2"):
         _numbered_cache(4, 1)
     engine = model.load(path, device="cpu", dtype="float32")
-    engine.model.layers[1].ffn.expert_range = (0, 4)
+    engine.model.layers[1].ffn.strategy = ExpertStrategy(shard=ExpertShard(0, 4, lambda routed: routed))
     with pytest.raises(OffloadError, match="expert parallelism"):
         offload_experts(engine.model, 2)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from v4 import model
-from v4.model.checkpoint import init_checkpoint
 from v4.model.parallel import Parallel, shard_model
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.weights import native_name
 
 from .parallel_worker import run_checks
@@ -122,8 +122,8 @@ def test_sharding_a_meta_model_allocates_nothing_and_keeps_checkpoint_names() ->
 
 
 def _tiny_config() -> model.V4Config:
-    from v4.model.checkpoint import PRESETS
     from v4.model.config import CSA, HCA, SLIDING
+    from v4.model.random_checkpoint import PRESETS
 
     data = {"model_type": "deepseek_v4", **PRESETS["tiny"]}
     ratios = data.pop("compress_ratios")

@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from v4 import model
 from v4.model import WeightsError, load_transformer
-from v4.model.checkpoint import PRESETS, init_checkpoint, model_info
+from v4.model.checkpoint import model_info
 from v4.model.quant import FP4_GROUP
+from v4.model.random_checkpoint import PRESETS, init_checkpoint
 from v4.model.weights import native_name, read_tensors
 
 CHUNKS = (17, 1, 1, 30, 11)  # 60 tokens: a prefill, two decode steps, two more prefills

@@ -14,22 +14,18 @@ loader places the stored bytes as they are (model/engine.py `load(quantized=True
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops, quant
-from .formats import linear_weights, stored_format
+from .formats import FP4_DTYPES, STORED_DTYPES, linear_weights, stored_format
 from .moe import MoE
+from .weights import Stored, WeightsError, keep_quantized
 
-if TYPE_CHECKING:
-    from .weights import Stored
-
-# safetensors dtype strings of quantised weights and their scales ("F4": packed e2m1, read as bytes).
-STORED_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu, "F32": torch.float32,
-                 "BF16": torch.bfloat16, "F16": torch.float16, "I8": torch.int8, "U8": torch.uint8, "F4": torch.int8}
 EXPERT_LEAVES = ("w1", "w2", "w3")
 
 
@@ -192,7 +188,7 @@ def quantize_model(model: nn.Module, linears: str | None = "fp8", experts: str |
             for leaf in EXPERT_LEAVES:
                 setattr(expert, leaf, FORMATS[experts].from_linear(getattr(expert, leaf),
                                                                     f"{name}.experts.{key}.{leaf}.weight"))
-        moe.expert_format = experts
+        moe.strategy = replace(moe.strategy, fmt=experts)
         moe.stacked_quantized()  # the per-expert copies become views of one stack per tensor
     return model
 
@@ -205,14 +201,12 @@ def quantize_for_checkpoint(model: nn.Module, stored: dict[str, Stored]) -> tupl
     Raises QuantError (a scale dtype the format does not take) or WeightsError (a MoE whose routed
     experts are stored in mixed formats) naming the tensor, before anything is read.
     """
-    from .weights import PACKED_FP4_DTYPES, WeightsError, keep_quantized
-
     kept = []
     for name, item in stored.items():
         owner = name.removesuffix(".weight")
         if item.scale is None or owner == name or not isinstance(_submodule(model, owner), nn.Linear):
             continue  # not quantised, or not a Linear of this model (match() names what does not fit)
-        cls = FP8Linear if item.dtype == "F8_E4M3" else FP4Linear if item.dtype in (*PACKED_FP4_DTYPES, "F4") else None
+        cls = FP8Linear if item.dtype == "F8_E4M3" else FP4Linear if item.dtype in FP4_DTYPES else None
         weight_dtype, scale_dtype = STORED_DTYPES.get(item.dtype), STORED_DTYPES.get(item.scale.dtype)
         if cls is None or weight_dtype is None or scale_dtype is None:
             raise WeightsError(f"tensor {name}: a {item.dtype} weight with a {item.scale.dtype} scale cannot be "
@@ -223,7 +217,7 @@ def quantize_for_checkpoint(model: nn.Module, stored: dict[str, Stored]) -> tupl
         kept.append(name)
     for name, moe in model.named_modules():
         if isinstance(moe, MoE):
-            moe.expert_format = _expert_format(name, moe)
+            moe.strategy = replace(moe.strategy, fmt=_expert_format(name, moe))
     return keep_quantized(stored, kept), {*kept, *(n.removesuffix("weight") + "scale" for n in kept)}
 
 
@@ -236,8 +230,6 @@ def _submodule(model: nn.Module, name: str) -> nn.Module | None:
 
 def _expert_format(name: str, moe: MoE) -> str | None:
     """The format of `moe`'s routed experts: one for all of them (the grouped kernel takes one)."""
-    from .weights import WeightsError
-
     modules = [getattr(expert, leaf) for expert in moe.experts for leaf in EXPERT_LEAVES]
     kinds = {getattr(m, "fmt", "float") for m in modules}
     scales = {m.scale.dtype for m in modules if isinstance(m, _Quantized)}
@@ -251,5 +243,5 @@ def _expert_format(name: str, moe: MoE) -> str | None:
 def stack_quantized_experts(model: nn.Module) -> None:
     """After loading: each quantised MoE's experts stacked now, so the model's memory is final."""
     for module in model.modules():
-        if isinstance(module, MoE) and module.expert_format is not None:
+        if isinstance(module, MoE) and module.strategy.fmt is not None:
             module.stacked_quantized()

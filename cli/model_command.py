@@ -6,15 +6,9 @@ import argparse
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from v4.agent.options import EngineOptions
 
 from .backend_args import add_engine_arguments, engine_options
-from .progress import shard_progress
-
-if TYPE_CHECKING:
-    from v4.model.engine import Engine
+from .progress import load_engine
 
 
 def build_model(parser: argparse.ArgumentParser) -> None:
@@ -77,14 +71,6 @@ def run_model(args: argparse.Namespace) -> int:
     print(f"at 1M tokens       {info.state_bytes_per_token_bf16 * 1e6 / gigabyte:.2f} GB bf16, "
           f"{info.state_bytes_per_token_fp8 * 1e6 / gigabyte:.2f} GB FP8 (published for V4-Flash: ~3.7 GB)")
     return 0
-
-
-def load_engine(path: Path, options: EngineOptions) -> Engine:
-    """`model.load` with a progress bar per shard on stderr when it is a terminal."""
-    from v4 import model
-
-    with shard_progress() as progress:
-        return model.load(path, **options.load_options(), **({"progress": progress} if progress else {}))
 
 
 def run_generate(args: argparse.Namespace) -> int:

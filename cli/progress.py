@@ -5,6 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from v4.agent.options import EngineOptions
+    from v4.model.engine import Engine
 
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total)
 IndexProgress = Callable[[str, int, int], None]  # (phase, files done, files total)
@@ -52,3 +58,11 @@ def index_progress(show: bool) -> Iterator[IndexProgress | None]:
             bar.update(task, description=f"{phase} files", completed=done, total=total)
 
         yield progress
+
+
+def load_engine(path: Path, options: EngineOptions) -> Engine:
+    """`model.load` with a bar per shard on stderr when it is a terminal (`generate`, `serve`)."""
+    from v4 import model
+
+    with shard_progress() as progress:
+        return model.load(path, **options.load_options(), **({"progress": progress} if progress else {}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .backend_args import add_engine_arguments, engine_options
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from .model_command import load_engine
+from .progress import load_engine
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -1,8 +1,8 @@
 """`v4 serve`: the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
 vLLM uses): `/v1/models`, `/v1/chat/completions` and `/v1/completions`, streamed as server-sent events
-or whole. Concurrent requests decode together (agent/batcher.py: continuous batching on the static
+or whole. Concurrent requests decode together (model/scheduler.py: continuous batching on the static
 batched decoder, up to `--max-num-seqs` at once) and consecutive chats that share a prefix reuse the
-prefilled state; a model the batcher cannot run (Engram layers) serves one at a time.
+prefilled state; a model the scheduler cannot run (Engram layers) serves one at a time.
 
 Issue 22 hardened it: every route needs the key when one is set; a body over `max_body_bytes` is a 413
 and a prompt over the token limit a 400, tokenized in a worker thread; every sampling field is checked
@@ -22,8 +22,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from .backends import BackendError, EmbeddedBackend, Usage
-from .batcher import DONE, DecodeBatcher, Generation
+from v4.model.runner import AnswerStats, RunnerError
+from v4.model.scheduler import DONE, Generation, Scheduler
+
+from .backends import BackendError, EmbeddedBackend
 from .chat_format import ChatFormatError, Message
 from .model_command import add_engine_arguments
 
@@ -220,7 +222,7 @@ class _SerialRunner:
                 return
             finally:
                 stream.close()  # an abandoned answer still syncs the state back
-            generation.usage = self.backend.last_usage
+            generation.usage = self.backend.runner.last_answer
             generation.emit(DONE)
 
 
@@ -233,8 +235,8 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
     app = FastAPI(title="v4", docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     try:
-        batcher: DecodeBatcher | None = DecodeBatcher(backend, config.max_batch)
-    except BackendError:
+        batcher: Scheduler | None = Scheduler(backend.runner, config.max_batch)
+    except RunnerError:
         batcher = None
     runner = batcher or _SerialRunner(backend)
     app.state.batcher, app.state.runner = batcher, runner
@@ -340,7 +342,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
                                      media_type="text/event-stream")
         try:
             text = "".join([piece async for piece in _pieces(items)])
-        except BackendError as exc:
+        except (BackendError, RunnerError) as exc:
             return error(RequestError(str(exc), None, 503 if "shutting down" in str(exc) else 400))
         except _ClientGone:
             return error(RequestError("the client went away", None, 499))
@@ -385,13 +387,13 @@ async def _watch_disconnect(request: object, cancel: Callable[[], None]) -> None
     cancel()
 
 
-def _usage(usage: Usage) -> dict:
+def _usage(usage: AnswerStats) -> dict:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
-def _finish(usage: Usage, max_tokens: int) -> str:
+def _finish(usage: AnswerStats, max_tokens: int) -> str:
     return "length" if usage.completion_tokens >= max_tokens else "stop"
 
 
@@ -416,7 +418,7 @@ async def _events(pieces: AsyncIterator[str], generation: Generation, stream_id:
             async for piece in pieces:
                 yield event({"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat else
                             {"index": 0, "text": piece, "finish_reason": None})
-        except BackendError as exc:
+        except (BackendError, RunnerError) as exc:
             yield f"data: {json.dumps(RequestError(str(exc)).body())}\n\n"
             yield "data: [DONE]\n\n"
             return

@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .backends import WarmStats
 from .chat_format import Message
 from .session import Session
+
+if TYPE_CHECKING:
+    from v4.model.prefix_store import PrefillStats  # the engine's, loaded only to type-check
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +31,7 @@ class WarmReport:
     for a backend that keeps no state here)."""
 
     tags: tuple[object, ...]  # what the callers passed to each `refresh` this one covers, oldest first
-    stats: WarmStats | None
+    stats: PrefillStats | None
     finished_s: float  # time.monotonic() when it ended
 
 
@@ -129,7 +132,7 @@ class ContextWarmer:
             if not superseded:
                 self.on_report(WarmReport(tuple(tags), stats, time.monotonic()))
 
-    def _prefill(self, system: Message) -> WarmStats | None:
+    def _prefill(self, system: Message) -> PrefillStats | None:
         warm = getattr(self.backend, "warm", None)
         if warm is None:
             return None

@@ -1,6 +1,6 @@
 """Watch-mode benchmark: from a file save to the index updated, and to the context re-prefilled, for a
 one-file change in a large repository (3,000 real Python files, `make_tree.py`), with the embedded
-engine on a random `small` checkpoint and the Engram store, as `v4 watch` runs them (real file events).
+engine on a random `small` checkpoint and the prefix-state store, as `v4 watch` runs them (real file events).
 
 Cases: a file inside the context near its end (only its segment and what follows are recomputed), and
 a file the budget leaves out (the index moves, the prompt does not). A warm-up save is timed apart.
@@ -103,10 +103,10 @@ def main() -> None:
                     for name, path in cases.items()}
         warmer.close()
         ids, boundaries = backend.encode_with_boundaries([session.system], add_generation_prompt=False)
-        warm_logits = backend._marks[-1][2]  # the logits kept with the state's last mark
+        warm_logits = backend.runner._marks[-1].logits  # the logits kept with the state's last mark
         _, cold_logits, _ = PrefixStore(work / "check").prefill(engine, ids, boundaries, len(ids) + 8)
         check = ((warm_logits - cold_logits).abs().max() / cold_logits.abs().max()).item()
-        if backend._fed != ids or check > 1e-4:
+        if backend.runner.held_ids != ids or check > 1e-4:
             sys.exit(f"check failed: re-prefilled state differs from a cold prefill (rel {check:.2e})")
         sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
         report = {

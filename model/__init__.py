@@ -23,9 +23,13 @@ Run it:
   offload.py       routed experts in host memory with a GPU cache, attached after building
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building
 Keep prefilled prompts (the prefix-state store, not the Engram layer above):
-  engram_store.py  decode states of prefilled prompts in memory and on disk, longest prefix wins
-  engram_files.py  the files the store owns (its manifest) and each entry's checksum
-  engram_snapshot.py  a decode state as stored tensors, and back
+  prefix_store.py  decode states of prefilled prompts in memory and on disk, longest prefix wins; PrefillStats
+  prefix_store_files.py  entry names (prefix keys), the files the store owns (its manifest), checksums
+  prefix_snapshot.py  a decode state as stored tensors, and back
+Serve prompts and answers (vLLM's engine core: runner, detokenizer, scheduler):
+  runner.py        Runner: one state fed prompts (prefix marks, rewind, the store), decoding answers
+  detokenizer.py   sampled ids -> streamed text, ended by stop ids and stop strings
+  scheduler.py     continuous batching of many requests on the static decoder (`v4 serve`)
 
 `engine = model.load(path)`; `state = engine.new_state()`; `engine.forward(ids, state)` continues a
 sequence; `engine.generate(...)` streams ids. The reference path matches transformers logit for logit.

@@ -15,15 +15,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .ai_comments import AICommentTracker, AIRequest
 from ..context import ContextError, ContextView, RepositoryContext
-from ..backends import WarmStats
 from ..prompts import system_message
 from ..session import Session, TurnResult
 from ..warm import ContextWarmer, WarmReport
 from .watcher import ChangeBatch
 from ..workspace import WorkspaceError
+
+if TYPE_CHECKING:
+    from v4.model.prefix_store import PrefillStats  # the engine's, loaded only to type-check
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ class Warmed:
     """The context after a change is prefilled (or the prefill gave way to a question)."""
 
     paths: tuple[str, ...]
-    stats: WarmStats | None  # None: the backend keeps no state here (HTTP, replay)
+    stats: PrefillStats | None  # None: the backend keeps no state here (HTTP, replay)
     since_save_s: float
     event: str = "prefill"
 

@@ -146,7 +146,7 @@ def test_chat_completion_is_the_engines_greedy_continuation(server) -> None:
     engine = backend.engine
     expected = []
     for token in engine.generate(ids, 6):
-        if token in backend._stop_ids:
+        if token in backend.runner.stop_ids:
             break
         expected.append(token)
     assert text == backend.tokenizer.decode(expected)
@@ -193,7 +193,7 @@ def test_auth_and_bad_requests(server) -> None:
 
 
 def test_refactor_against_the_server_exits_1_and_leaves_the_tree(server, tmp_path: Path, capsys) -> None:
-    from v4.agent.cli import main
+    from v4.cli.main import main
 
     url, _ = server
     repo = tmp_path / "repo"

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from v4.agent.app_support import RepositoryContext
+from v4.agent.context import RepositoryContext
 from v4.agent.backends import EmbeddedBackend
 from v4.agent.chat_format import Message, chat_format_for
-from v4.agent.session import Session, system_message
+from v4.agent.prompts import system_message
+from v4.agent.session import Session
 from v4.agent.warm import ContextWarmer, WarmReport
 from tests.conftest import make_repo, tiny_chat_checkpoint
 
@@ -37,10 +38,10 @@ class Setup:
     """A session over `repo` on the embedded backend with an Engram store, and a warmer with reports."""
 
     def __init__(self, engine: object, repo: Path, store_dir: Path, step_tokens: int) -> None:
-        from v4.model.engram_store import EngramStore
+        from v4.model.prefix_store import PrefixStore
 
         self.backend = EmbeddedBackend(engine, chat_format_for(Path(engine.checkpoint)), 8192,
-                                       EngramStore(store_dir))
+                                       PrefixStore(store_dir))
         self.context = RepositoryContext(repo, Path(engine.checkpoint))
         self.context.scan()
         self.context.plan(8192)
@@ -74,7 +75,7 @@ def setup(engine: object, repo: Path, tmp_path: Path) -> Iterator[Setup]:
 
 
 def test_a_change_near_the_end_recomputes_only_the_tail(setup: Setup, engine: object, tmp_path: Path) -> None:
-    from v4.model.engram_store import EngramStore
+    from v4.model.prefix_store import PrefixStore
 
     setup.warmer.refresh(setup.session.system, "start")
     first = setup.wait_report(1).stats
@@ -88,9 +89,9 @@ def test_a_change_near_the_end_recomputes_only_the_tail(setup: Setup, engine: ob
     assert 0 < stats.computed_tokens < stats.tokens / 4 and stats.reused_tokens > stats.tokens / 2
     assert setup.session.system is system
     ids, boundaries = setup.backend.encode_with_boundaries([system], add_generation_prompt=False)
-    _, cold, _ = EngramStore(tmp_path / "cold").prefill(engine, ids, boundaries, len(ids) + 8)  # one go
-    warm = setup.backend._marks[-1][2]  # the logits after the prefilled prompt, kept with its mark
-    assert setup.backend._fed == ids and torch.equal(warm, cold)  # in steps, yet the same pieces: bit for bit
+    _, cold, _ = PrefixStore(tmp_path / "cold").prefill(engine, ids, boundaries, len(ids) + 8)  # one go
+    warm = setup.backend.runner._marks[-1].logits  # the logits after the prefilled prompt, kept with its mark
+    assert setup.backend.runner.held_ids == ids and torch.equal(warm, cold)  # in steps, the same pieces: bit for bit
 
 
 def test_a_question_mid_refresh_stops_it_at_a_step_and_resumes_from_there(setup: Setup) -> None:

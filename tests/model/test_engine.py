@@ -42,15 +42,14 @@ def test_chunked_prefill_matches_one_forward_and_transformers(engine, hf_checkpo
     assert _relative_error(chunked, expected) < 1e-4
 
 
-def test_prefill_in_chunks_gives_the_last_logits_of_one_forward(engine, monkeypatch) -> None:
+def test_prefill_in_chunks_gives_the_last_logits_of_one_forward(engine) -> None:
     ids = _ids(130, seed=8)
     whole = engine.forward(ids, engine.new_state())
     last = engine.forward(ids, engine.new_state(), last_only=True)
     assert last.shape == (1, whole.shape[-1])
     assert _relative_error(last[0], whole[-1]) < 1e-6
-    monkeypatch.setitem(model.engine.PREFILL_CHUNK, "cpu", 29)  # 5 chunks, the last one short
     state = engine.new_state(200)
-    logits = engine.prefill(ids, state)
+    logits = engine.prefill(ids, state, chunk_tokens=29)  # 5 chunks, the last one short
     assert state.num_tokens == 130 and logits.shape == whole[-1].shape
     assert _relative_error(logits, whole[-1]) < 1e-5
     with pytest.raises(EngineInputError, match="200 tokens; 130 are used and 71 more"):

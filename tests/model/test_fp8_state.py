@@ -18,9 +18,9 @@ from v4.kernels.indexer import dequantize_index_keys_fp8, indexer_topk_reference
 from v4.kernels.sparse_attention import sparse_attention_reference
 from v4.model import ops
 from v4.model.checkpoint import state_bytes_per_token
-from v4.model.random_checkpoint import init_checkpoint
 from v4.model.config import EngineConfig
-from v4.model.engram_store import EngramStore, model_fingerprint
+from v4.model.prefix_store import PrefixStore, model_fingerprint
+from v4.model.random_checkpoint import init_checkpoint
 from v4.model.state import DecodeState, mark, rewind
 from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
@@ -335,12 +335,12 @@ def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
 def test_engram_snapshots_of_fp8_states_round_trip_and_stay_apart(tmp_path: Path, fp8, floating) -> None:
     ids = _ids(40, seed=9)
     directory = tmp_path / "store"
-    cold_state, cold_logits, _ = EngramStore(directory, chunk_tokens=16).prefill(fp8, ids, [20], max_tokens=64)
+    cold_state, cold_logits, _ = PrefixStore(directory, chunk_tokens=16).prefill(fp8, ids, [20], max_tokens=64)
     snapshot = next(directory.glob("*/snapshots/*.safetensors"))
     with safe_open(str(snapshot), framework="pt") as handle:
         dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}
     assert {"U8", "F8_E4M3", "F32"} <= dtypes
-    state, logits, stats = EngramStore(directory, chunk_tokens=16).prefill(fp8, ids, max_tokens=64)  # from disk
+    state, logits, stats = PrefixStore(directory, chunk_tokens=16).prefill(fp8, ids, max_tokens=64)  # from disk
     assert stats.reused_tokens == 40 and torch.equal(logits, cold_logits)
     expected = _state_tensors(cold_state)
     restored = _state_tensors(state)
@@ -349,9 +349,9 @@ def test_engram_snapshots_of_fp8_states_round_trip_and_stay_apart(tmp_path: Path
     probe = _ids(6, seed=10)
     assert torch.equal(fp8.forward(probe, state), fp8.forward(probe, cold_state))
     assert model_fingerprint(fp8) != model_fingerprint(floating)
-    _, _, float_stats = EngramStore(directory, chunk_tokens=16).prefill(floating, ids, max_tokens=64)
+    _, _, float_stats = PrefixStore(directory, chunk_tokens=16).prefill(floating, ids, max_tokens=64)
     assert float_stats.reused_tokens == 0  # the FP8 snapshots are not this state's
-    _, _, again = EngramStore(directory, chunk_tokens=16).prefill(fp8, ids, max_tokens=64)
+    _, _, again = PrefixStore(directory, chunk_tokens=16).prefill(fp8, ids, max_tokens=64)
     assert again.reused_tokens == 40  # and the float ones did not displace them
 
 

@@ -1,6 +1,6 @@
-"""A decode state as the Engram store keeps it: the tensors of a snapshot at one point (everything but
-the compressed entries of whole chunks), the entries of one whole chunk, and the restore of a fresh
-state from a snapshot and its chunks. Split from `engram_store` so each file keeps one job."""
+"""A decode state as the prefix-state store keeps it: the tensors of a snapshot at one point (everything
+but the compressed entries of whole chunks), the entries of one whole chunk, and the restore of a fresh
+state from a snapshot and its chunks. Split from `prefix_store` so each file keeps one job."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The Engram store's files: which ones the store owns, and how one entry is written and checked.
+"""The prefix-state store's files: how an entry is named (the model fingerprint and the prefix keys),
+which files the store owns, and how one entry is written and checked.
+
+Keys are chained xxh3-128 hashes of (model fingerprint, token ids so far), canonical for a prefix:
+the chain runs over fixed 64-token blocks, so the key at position p depends on ids[:p] alone.
 
 The store owns only what it wrote (issue 22: `v4 engram verify` pointed at a model folder deleted its
 `model.safetensors`). Its root holds a manifest, `v4-engram-store.json`, naming the format and every
@@ -19,13 +23,22 @@ import re
 import stat
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import xxhash
 from filelock import FileLock
 from safetensors.torch import load, save
 
+if TYPE_CHECKING:
+    from .config import V4Config
+    from .engine import Engine
+
+# The on-disk names keep the store's first name, "engram" (it was the Engram store before it was named
+# apart from the Engram layer): renaming the format, the manifest or the default directory would orphan
+# every store already written, which this version neither reads nor deletes.
 FORMAT = "v4-engram"
 FORMAT_VERSION = 2  # 2: the store owns what it lists in its manifest; the checksum covers the whole file
 STORE_FORMAT = "v4-engram-store"
@@ -35,6 +48,7 @@ _PLACEHOLDER = "0" * 32
 # <model fingerprint>/<snapshots | chunks-N>/<prefix key>.safetensors: nothing else is ever an entry
 _ENTRY = re.compile(r"[0-9a-f]{32}/(snapshots|chunks-[0-9]+)/[0-9a-f]{32}\.safetensors")
 _HEX_DIR = re.compile(r"[0-9a-f]{32}")
+HASH_BLOCK = 64  # tokens per link of the prefix-hash chain
 
 
 class StoreError(RuntimeError):
@@ -44,6 +58,62 @@ class StoreError(RuntimeError):
 class StoreDirectoryError(StoreError):
     """A store directory that cannot be used: not a directory, someone else's, unreadable or read-only.
     Raised before any work, so nothing is computed and nothing changes."""
+
+
+# --------------------------------------------------------------------------------------------- names
+
+def file_digest(path: Path, memo: dict[str, str]) -> str:
+    """xxh3-128 of a file's bytes, remembered by (path, size, mtime) so a 500 GB checkpoint is read once."""
+    stat_result = path.stat()
+    tag = f"{path.resolve()}:{stat_result.st_size}:{stat_result.st_mtime_ns}"
+    if tag not in memo:
+        digest = xxhash.xxh3_128()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        memo[tag] = digest.hexdigest()
+    return memo[tag]
+
+
+def model_fingerprint(engine: Engine, memo: dict[str, str] | None = None) -> str:
+    """What a state depends on besides the tokens: the config, the weights (file hashes), the dtype and
+    the kv format (FP8 entries are other bytes, and other keys for the layers after them)."""
+    memo = {} if memo is None else memo
+    digest = xxhash.xxh3_128()
+    digest.update(json.dumps(_config_dict(engine.model.config), sort_keys=True, default=str).encode())
+    digest.update(str(engine.dtype).encode())
+    digest.update(f"kv_format={engine.config.kv_format}".encode())
+    checkpoint = getattr(engine, "checkpoint", None)
+    if checkpoint is None:
+        raise StoreError("the engine does not know its checkpoint directory; load it with model.load")
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        digest.update(file.name.encode() + file_digest(file, memo).encode())
+    digest.update(f"{FORMAT}:{FORMAT_VERSION}:mtp={len(engine.model.mtp)}".encode())
+    return digest.hexdigest()
+
+
+def _config_dict(config: V4Config) -> dict[str, object]:
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "engram"}
+
+
+def prefix_keys(fingerprint: str, ids: Sequence[int], positions: Sequence[int]) -> dict[int, str]:
+    """The key of ids[:p] for each p in `positions` (a function of ids[:p] and the model alone)."""
+    import numpy as np
+
+    array = np.asarray(ids, dtype=np.int64).astype("<i4")
+    wanted = sorted(set(positions))
+    keys: dict[int, str] = {}
+    chain = xxhash.xxh3_128(fingerprint.encode()).digest()
+    block = 0
+    for position in wanted:
+        while (block + 1) * HASH_BLOCK <= position:
+            chain = xxhash.xxh3_128(chain + array[block * HASH_BLOCK : (block + 1) * HASH_BLOCK].tobytes()).digest()
+            block += 1
+        tail = array[block * HASH_BLOCK : position].tobytes()
+        keys[position] = xxhash.xxh3_128(chain + tail + position.to_bytes(8, "little")).hexdigest()
+    return keys
 
 
 # ------------------------------------------------------------------------------------------ entries

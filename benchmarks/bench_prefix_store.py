@@ -1,4 +1,4 @@
-"""Engram store benchmark: time to first token of a repository prompt, cold (prefill everything) vs
+"""Prefix-state store benchmark: time to first token of a repository prompt, cold (prefill everything) vs
 warm (resume from the store, in a new store object: the disk tier, as a new session would), and after
 editing one file near the end of the order (only the tail is recomputed). Also the store's bytes per
 token against the analytic V4 state size.
@@ -8,7 +8,7 @@ repo_index renders segments), tokenized with the checkpoint's tokenizer and cut 
 snapshots are taken at the segment headers. Correctness first: the warm logits must equal the cold ones
 and the edited prompt's logits a cold prefill of it, or no timing is printed.
 
-    python benchmarks/bench_engram.py [--preset small] [--lengths 16384,65536,131072] [--device cpu]
+    python benchmarks/bench_prefix_store.py [--preset small] [--lengths 16384,65536,131072] [--device cpu]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from v4 import model  # noqa: E402
 from v4.model.checkpoint import state_bytes_per_token  # noqa: E402
 from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
-from v4.model.engram_store import EngramStore  # noqa: E402
+from v4.model.prefix_store import PrefixStore  # noqa: E402
 
 
 def repository_prompt(tokenizer: object, length: int) -> tuple[list[int], list[int]]:
@@ -62,20 +62,20 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def measure(engine: object, ids: list[int], boundaries: list[int], work: Path, check_edit: bool) -> dict:
     directory = work / f"store-{len(ids)}"
     started = time.perf_counter()
-    _, cold_logits, cold = EngramStore(directory).prefill(engine, ids, boundaries, len(ids) + 64)
+    _, cold_logits, cold = PrefixStore(directory).prefill(engine, ids, boundaries, len(ids) + 64)
     cold_s = time.perf_counter() - started
     started = time.perf_counter()
-    _, warm_logits, warm = EngramStore(directory).prefill(engine, ids, boundaries, len(ids) + 64)
+    _, warm_logits, warm = PrefixStore(directory).prefill(engine, ids, boundaries, len(ids) + 64)
     warm_s = time.perf_counter() - started
     late = [b for b in boundaries if b <= len(ids) * 0.95]
     edit_at = min((late[-1] if late else int(len(ids) * 0.9)) + 5, len(ids) - 1)  # inside a late segment
     edited = list(ids)
     edited[edit_at] = (edited[edit_at] + 1) % 32000
     started = time.perf_counter()
-    _, edit_logits, after_edit = EngramStore(directory).prefill(engine, edited, boundaries, len(ids) + 64)
+    _, edit_logits, after_edit = PrefixStore(directory).prefill(engine, edited, boundaries, len(ids) + 64)
     edit_s = time.perf_counter() - started
     # the edited prompt's cold prefill costs as much again: checked on the shorter prompts only
-    reference = (EngramStore(work / f"ref-{len(ids)}").prefill(engine, edited, boundaries, len(ids) + 64)[1]
+    reference = (PrefixStore(work / f"ref-{len(ids)}").prefill(engine, edited, boundaries, len(ids) + 64)[1]
                  if check_edit else None)
     store_bytes = sum(p.stat().st_size for p in directory.rglob("*.safetensors"))
     return {

@@ -1,4 +1,4 @@
-"""The Engram store against cold prefills of a tiny random checkpoint: warm (memory and disk) equals
+"""The prefix-state store against cold prefills of a tiny random checkpoint: warm (memory and disk) equals
 cold, reuse after edits, every kind of bad file recomputed and never loaded, a full disk, two processes
 sharing a store, eviction under max_bytes, the prefix keys, clear and stats."""
 
@@ -18,9 +18,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from v4 import model
-from v4.model import engram_files, engram_store
+from v4.model import prefix_store, prefix_store_files
 from v4.model.random_checkpoint import init_checkpoint
-from v4.model.engram_store import FORMAT_VERSION, EngramStore, model_fingerprint, prefix_keys
+from v4.model.prefix_store import FORMAT_VERSION, PrefixStore, model_fingerprint, prefix_keys
 
 CHUNK = 128  # a multiple of the tiny preset's compress rates (4 and 8)
 LENGTH = 600  # four whole chunks and a tail
@@ -58,7 +58,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     # cores OpenMP's spinning threads make each forward ~40x slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    directory = tmp_path_factory.mktemp("engram_store") / "tiny"
+    directory = tmp_path_factory.mktemp("prefix_store") / "tiny"
     init_checkpoint(directory, "tiny", seed=1)
     yield Tiny(directory)
     torch.set_num_threads(threads)
@@ -67,7 +67,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
 @pytest.fixture(scope="module")
 def other(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     """Another model: the same preset with other random weights (after `tiny`, which sets the threads)."""
-    directory = tmp_path_factory.mktemp("engram_store_other") / "tiny"
+    directory = tmp_path_factory.mktemp("prefix_store_other") / "tiny"
     init_checkpoint(directory, "tiny", seed=2)
     return Tiny(directory)
 
@@ -76,7 +76,7 @@ def other(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Tiny:
 def populated(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store directory holding one prefill of `tiny.ids(0)` at BOUNDARIES (tests copy it)."""
     directory = tmp_path_factory.mktemp("populated") / "store"
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
     store.prefill(tiny.engine, tiny.ids(0), BOUNDARIES)
     return directory
 
@@ -133,7 +133,7 @@ def test_warm_prefill_from_memory_and_disk_equals_cold(tiny: Tiny, tmp_path: Pat
     cold_next = engine.forward(extra, cold_state)
 
     warnings: list[str] = []
-    store = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
+    store = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
     state, first, stats = store.prefill(engine, ids, [200])
     assert _rel(first, cold) < TOLERANCE
     assert (stats.tokens, stats.reused_tokens, stats.computed_tokens) == (LENGTH, 0, LENGTH)
@@ -150,7 +150,7 @@ def test_warm_prefill_from_memory_and_disk_equals_cold(tiny: Tiny, tmp_path: Pat
         assert _rel(engine.forward(extra, warm_state), cold_next) < TOLERANCE
 
     check_warm(store.prefill(engine, ids))  # same object: read from disk into memory
-    check_warm(EngramStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(engine, ids))  # a new object: disk
+    check_warm(PrefixStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(engine, ids))  # a new object: disk
     shutil.rmtree(tmp_path / "store" / tiny.fingerprint[:32])
     check_warm(store.prefill(engine, ids))  # the disk is gone: only the memory tier can answer
     assert warnings == []
@@ -170,7 +170,7 @@ def test_reuse_after_an_edit(tiny: Tiny, populated: Path, tmp_path: Path, edit: 
     edited = list(ids)
     edited[edit] = (edited[edit] + 1) % tiny.vocab
 
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
     _, logits, stats = store.prefill(tiny.engine, edited, BOUNDARIES)
     assert (stats.reused_tokens, stats.computed_tokens) == (reused, LENGTH - reused)
     assert _rel(logits, tiny.cold(edited)) < TOLERANCE
@@ -182,7 +182,7 @@ def test_reuse_after_an_edit(tiny: Tiny, populated: Path, tmp_path: Path, edit: 
     new_snapshots = [p for p in marks if p > edit]  # every prefix that contains the edit
     new_chunks = [p for p in range(CHUNK, LENGTH + 1, CHUNK) if p > edit]
     assert stats.snapshots_written == len([p for p in marks if p > reused])
-    counts = EngramStore(directory).stats()
+    counts = PrefixStore(directory).stats()
     assert counts["snapshots"] == len(marks) + len(new_snapshots)
     assert counts["chunks"] == LENGTH // CHUNK + len(new_chunks)
     for position in range(CHUNK, edit + 1, CHUNK):  # the unchanged prefix's chunks are shared, kept as they were
@@ -241,7 +241,7 @@ def test_bad_file_is_reported_deleted_and_recomputed(tiny: Tiny, populated: Path
     corrupted = bad.read_bytes()
 
     warnings: list[str] = []
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=warnings.append)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=warnings.append)
     _, logits, stats = store.prefill(tiny.engine, ids, BOUNDARIES)
     assert stats.reused_tokens == resumes  # never loaded: the snapshot before it was
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
@@ -249,7 +249,7 @@ def test_bad_file_is_reported_deleted_and_recomputed(tiny: Tiny, populated: Path
     assert not bad.exists() or bad.read_bytes() != corrupted  # deleted (then written anew)
     assert store.verify() == []
 
-    _, again, stats = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
+    _, again, stats = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
     assert stats.reused_tokens == LENGTH and torch.equal(again, logits)
 
 
@@ -258,7 +258,7 @@ def test_verify_deletes_bad_files(tiny: Tiny, populated: Path, tmp_path: Path, c
     directory = _copy(populated, tmp_path)
     bad = _file(directory, tiny.fingerprint, "snapshots", tiny.ids(0), 400)
     CORRUPTIONS[corruption](bad)
-    store = EngramStore(directory, chunk_tokens=CHUNK)
+    store = PrefixStore(directory, chunk_tokens=CHUNK)
     files = len(store.files())
     found = store.verify()
     assert len(found) == 1 and str(bad) in found[0]
@@ -270,7 +270,7 @@ def test_missing_chunk_resumes_from_a_shorter_prefix(tiny: Tiny, populated: Path
     directory = _copy(populated, tmp_path)
     ids = tiny.ids(0)
     _file(directory, tiny.fingerprint, "chunks", ids, 384).unlink()  # as if evicted
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)  # eviction is no error
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)  # eviction is no error
     _, logits, stats = store.prefill(tiny.engine, ids, BOUNDARIES)
     assert stats.reused_tokens == 256  # 384 and later need the chunk ending at 384
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
@@ -283,7 +283,7 @@ def test_another_models_files_are_never_used(tiny: Tiny, other: Tiny, populated:
     assert other.fingerprint != tiny.fingerprint
 
     # the other model does not find the first model's states under its keys
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
     _, logits, stats = store.prefill(other.engine, ids)
     assert stats.reused_tokens == 0 and _rel(logits, other.cold(ids)) < TOLERANCE
     assert store.stats()["models"] == 2
@@ -292,14 +292,14 @@ def test_another_models_files_are_never_used(tiny: Tiny, other: Tiny, populated:
     theirs = _file(directory, other.fingerprint, "snapshots", ids, LENGTH)
     shutil.copyfile(_file(directory, tiny.fingerprint, "snapshots", ids, LENGTH), theirs)
     warnings: list[str] = []
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=warnings.append)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=warnings.append)
     _, logits, stats = store.prefill(other.engine, ids, [512])
     assert stats.reused_tokens == 512  # its own snapshot, not the planted one
     assert _rel(logits, other.cold(ids)) < TOLERANCE
     assert len(warnings) == 1 and "another model" in warnings[0]
 
     # and the first model still finds its own
-    _, logits, stats = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
+    _, logits, stats = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
     assert stats.reused_tokens == LENGTH and _rel(logits, tiny.cold(ids)) < TOLERANCE
 
 
@@ -309,7 +309,7 @@ def test_other_chunk_size_in_the_same_directory(tiny: Tiny, populated: Path, tmp
     directory = _copy(populated, tmp_path)
     ids = tiny.ids(0)
     for _ in range(2):  # the first writes snapshots of 256-token chunks; the second finds them
-        store = EngramStore(directory, chunk_tokens=2 * CHUNK)
+        store = PrefixStore(directory, chunk_tokens=2 * CHUNK)
         state, logits, stats = store.prefill(tiny.engine, ids)
         assert _rel(logits, tiny.cold(ids)) < TOLERANCE
         assert state.num_tokens == LENGTH
@@ -320,15 +320,15 @@ def test_file_evicted_while_being_read(tiny: Tiny, populated: Path, tmp_path: Pa
     """Another process may evict a file right after this one read it (between the read and the touch)."""
     directory = _copy(populated, tmp_path)
     ids = tiny.ids(0)
-    real = engram_store.read_entry
+    real = prefix_store.read_entry
 
     def read_then_evicted(path: Path) -> bytes:
         data = real(path)
         path.unlink(missing_ok=True)
         return data
 
-    monkeypatch.setattr(engram_store, "read_entry", read_then_evicted)
-    _, logits, stats = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
+    monkeypatch.setattr(prefix_store, "read_entry", read_then_evicted)
+    _, logits, stats = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
 
 
@@ -346,11 +346,11 @@ def test_full_disk(tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         raise error
 
     if isinstance(error, SafetensorError):  # raised by safetensors itself, while it serializes
-        monkeypatch.setattr(engram_files, "save", lambda *args, **options: (_ for _ in ()).throw(error))
+        monkeypatch.setattr(prefix_store_files, "save", lambda *args, **options: (_ for _ in ()).throw(error))
     else:
-        monkeypatch.setattr(engram_files, "_write_all", full)
+        monkeypatch.setattr(prefix_store_files, "_write_all", full)
     warnings: list[str] = []
-    store = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
+    store = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
     _, logits, stats = store.prefill(tiny.engine, ids, BOUNDARIES)
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
     assert stats.store_bytes == 0
@@ -366,7 +366,7 @@ def test_full_disk(tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.undo()  # the disk has room again
     _, logits, stats = store.prefill(tiny.engine, ids, BOUNDARIES)
     assert stats.reused_tokens == 0 and stats.store_bytes > 0 and _rel(logits, tiny.cold(ids)) < TOLERANCE
-    _, warm, stats = EngramStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(tiny.engine, ids)
+    _, warm, stats = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(tiny.engine, ids)
     assert stats.reused_tokens == LENGTH and torch.equal(warm, logits)
 
 
@@ -377,7 +377,7 @@ def test_real_write_failure(tiny: Tiny, tmp_path: Path) -> None:
 
     ids = tiny.ids(0)
     warnings: list[str] = []
-    store = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
+    store = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK, warn=warnings.append)
     limits = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, limits[1]))  # chunks (~15 KB) fit, snapshots do not
@@ -402,7 +402,7 @@ def _prefill_in_another_process(checkpoint: str, directory: str, prompts: list[l
     barrier.wait(timeout=120)  # both start prefilling together
     results = []
     for ids in prompts:  # a new object each time: the other process's files are read from disk
-        _, logits, stats = EngramStore(directory, chunk_tokens=CHUNK, warn=warnings.append).prefill(
+        _, logits, stats = PrefixStore(directory, chunk_tokens=CHUNK, warn=warnings.append).prefill(
             engine, ids, BOUNDARIES)
         results.append((logits, stats.to_json()))
     torch.save({"results": results, "warnings": warnings}, out)
@@ -435,7 +435,7 @@ def test_two_processes_share_a_store(tiny: Tiny, tmp_path: Path) -> None:
             assert stats["reused_tokens"] + stats["computed_tokens"] == LENGTH
         assert result["results"][-1][1]["reused_tokens"] == LENGTH  # its own first prefill is still there
 
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
     assert store.verify() == []
     assert _temporaries(directory) == []
     for prompt in [ids, *edits]:
@@ -447,11 +447,11 @@ def test_two_processes_share_a_store(tiny: Tiny, tmp_path: Path) -> None:
 
 def test_eviction_keeps_the_store_under_max_bytes(tiny: Tiny, tmp_path: Path) -> None:
     first, second = tiny.ids(0), tiny.ids(2)
-    probe = EngramStore(tmp_path / "probe", chunk_tokens=CHUNK)
+    probe = PrefixStore(tmp_path / "probe", chunk_tokens=CHUNK)
     probe.prefill(tiny.engine, first)
     one = probe.stats()["bytes"]
 
-    store = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, max_bytes=int(one * 1.25), warn=_fail_on_warning)
+    store = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK, max_bytes=int(one * 1.25), warn=_fail_on_warning)
     for ids in (first, second):
         _, logits, stats = store.prefill(tiny.engine, ids)
         assert stats.reused_tokens == 0 and _rel(logits, tiny.cold(ids)) < TOLERANCE
@@ -459,7 +459,7 @@ def test_eviction_keeps_the_store_under_max_bytes(tiny: Tiny, tmp_path: Path) ->
     _, logits, stats = store.prefill(tiny.engine, second)  # the most recent fits
     assert stats.reused_tokens == LENGTH and _rel(logits, tiny.cold(second)) < TOLERANCE
     # the first was evicted (least recently used): recomputed, correctly
-    _, logits, stats = EngramStore(tmp_path / "store", chunk_tokens=CHUNK, max_bytes=int(one * 1.25)).prefill(
+    _, logits, stats = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK, max_bytes=int(one * 1.25)).prefill(
         tiny.engine, first)
     assert stats.reused_tokens < LENGTH and _rel(logits, tiny.cold(first)) < TOLERANCE
     assert store.stats()["bytes"] <= store.max_bytes
@@ -470,10 +470,10 @@ def test_eviction_is_least_recently_used(tiny: Tiny, tmp_path: Path) -> None:
     relatime covers): a newer prompt evicts the less recently used files first."""
     first, second, third = tiny.ids(0), tiny.ids(2), tiny.ids(3)
     directory = tmp_path / "store"
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
 
     def read(ids: list[int]) -> None:  # a new object each time: from disk, not from memory
-        assert EngramStore(directory, chunk_tokens=CHUNK).prefill(tiny.engine, ids)[2].reused_tokens == LENGTH
+        assert PrefixStore(directory, chunk_tokens=CHUNK).prefill(tiny.engine, ids)[2].reused_tokens == LENGTH
 
     store.prefill(tiny.engine, first)
     one = store.stats()["bytes"]
@@ -483,7 +483,7 @@ def test_eviction_is_least_recently_used(tiny: Tiny, tmp_path: Path) -> None:
     store.max_bytes = int(one * 2.1)
     store.prefill(tiny.engine, third)  # evicts about a prompt: the first's unread snapshots, then the second
     assert store.stats()["bytes"] <= store.max_bytes
-    fresh = EngramStore(directory, chunk_tokens=CHUNK, max_bytes=10**12, warn=_fail_on_warning)
+    fresh = PrefixStore(directory, chunk_tokens=CHUNK, max_bytes=10**12, warn=_fail_on_warning)
     _, logits, stats = fresh.prefill(tiny.engine, first)
     assert stats.reused_tokens == LENGTH and _rel(logits, tiny.cold(first)) < TOLERANCE
     _, logits, stats = fresh.prefill(tiny.engine, second)
@@ -494,7 +494,7 @@ def test_memory_tier_after_disk_eviction(tiny: Tiny, tmp_path: Path) -> None:
     """Files evicted from disk leave the memory tier with their bytes: it can hold as much as before."""
     first, second = tiny.ids(0), tiny.ids(2)
     directory = tmp_path / "store"
-    store = EngramStore(directory, chunk_tokens=CHUNK)
+    store = PrefixStore(directory, chunk_tokens=CHUNK)
     store.prefill(tiny.engine, first)
     # a warm prefill reads the end's snapshot and every chunk
     needed = [_file(directory, tiny.fingerprint, "snapshots", first, LENGTH)] + \
@@ -547,7 +547,7 @@ def test_prefix_keys(tiny: Tiny, other: Tiny) -> None:
 
 def test_stats_and_clear(tiny: Tiny, populated: Path, tmp_path: Path) -> None:
     directory = _copy(populated, tmp_path)
-    store = EngramStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
+    store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
     marks = set(BOUNDARIES) | set(range(CHUNK, LENGTH, CHUNK)) | {LENGTH}
     stats = store.stats()
     files = list(directory.glob("*/*/*.safetensors"))
@@ -563,5 +563,5 @@ def test_stats_and_clear(tiny: Tiny, populated: Path, tmp_path: Path) -> None:
     assert store.stats() == {**stats, "files": 0, "snapshots": 0, "chunks": 0, "bytes": 0, "models": 0}
     _, logits, cold = store.prefill(tiny.engine, ids)  # neither disk nor memory still holds it
     assert cold.reused_tokens == 0 and _rel(logits, tiny.cold(ids)) < TOLERANCE
-    assert EngramStore(tmp_path / "absent").stats()["files"] == 0
-    assert EngramStore(tmp_path / "absent").clear() == 0
+    assert PrefixStore(tmp_path / "absent").stats()["files"] == 0
+    assert PrefixStore(tmp_path / "absent").clear() == 0

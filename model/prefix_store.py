@@ -1,9 +1,9 @@
-"""The Engram store: decode states of prefilled prompts, kept in memory and on disk, so that a new
-session (tomorrow, after edits) resumes from the longest prefix it has seen instead of prefilling the
-whole repository again.
+"""The prefix-state store: decode states of prefilled prompts, kept in memory and on disk, so that a
+new session (tomorrow, after edits) resumes from the longest prefix it has seen instead of prefilling
+the whole repository again. (Not the Engram layer of `engram.py`: the store keeps any model's states.)
 
-Keys are chained xxh3-128 hashes of (model fingerprint, token ids so far), canonical for a prefix:
-the chain runs over fixed 64-token blocks, so the key at position p depends on ids[:p] alone.
+Entries are keyed by prefix (`prefix_store_files.prefix_keys`): the key at position p depends on
+ids[:p] and the model alone.
 
 A snapshot at position p stores what only that point has: every layer's sliding window, partial
 windows, CSA overlap halves, Engram context, the MTP pending streams, the last logits, and the
@@ -15,9 +15,9 @@ An FP8 state (kv_format "fp8") is stored as it is held: uint8 packed rows, float
 and their float32 scales, which safetensors keeps bit for bit; the fingerprint names the kv format,
 so a snapshot only ever loads into a state of its own format.
 
-Files are safetensors entries written and checked by `engram_files`: the store owns only the entries
-its manifest lists, and each entry's checksum covers every byte but its own digits. A file that is
-truncated, corrupt, of another model or format is reported once, deleted if the store wrote it, and
+Files are safetensors entries written and checked by `prefix_store_files`: the store owns only the
+entries its manifest lists, and each entry's checksum covers every byte but its own digits. A file that
+is truncated, corrupt, of another model or format is reported once, deleted if the store wrote it, and
 recomputed, never loaded. Writes and eviction (LRU by access time, under `max_bytes`) hold a file lock
 on the store, so concurrent processes can share it. A misdirected, foreign or read-only directory is
 refused (`StoreDirectoryError`) before any work.
@@ -34,48 +34,56 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import xxhash
 from filelock import FileLock
 from safetensors import SafetensorError
 
-from .engram_files import (FORMAT, FORMAT_VERSION, StoreDirectoryError, StoreError, StoreRoot, decode_entry,
-                           encode_entry, is_file, read_entry, temp_path, write_entry)
-from .engram_snapshot import chunk_tensors, restore, snapshot_tensors
+from .prefix_snapshot import chunk_tensors, restore, snapshot_tensors
+from .prefix_store_files import (FORMAT, FORMAT_VERSION, StoreDirectoryError, StoreError, StoreRoot, decode_entry,
+                                 encode_entry, is_file, model_fingerprint, prefix_keys, read_entry, temp_path,
+                                 write_entry)
 from .state import DecodeState
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "EngramStore", "PrefillStats", "StoreDirectoryError", "StoreError",
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "PrefillStats", "PrefixStore", "StoreDirectoryError", "StoreError",
            "default_store_dir", "model_fingerprint", "prefix_keys"]
-HASH_BLOCK = 64  # tokens per link of the prefix-hash chain
-# Most tokens per forward: bounds the attention's score matrices. On CPU the reference path is
-# fastest in short pieces (8.7K tokens, tiny preset: 3.7 s in ~500-token pieces, 10.1 s in 2048).
-PREFILL_PIECE = {"cpu": 512, "cuda": 4096}
 DEFAULT_MAX_BYTES = 20 * 10**9
 
 
 @dataclass(slots=True)
 class PrefillStats:
-    """How a prefill went: what came from the store and what was computed."""
+    """How one prefill went, whoever ran it (the store, the runner, a stepped background prefill): what
+    was found prefilled, what was computed, and where the time went. The one type for it."""
 
-    tokens: int = 0
-    reused_tokens: int = 0
+    tokens: int = 0  # the prompt's length
+    reused_tokens: int = 0  # found prefilled already: in the state or the store
     computed_tokens: int = 0
-    load_s: float = 0.0
-    prefill_s: float = 0.0
+    held_tokens: int = 0  # how much of the prompt the state holds now (all of it unless cancelled)
+    load_s: float = 0.0  # reading snapshots from the store
+    prefill_s: float = 0.0  # computing the rest
+    seconds: float = 0.0  # the whole call
+    from_store: bool = False  # it went through the store (a cold start), whatever it found there
     snapshots_written: int = 0
-    store_bytes: int = 0
+    store_bytes: int = 0  # bytes the store wrote for it
+    cancelled: bool = False  # a stepped prefill that gave way before the end
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, int | float | bool]:
         return {"tokens": self.tokens, "reused_tokens": self.reused_tokens, "computed_tokens": self.computed_tokens,
-                "load_s": round(self.load_s, 4), "prefill_s": round(self.prefill_s, 4),
-                "snapshots_written": self.snapshots_written, "store_bytes": self.store_bytes}
+                "held_tokens": self.held_tokens, "load_s": round(self.load_s, 4),
+                "prefill_s": round(self.prefill_s, 4), "seconds": round(self.seconds, 4),
+                "from_store": self.from_store, "snapshots_written": self.snapshots_written,
+                "store_bytes": self.store_bytes, "cancelled": self.cancelled}
 
 
 def default_store_dir() -> Path:
     """`$V4_ENGRAM_DIR`, else the platform's per-user cache (`~/.cache/v4/engram-v2` on Linux). The
     default is named by format version, like Aider's tag cache, so an upgrade starts a new store instead
-    of refusing the old one (which it can neither read nor prove it wrote)."""
+    of refusing the old one (which it can neither read nor prove it wrote). The names keep the store's
+    first name (see `prefix_store_files.FORMAT`) so that existing stores stay valid."""
     configured = os.environ.get("V4_ENGRAM_DIR")
     if configured:
         return Path(configured)
@@ -84,66 +92,10 @@ def default_store_dir() -> Path:
     return Path(platformdirs.user_cache_dir("v4")) / f"engram-v{FORMAT_VERSION}"
 
 
-# ---------------------------------------------------------------------------------------------- keys
-
-def file_digest(path: Path, memo: dict) -> str:
-    """xxh3-128 of a file's bytes, remembered by (path, size, mtime) so a 500 GB checkpoint is read once."""
-    stat = path.stat()
-    tag = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    if tag not in memo:
-        digest = xxhash.xxh3_128()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        memo[tag] = digest.hexdigest()
-    return memo[tag]
-
-
-def model_fingerprint(engine: object, memo: dict | None = None) -> str:
-    """What a state depends on besides the tokens: the config, the weights (file hashes), the dtype and
-    the kv format (FP8 entries are other bytes, and other keys for the layers after them)."""
-    memo = {} if memo is None else memo
-    digest = xxhash.xxh3_128()
-    digest.update(json.dumps(_config_dict(engine.model.config), sort_keys=True, default=str).encode())
-    digest.update(str(engine.dtype).encode())
-    digest.update(f"kv_format={engine.config.kv_format}".encode())
-    checkpoint = getattr(engine, "checkpoint", None)
-    if checkpoint is None:
-        raise StoreError("the engine does not know its checkpoint directory; load it with model.load")
-    for file in sorted(Path(checkpoint).glob("*.safetensors")):
-        digest.update(file.name.encode() + file_digest(file, memo).encode())
-    digest.update(f"{FORMAT}:{FORMAT_VERSION}:mtp={len(engine.model.mtp)}".encode())
-    return digest.hexdigest()
-
-
-def _config_dict(config: object) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "engram"}
-
-
-def prefix_keys(fingerprint: str, ids: Sequence[int], positions: Sequence[int]) -> dict[int, str]:
-    """The key of ids[:p] for each p in `positions` (a function of ids[:p] and the model alone)."""
-    import numpy as np
-
-    array = np.asarray(ids, dtype=np.int64).astype("<i4")
-    wanted = sorted(set(positions))
-    keys: dict[int, str] = {}
-    chain = xxhash.xxh3_128(fingerprint.encode()).digest()
-    block = 0
-    for position in wanted:
-        while (block + 1) * HASH_BLOCK <= position:
-            chain = xxhash.xxh3_128(chain + array[block * HASH_BLOCK : (block + 1) * HASH_BLOCK].tobytes()).digest()
-            block += 1
-        tail = array[block * HASH_BLOCK : position].tobytes()
-        keys[position] = xxhash.xxh3_128(chain + tail + position.to_bytes(8, "little")).hexdigest()
-    return keys
-
-
 # ----------------------------------------------------------------------------------------- the store
 
 @dataclass
-class EngramStore:
+class PrefixStore:
     """Prefix states of one or more models: an in-memory LRU over a size-limited directory."""
 
     directory: Path = field(default_factory=default_store_dir)
@@ -245,15 +197,20 @@ class EngramStore:
             self._memory_used -= sum(t.numel() * t.element_size() for t in tensors.values())
 
     # -- prefill
-    def prefill(self, engine: object, ids: Sequence[int], boundaries: Sequence[int] = (),
+    def prefill(self, engine: Engine, ids: Sequence[int], boundaries: Sequence[int] = (),
                 max_tokens: int | None = None) -> tuple[DecodeState, torch.Tensor, PrefillStats]:
         """A state holding `ids` and the logits after them: from the longest stored prefix, then the
-        rest computed (snapshotted at each of `boundaries`, every `chunk_tokens`, and at the end). The state has room for
-        `max_tokens` (default: the engine's context), so the caller can go on decoding."""
+        rest computed (snapshotted at each of `boundaries`, every `chunk_tokens`, and at the end). The
+        state has room for `max_tokens` (default: the engine's context), so the caller can go on decoding.
+
+        Returns:
+            (state, logits `[vocab]` float32 after the last id, PrefillStats with `from_store` set).
+        """
+        called = time.perf_counter()
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("nothing to prefill")
-        stats = PrefillStats(tokens=len(ids))
+        stats = PrefillStats(tokens=len(ids), held_tokens=len(ids), from_store=True)
         self.root.prepare()  # a misdirected or read-only store is refused before anything is computed
         self._check_chunking(engine)
         fingerprint = model_fingerprint(engine, self._digests)
@@ -284,17 +241,15 @@ class EngramStore:
         started = time.perf_counter()
         at = reused
         for position in (p for p in marks if p > reused):
-            piece = PREFILL_PIECE.get(engine.device.type, 2048)
-            while at < position:
-                step = min(piece, position - at)
-                logits = engine.forward(ids[at : at + step], state, last_only=True)[-1]
-                at += step
+            logits = engine.prefill(ids[at:position], state)  # in the engine's chunks (PREFILL_CHUNKS)
+            at = position
             stats.store_bytes += self._save(state, logits, fingerprint, keys, position)
             stats.snapshots_written += 1
         stats.prefill_s = time.perf_counter() - started
+        stats.seconds = time.perf_counter() - called
         return state, logits, stats
 
-    def _check_chunking(self, engine: object) -> None:
+    def _check_chunking(self, engine: Engine) -> None:
         config = engine.model.config
         rates = [config.compress_rate(layer) for layer in range(config.num_hidden_layers)]
         rates = [r for r in rates if r] or [1]
@@ -302,7 +257,7 @@ class EngramStore:
         if self.chunk_tokens % step:
             self.chunk_tokens = max(1, round(self.chunk_tokens / step)) * step
 
-    def _load(self, engine: object, state: DecodeState, fingerprint: str, keys: dict[int, str],
+    def _load(self, engine: Engine, state: DecodeState, fingerprint: str, keys: dict[int, str],
               position: int) -> torch.Tensor | None:
         snapshot = self._read(self._path(fingerprint, "snapshots", keys[position]), fingerprint, keys[position])
         if snapshot is None:

@@ -1,4 +1,4 @@
-"""The Engram store against misuse (issue 22): it deletes only what it wrote, refuses a foreign, misdirected
+"""The prefix-state store against misuse (issue 22): it deletes only what it wrote, refuses a foreign, misdirected
 or read-only directory before any work, and its checksum catches a flipped bit anywhere in an entry."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 
 from v4 import model
 from v4.model.random_checkpoint import init_checkpoint
-from v4.model.engram_files import MANIFEST
-from v4.model.engram_store import EngramStore, StoreDirectoryError, model_fingerprint, prefix_keys
+from v4.model.prefix_store_files import MANIFEST
+from v4.model.prefix_store import PrefixStore, StoreDirectoryError, model_fingerprint, prefix_keys
 
 CHUNK = 128
 LENGTH = 300  # two whole chunks and a tail
@@ -35,7 +35,7 @@ class Tiny:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model gains nothing from more (see test_engram_store.py)
+    torch.set_num_threads(1)  # the tiny model gains nothing from more (see test_prefix_store.py)
     directory = tmp_path_factory.mktemp("engram_misuse") / "tiny"
     init_checkpoint(directory, "tiny", seed=1)
     yield Tiny(directory)
@@ -45,7 +45,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
 @pytest.fixture(scope="module")
 def populated(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("misuse_populated") / "store"
-    EngramStore(directory, chunk_tokens=CHUNK).prefill(tiny.engine, tiny.ids, [200])
+    PrefixStore(directory, chunk_tokens=CHUNK).prefill(tiny.engine, tiny.ids, [200])
     return directory
 
 
@@ -93,7 +93,7 @@ def test_verify_clear_and_eviction_never_delete_a_model_under_or_beside_the_stor
     planted = store_dir / tiny.fingerprint[:32] / "snapshots" / ("0" * 32 + ".safetensors")
     planted.write_bytes(b"not written by the store")  # an entry's name, but not in the manifest
     models[planted] = planted.read_bytes()
-    store = EngramStore(store_dir, chunk_tokens=CHUNK)
+    store = PrefixStore(store_dir, chunk_tokens=CHUNK)
     assert store.verify() == []
     store.max_bytes = 0
     store.prefill(tiny.engine, tiny.ids[:-1])  # eviction of everything it owns
@@ -106,7 +106,7 @@ def test_a_foreign_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
     _model_folder(tmp_path / "model")
     before = _tree(tmp_path / "model")
     with pytest.raises(StoreDirectoryError, match="not an Engram store.*model.safetensors"):
-        EngramStore(tmp_path / "model")
+        PrefixStore(tmp_path / "model")
     assert _tree(tmp_path / "model") == before
 
 
@@ -117,17 +117,17 @@ def test_a_store_of_the_older_format_is_refused_by_name(tmp_path: Path) -> None:
     (old / ".lock").touch()
     before = _tree(old)
     with pytest.raises(StoreDirectoryError, match="older format"):
-        EngramStore(old)
+        PrefixStore(old)
     assert _tree(old) == before
 
 
 def test_a_corrupt_manifest_is_refused(store_dir: Path) -> None:
     (store_dir / MANIFEST).write_text('{"format": "v4-engram-store", "version": 2, "entries": ["../model.safetensors"]}')
     with pytest.raises(StoreDirectoryError, match="not an entry path"):
-        EngramStore(store_dir)
+        PrefixStore(store_dir)
     (store_dir / MANIFEST).write_text("{")
     with pytest.raises(StoreDirectoryError, match="corrupt"):
-        EngramStore(store_dir)
+        PrefixStore(store_dir)
 
 
 # ------------------------------------------------------------------------ every byte checked
@@ -150,7 +150,7 @@ def _flip_tensor(path: Path) -> None:
 def test_a_flipped_bit_is_caught_by_verify(tiny: Tiny, store_dir: Path, flip: object) -> None:
     bad = _snapshot(store_dir, tiny)
     flip(bad)
-    found = EngramStore(store_dir, chunk_tokens=CHUNK).verify()
+    found = PrefixStore(store_dir, chunk_tokens=CHUNK).verify()
     assert len(found) == 1 and str(bad) in found[0] and "checksum" in found[0]
     assert not bad.exists()
 
@@ -160,7 +160,7 @@ def test_a_flipped_bit_is_caught_on_load_and_not_reused(tiny: Tiny, store_dir: P
     bad = _snapshot(store_dir, tiny)
     flip(bad)
     warnings: list[str] = []
-    _, logits, stats = EngramStore(store_dir, chunk_tokens=CHUNK, warn=warnings.append).prefill(tiny.engine, tiny.ids)
+    _, logits, stats = PrefixStore(store_dir, chunk_tokens=CHUNK, warn=warnings.append).prefill(tiny.engine, tiny.ids)
     assert stats.reused_tokens == 256  # the snapshot before it
     assert float((logits - tiny.cold).abs().max() / tiny.cold.abs().max()) < 1e-5
     assert len(warnings) == 1 and "checksum" in warnings[0] and "deleting it" in warnings[0]
@@ -168,11 +168,11 @@ def test_a_flipped_bit_is_caught_on_load_and_not_reused(tiny: Tiny, store_dir: P
 
 def test_a_corrupt_file_the_store_did_not_write_is_not_deleted(tiny: Tiny, store_dir: Path) -> None:
     bad = _snapshot(store_dir, tiny)
-    EngramStore(store_dir).root.record(set())  # as if another tool had put the files there
+    PrefixStore(store_dir).root.record(set())  # as if another tool had put the files there
     _flip_tensor(bad)
     corrupted = bad.read_bytes()
     warnings: list[str] = []
-    _, logits, stats = EngramStore(store_dir, chunk_tokens=CHUNK, warn=warnings.append).prefill(tiny.engine, tiny.ids)
+    _, logits, stats = PrefixStore(store_dir, chunk_tokens=CHUNK, warn=warnings.append).prefill(tiny.engine, tiny.ids)
     assert stats.reused_tokens == 256 and "leaving it alone" in warnings[0]
     assert bad.read_bytes() == corrupted  # neither deleted nor overwritten
 
@@ -183,7 +183,7 @@ def test_engram_dir_is_a_file(tmp_path: Path) -> None:
     path = tmp_path / "engram"
     path.write_text("notes")
     with pytest.raises(StoreDirectoryError, match="is a file"):
-        EngramStore(path)
+        PrefixStore(path)
     assert path.read_text() == "notes"
 
 
@@ -191,7 +191,7 @@ def test_an_entry_path_that_is_a_directory(tiny: Tiny, store_dir: Path, no_forwa
     entry = _snapshot(store_dir, tiny)
     entry.unlink()
     entry.mkdir()  # a directory named <key>.safetensors
-    store = EngramStore(store_dir, chunk_tokens=CHUNK)
+    store = PrefixStore(store_dir, chunk_tokens=CHUNK)
     with pytest.raises(StoreDirectoryError, match=f"{entry.name} is not a regular file"):
         store.prefill(tiny.engine, tiny.ids)
     found = store.verify()
@@ -217,7 +217,7 @@ def _make_writable(directory: Path) -> None:
 def test_a_read_only_store(tiny: Tiny, store_dir: Path, no_forward: None) -> None:
     _make_read_only(store_dir)
     try:
-        store = EngramStore(store_dir, chunk_tokens=CHUNK)
+        store = PrefixStore(store_dir, chunk_tokens=CHUNK)
         assert store.stats()["files"] > 0  # reading is fine
         for action in (lambda: store.prefill(tiny.engine, tiny.ids[:-1]), store.verify, store.clear):
             with pytest.raises(StoreDirectoryError, match="not writable"):
@@ -229,8 +229,8 @@ def test_a_read_only_store(tiny: Tiny, store_dir: Path, no_forward: None) -> Non
 
 def test_the_default_directory_is_named_by_format_version(monkeypatch: pytest.MonkeyPatch) -> None:
     """An upgrade starts a new default store rather than refusing the old one on every run."""
-    from v4.model.engram_files import FORMAT_VERSION
-    from v4.model.engram_store import default_store_dir
+    from v4.model.prefix_store_files import FORMAT_VERSION
+    from v4.model.prefix_store import default_store_dir
 
     monkeypatch.delenv("V4_ENGRAM_DIR", raising=False)
     assert default_store_dir().name == f"engram-v{FORMAT_VERSION}"
@@ -240,5 +240,5 @@ def test_a_store_being_created_by_another_process_is_not_foreign(tmp_path: Path)
     """Between its mkdir and its manifest, a new store holds only the manifest's temporary file."""
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / ".tmp-manifest-abc").write_text("{")
-    EngramStore(tmp_path / "store").prepare()
+    PrefixStore(tmp_path / "store").prepare()
     assert (tmp_path / MANIFEST).exists() is False and (tmp_path / "store" / MANIFEST).is_file()

@@ -1,0 +1,10 @@
+"""Backends: one Protocol (`protocol.py`) and a thin adapter per kind of model: the embedded engine
+(`embedded.py`, over `model/runner.py`), an OpenAI-compatible endpoint (`http.py`) and a replay file
+(`replay.py`). `from v4.agent.backends import X` names any of them; none loads torch on import."""
+
+from .embedded import EmbeddedBackend
+from .http import HttpBackend
+from .protocol import Backend, BackendError, Usage
+from .replay import ReplayBackend
+
+__all__ = ["Backend", "BackendError", "EmbeddedBackend", "HttpBackend", "ReplayBackend", "Usage"]

@@ -1,0 +1,133 @@
+"""The embedded backend: the V4 engine in this process, as a thin adapter. The checkpoint's chat format
+turns messages into token ids (and the segment boundaries where the prefix-state store snapshots);
+the engine's runner (`model/runner.py`) keeps the one decode state, rewinds it to the longest prompt
+prefix already fed, prefills and decodes. So the system prompt and the repository are prefilled once
+per session and each turn only pays for what is new.
+
+The engine is imported only when a backend is made: an agent on an endpoint never loads torch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from ..chat_format import ChatFormat, Message
+from .protocol import BackendError, Usage
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from v4.model.engine import Engine
+    from v4.model.prefix_store import PrefillStats, PrefixStore
+
+
+class EmbeddedBackend:
+    """The V4 engine in this process. Prompts are rendered with the checkpoint's chat format and fed
+    to one runner, whose decode state is rewound, never rebuilt, while prompts share a prefix."""
+
+    name = "embedded"
+
+    def __init__(self, engine: Engine, chat_format: ChatFormat, context_length: int | None = None,
+                 store: PrefixStore | None = None, static_decode: bool | None = None) -> None:
+        from v4.model.runner import Runner, RunnerError
+
+        try:
+            self.runner: Runner = Runner(engine, context_length, store, static_decode, chat_format.stop_strings)
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc
+        self.chat_format = chat_format
+
+    @property
+    def engine(self) -> Engine:
+        return self.runner.engine
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.runner.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the state holds (prompt + answer): the caller's limit, within the model's."""
+        return self.runner.context_length
+
+    @property
+    def store(self) -> PrefixStore | None:
+        return self.runner.store
+
+    @property
+    def last_usage(self) -> Usage:
+        """The last answer's tokens (the prompt's as soon as it is prefilled, the answer's at its end)."""
+        answer = self.runner.last_answer
+        return Usage(answer.prompt_tokens, answer.cached_tokens, answer.completion_tokens, answer.seconds)
+
+    @property
+    def last_prefill(self) -> PrefillStats | None:
+        """How the last prefill through the prefix-state store went (a cold start); None until one did."""
+        return self.runner.last_prefill
+
+    @last_prefill.setter
+    def last_prefill(self, stats: PrefillStats | None) -> None:
+        self.runner.last_prefill = stats
+
+    def count_tokens(self, text: str) -> int | None:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt's ids, ending with the assistant's turn."""
+        return self.encode_with_boundaries(messages)[0]
+
+    def encode_with_boundaries(self, messages: Sequence[Message], add_generation_prompt: bool = True
+                               ) -> tuple[list[int], list[int]]:
+        """The prompt's ids and the token positions where its parts start: each repository segment
+        (`==> path <==` headers) and the end of the system message. The prefix-state store snapshots
+        there, so an edit to one file recomputes only from that file's segment on."""
+        text = self.chat_format.render(messages, add_generation_prompt=add_generation_prompt)
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        marks = [m.start() for m in re.finditer(r"(?m)^==> ", text)]
+        if messages and messages[0].role == "system" and len(messages) > 1:
+            marks.append(len(self.chat_format.render(messages[:1], add_generation_prompt=False)))
+        starts = [start for start, _ in encoding.offsets]
+        boundaries = sorted({bisect.bisect_left(starts, mark) for mark in marks} - {0, len(encoding.ids)})
+        return encoding.ids, boundaries
+
+    def prefill(self, messages: Sequence[Message]) -> PrefillStats:
+        """Feed `messages` (no answer) now, so the first question only pays for itself; resumes from the
+        store when it holds a prefix. `seconds` counts the rendering and tokenizing too."""
+        from v4.model.runner import RunnerError
+
+        started = time.perf_counter()
+        ids, boundaries = self.encode_with_boundaries(messages, add_generation_prompt=False)
+        try:
+            self.runner.room_after(ids)
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc
+        _, stats = self.runner.prefill(ids, boundaries)
+        return dataclasses.replace(stats, seconds=time.perf_counter() - started)
+
+    def warm(self, messages: Sequence[Message], cancelled: Callable[[], bool] | None = None,
+             step_tokens: int | None = None) -> PrefillStats:
+        """Prefill `messages` (no answer) in steps, asking `cancelled` before each (`Runner.warm`): a
+        question arriving meanwhile waits one step at most. `seconds` counts the tokenizing too."""
+        started = time.perf_counter()
+        ids, boundaries = self.encode_with_boundaries(messages, add_generation_prompt=False)
+        stats = self.runner.warm(ids, boundaries, cancelled, step_tokens)
+        return dataclasses.replace(stats, seconds=time.perf_counter() - started)
+
+    def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
+        ids, boundaries = self.encode_with_boundaries(messages)
+        yield from self.stream_ids(ids, max_tokens, temperature, boundaries=boundaries)
+
+    def stream_ids(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                   seed: int = 0, boundaries: Sequence[int] = ()) -> Iterator[str]:
+        """The text generated after prompt `ids` (a raw completion; `stream` renders a chat first)."""
+        from v4.model.runner import RunnerError
+
+        try:
+            yield from self.runner.generate(ids, max_tokens, temperature, top_p, seed, boundaries)
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc

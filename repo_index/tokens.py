@@ -2,8 +2,9 @@
 
 repo_index knows a tokenizer only through `encode(str) -> list[int]`: token counts decide what fits in
 the context, so they must come from the model's own tokenizer.json when a checkpoint is given. Without
-one, a byte-level BPE trained on source code (`data/tokenizer.json`, built by `train_tokenizer`) ships
-with the package, so counting works offline and close to what a code model would see.
+one, a byte-level BPE trained on source code (`data/tokenizer.json`, built offline by
+`benchmarks/train_tokenizer.py`) ships with the package, so counting works offline and close to what a
+code model would see.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Train the packaged default tokenizer: a byte-level BPE over source code found on this machine.
 
 repo_index counts tokens to fit a repository into a context; with no model checkpoint it needs a
-tokenizer that splits code roughly as a code model would. This script builds one offline from what is
-installed locally (Python stdlib, C/C++ headers, node's global modules, Rust sources or rustdoc source
-pages, a JDK src.zip, Go), so the shipped `data/tokenizer.json` can be rebuilt without a download:
+tokenizer that splits code roughly as a code model would. This build-time script (not part of the
+runtime package) makes one offline from what is installed locally (Python stdlib, C/C++ headers, node's
+global modules, Rust sources or rustdoc source pages, a JDK src.zip, Go), so the shipped
+`repo_index/data/tokenizer.json` can be rebuilt without a download:
 
-    python -m v4.repo_index.train_tokenizer --out repo_index/data/tokenizer.json
+    python benchmarks/train_tokenizer.py --out repo_index/data/tokenizer.json
 
 The corpus is deterministic: file lists are sorted, then visited in the order of a hash of each file's
 path inside its root (a spread over the whole tree rather than its alphabetical head), under a byte cap
-per language and in total. Languages come from extensions; `.h` headers are split into C and C++ by
-content.
+per language and in total. Files are read as repo_index reads a repository: its language table and
+`.h` rule (`languages.detect_language`), its text decoding and its binary/minified filter (`files.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from v4.repo_index.files import ALWAYS_IGNORED_DIRS, DiscoveryConfig, content_skip_reason, decode_text  # noqa: E402
+from v4.repo_index.languages import detect_language  # noqa: E402
+
 SPECIAL_TOKEN = "<|endoftext|>"
 MB = 1_000_000
 
@@ -41,31 +48,13 @@ LANGUAGES = (
     "markdown", "toml", "yaml", "shell",
 )  # fmt: skip
 
-EXTENSIONS: dict[str, str] = {
-    ".py": "python", ".pyi": "python",
-    ".c": "c",
-    ".h": "c|cpp",  # decided by content, see `_is_cpp`
-    ".hpp": "cpp", ".hh": "cpp", ".hxx": "cpp", ".h++": "cpp", ".cc": "cpp", ".cpp": "cpp",
-    ".cxx": "cpp", ".tcc": "cpp", ".ipp": "cpp", ".inl": "cpp", ".tpp": "cpp",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript", ".mts": "typescript", ".cts": "typescript",
-    ".rs": "rust",
-    ".java": "java",
-    ".go": "go",
-    ".md": "markdown", ".markdown": "markdown",
-    ".toml": "toml",
-    ".yaml": "yaml", ".yml": "yaml",
-    ".sh": "shell", ".bash": "shell", ".zsh": "shell",
-}  # fmt: skip
+HEADER = "c|cpp"  # a `.h` file: C or C++, decided by its content once read
+# The corpus skips VCS folders as the index does, and installed third-party packages (the stdlib root
+# holds site-packages). Nested node_modules stay: node's global packages keep their code there.
+SKIP_DIRS = ALWAYS_IGNORED_DIRS | {"site-packages", "dist-packages", "__pycache__"}
+# What a corpus file may be (repo_index skips binaries and minified files; generated code is still code).
+TEXT_FILTER = DiscoveryConfig(include_generated=True)
 
-SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", ".hg", ".svn"})
-
-_CPP_MARKERS = re.compile(
-    r"^\s*(?:namespace\s+[\w:]+\s*\{|template\s*<|class\s+\w+[^;\n]*\{|using\s+namespace\b"
-    r"|#\s*include\s*<(?:string|vector|memory|utility|cstddef|cstdint|type_traits|functional)>)"
-    r"|\bstd::",
-    re.MULTILINE,
-)
 _RUSTDOC_CODE = re.compile(r'<pre class="rust"><code>(.*?)</code></pre>', re.DOTALL)
 _RUSTDOC_LINE_NUMBER = re.compile(r"<a [^>]*data-nosnippet>\d+</a>")
 _TAG = re.compile(r"<[^>]+>")
@@ -77,7 +66,7 @@ class Candidate:
 
     root: str
     relpath: str
-    language: str  # a LANGUAGES name, or "c|cpp" for a header decided by content
+    language: str  # a LANGUAGES name, or HEADER for a header decided by content
     size: int
 
 
@@ -104,19 +93,18 @@ class Corpus:
 
 
 def language_of(relpath: str) -> str | None:
-    """The corpus language a file's name implies (rustdoc `x.rs.html` source pages count as Rust)."""
+    """The corpus language a file's name implies, by repo_index's table (`.tsx` counts as TypeScript,
+    rustdoc `x.rs.html` source pages as Rust, `.h` headers wait for their content)."""
     name = relpath.rsplit("/", 1)[-1]
     if name.endswith(".rs.html"):
         return "rust"
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix:
-        return EXTENSIONS.get(suffix)
-    # libstdc++ headers (<vector>, <map>, ...) have no extension.
-    return "cpp" if "c++" in relpath.split("/")[:-1] else None
-
-
-def _is_cpp(text: str) -> bool:
-    return _CPP_MARKERS.search(text) is not None
+    if name.lower().endswith(".h"):
+        return HEADER
+    if not os.path.splitext(name)[1]:  # libstdc++ headers (<vector>, <map>, ...) have no extension
+        return "cpp" if "c++" in relpath.split("/")[:-1] else None
+    language = detect_language(relpath)
+    language = "typescript" if language == "tsx" else language
+    return language if language in LANGUAGES else None
 
 
 def rustdoc_source(page: str) -> str | None:
@@ -219,11 +207,14 @@ def collect(roots: list[str], cap: int, total_cap: int, max_bytes: int) -> Corpu
                 continue
             seen_paths.add(key)
             try:
-                text = _read(candidate, archives).decode("utf-8")
+                data = _read(candidate, archives)
+                text = decode_text(data)
             except (OSError, UnicodeDecodeError, KeyError, zipfile.BadZipFile):
                 continue
             if candidate.relpath.endswith(".rs.html"):
                 text = rustdoc_source(text) or ""
+            elif content_skip_reason(data, TEXT_FILTER) is not None:
+                continue
             if not text.strip() or "\x00" in text or len(text.encode("utf-8")) > max_bytes:
                 continue
             digest = hashlib.sha256(text.encode("utf-8")).digest()
@@ -231,8 +222,8 @@ def collect(roots: list[str], cap: int, total_cap: int, max_bytes: int) -> Corpu
                 continue
             seen_texts.add(digest)
             language = candidate.language
-            if language == "c|cpp":
-                language = "cpp" if _is_cpp(text) else "c"
+            if language == HEADER:
+                language = detect_language(candidate.relpath, text)
             if corpus.sizes[language] < cap:
                 corpus.add(language, text)
     finally:
@@ -261,7 +252,7 @@ def train(corpus: Corpus, vocab_size: int, min_frequency: int, max_token_length:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "tokenizer.json")
+    parser.add_argument("--out", type=Path, default=REPO / "repo_index" / "data" / "tokenizer.json")
     parser.add_argument("--root", action="append", dest="roots", metavar="PATH",
                         help="a directory or .zip of sources; repeatable; replaces the default roots")
     parser.add_argument("--vocab-size", type=int, default=32000)

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import interpreting, num_sms
+from .common import check_device, interpreting, num_sms
 from .indexer_select import CHUNK, launch_select
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -267,11 +267,7 @@ def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
                              f"{tuple(key_scale.shape)}")
     if start < 0 or rate < 1:
         raise ValueError(f"need start >= 0 and rate >= 1, got start={start}, rate={rate}")
-    tensors = [q, weights, keys] + ([key_scale] if key_scale is not None else [])
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"q, weights, keys (and key_scale) must share a device, got {[t.device for t in tensors]}")
-    if not q.is_cuda and not interpreting():
-        raise ValueError(f"Triton kernels need CUDA tensors (CPU ones only under TRITON_INTERPRET=1), got {q.device}")
+    check_device(q, weights, keys, *([key_scale] if key_scale is not None else []))
 
 
 def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

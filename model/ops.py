@@ -14,6 +14,7 @@ import os
 import torch
 from torch import Tensor
 
+from v4.kernels import common as _common
 from v4.kernels import compressor as _compressor
 from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
@@ -36,7 +37,7 @@ def kernels_enabled(t: Tensor) -> bool:
         return False
     if t.is_cuda:
         return True
-    return mode == "interpret" and os.environ.get("TRITON_INTERPRET") == "1"
+    return mode == "interpret" and _common.interpreting()
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import triton
@@ -14,8 +12,8 @@ from v4.model.config import V4Config
 from v4.model.layers import rope_cos_sin, rope_inv_freq
 from v4.model.state import CompressorState
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
+
 # channels past D are all -inf in the interpreter's numpy softmax (then zeroed): not a failure
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}

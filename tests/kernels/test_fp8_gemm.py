@@ -9,8 +9,6 @@ kernel adds it in float32.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import triton
@@ -19,8 +17,8 @@ import triton.language as tl
 from v4.kernels import fp8_gemm as fp8
 from v4.model.quant import dequantize_fp8, quantize_fp8
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
+
 FP32_TOL = 1e-5 if KERNEL_DEVICE == "cpu" else 2e-3
 TOL = {torch.float32: FP32_TOL, torch.bfloat16: 1e-2}
 # e4m3 keeps 3 mantissa bits: rounding to nearest moves a normal value by at most 2^-4 of itself, a

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from v4.kernels.mhc import hc_head, hc_head_reference, hc_post, hc_post_reference, hc_pre, hc_pre_reference
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
 
 RMS_EPS, HC_EPS, ITERS = 1e-6, 1e-6, 20
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}  # ||out - ref|| / ||ref|| of streams-dtype outputs

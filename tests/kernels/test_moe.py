@@ -8,8 +8,6 @@ FP4 weights with power-of-two scales are exact in bf16, so the quantised cases s
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -19,8 +17,8 @@ from v4.model.config import HASH_MOE, MOE, V4Config
 from v4.model.moe import MoE, Gate
 from v4.model.quant import dequantize_fp4, dequantize_fp8, quantize_fp4, quantize_fp8
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
+
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 LIMIT = 10.0
 

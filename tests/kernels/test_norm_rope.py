@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -12,8 +10,8 @@ from v4.kernels.norm_rope import (apply_rope, apply_rope_reference, rms_norm, rm
 from v4.model.layers import RMSNorm, unweighted_rms_norm
 from v4.model.layers import apply_rope as model_apply_rope
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
+
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.bfloat16]
 EPS = 1e-6

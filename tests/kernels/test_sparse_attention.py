@@ -3,8 +3,6 @@ FP8 cache, one split and split-K) against the reference, and the FP8 row layout 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -12,8 +10,8 @@ import v4.kernels.sparse_attention as sa
 from v4.kernels.sparse_attention import (dequantize_kv_fp8, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
                                       sparse_attention_fp8_reference, sparse_attention_reference)
 
-KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else ("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None)
-needs_kernel = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs CUDA or TRITON_INTERPRET=1")
+from .device import KERNEL_DEVICE, needs_kernel
+
 # bf16: the output's own rounding is ~1e-3; Triton's interpreter also truncates p to bf16 (the GPU rounds).
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 

@@ -3,16 +3,15 @@ same kernels through Triton's interpreter on CPU (`V4_KERNELS=interpret`)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from v4 import model
+from v4.kernels.common import interpreting
 from v4.model import ops
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+pytestmark = pytest.mark.skipif(DEVICE == "cpu" and not interpreting(),
                                 reason="needs CUDA or TRITON_INTERPRET=1")
 
 

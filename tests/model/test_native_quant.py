@@ -12,7 +12,6 @@ inference and the FP8 GEMM do, while the dequantised model multiplies float acti
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from v4 import model
+from v4.kernels.common import interpreting
 from v4.model import WeightsError, load_transformer, ops, quant
 from v4.model.formats import linear_weights, stored_format
 from v4.model.moe import MoE
@@ -270,7 +270,7 @@ def test_cpu_loads_stay_dequantised_unless_asked(fp8_dir: Path) -> None:
         load_transformer(fp8_dir, quantized=True, parallel=Parallel(0, 2))
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the CPU model runs kernels only interpreted")
+@pytest.mark.skipif(not interpreting(), reason="the CPU model runs kernels only interpreted")
 def test_the_kernels_run_the_quantised_model_as_the_references(
         monkeypatch: pytest.MonkeyPatch, quantised: model.Engine, token_ids: list[int]) -> None:
     """The FP8 GEMM and the FP4 grouped experts (Triton's interpreter) against their references, on the

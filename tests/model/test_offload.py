@@ -5,13 +5,13 @@ the same code the GPU runs, so the results must equal the resident model's exact
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from v4 import model
+from v4.kernels.common import interpreting
 from v4.model.config import ConfigError
 from v4.model.moe import ExpertShard, ExpertStrategy, MoE
 from v4.model.offload import ExpertCache, OffloadError, has_offload, offload_experts
@@ -197,7 +197,7 @@ def test_bad_offload_requests_are_refused(checkpoint: tuple[Path, bool]) -> None
 
 def test_kernels_under_the_interpreter_read_the_cache(checkpoint: tuple[Path, bool], monkeypatch) -> None:
     """The grouped Triton kernel (interpreted) on the cache's slots == the kernel on all experts."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not interpreting():
         pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it without a GPU)")
     path, quantized = checkpoint
     monkeypatch.setenv("V4_KERNELS", "interpret")

@@ -29,7 +29,7 @@ def start_server(checkpoint: Path, device: str, max_batch: int) -> tuple[str, ob
     from v4 import model
     from v4.agent.backends import EmbeddedBackend
     from v4.agent.chat_format import chat_format_for
-    from v4.agent.serve import ServeConfig, create_app
+    from v4.cli.openai_server import ServeConfig, create_app
 
     engine = model.load(checkpoint, device=device)
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 8192)

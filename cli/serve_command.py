@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from v4.agent.backends import BackendError, EmbeddedBackend
     from v4.agent.bootstrap import ANSWER_RESERVE
     from v4.agent.chat_format import chat_format_for
-    from v4.agent.serve import ServeConfig, create_app, make_server
+    from .openai_server import ServeConfig, create_app, make_server
 
     try:
         engine = load_engine(args.model, engine_options(args))

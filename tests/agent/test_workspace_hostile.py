@@ -303,7 +303,7 @@ def test_two_processes_applying_at_once_keep_every_edit_and_record(repo: Path) -
 @pytest.mark.parametrize("command", [["review", "--reject"], ["commit"], ["undo"]])
 def test_a_corrupt_record_is_a_message_from_every_command(repo: Path, command: list[str],
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from v4.agent.cli import main
+    from v4.cli.main import main
 
     (repo / ".git" / "v4").mkdir(parents=True, exist_ok=True)
     (repo / ".git" / "v4" / "pending.json").write_text("{ corrupt")

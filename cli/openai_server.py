@@ -1,4 +1,4 @@
-"""`v4 serve`: the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
+"""The app `v4 serve` runs (`serve_command.py`): the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
 vLLM uses): `/v1/models`, `/v1/chat/completions` and `/v1/completions`, streamed as server-sent events
 or whole. Concurrent requests decode together (model/scheduler.py: continuous batching on the static
 batched decoder, up to `--max-num-seqs` at once) and consecutive chats that share a prefix reuse the
@@ -22,12 +22,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from v4.agent.backends import BackendError, EmbeddedBackend
+from v4.agent.chat_format import ChatFormatError, Message
 from v4.model.runner import AnswerStats, RunnerError
 from v4.model.scheduler import DONE, Generation, Scheduler
-
-from .backends import BackendError, EmbeddedBackend
-from .chat_format import ChatFormatError, Message
-from .model_command import add_engine_arguments
 
 ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
 MAX_STOP_STRINGS = 4  # as OpenAI allows
@@ -432,56 +430,6 @@ async def _events(pieces: AsyncIterator[str], generation: Generation, stream_id:
         yield "data: [DONE]\n\n"
     finally:
         on_close()
-
-
-def add_parser(commands: object) -> None:
-    from pathlib import Path
-
-    serve = commands.add_parser("serve", help="serve the engine as an OpenAI-compatible endpoint",
-                                description="An OpenAI-compatible server on the embedded engine (loopback by default).")
-    serve.add_argument("--model", type=Path, required=True, metavar="DIR")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
-    add_engine_arguments(serve)
-    serve.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
-    serve.add_argument("--max-model-len", type=int, default=None, help="context tokens (default: 32,768 on CPU)")
-    serve.add_argument("--max-num-seqs", type=int, default=8, help="requests decoding at once (continuous batching)")
-    serve.add_argument("--max-body-bytes", type=int, default=4 << 20,
-                       help="refuse larger request bodies with 413 (default: 4 MiB)")
-
-
-def run(args: object) -> int:
-    import sys
-
-    from .backend_options import ANSWER_RESERVE
-    from .chat_format import chat_format_for
-    from .model_command import engine_options, load_with_progress
-
-    try:
-        engine = load_with_progress(args.model, show=sys.stderr.isatty(), **engine_options(args))
-    except Exception as exc:  # config, weights or I/O: say which and stop
-        print(f"v4 serve: cannot load {args.model}: {exc}", file=sys.stderr)
-        return 1
-    length = args.max_model_len or (32_768 if engine.device.type == "cpu" else None)
-    try:
-        backend = EmbeddedBackend(engine, chat_format_for(args.model), length)
-    except BackendError as exc:
-        print(f"v4 serve: {exc}", file=sys.stderr)
-        return 1
-    name = args.served_model_name or args.model.resolve().name
-    try:
-        config = ServeConfig(name, args.api_key, min(512, backend.context_length - ANSWER_RESERVE // 8),
-                             args.max_num_seqs, args.max_body_bytes)
-    except ValueError as exc:
-        print(f"v4 serve: {exc}", file=sys.stderr)
-        return 2
-    app = create_app(backend, config)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print(f"v4 serve: listening on {args.host} without --api-key: anyone who can reach it can use it",
-              file=sys.stderr)
-    make_server(app, args.host, args.port).run()
-    return 0
 
 
 def make_server(app: object, host: str, port: int) -> object:

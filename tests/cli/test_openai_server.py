@@ -39,7 +39,7 @@ def _serve(checkpoint: Path, max_batch: int, **options: object):
     from v4 import model
     from v4.agent.backends import EmbeddedBackend
     from v4.agent.chat_format import chat_format_for
-    from v4.agent.serve import ServeConfig, create_app
+    from v4.cli.openai_server import ServeConfig, create_app
 
     engine = model.load(checkpoint, device="cpu", dtype="float32")
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 4096)

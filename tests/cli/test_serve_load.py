@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.test_serve import CHAT, KEY, _serve, call
+from tests.cli.test_openai_server import CHAT, KEY, _serve, call
 from tests.conftest import tiny_chat_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def _spawn(checkpoint: Path, *extra: str) -> Iterator[tuple[str, subprocess.Pope
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "v4.agent.cli", "serve", "--model", str(checkpoint),
+    process = subprocess.Popen([sys.executable, "-m", "v4.cli.main", "serve", "--model", str(checkpoint),
                                 "--port", str(port), "--api-key", KEY, "--device", "cpu", "--max-model-len", "4096", *extra],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                # client and server share two cores: OpenMP workers that spin after each op

@@ -2,7 +2,7 @@
 
 Describe and load a checkpoint:
   config.py        V4Config (the checkpoint's config.json, key by key) and EngineConfig (how we run it)
-  formats.py       what DeepSeek ships in which format (FP4 experts, FP8 linears, BF16, float32)
+  formats.py       what DeepSeek ships: stored names, formats, dtypes, what stays float32
   quant.py         block-scaled FP8/FP4: dequantise, quantise back
   weights.py       safetensors under DeepSeek's or transformers' names, one rename table
   checkpoint.py    what a checkpoint costs (`v4 model info`): parameters, dtypes, state bytes per token
@@ -20,7 +20,7 @@ Run it:
   engine.py        Engine: `new_state`, `forward`, `generate` (the API other packages use)
   static_decode.py shape-static batched decoding, captured once as a CUDA graph
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
-  offload.py       routed experts in host memory with a GPU cache, attached after building
+  offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building
 Keep prefilled prompts (the prefix-state store, not the Engram layer above):
   prefix_store.py  decode states of prefilled prompts in memory and on disk, longest prefix wins; PrefillStats

@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .config import V4Config
 from .formats import is_routed_expert
 
 NARROW = tuple[int, int, int]  # (dim, start, end) of a stored tensor this rank keeps
@@ -138,12 +139,13 @@ class VocabParallelHead(nn.Module):
         return self.parallel.all_gather_last(F.linear(x, self.weight), self.vocab_size)
 
 
-def attention_is_split(config, parallel: Parallel) -> bool:
+def attention_is_split(config: V4Config, parallel: Parallel) -> bool:
     """Whether attention is tensor parallel at this world size (else it is replicated)."""
     return config.num_attention_heads % parallel.world == 0 and config.o_groups % parallel.world == 0
 
 
-def check(config, parallel: Parallel) -> None:
+def check(config: V4Config, parallel: Parallel) -> None:
+    """ValueError unless the routed experts split evenly over the ranks (each rank holds a whole share)."""
     if config.n_routed_experts % parallel.world:
         raise ValueError(f"{config.n_routed_experts} routed experts do not split evenly over {parallel.world} ranks")
 
@@ -213,7 +215,7 @@ def shard_stored(stored: dict, model: nn.Module, narrow: dict[str, NARROW]) -> d
     return out
 
 
-def local_parameter_count(config, parallel: Parallel | None, with_mtp: bool = False) -> int:
+def local_parameter_count(config: V4Config, parallel: Parallel | None, with_mtp: bool = False) -> int:
     """The number of parameter elements one rank holds (for tests and the benchmark's report)."""
     from .v4 import Transformer
 

@@ -67,6 +67,7 @@ class PiecewiseGraph:
         self.pieces.append(graph)
 
     def replay(self) -> None:
+        """Replay the pieces in capture order, each host callback between its two pieces."""
         for index, piece in enumerate(self.pieces):
             piece.replay()
             if index < len(self.callbacks):

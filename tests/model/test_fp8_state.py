@@ -5,7 +5,6 @@ Engram store (which keeps them apart from float snapshots), and as many bytes pe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from v4 import model
+from v4.kernels.common import interpreting
 from v4.kernels.indexer import dequantize_index_keys_fp8, indexer_topk_reference
 from v4.kernels.sparse_attention import sparse_attention_reference
 from v4.model import ops
@@ -264,7 +264,7 @@ def test_a_state_of_the_other_format_cannot_enter_a_decoder(fp8, floating) -> No
 # ---------------------------------------------------------------------------------------- kernels
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the kernels on CPU under the interpreter")
+@pytest.mark.skipif(not interpreting(), reason="runs the kernels on CPU under the interpreter")
 def test_the_kernels_equal_the_references_for_the_fp8_ops(monkeypatch) -> None:
     generator = torch.Generator().manual_seed(3)
     q = torch.randn(1, 3, 4, 512, generator=generator)
@@ -303,7 +303,7 @@ def _kernel_and_reference(monkeypatch: pytest.MonkeyPatch, call: Callable, seen:
     return both
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the kernels on CPU under the interpreter")
+@pytest.mark.skipif(not interpreting(), reason="runs the kernels on CPU under the interpreter")
 def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
     """Every FP8 attention and indexer call of an eager prefill and decode and of static steps, on the
     kernel and on the reference: packed window + entry concatenations, the static ring buffer, -1 slots."""

@@ -313,7 +313,7 @@ def test_a_corrupt_record_is_a_message_from_every_command(repo: Path, command: l
 
 
 def test_files_named_from_a_subdirectory_are_repository_paths(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from v4.agent.refactor_command import _named
+    from v4.cli.refactor_command import _named
 
     monkeypatch.chdir(repo / "pkg")
     assert _named(repo.resolve(), ["mod.py", "../tracked.py"]) == ["pkg/mod.py", "tracked.py"]

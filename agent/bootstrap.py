@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from .options import BackendOptions
 from .session import Session, SessionOptions
 
 if TYPE_CHECKING:
-    from v4.model.prefix_store import PrefixStore
+    from v4.model.prefix_store import PrefillStats, PrefixStore
     from v4.repo_index.plan import Skipped
 
 CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a session starts in seconds
@@ -137,31 +136,13 @@ def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendI
     return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillReport:
-    """How the system message got into the engine's state."""
-
-    tokens: int
-    reused_tokens: int  # from the prefix-state store or the state already held
-    computed_tokens: int
-    seconds: float
-    from_store: bool
-
-
-def prefill(backend: Backend, system: Message) -> PrefillReport | None:
+def prefill(backend: Backend, system: Message) -> PrefillStats | None:
     """Feed the system message (rules + repository) to an embedded backend now, so the first question
     only pays for itself; resumes from the prefix-state store when it holds a prefix. None for other
     backends (they keep their own caches)."""
     if not isinstance(backend, EmbeddedBackend):
         return None
-    started = time.perf_counter()
-    backend.last_prefill = None
-    ids, boundaries = backend.encode_with_boundaries([system], add_generation_prompt=False)
-    for _ in backend.stream_ids(ids, 0, boundaries=boundaries):  # max_tokens 0: prefill only
-        pass
-    stats = backend.last_prefill
-    reused = stats.reused_tokens if stats is not None else backend.last_usage.cached_tokens
-    return PrefillReport(len(ids), reused, len(ids) - reused, time.perf_counter() - started, stats is not None)
+    return backend.prefill([system])
 
 
 @dataclass(slots=True)

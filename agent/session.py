@@ -18,7 +18,7 @@ from . import prompts
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, Usage
 from .chat_format import Message, split_reasoning
-from .edits import EditError, FileChange, parse_edits, plan_changes
+from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
 
 @dataclass(slots=True)
@@ -170,7 +170,7 @@ class Session:
         result.diff = "".join(d.text for d in self.workspace.pending() if d.path in shown)
         return None
 
-    def _check_targets(self, blocks: Sequence[object]) -> None:
+    def _check_targets(self, blocks: Sequence[EditBlock]) -> None:
         """Every block's path is safe, allowed, and not a file git ignores (unless the user named it)."""
         named = set(self.options.editable or ())
         for block in blocks:

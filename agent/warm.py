@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .backends import Backend
 from .chat_format import Message
 from .session import Session
 
@@ -38,7 +39,7 @@ class WarmReport:
 class ContextWarmer:
     """Re-prefills the session's system message in the background; see the module docstring."""
 
-    def __init__(self, session: Session, backend: object, on_report: Callable[[WarmReport], None] | None = None,
+    def __init__(self, session: Session, backend: Backend, on_report: Callable[[WarmReport], None] | None = None,
                  step_tokens: int | None = None) -> None:
         self.session = session
         self.backend = backend  # the engine's own backend (not a metering wrapper): a prefill is no answer

@@ -24,14 +24,18 @@ state and widget attributes. A widget's own messages are nested in the widget (H
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
-from v4.agent.watch.ai_comments import AIRequest
-from v4.agent.bootstrap import BackendInfo, PrefillReport
+from v4.agent.bootstrap import BackendInfo
 from v4.agent.context import ContextView
 from v4.agent.session import TurnResult
+from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.watch.loop import WatchEvent
+
+if TYPE_CHECKING:
+    from v4.agent.bootstrap import PrefillStats  # the engine's type, named through agent/
 
 
 @dataclass
@@ -52,7 +56,7 @@ class StartupReady(Message):
     services: object  # controllers.startup.Services
     info: BackendInfo
     context: ContextView
-    prefill: PrefillReport | None
+    prefill: PrefillStats | None
     pending_files: int
 
 

@@ -6,11 +6,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from v4.agent.backends import BackendError
-from v4.agent.bootstrap import PrefillReport, describe_backend, open_backend, open_session, prefill
+from v4.agent.bootstrap import describe_backend, open_backend, open_session, prefill
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
 from v4.agent.options import BackendOptions
@@ -24,6 +25,9 @@ from .context import ContextController
 from .metering import MeteredBackend
 from .review import ReviewController
 from .watch import WatchController
+
+if TYPE_CHECKING:
+    from v4.agent.bootstrap import PrefillStats  # the engine's type, named through agent/
 
 DEMO_ANSWER_TOKENS = 256  # random weights write noise: keep the demo's answers short
 
@@ -113,7 +117,7 @@ class StartupController:
         self._post(StartupStep(step, label, done, total, finished))
 
 
-def _prefill_label(report: PrefillReport | None) -> str:
+def _prefill_label(report: PrefillStats | None) -> str:
     if report is None:
         return "prefill: the backend keeps its own cache"
     source = "from the prefix-state store" if report.from_store else "already held"

@@ -56,7 +56,7 @@ class Engine:
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
-        self.checkpoint = checkpoint  # where the weights came from: the Engram store fingerprints it
+        self.checkpoint = checkpoint  # where the weights came from: the prefix-state store fingerprints it
         self.id = uuid.uuid4().hex
         self.draft_stats = DraftStats()
         self._decoders: dict[int, StaticDecoder] = {}

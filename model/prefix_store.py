@@ -140,7 +140,7 @@ class PrefixStore:
         try:
             return write_entry(path, encode_entry(tensors, {k: json.dumps(v) for k, v in meta.items()}))
         except (OSError, SafetensorError) as exc:
-            self._report(f"engram store: cannot write {path.name} ({exc}); continuing without it")
+            self._report(f"prefix-state store: cannot write {path.name} ({exc}); continuing without it")
             return 0
 
     def _read(self, path: Path, fingerprint: str, key: str) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -154,7 +154,7 @@ class PrefixStore:
         except FileNotFoundError:
             return None  # never written, or evicted by another process meanwhile
         except OSError as exc:
-            self._report(f"engram store: cannot read {path} ({exc.strerror or exc}); recomputing")
+            self._report(f"prefix-state store: cannot read {path} ({exc.strerror or exc}); recomputing")
             return None
         try:
             tensors, meta = decode_entry(data)
@@ -179,7 +179,7 @@ class PrefixStore:
                 self.root.record(entries - {self.root.relative(path)})
         self._forget(path)
         action = "deleting it" if owned else "leaving it alone: the store did not write it"
-        self._report(f"engram store: ignoring {path} ({reason}); {action}; it will be recomputed")
+        self._report(f"prefix-state store: ignoring {path} ({reason}); {action}; it will be recomputed")
 
     def _forget(self, path: Path) -> None:
         dropped = self._memory.pop(path, None)
@@ -276,7 +276,7 @@ class PrefixStore:
         try:
             return restore(state, tensors, counters, chunks, self.chunk_tokens)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            self._report(f"engram store: snapshot {keys[position][:12]} does not fit this model ({exc}); recomputing")
+            self._report(f"prefix-state store: snapshot {keys[position][:12]} does not fit this model ({exc}); recomputing")
             return None
 
     def _save(self, state: DecodeState, logits: torch.Tensor, fingerprint: str, keys: dict[int, str],

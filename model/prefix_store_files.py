@@ -228,10 +228,10 @@ class StoreRoot:
         where = self.directory
         if not where.exists():
             if where.is_symlink():
-                raise StoreDirectoryError(f"engram store {where} is a broken link")
+                raise StoreDirectoryError(f"prefix-state store {where} is a broken link")
             return
         if not where.is_dir():
-            raise StoreDirectoryError(f"engram store {where} is a file, not a directory; "
+            raise StoreDirectoryError(f"prefix-state store {where} is a file, not a directory; "
                                       f"choose a directory (--engram-dir)")
         if self.manifest.exists() or self.manifest.is_symlink():
             self.entries()  # a manifest that cannot be read is refused here
@@ -239,17 +239,17 @@ class StoreRoot:
         try:
             names = sorted(os.listdir(where))
         except OSError as exc:
-            raise StoreDirectoryError(f"engram store {where} cannot be read ({exc.strerror})") from exc
+            raise StoreDirectoryError(f"prefix-state store {where} cannot be read ({exc.strerror})") from exc
         # another process may be creating the store: its manifest comes before any file but temporaries
         names = [name for name in names if not name.startswith((".tmp-manifest-", ".tmp-probe-"))]
         if not names or self.manifest.exists():
             return
         if all(name == LOCK or _HEX_DIR.fullmatch(name) for name in names):
-            raise StoreDirectoryError(f"engram store {where} holds a store of an older format (before version "
+            raise StoreDirectoryError(f"prefix-state store {where} holds a store of an older format (before version "
                                       f"{FORMAT_VERSION}), which this version neither reads nor deletes; remove "
                                       f"the directory (rm -r {where}) or choose another --engram-dir")
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise StoreDirectoryError(f"engram store {where} is not empty and is not an Engram store (it holds "
+        raise StoreDirectoryError(f"prefix-state store {where} is not empty and is not a prefix-state store (it holds "
                                   f"{shown}); choose an empty or new directory (--engram-dir)")
 
     def prepare(self) -> None:
@@ -259,7 +259,7 @@ class StoreRoot:
         try:
             where.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreDirectoryError(f"engram store {where} cannot be created ({exc.strerror or exc})") from exc
+            raise StoreDirectoryError(f"prefix-state store {where} cannot be created ({exc.strerror or exc})") from exc
         try:
             if not self.manifest.exists():
                 self._publish([], exclusive=True)
@@ -267,7 +267,7 @@ class StoreRoot:
             os.close(handle)
             os.unlink(probe)
         except OSError as exc:
-            raise StoreDirectoryError(f"engram store {where} is not writable ({exc.strerror or exc}); "
+            raise StoreDirectoryError(f"prefix-state store {where} is not writable ({exc.strerror or exc}); "
                                       f"choose a writable --engram-dir, or run with --no-engram") from exc
 
     def lock(self) -> FileLock:
@@ -281,22 +281,22 @@ class StoreRoot:
         except FileNotFoundError:
             return set()
         except OSError as exc:
-            raise StoreDirectoryError(f"engram store manifest {self.manifest} cannot be read ({exc})") from exc
+            raise StoreDirectoryError(f"prefix-state store manifest {self.manifest} cannot be read ({exc})") from exc
         try:
             document = json.loads(text)
             entries = document["entries"]
             if document["format"] != STORE_FORMAT or not isinstance(entries, list):
-                raise ValueError("not an Engram store manifest")
+                raise ValueError("not a prefix-state store manifest")
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreDirectoryError(f"engram store manifest {self.manifest} is corrupt ({exc}); remove the "
+            raise StoreDirectoryError(f"prefix-state store manifest {self.manifest} is corrupt ({exc}); remove the "
                                       f"directory (rm -r {self.directory}) or choose another --engram-dir") from exc
         if document.get("version") != FORMAT_VERSION:
-            raise StoreDirectoryError(f"engram store {self.directory} has format version {document.get('version')}, "
+            raise StoreDirectoryError(f"prefix-state store {self.directory} has format version {document.get('version')}, "
                                       f"this version reads {FORMAT_VERSION}; remove the directory or choose another "
                                       f"--engram-dir")
         strange = [e for e in entries if not isinstance(e, str) or not _ENTRY.fullmatch(e)]
         if strange:
-            raise StoreDirectoryError(f"engram store manifest {self.manifest} names {strange[0]!r}, which is not "
+            raise StoreDirectoryError(f"prefix-state store manifest {self.manifest} names {strange[0]!r}, which is not "
                                       f"an entry path; remove the directory or choose another --engram-dir")
         return set(entries)
 
@@ -324,10 +324,10 @@ class StoreRoot:
         """Refuse before any work an entry path (or its folders) taken by something that is not a file."""
         for folder in (path.parent.parent, path.parent):
             if (folder.exists() or folder.is_symlink()) and (folder.is_symlink() or not folder.is_dir()):
-                raise StoreDirectoryError(f"engram store: {folder} is not a directory, where the store keeps "
+                raise StoreDirectoryError(f"prefix-state store: {folder} is not a directory, where the store keeps "
                                           f"entries; move it away or choose another --engram-dir")
         if (path.exists() or path.is_symlink()) and not is_file(path):
-            raise StoreDirectoryError(f"engram store: {path} is not a regular file, where the store keeps an "
+            raise StoreDirectoryError(f"prefix-state store: {path} is not a regular file, where the store keeps an "
                                       f"entry; move it away or choose another --engram-dir")
 
     def relative(self, path: Path) -> str:

@@ -18,7 +18,7 @@ warming up before capture and rewinding are free. Rows marked inactive write not
 
 Capacity grows by whole pages (buffers reallocated, state copied, graphs captured again), never by
 concatenating per step. States move in and out of the eager `DecodeState` layout (`load_row`,
-`store_row`), so prefill, the Engram store and everything else keep one format.
+`store_row`), so prefill, the prefix-state store and everything else keep one format.
 
 With kv_format "fp8" (the engine's, which its states share) `kv` holds DeepSeek's packed FP8 rows, ring
 slots included (each token's kv quantised as it is written, as the eager path quantises the window as

@@ -35,7 +35,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 class Setup:
-    """A session over `repo` on the embedded backend with an Engram store, and a warmer with reports."""
+    """A session over `repo` on the embedded backend with a prefix-state store, and a warmer with reports."""
 
     def __init__(self, engine: object, repo: Path, store_dir: Path, step_tokens: int) -> None:
         from v4.model.prefix_store import PrefixStore

@@ -34,7 +34,7 @@ def test_engram_on_a_model_folder_is_refused_and_deletes_nothing(tmp_path: Path,
     files = _model_folder(tmp_path / "model")
     assert main(["engram", action, "--engram-dir", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("v4 engram: ") and "not an Engram store" in err and "Traceback" not in err
+    assert err.startswith("v4 engram: ") and "not a prefix-state store" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in files} == files
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
 
@@ -68,5 +68,5 @@ def test_prefill_refuses_the_store_before_loading_the_model(tmp_path: Path, caps
     before = {p: p.read_bytes() for p in store.rglob("*")} if store.is_dir() else store.read_bytes()
     assert main(["prefill", str(repo), "--model", str(tmp_path / "any"), "--engram-dir", str(store)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("v4 prefill: engram store ") and "Traceback" not in err
+    assert err.startswith("v4 prefill: prefix-state store ") and "Traceback" not in err
     assert (({p: p.read_bytes() for p in store.rglob("*")} if store.is_dir() else store.read_bytes()) == before)

@@ -1,6 +1,6 @@
 """Decode states in DeepSeek's FP8 layout (kv_format "fp8"): exactly the float path with every key
 FP8-rounded, close to float states, consistent across chunking, the static decoder, rewinds and the
-Engram store (which keeps them apart from float snapshots), and as many bytes per token as
+prefix-state store (which keeps them apart from float snapshots), and as many bytes per token as
 `state_bytes_per_token` counts."""
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
         assert torch.allclose(kernel[finite], reference[finite], rtol=1e-5, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------------- Engram store
+# ----------------------------------------------------------------------------- prefix-state store
 
 
 def test_engram_snapshots_of_fp8_states_round_trip_and_stay_apart(tmp_path: Path, fp8, floating) -> None:

@@ -105,7 +105,7 @@ def test_verify_clear_and_eviction_never_delete_a_model_under_or_beside_the_stor
 def test_a_foreign_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
     _model_folder(tmp_path / "model")
     before = _tree(tmp_path / "model")
-    with pytest.raises(StoreDirectoryError, match="not an Engram store.*model.safetensors"):
+    with pytest.raises(StoreDirectoryError, match="not a prefix-state store.*model.safetensors"):
         PrefixStore(tmp_path / "model")
     assert _tree(tmp_path / "model") == before
 

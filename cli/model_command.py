@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
 from .backend_args import add_engine_arguments, engine_options
+from .exit_codes import EXIT_USAGE
 from .progress import load_engine
 
 
@@ -15,23 +17,24 @@ def build_model(parser: argparse.ArgumentParser) -> None:
     """`v4 model init|info`."""
     actions = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="write a random checkpoint (config, safetensors, tokenizer)")
-    init.add_argument("directory", type=Path)
-    init.add_argument("--preset", choices=["tiny", "small"], default="tiny")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("directory", type=Path, help="where to write it (must not exist yet)")
+    init.add_argument("--preset", choices=["tiny", "small"], default="tiny", help="model size (default: tiny)")
+    init.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
     init.add_argument("--fp8", action="store_true",
                       help="store weights as DeepSeek ships V4: FP8 linears (128x128 blocks), FP4 routed experts")
     info = actions.add_parser("info", help="parameters, layer types, dtypes and decode-state size")
-    info.add_argument("directory", type=Path)
+    info.add_argument("directory", type=Path, help="a checkpoint directory (config.json, safetensors)")
 
 
 def build_generate(parser: argparse.ArgumentParser) -> None:
     """`v4 generate TEXT --model DIR`."""
-    parser.add_argument("text")
-    parser.add_argument("--model", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("text", help="the prompt to continue (raw text, no chat template)")
+    parser.add_argument("--model", type=Path, metavar="DIR", default=os.environ.get("V4_MODEL"),
+                        help="checkpoint directory (default: $V4_MODEL)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 samples greedily (default 0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     add_engine_arguments(parser)
 
 
@@ -78,6 +81,9 @@ def run_generate(args: argparse.Namespace) -> int:
     from v4.model.config import ConfigError
     from v4.model.weights import WeightsError
 
+    if args.model is None:
+        print("v4 generate: needs --model DIR (or $V4_MODEL)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         engine = load_engine(args.model, engine_options(args))
     except (ConfigError, WeightsError, OSError) as exc:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def build(parser: argparse.ArgumentParser) -> None:
     """`v4 refactor INSTRUCTION`'s options."""
-    parser.add_argument("instruction")
+    parser.add_argument("instruction", help="the change to make, in words")
     add_backend_arguments(parser)
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
     parser.add_argument("--files", nargs="+", metavar="PATH", help="only these files may be edited")

@@ -26,7 +26,8 @@ def build_prefill(parser: argparse.ArgumentParser) -> None:
 
 def build_store(parser: argparse.ArgumentParser) -> None:
     """`v4 store stats|clear|verify`."""
-    parser.add_argument("action", choices=["stats", "clear", "verify"])
+    parser.add_argument("action", choices=["stats", "clear", "verify"],
+                        help="stats: sizes; clear: delete every entry; verify: check every file, delete bad ones")
     add_store_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -65,3 +66,66 @@ def test_help_lists_every_command(capsys) -> None:
     out = capsys.readouterr().out
     for command in ("index", "model", "refactor", "review", "undo", "watch", "serve"):
         assert command in out
+
+
+# --- issue 24: options before the command, misspelt options, help for every option ---------------
+
+def _parse(argv: list[str]) -> object:
+    from v4.cli.main import build_parser, hoist_options
+
+    parser = build_parser()
+    args, extras = parser.parse_known_args(hoist_options(parser, argv))
+    assert extras == []
+    return args
+
+
+def test_options_before_the_command_are_the_commands_own(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("V4_MODEL", raising=False)
+    args = _parse(["--model", str(tmp_path), "generate", "hi"])
+    assert (args.command, args.model, args.text) == ("generate", tmp_path, "hi")
+    args = _parse(["--budget", "7", "--include-secrets", "refactor", "do it", "--replay", "r.json"])
+    assert (args.command, args.budget, args.include_secrets, args.instruction) == ("refactor", 7, True, "do it")
+
+
+def test_an_option_before_the_command_is_used_by_it(order_repo: Path, capsys) -> None:
+    assert main(["--budget", "321", "index", str(order_repo), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == 321
+
+
+def test_an_option_the_command_does_not_take_is_an_error_naming_it(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--endpoint", "http://127.0.0.1:9", "index", "."])
+    assert exited.value.code == 2
+    assert "--endpoint (does not apply to `v4 index`)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--modle", "x"], "unrecognized option --modle (did you mean --model?)"),
+    (["index", "--budgt", "5"], "--budgt (did you mean --budget?)"),
+    (["store", "--jsn", "verify"], "--jsn (did you mean --json?)"),
+])
+def test_a_misspelt_option_is_reported_as_itself_with_a_suggestion(argv: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert expected in err and "invalid choice" not in err
+
+
+def test_model_from_the_environment_for_every_model_command(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("V4_MODEL", str(tmp_path))
+    for argv in (["generate", "hi"], ["serve"], ["refactor", "x"], ["prefill"], ["watch"], []):
+        assert Path(_parse(argv).model) == tmp_path, argv
+
+
+def test_every_option_has_help_text() -> None:
+    from v4.cli.main import build_parser
+
+    parser = build_parser()
+    missing = []
+    for name, sub in [("v4", parser), *parser.commands.items()]:
+        parsers = [sub] + [p for action in sub._actions if isinstance(action, argparse._SubParsersAction)
+                           for p in action.choices.values()]
+        for each in parsers:
+            missing += [f"{each.prog}: {action.option_strings or action.dest}" for action in each._actions
+                        if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert missing == []

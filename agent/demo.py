@@ -9,12 +9,16 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_NAME = "demo-tiny"
-RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in a checkpoint directory whose weights are random
+RANDOM_WEIGHTS_ANSWER_TOKENS = 256  # random weights write noise: keep a demo's answers short
 
 
 def has_random_weights(checkpoint: Path | None) -> bool:
-    """True for a checkpoint directory marked as holding random weights (the demo's)."""
-    return checkpoint is not None and (Path(checkpoint) / RANDOM_MARKER).is_file()
+    """True for a checkpoint directory `v4 model init` marked as holding random weights (the demo's too)."""
+    if checkpoint is None:
+        return False
+    from v4.model.random_checkpoint import RANDOM_MARKER  # loads torch: asked only of a checkpoint
+
+    return (Path(checkpoint) / RANDOM_MARKER).is_file()
 
 
 def demo_checkpoint(data_dir: Path | None = None) -> Path:
@@ -38,7 +42,6 @@ def demo_checkpoint(data_dir: Path | None = None) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     with resources.as_file(resources.files("v4.repo_index") / "data" / "tokenizer.json") as tokenizer:
         init_checkpoint(staging, "tiny", seed=0, tokenizer_json=tokenizer)
-    (staging / RANDOM_MARKER).write_text("random weights from `v4 model init --preset tiny`: answers are noise\n")
     try:
         staging.rename(target)
     except OSError:  # another process finished first, or a broken leftover is in the way

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .config import CSA, HCA, SLIDING, V4Config
 from .formats import FP8_QUANTIZATION_CONFIG, linear_weights, stored_format
@@ -45,6 +45,7 @@ INIT_STD = 0.02
 # may not import agent). As in DeepSeek's tokenizer.json, BOS and EOS are special tokens and the role and
 # thinking markers are added tokens that are not special, so decoding keeps `</think>` in the text.
 V4_BOS, V4_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in the checkpoint directory: front ends say its answers are noise
 V4_MARKERS = ("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>")
 
 
@@ -85,7 +86,10 @@ def init_checkpoint(directory: Path, preset: str, seed: int = 0, tokenizer_json:
         tensors = as_shipped(tensors, linear_weights(model))
         data.update(quantization_config=copy.deepcopy(FP8_QUANTIZATION_CONFIG), expert_dtype="fp4")
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    # Written through open() so the file gets the umask's mode like its siblings (safetensors'
+    # save_file creates it 0600).
+    (directory / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
+    (directory / RANDOM_MARKER).write_text("random weights from `v4 model init`: its answers are noise\n")
     (directory / "config.json").write_text(json.dumps(data, indent=1) + "\n")
     if tokenizer is not None:
         tokenizer.save(str(directory / "tokenizer.json"))

@@ -12,9 +12,10 @@ import pytest
 from v4.agent.bootstrap import describe_backend, open_backend, prefill
 from v4.agent.chat_format import Message
 from v4.agent.context import STABLE_SLACK, ContextError, RepositoryContext
-from v4.agent.demo import DEMO_NAME, RANDOM_MARKER, demo_checkpoint
+from v4.agent.demo import DEMO_NAME, demo_checkpoint
 from v4.agent.options import BackendOptions
 from v4.agent.prompts import system_message
+from v4.model.random_checkpoint import RANDOM_MARKER
 
 
 def _repo(root: Path, files: dict[str, str | bytes]) -> Path:

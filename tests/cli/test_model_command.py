@@ -22,6 +22,20 @@ def test_init_writes_config_weights_and_tokenizer(tiny_dir: Path) -> None:
     assert json.loads((tiny_dir / "config.json").read_text())["model_type"] == "deepseek_v4"
 
 
+def test_init_files_share_one_mode_and_are_marked_random(tiny_dir: Path) -> None:
+    """Issue 24: model.safetensors was written 0600 beside 0644 siblings; the directory says its
+    weights are random, so front ends can say its answers are noise."""
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_dir.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+    assert "RANDOM_WEIGHTS" in modes
+
+
+def test_generate_without_a_model_names_the_option_and_the_variable(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("V4_MODEL", raising=False)
+    assert main(["generate", "hi"]) == 2
+    assert "needs --model DIR (or $V4_MODEL)" in capsys.readouterr().err
+
+
 def test_init_refuses_a_non_empty_directory(tiny_dir: Path, capsys) -> None:
     before = (tiny_dir / "model.safetensors").stat().st_mtime_ns
     assert main(["model", "init", str(tiny_dir)]) == 1

@@ -47,7 +47,9 @@ Opcode = tuple[str, int, int, int, int]
 def file_diff(rel: str, before: str | None, after: str | None) -> tuple[FileDiff, dict[Opcode, int]]:
     """The diff of one file, and which hunk owns each changed opcode (for `rebuild`).
 
-    Added and deleted files are one hunk each: rejecting it deletes or restores the whole file.
+    Each change is a hunk of its own, however close the next one is (`split_changes`), so every
+    change can be kept or rejected alone. Added and deleted files are one hunk each: rejecting it
+    deletes or restores the whole file.
     """
     old, new = _lines(before or ""), _lines(after or "")
     if before is None or after is None:
@@ -56,12 +58,35 @@ def file_diff(rel: str, before: str | None, after: str | None) -> tuple[FileDiff
     else:
         status = "modified"
         matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-        groups = list(matcher.get_grouped_opcodes(CONTEXT_LINES))
+        groups = split_changes(matcher.get_opcodes(), CONTEXT_LINES)
     hunks, owner = [], {}
     for index, group in enumerate(groups):
         hunks.append(_hunk(rel, group, old, new))
         owner.update({op: index for op in group if op[0] != "equal"})
+    ids = [h.id for h in hunks]
+    assert len(set(ids)) == len(ids), f"hunk ids of {rel} collide: {ids}"  # headers differ by position
     return FileDiff(rel, status, tuple(hunks)), owner
+
+
+def split_changes(opcodes: list[Opcode], context: int) -> list[list[Opcode]]:
+    """One group per change, with up to `context` unchanged lines on each side: what `git add -p`'s
+    split gives, so two edits a few lines apart are two hunks (neighbours share context lines).
+    difflib's opcodes alternate between "equal" and a change, so a change's neighbours are equal."""
+    groups = []
+    for k, op in enumerate(opcodes):
+        if op[0] == "equal":
+            continue
+        group = [op]
+        if k > 0:
+            _, a1, a2, b1, b2 = opcodes[k - 1]
+            n = min(context, a2 - a1)
+            group.insert(0, ("equal", a2 - n, a2, b2 - n, b2))
+        if k + 1 < len(opcodes):
+            _, a1, a2, b1, b2 = opcodes[k + 1]
+            n = min(context, a2 - a1)
+            group.append(("equal", a1, a1 + n, b1, b1 + n))
+        groups.append([g for g in group if g[0] != "equal" or g[1] < g[2]])
+    return groups
 
 
 def _hunk(rel: str, group: list[Opcode], old: list[str], new: list[str]) -> Hunk:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .exit_codes import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from v4.agent.workspace_diff import FileDiff
+    from v4.agent.workspace_diff import FileDiff, Hunk
 
 
 def build_review(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,7 @@ def run_review(args: argparse.Namespace) -> int:
             decisions.update(dict.fromkeys(args.accept or ids, True))
         if not decisions and not args.json and sys.stdin.isatty() and pending:
             decisions = _ask_per_hunk(pending)
+        before = {hunk.id: hunk for diff in pending for hunk in diff.hunks}
         if decisions:
             pending = workspace.review(decisions)
     except WorkspaceError as exc:
@@ -57,8 +58,11 @@ def run_review(args: argparse.Namespace) -> int:
                            "hunks": [{"id": h.id, "header": h.header, "lines": list(h.lines)} for h in d.hunks]}
                           for d in pending], indent=1))
         return EXIT_OK
+    _print_decisions(decisions, before)
     if not pending:
-        print("v4: no pending changes")
+        print("v4: no pending changes" + (" left" if decisions else ""))
+    elif decisions:
+        print("v4: still pending:")
     for diff in pending:
         print(f"── {diff.path} ({diff.status})")
         for hunk in diff.hunks:
@@ -68,6 +72,22 @@ def run_review(args: argparse.Namespace) -> int:
     if pending:
         print("accept or reject with `v4 review --accept ID...` / `--reject ID...`; then `v4 commit`")
     return EXIT_OK
+
+
+def _print_decisions(decisions: dict[str, bool], hunks: dict[str, Hunk]) -> None:
+    """What `review` just did: each rejected hunk (reverted, with its lines) and each accepted one."""
+    rejected = [hunks[i] for i, keep in decisions.items() if not keep]
+    accepted = [hunks[i] for i, keep in decisions.items() if keep]
+    if rejected:
+        print(f"v4: rejected {len(rejected)} hunk{'s' * (len(rejected) != 1)} (reverted in the work tree):")
+        for hunk in rejected:
+            print(f"   {hunk.path}  hunk {hunk.id}  {hunk.header}")
+            print("".join(f"      {line}\n" for line in hunk.lines if not line.startswith(" ")), end="")
+    if accepted:
+        print(f"v4: accepted {len(accepted)} hunk{'s' * (len(accepted) != 1)} (kept in the work tree; "
+              "`v4 commit` commits them):")
+        for hunk in accepted:
+            print(f"   {hunk.path}  hunk {hunk.id}  {hunk.header}")
 
 
 def _ask_per_hunk(pending: list[FileDiff]) -> dict[str, bool]:

@@ -29,6 +29,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import git
@@ -39,8 +40,8 @@ from .workspace_git import GitPlumbing, WorkspaceError
 from .workspace_diff import FileDiff, Hunk, file_diff, merge_three, rebuild
 from .workspace_state import StateError, StateStore
 
-__all__ = ["DirtyTreeError", "FileDiff", "Hunk", "TRAILER", "UndoError", "Workspace", "WorkspaceError",
-           "repository_root"]
+__all__ = ["DirtyTreeError", "FileDiff", "Hunk", "TRAILER", "UndoError", "UndoPlan", "Workspace",
+           "WorkspaceError", "repository_root"]
 
 TRAILER = "Co-authored-by: v4 <v4@localhost>"
 
@@ -60,6 +61,15 @@ class DirtyTreeError(WorkspaceError):
 
 class UndoError(WorkspaceError):
     """`undo()` cannot remove the last commit without risking work or published history."""
+
+
+@dataclass(frozen=True, slots=True)
+class UndoPlan:
+    """What `undo()` would remove: HEAD, a v4 commit, and the paths it restores from its parent."""
+
+    sha: str
+    subject: str
+    paths: tuple[str, ...]
 
 
 def repository_root(path: str | os.PathLike[str]) -> Path:
@@ -305,20 +315,28 @@ class Workspace:
 
     # -- undo ----------------------------------------------------------------------------------
 
-    def undo(self) -> str:
+    def undo_plan(self) -> UndoPlan:
+        """What `undo()` would remove now (to show the user before they confirm); UndoError naming
+        why it cannot, by the same checks."""
+        with self.locked():
+            head = self._undoable_head()
+            subject = self.plumbing.git("log", "-1", "--format=%s", head).strip()
+            return UndoPlan(head, subject, tuple(self.plumbing.changed_paths(head)))
+
+    def undo(self, expected: str | None = None) -> str:
         """Remove the last v4 commit from the branch; return its sha (still in the reflog).
 
         Only when HEAD is a commit v4 made with `commit()`, it has a parent, no tag, no other branch,
         no remote-tracking ref and no mirror remote can have it, and the index and tracked files are
-        clean. Then the branch moves back to the parent with `update-ref` guarded by the old sha,
-        and only the commit's own paths are restored from the parent in index and work tree.
+        clean (and, given `expected`, HEAD is still that commit: the one the user confirmed). Then
+        the branch moves back to the parent with `update-ref` guarded by the old sha, and only the
+        commit's own paths are restored from the parent in index and work tree.
         """
         with self.locked():
-            head = self.plumbing.head()
-            if head is None:
-                raise UndoError("the repository has no commits")
-            record = next((c for c in self._commits() if c["sha"] == head), None)
-            self._check_undoable(head, record)
+            head = self._undoable_head()
+            if expected is not None and head != expected:
+                raise UndoError(f"HEAD is now {head[:12]}, not {expected[:12]}, the commit you confirmed; "
+                                "nothing was undone")
             parent = self.plumbing.git("rev-parse", f"{head}^").strip()
             paths = self.plumbing.changed_paths(head)
             self.plumbing.git("update-ref", "-m", "v4: undo", "HEAD", parent, head)
@@ -326,6 +344,13 @@ class Workspace:
                 self.plumbing.git("restore", f"--source={parent}", "--staged", "--worktree", "--", *paths)
             self._save_commits([c for c in self._commits() if c["sha"] != head])
             return head
+
+    def _undoable_head(self) -> str:
+        head = self.plumbing.head()
+        if head is None:
+            raise UndoError("the repository has no commits")
+        self._check_undoable(head, next((c for c in self._commits() if c["sha"] == head), None))
+        return head
 
     def _check_undoable(self, head: str, record: dict | None) -> None:
         """Raise `UndoError` naming the first reason HEAD cannot be undone safely."""

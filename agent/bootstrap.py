@@ -45,12 +45,18 @@ def open_backend(options: BackendOptions, load_progress: ShardProgress | None = 
         raise BackendError("choose one model: --model DIR (or $V4_MODEL), --endpoint URL or --replay FILE"
                            + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
     if options.replay:
-        return ChosenBackend(ReplayBackend.from_file(options.replay), options.budget or 1_000_000 - ANSWER_RESERVE,
-                             None)
+        replay = ReplayBackend.from_file(options.replay)
+        return ChosenBackend(replay, options.budget or repository_budget(replay.context_length), None)
     if options.endpoint:
         backend = HttpBackend(options.endpoint, options.endpoint_model, options.api_key)
-        return ChosenBackend(backend, options.budget or backend.context_length - ANSWER_RESERVE, None)
+        return ChosenBackend(backend, options.budget or repository_budget(backend.context_length), None)
     return _embedded(options, load_progress, warn)
+
+
+def repository_budget(context_length: int) -> int:
+    """The repository's share of a backend's context: all of it less room for the conversation and
+    the answer (ANSWER_RESERVE, a quarter of a small context)."""
+    return max(context_length - min(ANSWER_RESERVE, context_length // 4), 1)
 
 
 def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
@@ -67,7 +73,7 @@ def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
         engine = model.load(options.model, **options.engine.load_options(), **progress)
     except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
         raise BackendError(f"cannot load {options.model}: {exc}") from exc
-    limit = min(engine.config.max_seq_len, engine.model.config.max_position_embeddings)
+    limit = engine.context_length  # the model's context, as `v4 model info` reports it
     reserve = min(ANSWER_RESERVE, limit // 4)  # room for the conversation and the answer
     default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else limit - reserve
     budget = max(min(options.budget or default, limit - reserve), 1)
@@ -109,14 +115,32 @@ class BackendInfo:
     model: str
     random_weights: bool
     budget: int  # repository tokens in the context
-    context_length: int
+    context_length: int  # the model's context: the checkpoint's (`v4 model info`) or the server's
     state_bytes_per_token: float | None  # decode-state bytes each token adds (embedded engine only)
+    session_length: int | None = None  # tokens this session holds, when fewer on purpose (a CPU's state)
+    context_note: str | None = None  # what was assumed (an endpoint that does not give its context)
+
+    def context_text(self) -> str:
+        """The context in the words every front end uses: "context 65,536 tokens; this session uses 24,576"."""
+        return context_words(self.context_length, self.session_length) + (f" ({self.context_note})"
+                                                                          if self.context_note else "")
+
+    def context_json(self) -> dict[str, int | str | None]:
+        """The same for `--json`: the model's context, this session's share of it, what was assumed."""
+        return {"context_length": self.context_length, "session_length": self.session_length or self.context_length,
+                "context_note": self.context_note}
+
+
+def context_words(context_length: int, used: int | None = None, user: str = "this session") -> str:
+    """Says "context N tokens", and what `user` holds of it when that is less (chosen on purpose)."""
+    words = f"context {context_length:,} tokens"
+    return words + (f"; {user} uses {used:,}" if used is not None and used < context_length else "")
 
 
 def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendInfo:
     """Name the backend `open_backend` chose; the engine's state size per token if embedded."""
     backend = chosen.backend
-    per_token = None
+    per_token, context = None, backend.context_length
     if options.replay:
         model = Path(options.replay).name
     elif options.endpoint:
@@ -127,13 +151,15 @@ def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendI
             from v4.model.checkpoint import state_bytes_per_token
 
             engine = backend.engine
-            config = engine.model.config
+            config, context = engine.model.config, engine.context_length
             if engine.config.kv_format == "fp8":  # DeepSeek's layout, whatever the model's dtype
                 per_token = state_bytes_per_token(config, fp8=True)
             else:  # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
                 per_token = state_bytes_per_token(config, fp8=False) / 2 * engine.dtype.itemsize
     random_weights = bool(options.model) and has_random_weights(options.model)
-    return BackendInfo(backend.name, model, random_weights, chosen.budget, backend.context_length, per_token)
+    note = backend.context_note if isinstance(backend, HttpBackend) else None
+    return BackendInfo(backend.name, model, random_weights, chosen.budget, context, per_token,
+                       backend.context_length if backend.context_length < context else None, note)
 
 
 def prefill(backend: Backend, system: Message) -> PrefillStats | None:

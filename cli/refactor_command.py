@@ -42,7 +42,7 @@ def build(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from v4.agent.backends import BackendError
-    from v4.agent.bootstrap import open_backend, open_session
+    from v4.agent.bootstrap import describe_backend, open_backend, open_session
     from v4.agent.context import ContextError, RepositoryContext
     from v4.agent.session import SessionOptions
     from v4.agent.workspace import WorkspaceError, repository_root
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         except WorkspaceError as exc:
             result.error = f"applied but not committed: {exc}"
     document = result.to_json() | {"budget": chosen.budget, "context_tokens": opened.view.total_tokens}
+    document |= describe_backend(chosen, options).context_json()  # the model's context, as `v4 model info` says
     prefill = getattr(chosen.backend, "last_prefill", None)
     if prefill is not None:  # how much of the prompt came from the prefix-state store
         document["prefix_store"] = prefill.to_json()

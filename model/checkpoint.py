@@ -1,6 +1,6 @@
 """What a checkpoint costs (`v4 model info`): parameters in all and per token, layer types, stored
-dtypes, decode-state bytes per token and the weights' format, read from config.json and the
-safetensors headers alone. Building random checkpoints is random_checkpoint.py's job.
+dtypes, the model's context, decode-state bytes per token and the weights' format, read from
+config.json and the safetensors headers alone. Building random checkpoints is random_checkpoint.py's job.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import CSA, V4Config
+from .config import CSA, V4Config, context_length
 from .v4 import Transformer
 
 FP8_KV_SCALE_BLOCK = 64  # non-RoPE dims per ue8m0 scale in DeepSeek's FP8 KV rows
@@ -25,6 +25,7 @@ class ModelInfo:
     num_active_parameters: int
     num_mtp_parameters: int  # the MTP draft blocks, not counted above (as DeepSeek counts)
     layer_types: list[str]
+    context_length: int  # the model's context (`config.context_length`), as every command reports it
     dtypes: dict[str, int]  # stored dtype -> number of tensors (FP8/FP4 scales included)
     state_bytes_per_token_bf16: float
     state_bytes_per_token_fp8: float  # DeepSeek's layout: FP8 non-RoPE dims, BF16 RoPE dims, FP8 indexer keys, scales
@@ -75,7 +76,7 @@ def model_info(directory: Path) -> ModelInfo:
             for key in handle.keys():
                 dtype = handle.get_slice(key).get_dtype()
                 dtypes[dtype] = dtypes.get(dtype, 0) + 1
-    return ModelInfo(total, total - inactive, mtp, list(config.layer_types), dtypes,
+    return ModelInfo(total, total - inactive, mtp, list(config.layer_types), context_length(config), dtypes,
                      state_bytes_per_token(config, fp8=False), state_bytes_per_token(config, fp8=True),
                      quantization_summary(config))
 

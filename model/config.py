@@ -318,6 +318,8 @@ class EngineConfig:
     # e4m3 + bf16 RoPE rows, e4m3 indexer keys with a scale each), ~1.8x smaller, keys FP8-rounded
     kv_format: str = FLOAT_KV
     offload_experts: int | None = None  # routed experts in host memory, this many per layer cached on `device`
+    # torch threads of a CPU engine (None: `default_cpu_threads()`); CUDA engines leave torch's setting alone
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_seq_len <= 0 or self.max_batch_size <= 0:
@@ -327,5 +329,15 @@ class EngineConfig:
             raise ConfigError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
         if self.kv_format not in KV_FORMATS:
             raise ConfigError(f"kv_format must be one of {list(KV_FORMATS)}, got {self.kv_format!r}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.offload_experts is not None and self.offload_experts < 2:
             raise ConfigError(f"offload_experts is the GPU slots per MoE layer (at least 2), got {self.offload_experts}")
+
+
+def context_length(config: V4Config, engine: EngineConfig | None = None) -> int:
+    """The model's context, the one number every command reports (`v4 model info`, `v4 serve`, the
+    TUI, `v4 refactor --json`): the positions the checkpoint covers (`max_position_embeddings`),
+    within the engine's `max_seq_len`. A session or server may use less on purpose (on a CPU) and then
+    names both numbers."""
+    return min(config.max_position_embeddings, (engine or EngineConfig()).max_seq_len)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import EngineConfig, V4Config
+from .config import EngineConfig, V4Config, context_length
 from .offload import offload_experts as offload_experts_to_host
 from .parallel import Parallel
 from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
@@ -70,16 +70,20 @@ class Engine:
         return self.model.embed.weight.dtype
 
     @property
+    def context_length(self) -> int:
+        """The model's context (`config.context_length`): the most tokens a decode state holds."""
+        return context_length(self.model.config, self.config)
+
+    @property
     def has_draft_head(self) -> bool:
         """Whether the checkpoint shipped an MTP block to draft with."""
         return len(self.model.mtp) > 0
 
     def new_state(self, max_tokens: int | None = None, draft: bool = True) -> DecodeState:
-        """An empty state for up to `max_tokens` (default: the engine's max_seq_len) tokens; with `draft`
+        """An empty state for up to `max_tokens` (default: the model's context) tokens; with `draft`
         it also tracks the first MTP block when there is one, so `draft` can be asked at any point. Its
         entries and indexer keys are kept in the engine's `kv_format`."""
-        limit = min(self.config.max_seq_len, self.model.config.max_position_embeddings)
-        return new_decode_state(self.model.config, max_tokens or limit, self.id, self.dtype, self.device,
+        return new_decode_state(self.model.config, max_tokens or self.context_length, self.id, self.dtype, self.device,
                                 mtp_layers=min(len(self.model.mtp), 1) if draft else 0,
                                 kv_format=self.config.kv_format)
 
@@ -313,6 +317,17 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def default_cpu_threads() -> int:
+    """Torch threads for a CPU engine: half the cores this process may use (at least one). Measured by
+    benchmarks/bench_cpu_threads.py: with every core busy beside it (tests, an indexer, an editor), a
+    prefill on all cores stalls for seconds while half of them hold up; on an idle machine the rest add
+    little at the sizes a CPU engine runs."""
+    import os
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available // 2)
+
+
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
          progress: LoadProgress | None = None, parallel: Parallel | bool | None = None,
          quantized: bool | None = None, **engine_options: object) -> Engine:
@@ -350,6 +365,8 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     if unknown:
         raise TypeError(f"unknown engine options {unknown}; expected some of {sorted(allowed)}")
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
+    if config.device == "cpu":  # torch's default (every core) stalls on a machine doing other work too
+        torch.set_num_threads(config.cpu_threads or default_cpu_threads())
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
                              parallel, quantized, config.offload_experts)
     return Engine(model, config, _tokenizer(path), path.resolve())

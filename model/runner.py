@@ -67,8 +67,7 @@ class Runner:
             raise RunnerError("the checkpoint has no tokenizer.json: the embedded engine needs one")
         self.engine = engine
         self.tokenizer: Tokenizer = engine.tokenizer
-        limit = min(engine.config.max_seq_len, engine.model.config.max_position_embeddings)
-        self.context_length = min(context_length or limit, limit)
+        self.context_length = min(context_length or engine.context_length, engine.context_length)
         self.store = store  # a fresh state resumes from the longest prefix on disk
         # Answers decode on the engine's static decoder (CUDA graphs) where it can run: None = the
         # engine's default (on CUDA, without Engram layers); True/False force it (tests).

@@ -1,9 +1,17 @@
 """The HTTP backend: an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, `v4 serve`,
-a hosted V4), streamed as server-sent events; the endpoint keeps its own prefix cache."""
+a hosted V4), streamed as server-sent events; the endpoint keeps its own prefix cache.
+
+The server's context comes from its model card in `/v1/models` (`max_model_len`, as vLLM, SGLang and
+`v4 serve` give it); a server that does not say is assumed to hold ASSUMED_CONTEXT tokens, and
+`context_note` says so. Whatever the server refuses, in its status line or in an error event in the
+middle of a stream, becomes a BackendError carrying the server's own words (issue 24).
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -13,18 +21,68 @@ from dataclasses import dataclass, field
 from ..chat_format import Message
 from .protocol import BackendError, Usage
 
+# A server whose /v1/models gives no context (DeepSeek's API lists only ids): 128K, what DeepSeek's
+# API documents for its chat models since V3.1. Too large would have every request refused; too small
+# only plans less of the repository (--budget overrides it).
+ASSUMED_CONTEXT = 131_072
+CONTEXT_KEYS = ("max_model_len", "context_length", "context_window")  # vLLM and SGLang; OpenRouter; others
+MODELS_TIMEOUT_S = 30.0
+MAX_MESSAGE_CHARS = 500
+
+
+def server_message(body: bytes | str) -> str:
+    """The error text in a server's answer: OpenAI's `{"error": {"message"}}`, vLLM's and SGLang's
+    `{"object": "error", "message"}`, FastAPI's `{"detail"}` or a plain-text (or HTML) body."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    found = _message_in(data) if isinstance(data, dict) else None
+    if found is None:  # plain text, or an HTML error page from a proxy
+        found = re.sub(r"<[^>]+>", " ", text)
+    found = " ".join(found.split())
+    if len(found) > MAX_MESSAGE_CHARS:
+        found = found[:MAX_MESSAGE_CHARS] + "..."
+    return found or "(no message)"
+
+
+def _message_in(data: dict) -> str | None:
+    error = data.get("error")
+    if isinstance(error, dict):
+        return _message_in(error) or json.dumps(error)
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(data.get("message"), str):
+        return data["message"]
+    detail = data.get("detail")
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [...], "msg": "..."}]
+        return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    return None
+
 
 @dataclass
 class HttpBackend:
     """An OpenAI-compatible `/v1/chat/completions` endpoint, streamed (server-sent events)."""
 
     endpoint: str
-    model: str | None = None
+    model: str | None = None  # None: the first model the server lists
     api_key: str | None = None
-    context_length: int = 1_048_576
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # the longest wait for the server to start answering, or to send more
     name: str = "http"
     last_usage: Usage = field(default_factory=Usage)
+    max_model_len: int | None = None  # the server's context for the model (None: read from /v1/models)
+    context_note: str | None = None  # what was assumed about the context, when the server does not say
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the server holds for the model (prompt + answer): its `max_model_len` in /v1/models,
+        read once; ASSUMED_CONTEXT when it does not say. BackendError when it cannot be reached."""
+        if self.max_model_len is None:
+            self._read_models()
+        return self.max_model_len
 
     def _url(self, path: str) -> str:
         base = self.endpoint.rstrip("/")
@@ -37,52 +95,121 @@ class HttpBackend:
         data = None if body is None else json.dumps(body).encode()
         return urllib.request.Request(self._url(path), data=data, headers=headers, method="POST" if data else "GET")
 
-    def _model_name(self) -> str:
+    def _read_models(self) -> None:
+        """The model's name (when none was given) and its context, from the server's model cards."""
+        url = self._url("/models")
+        try:
+            with urllib.request.urlopen(self._request("/models"), timeout=MODELS_TIMEOUT_S) as response:
+                cards = json.load(response)["data"]
+            if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+                raise ValueError("`data` is not a list of model cards")
+        except urllib.error.HTTPError as exc:
+            self._assume(f"{url} answered {_status(exc)}: {server_message(exc.read())}")
+            return
+        except OSError as exc:
+            raise BackendError(self._unreachable(exc, MODELS_TIMEOUT_S)) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            self._assume(f"{url} sent no model list ({exc})")
+            return
         if self.model is None:
-            try:
-                with urllib.request.urlopen(self._request("/models"), timeout=30) as response:
-                    self.model = json.load(response)["data"][0]["id"]
-            except (OSError, ValueError, KeyError, IndexError) as exc:
-                raise BackendError(f"{self._url('/models')}: cannot list the endpoint's models ({exc}); "
-                                   "pass the model name") from exc
-        return self.model
+            if not cards:
+                raise BackendError(f"{url} lists no models; pass the model's name (--endpoint-model)")
+            self.model = str(cards[0].get("id"))
+        card = next((c for c in cards if c.get("id") == self.model), None)
+        if card is None:
+            self._assume(f"{url} does not list {self.model}")
+            return
+        length = next((card[k] for k in CONTEXT_KEYS if isinstance(card.get(k), int) and card[k] > 0), None)
+        if length is None:
+            self._assume(f"{url} does not give {self.model}'s context (no max_model_len)")
+            return
+        self.max_model_len = length
+
+    def _assume(self, reason: str) -> None:
+        """No context from the server: plan for ASSUMED_CONTEXT and say so (BackendError when the
+        model's name was not given either, since nothing can be sent without it)."""
+        if self.model is None:
+            raise BackendError(f"{reason}; pass the model's name (--endpoint-model)")
+        self.max_model_len = ASSUMED_CONTEXT
+        self.context_note = f"assumed {ASSUMED_CONTEXT:,} tokens: {reason}"
+
+    def _unreachable(self, exc: OSError, timeout_s: float) -> str:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            return f"{self.endpoint} did not answer within {timeout_s:g} s"
+        if isinstance(reason, ConnectionRefusedError):
+            return f"cannot reach {self.endpoint}: connection refused (is the server running?)"
+        return f"cannot reach {self.endpoint}: {getattr(reason, 'strerror', None) or reason}"
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        """The endpoint's answer as its events arrive; usage from its final usage event."""
-        body = {"model": self._model_name(), "stream": True, "max_tokens": max_tokens, "temperature": temperature,
+        """The endpoint's answer as its events arrive; usage from its final usage event. BackendError
+        with the server's words when it refuses the request or ends the stream with an error."""
+        if self.model is None:
+            self._read_models()
+        body = {"model": self.model, "stream": True, "max_tokens": max_tokens, "temperature": temperature,
                 "messages": [{"role": m.role, "content": m.content} for m in messages],
                 "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         self.last_usage = Usage()
+        url = self._url("/chat/completions")
         try:
             response = urllib.request.urlopen(self._request("/chat/completions", body), timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:500]
-            raise BackendError(f"{self._url('/chat/completions')} answered {exc.code}: {detail}") from exc
+            raise BackendError(f"{url} answered {_status(exc)}: {server_message(exc.read())}") from exc
         except OSError as exc:
-            raise BackendError(f"cannot reach {self.endpoint}: {exc}") from exc
+            raise BackendError(self._unreachable(exc, self.timeout_s)) from exc
         with response:
-            for raw in response:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[len("data:"):].strip()
-                if payload == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(payload)
-                except ValueError as exc:
-                    raise BackendError(f"the endpoint sent a malformed event: {payload[:200]}") from exc
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                    details = usage.get("prompt_tokens_details") or {}
-                    self.last_usage = Usage(usage.get("prompt_tokens", 0), details.get("cached_tokens", 0) or 0,
-                                            usage.get("completion_tokens", 0))
-                for choice in chunk.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        yield piece
+            try:
+                if "text/event-stream" in (response.headers.get("Content-Type") or "text/event-stream"):
+                    yield from self._events(response)
+                else:  # a server that answers whole although asked to stream
+                    yield from self._whole(response.read())
+            except (OSError, http.client.HTTPException) as exc:  # a read that timed out, a dropped connection
+                if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+                    raise BackendError(f"{self.endpoint} stopped sending: nothing for {self.timeout_s:g} s") from exc
+                raise BackendError(f"{self.endpoint} broke off the answer: {exc or type(exc).__name__}") from exc
         self.last_usage.seconds = time.perf_counter() - started
+
+    def _events(self, response: http.client.HTTPResponse) -> Iterator[str]:
+        for raw in response:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            payload = line[len("data:"):].strip()
+            if payload == "[DONE]":
+                break
+            try:
+                chunk = json.loads(payload)
+            except ValueError as exc:
+                raise BackendError(f"the endpoint sent a malformed event: {payload[:200]}") from exc
+            yield from self._chunk(chunk, "delta")
+
+    def _whole(self, body: bytes) -> Iterator[str]:
+        try:
+            chunk = json.loads(body)
+        except ValueError as exc:
+            raise BackendError(f"the endpoint answered without events: {server_message(body)}") from exc
+        yield from self._chunk(chunk, "message")
+
+    def _chunk(self, chunk: object, key: str) -> Iterator[str]:
+        """The text of one event (`delta`) or answer (`message`); its usage, when it has one."""
+        if not isinstance(chunk, dict):
+            raise BackendError(f"the endpoint sent an event that is not an object: {json.dumps(chunk)[:200]}")
+        if chunk.get("error") or chunk.get("object") == "error":  # vLLM, SGLang and v4 serve end a stream so
+            raise BackendError(f"the endpoint stopped with an error: {server_message(json.dumps(chunk))}")
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+            details = usage.get("prompt_tokens_details") or {}
+            self.last_usage = Usage(usage.get("prompt_tokens", 0), details.get("cached_tokens", 0) or 0,
+                                    usage.get("completion_tokens", 0))
+        for choice in chunk.get("choices") or []:
+            piece = (choice.get(key) or {}).get("content")
+            if piece:
+                yield piece
 
     def count_tokens(self, text: str) -> int | None:
         return None
+
+
+def _status(exc: urllib.error.HTTPError) -> str:
+    return f"{exc.code} {exc.reason}".strip() if isinstance(exc.reason, str) else str(exc.code)

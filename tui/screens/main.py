@@ -255,7 +255,7 @@ class MainScreen(SessionState, Screen[None]):
         per_token = f"{info.state_bytes_per_token:,.0f} bytes of decode state per token" \
             if info.state_bytes_per_token else "decode state kept by the backend"
         chat.note(f"Backend {info.kind}, model {info.model}" + (" (random weights)" if info.random_weights else "")
-                  + f"; context {info.context_length:,} tokens, repository budget {info.budget:,}; {per_token}. "
+                  + f"; {info.context_text()}, repository budget {info.budget:,}; {per_token}. "
                   "To switch, restart v4 with --model DIR, --endpoint URL or --replay FILE.", "info")
 
     def action_watch(self) -> None:

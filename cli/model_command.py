@@ -65,6 +65,7 @@ def run_model(args: argparse.Namespace) -> int:
           f"MTP draft blocks {info.num_mtp_parameters:,} more)")
     counts = {t: info.layer_types.count(t) for t in dict.fromkeys(info.layer_types)}
     print("layers             " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    print(f"context            {info.context_length:,} tokens")  # v4.model.config.context_length: one number
     dtypes = ", ".join(f"{d}: {n}" for d, n in sorted(info.dtypes.items()))
     print("tensor dtypes      " + (dtypes or "no weights in the directory (sizes from config.json)"))
     if info.quantization:

@@ -17,16 +17,20 @@ class EngineOptions:
     device: str | None = None  # None: cuda when present
     kv_format: str = "float"  # "float": the model's dtype; "fp8": DeepSeek's layout (1.8x smaller)
     offload_experts: int | None = None  # routed experts per layer cached on the GPU, the rest on the host
+    cpu_threads: int | None = None  # torch threads of a CPU engine (None: the engine's choice from the load)
 
     def __post_init__(self) -> None:
         if self.kv_format not in KV_FORMATS:
             raise ValueError(f"kv_format must be one of {', '.join(KV_FORMATS)}, not {self.kv_format!r}")
         if self.offload_experts is not None and self.offload_experts < 1:
             raise ValueError(f"offload_experts must be at least 1, not {self.offload_experts}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be at least 1, not {self.cpu_threads}")
 
     def load_options(self) -> dict[str, object]:
         """The keyword arguments of `v4.model.load`."""
-        return {"device": self.device, "kv_format": self.kv_format, "offload_experts": self.offload_experts}
+        return {"device": self.device, "kv_format": self.kv_format, "offload_experts": self.offload_experts,
+                "cpu_threads": self.cpu_threads}
 
 
 @dataclass(frozen=True, slots=True)

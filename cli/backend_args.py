@@ -51,11 +51,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
                         help="keep routed experts in host memory, N per layer cached on the GPU (models larger "
                              "than the GPU)")
+    parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
+                        help="torch threads of an engine on CPU (default: half the cores, no more than are idle)")
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
     """The engine options `add_engine_arguments` parsed."""
-    return EngineOptions(args.device, args.kv_format, args.offload_experts)
+    return EngineOptions(args.device, args.kv_format, args.offload_experts, args.cpu_threads)
 
 
 def backend_options(args: argparse.Namespace) -> BackendOptions:

@@ -318,14 +318,16 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 def default_cpu_threads() -> int:
-    """Torch threads for a CPU engine: half the cores this process may use (at least one). Measured by
-    benchmarks/bench_cpu_threads.py: with every core busy beside it (tests, an indexer, an editor), a
-    prefill on all cores stalls for seconds while half of them hold up; on an idle machine the rest add
-    little at the sizes a CPU engine runs."""
+    """Torch threads for a CPU engine: half the cores this process may use, but no more than are idle
+    (cores less the 1-minute load average), and at least one. Measured by benchmarks/bench_cpu_threads.py
+    (a 641-token prefill, tiny checkpoint): on 16 idle cores 8 threads take 0.12 s, 16 take 0.15 s and 1
+    takes 0.23 s; with every core busy, 8 threads take 9.5 s and 1 takes 0.25 s. Spinning threads that
+    must share busy cores cost far more than idle cores left unused, so the load decides."""
     import os
 
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, available // 2)
+    idle = available - os.getloadavg()[0] if hasattr(os, "getloadavg") else available
+    return max(1, min(available // 2, int(idle)))
 
 
 def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,

@@ -7,6 +7,7 @@ import torch
 
 from v4 import model
 from v4.model import EngineInputError
+from v4.model.config import ConfigError
 
 CHUNKS = [37, 1, 1, 90, 1]  # 130 tokens: several sliding, CSA and HCA windows, and the top-k limit
 
@@ -107,3 +108,30 @@ def test_bad_input_is_a_clear_error(engine, hf_checkpoint) -> None:
     engine.forward(_ids(16), small)
     with pytest.raises(EngineInputError, match="the state holds 16 tokens"):
         engine.forward([1], small)
+
+
+# --- issue 24: CPU threads are chosen, not torch's default of every core ----------------------------
+
+@pytest.mark.parametrize("cores, load, expected", [(16, 0.2, 8), (16, 15.7, 1), (16, 10.0, 6), (2, 0.0, 1),
+                                                   (1, 3.0, 1)])
+def test_cpu_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch, cores: int, load: float,
+                                           expected: int) -> None:
+    import os
+
+    from v4.model.engine import default_cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert default_cpu_threads() == expected
+
+
+def test_a_cpu_engine_runs_on_the_threads_it_was_given(hf_checkpoint) -> None:
+    path, _ = hf_checkpoint
+    before = torch.get_num_threads()
+    try:
+        model.load(path, device="cpu", cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match="cpu_threads"):
+            model.load(path, device="cpu", cpu_threads=0)
+    finally:
+        torch.set_num_threads(before)

@@ -1,8 +1,8 @@
 """`v4 prefill` (put a repository's prefilled state in the prefix-state store) and `v4 store
 stats|clear|verify` (look after the store; `v4 engram` is its old name).
 
-Exit codes: 0 done, 1 the model or backend could not be opened, 2 usage error or a store refused
-before anything was read, computed or deleted.
+Exit codes: 0 done, 1 the model or backend could not be opened (prefill) or `verify` found bad entries
+(and deleted them), 2 usage error or a store refused before anything was read, computed or deleted.
 """
 
 from __future__ import annotations
@@ -38,21 +38,26 @@ def run_store(args: argparse.Namespace) -> int:
     try:  # not `prepare`d: looking at an absent store must not create it
         store = PrefixStore(store_dir(args) or default_store_dir(), warn=print_warning)
         if args.action == "stats":
-            result: dict[str, object] = store.stats()
+            stats = store.stats()
+            document: dict[str, object] = stats
+            lines = [f"{key:<10} {value:,}" if isinstance(value, int) else f"{key:<10} {value}"
+                     for key, value in stats.items()]
         elif args.action == "clear":
-            result = {"deleted_files": store.clear()}
+            deleted = store.clear()
+            document = {"deleted_files": deleted}
+            lines = [f"deleted {deleted:,} file(s) from {store.directory}"]
         else:
-            bad = store.verify()
-            result = {"bad_files_deleted": bad, "ok": not bad}
+            verified = store.verify()
+            document = verified.to_json()
+            lines = [f"checked {verified.checked:,} file(s), {verified.bytes:,} bytes, in {store.directory}: "
+                     + ("all good" if not verified.bad else
+                        f"{len(verified.bad)} bad, deleted (they are recomputed when next needed):")]
+            lines += [f"  {why}" for why in verified.bad]
     except StoreError as exc:  # refused before anything was read or deleted
         print(f"v4 {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        for key, value in result.items():
-            print(f"{key:<20} {value if not isinstance(value, int) else f'{value:,}'}")
-    return EXIT_OK
+    print(json.dumps(document, indent=1) if args.json else "\n".join(lines))
+    return EXIT_FAILED if document.get("bad_files_deleted") else EXIT_OK
 
 
 def run_prefill(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ from .state import DecodeState
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PrefillStats", "PrefixStore", "StoreDirectoryError", "StoreError",
+__all__ = ["FORMAT", "FORMAT_VERSION", "PrefillStats", "PrefixStore", "StoreDirectoryError", "StoreError", "Verified",
            "default_store_dir", "model_fingerprint", "prefix_keys"]
 DEFAULT_MAX_BYTES = 20 * 10**9
 
@@ -77,6 +77,19 @@ class PrefillStats:
                 "prefill_s": round(self.prefill_s, 4), "seconds": round(self.seconds, 4),
                 "from_store": self.from_store, "snapshots_written": self.snapshots_written,
                 "store_bytes": self.store_bytes, "cancelled": self.cancelled}
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What `PrefixStore.verify` checked, and the entries it found bad (and deleted), each with why."""
+
+    checked: int = 0  # entry files read and checked, every byte
+    bytes: int = 0
+    bad: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"checked_files": self.checked, "checked_bytes": self.bytes, "bad_files_deleted": self.bad,
+                "ok": not self.bad}
 
 
 def default_store_dir() -> Path:
@@ -368,13 +381,14 @@ class PrefixStore:
             self._memory_used = 0
         return len(files)
 
-    def verify(self) -> list[str]:
+    def verify(self) -> Verified:
         """Check every entry the store wrote (header, counters, tensors: every byte); bad ones are deleted
         and listed. Files the store did not write are never read, listed or deleted."""
         if not self.directory.exists():
-            return []
+            return Verified()
         self.root.prepare()
         bad = []
+        checked = size = 0
         with self._lock():
             entries = self.root.entries()
             for rel in sorted(entries):
@@ -388,6 +402,8 @@ class PrefixStore:
                     bad.append(f"{path}: not a regular file; left alone, no longer counted as an entry")
                     entries.discard(rel)
                     continue
+                checked += 1
+                size += path.stat().st_size
                 try:
                     _, meta = decode_entry(read_entry(path))
                     if json.loads(meta.get("key", "null")) != path.stem or \
@@ -399,4 +415,4 @@ class PrefixStore:
                     self._forget(path)
                     entries.discard(rel)
             self.root.record(entries)
-        return bad
+        return Verified(checked, size, bad)

@@ -4,6 +4,7 @@ prefill computed."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,28 @@ def test_prefill_refuses_the_store_before_loading_the_model(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert err.startswith("v4 prefill: prefix-state store ") and "Traceback" not in err
     assert (({p: p.read_bytes() for p in store.rglob("*")} if store.is_dir() else store.read_bytes()) == before)
+
+
+def test_verify_says_what_it_checked_and_fails_on_a_bad_entry(tmp_path: Path, capsys) -> None:
+    """Issue 24: verify printed `ok 1` / `ok 0`, exited 0 after deleting a corrupt file and never said
+    how many files it checked."""
+    from v4.model.prefix_store import PrefixStore
+    from tests.conftest import tiny_chat_checkpoint
+
+    engine = model.load(tiny_chat_checkpoint(tmp_path / "ckpt", seed=0), device="cpu")
+    store = tmp_path / "store"
+    PrefixStore(store, chunk_tokens=64).prefill(engine, list(range(5, 205)), [100])
+    assert main(["store", "verify", "--store-dir", str(store)]) == 0
+    out = capsys.readouterr().out
+    count = len(PrefixStore(store).files())
+    assert count > 1 and f"checked {count} file(s)" in out and "all good" in out
+    victim = sorted(PrefixStore(store).files())[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01  # one bit of a tensor
+    victim.write_bytes(bytes(data))
+    assert main(["store", "verify", "--store-dir", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert f"checked {count} file(s)" in out and "1 bad, deleted" in out and victim.name in out
+    assert main(["store", "verify", "--store-dir", str(store), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["checked_files"] == count - 1 and document["ok"] and document["bad_files_deleted"] == []

@@ -247,7 +247,7 @@ def test_bad_file_is_reported_deleted_and_recomputed(tiny: Tiny, populated: Path
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
     assert len(warnings) == 1 and bad.name in warnings[0]
     assert not bad.exists() or bad.read_bytes() != corrupted  # deleted (then written anew)
-    assert store.verify() == []
+    assert store.verify().bad == []
 
     _, again, stats = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning).prefill(tiny.engine, ids)
     assert stats.reused_tokens == LENGTH and torch.equal(again, logits)
@@ -260,10 +260,10 @@ def test_verify_deletes_bad_files(tiny: Tiny, populated: Path, tmp_path: Path, c
     CORRUPTIONS[corruption](bad)
     store = PrefixStore(directory, chunk_tokens=CHUNK)
     files = len(store.files())
-    found = store.verify()
+    found = store.verify().bad
     assert len(found) == 1 and str(bad) in found[0]
     assert not bad.exists() and len(store.files()) == files - 1
-    assert store.verify() == []
+    assert store.verify().bad == []
 
 
 def test_missing_chunk_resumes_from_a_shorter_prefix(tiny: Tiny, populated: Path, tmp_path: Path) -> None:
@@ -359,7 +359,7 @@ def test_full_disk(tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     reported = list(warnings)
     _, logits, _ = store.prefill(tiny.engine, ids, BOUNDARIES)  # still full: correct, and no new reports
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE and warnings == reported
-    assert store.verify() == [] and store.stats()["files"] == 0
+    assert store.verify().bad == [] and store.stats()["files"] == 0
 
     if isinstance(error, SafetensorError):
         return  # the rest does not depend on the error's type
@@ -389,7 +389,7 @@ def test_real_write_failure(tiny: Tiny, tmp_path: Path) -> None:
     assert _rel(logits, tiny.cold(ids)) < TOLERANCE
     assert warnings and store.stats()["snapshots"] == 0
     assert _temporaries(tmp_path / "store") == []
-    assert store.verify() == []
+    assert store.verify().bad == []
 
 
 # ---------------------------------------------------------------------------------- 5. two processes
@@ -436,7 +436,7 @@ def test_two_processes_share_a_store(tiny: Tiny, tmp_path: Path) -> None:
         assert result["results"][-1][1]["reused_tokens"] == LENGTH  # its own first prefill is still there
 
     store = PrefixStore(directory, chunk_tokens=CHUNK, warn=_fail_on_warning)
-    assert store.verify() == []
+    assert store.verify().bad == []
     assert _temporaries(directory) == []
     for prompt in [ids, *edits]:
         _, logits, stats = store.prefill(tiny.engine, prompt, BOUNDARIES)

@@ -94,7 +94,7 @@ def test_verify_clear_and_eviction_never_delete_a_model_under_or_beside_the_stor
     planted.write_bytes(b"not written by the store")  # an entry's name, but not in the manifest
     models[planted] = planted.read_bytes()
     store = PrefixStore(store_dir, chunk_tokens=CHUNK)
-    assert store.verify() == []
+    assert store.verify().bad == []
     store.max_bytes = 0
     store.prefill(tiny.engine, tiny.ids[:-1])  # eviction of everything it owns
     assert store.stats()["files"] == 0
@@ -150,7 +150,7 @@ def _flip_tensor(path: Path) -> None:
 def test_a_flipped_bit_is_caught_by_verify(tiny: Tiny, store_dir: Path, flip: object) -> None:
     bad = _snapshot(store_dir, tiny)
     flip(bad)
-    found = PrefixStore(store_dir, chunk_tokens=CHUNK).verify()
+    found = PrefixStore(store_dir, chunk_tokens=CHUNK).verify().bad
     assert len(found) == 1 and str(bad) in found[0] and "checksum" in found[0]
     assert not bad.exists()
 
@@ -194,7 +194,7 @@ def test_an_entry_path_that_is_a_directory(tiny: Tiny, store_dir: Path, no_forwa
     store = PrefixStore(store_dir, chunk_tokens=CHUNK)
     with pytest.raises(StoreDirectoryError, match=f"{entry.name} is not a regular file"):
         store.prefill(tiny.engine, tiny.ids)
-    found = store.verify()
+    found = store.verify().bad
     assert len(found) == 1 and "left alone" in found[0] and entry.is_dir()
     assert store.stats()["files"] > 0
 

@@ -36,10 +36,13 @@ class TurnResult:
     declined: bool = False  # the user said no to applying
     answer: str = ""
     usage: Usage = field(default_factory=Usage)
+    problem: str | None = None  # why the last answer's edits were refused, in the user's words
+    model_feedback: str | None = None  # the last message that told the model so (for --json readers)
 
     def to_json(self) -> dict:
         return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
-                "reflections": self.reflections, "error": self.error, "tokens": self.usage.to_json()}
+                "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
+                "tokens": self.usage.to_json()}
 
 
 @dataclass(slots=True)
@@ -118,7 +121,10 @@ class Session:
             if feedback is None or result.refused:
                 break
             if result.reflections >= self.options.max_reflections:
-                result.error = feedback
+                answers = result.reflections + 1
+                result.error = (f"no valid edit after {answers} answer{'s' if answers > 1 else ''} from the model: "
+                                f"{result.problem or 'its edits did not apply'}")
+                result.model_feedback = feedback
                 break
             result.reflections += 1
             conversation.append(Message("user", feedback))
@@ -131,11 +137,13 @@ class Session:
             blocks = parse_edits(answer)
             if not blocks:
                 if self.options.require_edits:
+                    result.problem = "the answer held no edit blocks"
                     return prompts.NO_EDIT_BLOCKS
                 return None  # a chat answer without edits
             self._check_targets(blocks)
             changes = [c for c in plan_changes(blocks, self._read) if c.before != c.after]
         except (EditError, PathError, WorkspaceError) as exc:
+            result.problem = str(exc)
             return prompts.edits_not_applied(str(exc))
         if not changes:
             return None

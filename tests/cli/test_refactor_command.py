@@ -82,6 +82,18 @@ def test_no_valid_edit_exits_1_and_changes_nothing(repo: Path, tmp_path: Path, c
     result = json.loads(capsys.readouterr().out)
     assert not result["applied"] and result["reflections"] == 3 and "no edit blocks" in result["error"]
     assert (repo / "calc.py").read_bytes() == before and git(repo, "status", "--porcelain") == ""
+    # issue 24: "error" is written for the user; what the model was told is apart
+    assert result["error"] == "no valid edit after 4 answers from the model: the answer held no edit blocks"
+    assert result["model_feedback"].startswith("Your answer contained no edit blocks")
+
+
+def test_a_refused_edit_is_reported_to_the_user_by_its_reason(repo: Path, tmp_path: Path, capsys) -> None:
+    wrong = edit("calc.py", "def mul(a, b):\n    return a * b\n", "def mul(a, b):\n    return b * a\n")
+    assert refactor(repo, replay(tmp_path, wrong, wrong, wrong, wrong), "--json") == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["error"].startswith("no valid edit after 4 answers from the model: ") and "calc.py" in result["error"]
+    assert "Your edits were not applied" not in result["error"]
+    assert result["model_feedback"].startswith("Your edits were not applied")
 
 
 def test_a_dirty_target_is_refused_with_exit_3(repo: Path, tmp_path: Path, capsys) -> None:

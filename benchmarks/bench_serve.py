@@ -33,7 +33,7 @@ def start_server(checkpoint: Path, device: str, max_batch: int) -> tuple[str, ob
 
     engine = model.load(checkpoint, device=device)
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 8192)
-    app = create_app(backend, ServeConfig("bench", max_batch=max_batch))
+    app = create_app(backend, ServeConfig(("bench",), max_batch=max_batch))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -13,5 +13,6 @@ Modules, in the order a command runs:
   `model_command.py` (`model`, `generate`), `refactor_command.py`, `review_command.py` (`review`,
   `commit`, `undo`), `store_command.py` (`prefill`, `store`), `watch_command.py`, `serve_command.py`.
 - `openai_server.py`: the OpenAI-compatible HTTP app `v4 serve` runs (FastAPI + uvicorn, as vLLM's
-  entrypoint), on the engine's continuous-batching scheduler.
+  entrypoint), on the engine's continuous-batching scheduler, with its access log.
+- `openai_requests.py`: what that app accepts, field by field, and its refusals in OpenAI's error shape.
 """

@@ -1,40 +1,44 @@
-"""The app `v4 serve` runs (`serve_command.py`): the embedded engine behind an OpenAI-compatible HTTP API (FastAPI + uvicorn, the stack
-vLLM uses): `/v1/models`, `/v1/chat/completions` and `/v1/completions`, streamed as server-sent events
-or whole. Concurrent requests decode together (model/scheduler.py: continuous batching on the static
+"""The app `v4 serve` runs (`serve_command.py`): the embedded engine behind an OpenAI-compatible HTTP
+API (FastAPI + uvicorn, the stack vLLM uses): `/v1/models`, `/v1/chat/completions` and
+`/v1/completions`, streamed as server-sent events or whole; requests are checked by
+`openai_requests.py`. Concurrent requests decode together (model/scheduler.py: continuous batching on the static
 batched decoder, up to `--max-num-seqs` at once) and consecutive chats that share a prefix reuse the
 prefilled state; a model the scheduler cannot run (Engram layers) serves one at a time.
 
 Issue 22 hardened it: every route needs the key when one is set; a body over `max_body_bytes` is a 413
 and a prompt over the token limit a 400, tokenized in a worker thread; every sampling field is checked
 as OpenAI defines it (400 naming it); a client that goes away frees its batch row before the next
-step; SIGTERM fails every open request and exits within SHUTDOWN_GRACE_S.
+step; SIGTERM fails every open request and exits within SHUTDOWN_GRACE_S. Issue 24: one access-log
+line per request (with its tokens), a line once the server listens, and a 404 for a model name it
+does not serve.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (`Request`,
 # imported lazily inside create_app so that `v4` starts without loading the web stack) at run time.
 import asyncio
-import hmac
 import json
-import math
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from v4.agent.backends import BackendError, EmbeddedBackend
 from v4.agent.chat_format import ChatFormatError, Message
 from v4.model.runner import AnswerStats, RunnerError
 from v4.model.scheduler import DONE, Generation, Scheduler
 
-ROLES = ("system", "developer", "user", "assistant")  # developer: OpenAI's newer name for system
-MAX_STOP_STRINGS = 4  # as OpenAI allows
+from .openai_requests import RequestError, Sampling, key_matches, parse_messages, parse_sampling, served_model
+
 SHUTDOWN_GRACE_S = 1.0  # after SIGTERM, how long open responses get to end before uvicorn drops them
 
 
 @dataclass(slots=True)
 class ServeConfig:
-    model_name: str
+    """What `v4 serve` serves under which names, and its limits."""
+
+    model_names: tuple[str, ...]  # the names clients may ask for; /v1/models lists the first first
     api_key: str | None = None
     default_max_tokens: int = 512
     max_batch: int = 8  # requests decoding at once (vLLM's --max-num-seqs)
@@ -42,120 +46,13 @@ class ServeConfig:
     max_prompt_tokens: int | None = None  # default: the context less one token for the answer
 
     def __post_init__(self) -> None:
+        if not self.model_names or not all(isinstance(n, str) and n for n in self.model_names):
+            raise ValueError(f"model_names must be one or more non-empty names, got {self.model_names!r}")
         for name in ("default_max_tokens", "max_batch", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
-
-
-class RequestError(Exception):
-    """A request the server refuses: OpenAI's error JSON with `param` naming the field."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error", code: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
-@dataclass(slots=True)
-class Sampling:
-    """A request's validated generation settings."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int
-    stop: tuple[str, ...]
-    stream: bool
-    include_usage: bool
-
-
-def parse_sampling(body: dict, default_max_tokens: int, context_length: int) -> Sampling:
-    """The sampling fields as OpenAI's API defines them; RequestError naming the first bad one."""
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _integer(body, name)
-    if max_tokens is not None and not 1 <= max_tokens <= context_length:
-        raise RequestError(f"{name} must be between 1 and the context length, {context_length:,}; got {max_tokens}",
-                           name)
-    temperature = _number(body, "temperature", 0.0, 2.0, default=1.0)  # OpenAI's default
-    top_p = _number(body, "top_p", 0.0, 1.0, default=1.0, open_low=True)
-    n = _integer(body, "n")
-    if n is not None and n != 1:
-        raise RequestError(f"n must be 1: this server returns one choice per request (got {n})", "n")
-    for penalty in ("presence_penalty", "frequency_penalty"):
-        if _number(body, penalty, -2.0, 2.0, default=0.0) != 0.0:
-            raise RequestError(f"{penalty} is not supported by this server: only 0 is accepted", penalty)
-    seed = _integer(body, "seed")
-    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
-        raise RequestError("seed must fit in 64 bits", "seed")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise RequestError("stream must be true or false", "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise RequestError("stream_options must be an object or null", "stream_options")
-    include_usage = (options or {}).get("include_usage")
-    if include_usage is not None and not isinstance(include_usage, bool):
-        raise RequestError("stream_options.include_usage must be true or false", "stream_options.include_usage")
-    stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else [] if stop is None else stop
-    if not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stops):
-        raise RequestError(f"stop must be a non-empty string or a list of up to {MAX_STOP_STRINGS} of them", "stop")
-    return Sampling(max_tokens or default_max_tokens, temperature, top_p, seed or 0, tuple(stops), bool(stream),
-                    bool(include_usage))
-
-
-def _integer(body: dict, name: str) -> int | None:
-    value = body.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise RequestError(f"{name} must be an integer, got {json.dumps(value)}", name)
-    return value
-
-
-def _number(body: dict, name: str, low: float, high: float, default: float, open_low: bool = False) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"{name} must be a number, got {json.dumps(value)}", name)
-    if not (low < value if open_low else low <= value) or value > high:
-        raise RequestError(f"{name} must be in {'(' if open_low else '['}{low:g}, {high:g}], got {value}", name)
-    return float(value)
-
-
-def parse_messages(value: object) -> list[Message]:
-    """OpenAI chat messages -> Messages; RequestError naming the first bad one."""
-    if not isinstance(value, list) or not value:
-        raise RequestError("messages must be a non-empty list", "messages")
-    messages = []
-    for index, data in enumerate(value):
-        param = f"messages[{index}]"
-        if not isinstance(data, dict):
-            raise RequestError(f"{param} must be an object with a role and a content", param)
-        role = data.get("role")
-        if role not in ROLES:
-            raise RequestError(f"{param}.role must be one of {', '.join(ROLES)}; got {json.dumps(role)}",
-                               f"{param}.role")
-        content = data.get("content")
-        if isinstance(content, list):  # the OpenAI parts form: text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise RequestError(f"{param}.content parts must all be text parts", f"{param}.content")
-            content = "".join(part["text"] for part in content)
-        if not isinstance(content, str):
-            raise RequestError(f"{param}.content must be a string or a list of text parts", f"{param}.content")
-        messages.append(Message("system" if role == "developer" else role, content))
-    return messages
-
-
-def key_matches(header: str | None, api_key: str) -> bool:
-    """`Authorization: Bearer KEY`, the scheme in any case, the key compared in constant time."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
 class _Guard:
@@ -182,6 +79,45 @@ class _Guard:
             return await self.app(scope, receive, send)
         extra = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else {}
         await JSONResponse(refusal.body(), refusal.status, headers=extra)(scope, receive, send)
+
+
+class _AccessLog:
+    """ASGI middleware: one line per request once its response has ended (a stream's last event
+    included), as uvicorn's access log has it plus the tokens: client, method, path, status, prompt
+    and completion tokens, milliseconds."""
+
+    def __init__(self, app: object, log: Callable[[str], None]) -> None:
+        self.app, self.log = app, log
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]  # 500: the app failed before it answered
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            generation = scope.get("state", {}).get("generation")
+            self.log(access_line(scope, status[0], generation.usage if generation else None,
+                                 (time.perf_counter() - started) * 1000))
+
+
+def access_line(scope: dict, status: int, usage: AnswerStats | None, milliseconds: float) -> str:
+    """One access-log line: `127.0.0.1:50312 - "POST /v1/chat/completions HTTP/1.1" 200 OK, 12 prompt
+    + 6 completion tokens, 35 ms` (no tokens for a request that generated nothing)."""
+    host, port = scope.get("client") or ("-", 0)
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:  # 499: nginx's "client closed request"
+        phrase = "Client Closed Request" if status == 499 else ""
+    tokens = f", {usage.prompt_tokens:,} prompt + {usage.completion_tokens:,} completion tokens" if usage else ""
+    return (f'{host}:{port} - "{scope["method"]} {scope["path"]} HTTP/{scope.get("http_version", "1.1")}" '
+            f"{status} {phrase}".rstrip() + f"{tokens}, {milliseconds:.0f} ms")
 
 
 class _SerialRunner:
@@ -224,14 +160,16 @@ class _SerialRunner:
             generation.emit(DONE)
 
 
-def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
-    """The FastAPI application over `backend`."""
+def create_app(backend: EmbeddedBackend, config: ServeConfig, log: Callable[[str], None] | None = None) -> object:
+    """The FastAPI application over `backend`; `log` gets one access-log line per request."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="v4", docs_url=None, redoc_url=None)
     app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    if log is not None:  # outside the guard: refused requests are logged too
+        app.add_middleware(_AccessLog, log=log)
     try:
         batcher: Scheduler | None = Scheduler(backend.runner, config.max_batch)
     except RunnerError:
@@ -249,8 +187,8 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
 
     @app.get("/v1/models")
     def models() -> object:
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": created,
-                                            "owned_by": "v4", "max_model_len": backend.context_length}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "v4",
+                                            "max_model_len": backend.context_length} for name in config.model_names]}
 
     async def body_of(request: Request) -> dict:
         """The JSON body, counted while it arrives (a chunked body has no Content-Length)."""
@@ -292,17 +230,19 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
     async def chat(request: Request) -> object:
         try:
             body = await body_of(request)
+            model = served_model(body, config.model_names)
             sampling = parse_sampling(body, config.default_max_tokens, backend.context_length)
             messages = parse_messages(body.get("messages"))
             ids = await run_in_threadpool(render, messages)
         except RequestError as exc:
             return error(exc)
-        return await respond(request, sampling, ids, True)
+        return await respond(request, sampling, ids, True, model)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> object:
         try:
             body = await body_of(request)
+            model = served_model(body, config.model_names)
             sampling = parse_sampling(body, config.default_max_tokens, backend.context_length)
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:
@@ -310,9 +250,9 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
             ids = await run_in_threadpool(tokenize, prompt, "prompt")
         except RequestError as exc:
             return error(exc)
-        return await respond(request, sampling, ids, False)
+        return await respond(request, sampling, ids, False, model)
 
-    async def respond(request: Request, sampling: Sampling, ids: list[int], chat: bool) -> object:
+    async def respond(request: Request, sampling: Sampling, ids: list[int], chat: bool, model: str) -> object:
         if batcher is None and sampling.stop:
             return error(RequestError("stop is not supported for this model (it decodes one request at a time)",
                                       "stop"))
@@ -327,6 +267,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
 
         generation = runner.submit(ids, sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.seed,
                                    sampling.stop, sink)
+        request.state.generation = generation  # its usage goes in the access log
 
         def cancel() -> None:
             generation.cancel()
@@ -335,7 +276,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
         watcher = asyncio.create_task(_watch_disconnect(request, cancel))
         stream_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         if sampling.stream:
-            return StreamingResponse(_events(_pieces(items), generation, stream_id, config.model_name, chat,
+            return StreamingResponse(_events(_pieces(items), generation, stream_id, model, chat,
                                              sampling, lambda: (generation.cancel(), watcher.cancel())),
                                      media_type="text/event-stream")
         try:
@@ -353,7 +294,7 @@ def create_app(backend: EmbeddedBackend, config: ServeConfig) -> object:
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish}
         return {"id": stream_id, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": config.model_name, "choices": [choice], "usage": _usage(generation.usage)}
+                "model": model, "choices": [choice], "usage": _usage(generation.usage)}
 
     return app
 
@@ -432,13 +373,27 @@ async def _events(pieces: AsyncIterator[str], generation: Generation, stream_id:
         on_close()
 
 
-def make_server(app: object, host: str, port: int) -> object:
+def make_server(app: object, host: str, port: int, on_listening: Callable[[str], None] | None = None,
+                on_stopped: Callable[[], None] | None = None) -> object:
     """A uvicorn server for `app` that, on SIGTERM or Ctrl-C, stops decoding at once: every open
     request fails (a stream ends with an error event), and what is still open after
-    SHUTDOWN_GRACE_S is dropped."""
+    SHUTDOWN_GRACE_S is dropped. `on_listening` gets its URL (the port bound, for port 0) once it
+    accepts connections; `on_stopped` runs once it has shut down (before uvicorn re-raises the
+    signal that stopped it)."""
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                on_listening(f"http://{f'[{host}]' if ':' in host else host}:{bound}")
+
+        async def shutdown(self, sockets: list | None = None) -> None:
+            await super().shutdown(sockets)
+            if on_stopped is not None:
+                on_stopped()
+
         def handle_exit(self, sig: int, frame: object) -> None:
             # In a thread: the signal handler may have interrupted the event loop inside `submit`.
             threading.Thread(target=app.state.runner.close, args=(0.0,), daemon=True).start()

@@ -43,7 +43,7 @@ def _serve(checkpoint: Path, max_batch: int, **options: object):
 
     engine = model.load(checkpoint, device="cpu", dtype="float32")
     backend = EmbeddedBackend(engine, chat_format_for(checkpoint), 4096)
-    app = create_app(backend, ServeConfig("tiny", api_key=KEY, default_max_tokens=8, max_batch=max_batch,
+    app = create_app(backend, ServeConfig(("tiny",), api_key=KEY, default_max_tokens=8, max_batch=max_batch,
                                                         **options))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend
 from .chat_format import Message
 from .context import ContextView, RepositoryContext
-from .demo import has_random_weights
+from .demo import RANDOM_WEIGHTS_ANSWER_TOKENS, has_random_weights
 from .options import BackendOptions
-from .session import Session, SessionOptions
+from .session import Session, SessionOptions, TurnEvent
 
 if TYPE_CHECKING:
     from v4.model.prefix_store import PrefillStats, PrefixStore
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a session starts in seconds
 ANSWER_RESERVE = 4_096  # context tokens kept free for the conversation and the answer
+DEFAULT_ANSWER_TOKENS = 4_096  # the longest answer unless the user says otherwise
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total) while a checkpoint loads
 
 
@@ -162,6 +163,15 @@ def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendI
                        backend.context_length if backend.context_length < context else None, note)
 
 
+def answer_tokens(options: BackendOptions, requested: int | None) -> int:
+    """The longest answer: what the user asked for, else 4,096, or 256 for a checkpoint of random weights
+    (`v4 model init`, the demo), whose answers are noise and cost minutes each on a CPU."""
+    if requested is not None:
+        return requested
+    random = options.embedded and options.model is not None and has_random_weights(options.model)
+    return RANDOM_WEIGHTS_ANSWER_TOKENS if random else DEFAULT_ANSWER_TOKENS
+
+
 def prefill(backend: Backend, system: Message) -> PrefillStats | None:
     """Feed the system message (rules + repository) to an embedded backend now, so the first question
     only pays for itself; resumes from the prefix-state store when it holds a prefix. None for other
@@ -182,10 +192,12 @@ class OpenedSession:
 
 def open_session(context: RepositoryContext, chosen: ChosenBackend, options: SessionOptions, *,
                  endpoint: str | None = None, backend: Backend | None = None,
-                 on_text: Callable[[str], None] | None = None) -> OpenedSession:
+                 on_text: Callable[[str], None] | None = None,
+                 on_event: Callable[[TurnEvent], None] | None = None) -> OpenedSession:
     """Plan `context` (already scanned) for the chosen budget and open a session whose system message
     holds it. `backend` replaces the chosen one in the session (the TUI meters it); `endpoint` names
     where the context goes, for the secrets warning. WorkspaceError outside a git work tree."""
     view = context.plan(chosen.budget)
-    session = Session(context.root, backend or chosen.backend, context.repository_text(), options, on_text=on_text)
+    session = Session(context.root, backend or chosen.backend, context.repository_text(), options, on_text=on_text,
+                      on_event=on_event)
     return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent))

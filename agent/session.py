@@ -45,6 +45,33 @@ class TurnResult:
                 "tokens": self.usage.to_json()}
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerStarted:
+    """The model starts answer `number` of this turn (1, then one per reflection or test round)."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFinished:
+    """Answer `number` is complete."""
+
+    number: int
+    completion_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """The answer is sent back to the model, which writes answer `number`; `reason` in the user's words."""
+
+    number: int
+    reason: str
+
+
+TurnEvent = AnswerStarted | AnswerFinished | Retrying
+
+
 @dataclass(slots=True)
 class SessionOptions:
     max_reflections: int = 3
@@ -63,7 +90,8 @@ class Session:
     """A conversation about one repository through one backend."""
 
     def __init__(self, root: Path, backend: Backend, repository: str, options: SessionOptions | None = None,
-                 on_text: Callable[[str], None] | None = None) -> None:
+                 on_text: Callable[[str], None] | None = None,
+                 on_event: Callable[[TurnEvent], None] | None = None) -> None:
         self.workspace = Workspace(root)
         self.root = self.workspace.root  # the git top level, whatever directory v4 started in
         self.backend = backend
@@ -71,6 +99,7 @@ class Session:
         self.system = prompts.system_message(repository)
         self.history: list[Message] = []
         self.on_text = on_text or (lambda _piece: None)
+        self.on_event = on_event or (lambda _event: None)  # how a turn moves, for progress displays
 
     def messages(self, extra: Sequence[Message] = ()) -> list[Message]:
         return [self.system, *self.history, *extra]
@@ -98,12 +127,17 @@ class Session:
         result = TurnResult()
         conversation = [Message("user", instruction)]
         test_rounds = 0
+        number = 0
         while True:
+            number += 1
+            self.on_event(AnswerStarted(number))
             try:
                 text = self._ask(conversation, result.usage)
             except BackendError as exc:
                 result.error = str(exc)
                 break
+            last = self.backend.last_usage
+            self.on_event(AnswerFinished(number, last.completion_tokens, last.seconds))
             _, answer = split_reasoning(text)
             result.answer = answer
             conversation.append(Message("assistant", answer))
@@ -116,6 +150,7 @@ class Session:
                     if test_rounds > self.options.test_retries:
                         result.error = "the tests still fail after the model's fixes"
                         break
+                    self.on_event(Retrying(number + 1, f"`{self.options.test_cmd}` failed"))
                     conversation.append(Message("user", feedback))
                     continue
             if feedback is None or result.refused:
@@ -127,6 +162,7 @@ class Session:
                 result.model_feedback = feedback
                 break
             result.reflections += 1
+            self.on_event(Retrying(number + 1, result.problem or "its edits did not apply"))
             conversation.append(Message("user", feedback))
         self.history.extend(conversation)
         return result

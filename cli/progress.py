@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from v4.agent.options import EngineOptions
+    from v4.agent.session import TurnEvent
     from v4.model.engine import Engine
 
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total)
@@ -66,3 +68,53 @@ def load_engine(path: Path, options: EngineOptions) -> Engine:
 
     with shard_progress() as progress:
         return model.load(path, **options.load_options(), **({"progress": progress} if progress else {}))
+
+
+class TurnProgress:
+    """How a headless turn moves, on stderr: each answer's start and end (tokens, speed), why an answer
+    goes back to the model, and, where the answer text is not shown (`--json`), a live count on a
+    terminal. Without it a CPU run sat silent for minutes."""
+
+    def __init__(self, max_answers: int, shows_text: bool, live: bool | None = None) -> None:
+        self.max_answers = max_answers
+        self.shows_text = shows_text  # the answer itself streams to stderr: no live count over it
+        self.live = sys.stderr.isatty() if live is None else live
+        self._chars = 0
+        self._started = 0.0
+        self._drawn = 0.0
+
+    def __call__(self, event: TurnEvent) -> None:
+        from v4.agent.session import AnswerFinished, AnswerStarted, Retrying
+
+        if isinstance(event, AnswerStarted):
+            self._chars, self._started = 0, time.perf_counter()
+            self._line(f"answer {event.number} of at most {self.max_answers}…")
+        elif isinstance(event, AnswerFinished):
+            speed = event.completion_tokens / event.seconds if event.seconds > 0 else 0.0
+            end = "\n" if self.shows_text else ""
+            self._line(f"{end}answer {event.number}: {event.completion_tokens:,} tokens in {event.seconds:.1f} s "
+                       f"({speed:.1f} tokens/s)")
+        elif isinstance(event, Retrying):
+            self._line(f"sent back to the model: {event.reason}")
+
+    def text(self, piece: str) -> None:
+        """An answer piece: shown as it comes, or counted on a live line."""
+        if self.shows_text:
+            sys.stderr.write(piece)
+            sys.stderr.flush()
+            return
+        self._chars += len(piece)
+        now = time.perf_counter()
+        if self.live and now - self._drawn > 0.2:
+            self._drawn = now
+            sys.stderr.write(f"\rv4: answering: {self._chars:,} characters, {now - self._started:.0f} s ")
+            sys.stderr.flush()
+
+    def note(self, message: str) -> None:
+        """A line of its own (the prefill, the plan)."""
+        self._line(message)
+
+    def _line(self, message: str) -> None:
+        clear = "\r\033[K" if self.live and not self.shows_text else ""
+        sys.stderr.write(f"{clear}v4: {message}\n")
+        sys.stderr.flush()

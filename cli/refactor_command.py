@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from .backend_args import add_backend_arguments, backend_options, print_warning
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TESTS, EXIT_USAGE
-from .progress import shard_progress
+from .progress import TurnProgress, shard_progress
 
 if TYPE_CHECKING:
+    from v4.agent.backends import Backend
     from v4.agent.edits import FileChange
-    from v4.agent.session import TurnResult
+    from v4.agent.session import Session, TurnResult
 
 
 def build(parser: argparse.ArgumentParser) -> None:
@@ -36,13 +37,14 @@ def build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-cmd", metavar="CMD", help="run after applying; failures go back to the model")
     parser.add_argument("--max-reflections", type=int, default=3,
                         help="times a failed edit or test goes back to the model (default 3)")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens (default 4,096)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="longest answer, in tokens (default 4,096; 256 for a checkpoint of random weights)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from v4.agent.backends import BackendError
-    from v4.agent.bootstrap import describe_backend, open_backend, open_session
+    from v4.agent.bootstrap import answer_tokens, describe_backend, open_backend, open_session
     from v4.agent.context import ContextError, RepositoryContext
     from v4.agent.session import SessionOptions
     from v4.agent.workspace import WorkspaceError, repository_root
@@ -51,25 +53,33 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"not a directory: {args.repo.resolve()}")
     root = repository_root(args.repo)  # the git top level: v4 acts the same from any subdirectory
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
-    stream = None if args.json else (lambda piece: (sys.stderr.write(piece), sys.stderr.flush()))
+    progress_bar = TurnProgress(args.max_reflections + 1, shows_text=not args.json)
     try:
         options = backend_options(args)
         with shard_progress() as progress:
             chosen = open_backend(options, progress, warn=print_warning)
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
+        max_tokens = answer_tokens(options, args.max_tokens)
         session_options = SessionOptions(
-            max_reflections=args.max_reflections, max_answer_tokens=args.max_tokens, dirty_commit=args.dirty_commit,
+            max_reflections=args.max_reflections, max_answer_tokens=max_tokens, dirty_commit=args.dirty_commit,
             editable=_named(root, args.files), test_cmd=args.test_cmd, require_edits=True,
             confirm=_ask_to_apply if interactive else None)
-        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, on_text=stream)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint,
+                              on_text=progress_bar.text, on_event=progress_bar)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))
     if opened.secrets_warning:  # before the session sends anything (issue 22)
-        print(f"v4: {opened.secrets_warning}", file=sys.stderr, flush=True)
+        progress_bar.note(opened.secrets_warning)
     session = opened.session
+    progress_bar.note(f"context: {opened.view.total_tokens:,} of {chosen.budget:,} tokens of the repository; "
+                      f"answers of up to {max_tokens:,} tokens" + (" (random weights: pass --max-tokens for longer)"
+                                                                  if args.max_tokens is None and max_tokens < 4096
+                                                                  else ""))
+    try:
+        _prefill(session, chosen.backend, progress_bar)
+    except BackendError as exc:
+        return _usage(str(exc))
     result = session.run(args.instruction)
-    if stream:
-        sys.stderr.write("\n")
     if result.applied and args.commit and not result.tests_failed:
         try:
             result.commit = session.workspace.commit()
@@ -91,6 +101,21 @@ def run(args: argparse.Namespace) -> int:
     if result.error and not result.applied:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _prefill(session: Session, backend: Backend, progress: TurnProgress) -> None:
+    """The repository into the embedded engine's state before the question, with its own progress lines
+    (on a CPU it is most of the wait); other backends prefill on their side."""
+    from v4.agent.backends import EmbeddedBackend
+    from v4.agent.bootstrap import prefill
+
+    if not isinstance(backend, EmbeddedBackend):
+        return
+    progress.note("prefilling the repository into the model's state…")
+    stats = prefill(backend, session.system)
+    if stats is not None:
+        progress.note(f"prefilled {stats.tokens:,} tokens in {stats.seconds:.1f} s ({stats.reused_tokens:,} reused"
+                      + (" from the prefix-state store)" if stats.from_store and stats.reused_tokens else ")"))
 
 
 def _named(root: Path, files: list[str] | None) -> list[str] | None:

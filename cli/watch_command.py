@@ -34,12 +34,13 @@ def build(parser: argparse.ArgumentParser) -> None:
                         help="... or this long after its first change, however busy the tree (default 2)")
     parser.add_argument("--no-ai-comments", action="store_true",
                         help="keep the context warm only; ignore AI comments")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="longest answer, in tokens (default 4,096)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="longest answer, in tokens (default 4,096; 256 for a checkpoint of random weights)")
 
 
 def run(args: argparse.Namespace) -> int:
     from v4.agent.backends import BackendError
-    from v4.agent.bootstrap import open_backend, open_session
+    from v4.agent.bootstrap import answer_tokens, open_backend, open_session
     from v4.agent.context import ContextError, RepositoryContext
     from v4.agent.session import SessionOptions
     from v4.agent.warm import ContextWarmer
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
         context.scan()
-        opened = open_session(context, chosen, SessionOptions(max_answer_tokens=args.max_tokens, require_edits=True),
-                              endpoint=options.endpoint)
+        session_options = SessionOptions(max_answer_tokens=answer_tokens(options, args.max_tokens), require_edits=True)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))
     if opened.secrets_warning:  # before the first prefill sends anything (issue 22)

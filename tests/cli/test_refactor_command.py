@@ -156,3 +156,21 @@ def test_declining_the_confirmation_writes_nothing(repo: Path) -> None:
     result = Session(repo, ReplayBackend([RENAME]), "", options).run("rename sub")
     assert seen == ["calc.py"] and result.declined and not result.applied
     assert "def sub(a, b)" in (repo / "calc.py").read_text()
+
+
+def test_a_random_checkpoint_answers_briefly_and_shows_its_progress(repo: Path, tmp_path: Path, capsys) -> None:
+    """Issue 24: the README's `v4 refactor ... --model /tmp/tiny --json` ran 17 minutes and printed
+    nothing until the end (4 answers of 4,096 tokens on CPU with random weights)."""
+    from tests.conftest import tiny_chat_checkpoint
+
+    checkpoint = tiny_chat_checkpoint(tmp_path, seed=0)
+    code = main(["refactor", "rename sub to subtract", "--repo", str(repo), "--model", str(checkpoint), "--json",
+                 "--max-reflections", "1", "--store-dir", str(tmp_path / "store")])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 1 and result["tokens"]["completion"] <= 2 * 256
+    err = captured.err
+    for line in ("answers of up to 256 tokens (random weights", "prefilling the repository",
+                 "answer 1 of at most 2", "answer 1: ", "tokens/s", "sent back to the model: ",
+                 "answer 2 of at most 2"):
+        assert line in err, (line, err)

@@ -16,10 +16,12 @@ from v4.agent.workspace import Workspace, WorkspaceError
 from .controllers.review import ReviewController
 from .screens.help import HelpScreen
 from .screens.main import MainScreen
+from .screens.review import ReviewScreen
+from .widgets.hunk_view import HunkView
 
 PALETTE = (  # (title, help, MainScreen action)
     ("Review changes", "accept or reject v4's pending hunks, then commit", "review"),
-    ("Undo last v4 commit", "if it is HEAD, unpushed and the tree is clean", "undo"),
+    ("Undo last v4 commit", "asks first; only if it is HEAD, unpushed and the tree is clean", "undo"),
     ("Add or drop a file", "force a file into the context, or out of it", "files"),
     ("Toggle context panel", "show or hide the files in context", "toggle_context"),
     ("Model", "the backend and model in use", "model"),
@@ -36,7 +38,8 @@ class V4App(App[str | None]):
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
-        Binding("f1", "help", "Help", priority=True),
+        Binding("f1", "help", "Help", priority=True,
+                tooltip="from anywhere; `?` opens it too where it does not type (outside the prompt)"),
         Binding("question_mark", "help", "Help", show=False),
     ]
 
@@ -61,7 +64,8 @@ class V4App(App[str | None]):
         if isinstance(self.screen, HelpScreen):
             self.screen.dismiss(None)
         else:
-            self.push_screen(HelpScreen([*self.BINDINGS, *MainScreen.BINDINGS]))
+            self.push_screen(HelpScreen([*self.BINDINGS, *MainScreen.BINDINGS],
+                                        [*ReviewScreen.BINDINGS, *HunkView.BINDINGS]))
 
     def action_quit(self) -> None:
         """Stop start-up or the answer and leave; v4's pending changes stay in the work tree, and the

@@ -19,6 +19,9 @@ state and widget attributes. A widget's own messages are nested in the widget (H
                                                     ─ WatchStopped ─► MainScreen ─► SessionState.watching off
     ReviewScreen workers ─► ReviewController ─► HunkView per hunk
     HunkView ─ HunkView.Decided ─► ReviewScreen ─ dismiss(ReviewOutcome) ─► MainScreen ─► ChatLog
+      (leaving with rejections not applied: ChoiceScreen asks apply / discard / stay first)
+    /undo, palette ─► ReviewController.undo_plan (thread) ─► ChoiceScreen (which commit, which files)
+        ─ "undo" ─► ReviewController.undo(sha) (thread) ─► ChatLog
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ class StartupReady(Message):
 
 @dataclass
 class StartupFailed(Message):
-    """Start-up stopped; `error` is written for the user."""
+    """Start-up stopped; `error` and `hint` (how to fix it) are written for the user."""
 
     error: str
+    hint: str = ""
 
 
 @dataclass

@@ -33,5 +33,7 @@ class SessionState:
     """Files with v4 changes waiting for review."""
     context = var[ContextView | None](None)
     """The context plan as the panel shows it."""
+    context_status = var("indexing the repository…")
+    """What the context panel says until there is a plan (start-up's progress)."""
     changed = var[tuple[str, ...]](())
     """Files in the context changed since the prefix was cached."""

@@ -13,10 +13,10 @@ from v4.agent.session import Session, TurnResult
 from v4.agent.workspace import Workspace
 from tests.tui.conftest import CALC, TYPED, git
 from v4.tui import messages as m
-from v4.tui.controllers.chat import ChatController, describe_failure
+from v4.tui.controllers.chat import ChatController, describe_failure, turn_notes
 from v4.tui.controllers.metering import STOPPED, MeteredBackend
-from v4.tui.controllers.review import ReviewController
-from v4.tui.controllers.startup import StartupController
+from v4.tui.controllers.review import ReviewController, leave_question, undo_question
+from v4.tui.controllers.startup import StartupController, fix_hint
 
 
 class Clock:
@@ -81,9 +81,20 @@ def test_review_controller_keeps_reverts_commits_and_undoes(repo: Path) -> None:
     committed = review.finish({}, commit=True, message="typed add")
     assert committed.commit and "committed" in committed.summary
     assert git(repo, "log", "-1", "--format=%s").strip() == "typed add"
-    assert review.undo()[0] and (repo / "calc.py").read_text() == CALC
-    done, text = review.undo()
+    plan = review.undo_plan()
+    assert plan.sha == committed.commit and plan.paths == ("calc.py",)
+    question, details = undo_question(plan)
+    assert plan.sha[:12] in question and "typed add" in details and "  calc.py" in details
+    assert review.undo(plan.sha)[0] and (repo / "calc.py").read_text() == CALC
+    assert review.undo_plan().startswith("Undo refused")
+    done, text = review.undo(plan.sha)
     assert not done and "Undo refused" in text
+
+
+def test_leaving_review_asks_only_when_a_rejection_is_not_applied() -> None:
+    assert leave_question({}) is None and leave_question({"a#1": True}) is None
+    question, details = leave_question({"a#1": False, "a#2": True, "b#1": False})
+    assert "2 rejected hunks not reverted yet" in question and "Discard" in details
 
 
 def test_rejecting_everything_then_committing_says_there_is_nothing(repo: Path) -> None:
@@ -118,6 +129,17 @@ def test_startup_failure_is_a_message_not_an_exception(repo: Path, tmp_path: Pat
     options = _options(replay=tmp_path / "none.json", endpoint="http://127.0.0.1:9")
     StartupController(root=repo, options=options, review=review, post_message=posted.append).run()
     assert isinstance(posted[-1], m.StartupFailed) and "choose one model" in posted[-1].error
+    assert "To fix: check the replay file" in posted[-1].hint and "restart v4" in posted[-1].hint
+
+
+@pytest.mark.parametrize("options, says", [
+    (dict(replay=Path("r.json")), "check the replay file r.json"),
+    (dict(endpoint="http://h:1/v1"), "check that http://h:1/v1 is up"),
+    (dict(model=Path("/ckpt")), "check the checkpoint directory /ckpt"),
+    ({}, "name a model with --model DIR"),
+])
+def test_a_failed_start_says_how_to_fix_it(options: dict, says: str) -> None:
+    assert fix_hint(_options(**options)).startswith(f"To fix: {says}")
 
 
 def test_usage_is_forwarded() -> None:
@@ -149,3 +171,14 @@ def test_startup_cancelled_before_a_step_posts_nothing_more(repo: Path, tmp_path
 def test_describe_failure_says_whose_fault_it_was(result: TurnResult, expected: str | None) -> None:
     text = describe_failure(result)
     assert text == expected if expected is None else text.startswith(expected)
+
+
+@pytest.mark.parametrize("result, expected", [
+    (TurnResult(), [("No changes proposed: the answer has no edits.", "info")]),
+    (TurnResult(declined=True), [("Not applied.", "info")]),
+    (TurnResult(error=STOPPED), [("Stopped.", "info")]),
+    (TurnResult(applied=True, files=["a.py"]), [("✓ Applied to a.py (in the work tree, not committed). "
+                                                 "Review with ctrl+r or /review.", "success")]),
+])
+def test_every_turn_ends_with_a_word(result: TurnResult, expected: list[tuple[str, str]]) -> None:
+    assert turn_notes(result) == expected

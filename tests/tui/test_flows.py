@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Label
 
 from tests.tui.conftest import CALC, MISSING, TYPED, MakeApp, ask, chat_text, git, ready, submit, until
+from v4.tui.screens.choice import ChoiceScreen
 from v4.tui.screens.help import HelpScreen
 from v4.tui.screens.review import ReviewScreen
 from v4.tui.widgets.chat_log import ChatLog
@@ -47,13 +48,15 @@ async def test_ask_review_accept_reject_commit_and_undo(make_app: MakeApp, repo:
         assert "def add(a: int, b: int) -> int:" in committed and "def sub(a, b):" in committed
         assert git(repo, "status", "--porcelain") == ""
 
-        await pilot.press("ctrl+z")
+        await submit(pilot, "/undo")  # asks first: which commit, which files
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await pilot.press("y")
         await until(pilot, lambda: "Undid v4 commit" in chat_text(app))
         assert (repo / "calc.py").read_text() == CALC
         assert git(repo, "log", "-1", "--format=%s").strip() == "start"
 
 
-async def test_escape_leaves_review_without_changing_anything(make_app: MakeApp, repo: Path) -> None:
+async def test_escape_then_discard_leaves_review_without_changing_anything(make_app: MakeApp, repo: Path) -> None:
     app = make_app(TYPED)
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
@@ -61,6 +64,8 @@ async def test_escape_leaves_review_without_changing_anything(make_app: MakeApp,
         await pilot.press("ctrl+r")
         await until(pilot, lambda: isinstance(app.screen, ReviewScreen) and app.screen.num_hunks == 2)
         await pilot.press("x", "escape")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))  # a rejection is never dropped unasked
+        await pilot.press("d")
         await until(pilot, lambda: app.screen is app.main)
         assert "def sub(a: int, b: int) -> int:" in (repo / "calc.py").read_text()
         assert git(repo, "log", "--format=%s").split() == ["start"]
@@ -215,11 +220,20 @@ async def test_a_backend_that_cannot_start_is_reported_and_the_app_stays_usable(
     from v4.agent.workspace import Workspace
     from v4.tui.app import V4App
 
+    # Issue 24: typed requests vanished after a failed start; each stays in the chat, with why and how to fix it.
     app = V4App(repo, BackendOptions(replay=tmp_path / "missing.json"), Workspace(repo))
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.main.startup_error is not None)
-        assert "cannot read replay file" in chat_text(app)
-        await submit(pilot, "hello")
-        await pilot.pause()
-        assert chat_text(app).count("v4 could not start") == 2
+        assert app.focused is app.main.query_one("#prompt")  # typed keys go to the prompt, not nowhere
+        for request in ("rename add", "type sub"):
+            await pilot.press(*request, "enter")  # typed, as a user does
+            await pilot.pause()
+        lines = chat_text(app).splitlines()
+        for request in ("rename add", "type sub"):
+            answer = lines[lines.index(request) + 1]  # the request stays in the chat, answered
+            assert answer.startswith("Asking needs the model, and v4 could not start: cannot read replay file")
+            assert lines[lines.index(request) + 2].startswith("To fix: check the replay file")
+        assert "not planned: v4 could not start" in str(app.main.query_one("#context-total", Label).content)
+        await submit(pilot, "/review")  # what needs no model still works
+        await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
         await pilot.press("ctrl+q")

@@ -67,3 +67,20 @@ def describe_failure(result: TurnResult) -> str | None:
         tries = f" after {result.reflections} reflection{'s' * (result.reflections != 1)}" if result.reflections else ""
         return f"✗ The model's edits did not apply{tries}: {result.error}"
     return f"✗ The turn failed: {result.error}"
+
+
+def turn_notes(result: TurnResult) -> list[tuple[str, str]]:
+    """The chat's notes for a finished turn, as (text, Note kind): what was applied, what went wrong,
+    and, for an answer that edits nothing, a word that it proposes no change."""
+    notes = []
+    if result.applied:
+        notes.append((f"✓ Applied to {', '.join(result.files)} (in the work tree, not committed). "
+                      "Review with ctrl+r or /review.", "success"))
+    failure = describe_failure(result)
+    if failure:
+        notes.append((failure, "info" if result.error == STOPPED else "error"))
+    elif result.declined:
+        notes.append(("Not applied.", "info"))
+    elif not result.applied:
+        notes.append(("No changes proposed: the answer has no edits.", "info"))
+    return notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from v4.agent.workspace import FileDiff, Workspace, WorkspaceError
+from v4.agent.workspace import FileDiff, UndoPlan, Workspace, WorkspaceError
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +60,40 @@ class ReviewController:
         except WorkspaceError as exc:
             return ReviewOutcome(rejected, 0, error=f"Review failed: {exc}")
 
-    def undo(self) -> tuple[bool, str]:
-        """Revert the last v4 commit: (done, the message for the chat, or the workspace's refusal)."""
+    def undo_plan(self) -> UndoPlan | str:
+        """What undoing would remove (to ask the user first), or the workspace's refusal, for the chat."""
         try:
-            sha = self.workspace.undo()
+            return self.workspace.undo_plan()
+        except WorkspaceError as exc:
+            return f"Undo refused: {exc}"
+
+    def undo(self, expected: str) -> tuple[bool, str]:
+        """Revert the last v4 commit if it is still `expected`, the one the user confirmed: (done, the
+        message for the chat, or the workspace's refusal)."""
+        try:
+            sha = self.workspace.undo(expected)
         except WorkspaceError as exc:
             return False, f"Undo refused: {exc}"
         return True, f"Undid v4 commit {sha[:12]}; its changes are gone from the branch (still in the reflog)."
+
+
+def undo_question(plan: UndoPlan) -> tuple[str, str]:
+    """The confirmation's question and details: which commit, which files, what happens to them."""
+    files = "\n".join(f"  {path}" for path in plan.paths[:10])
+    if len(plan.paths) > 10:
+        files += f"\n  and {len(plan.paths) - 10} more"
+    return (f"Undo v4 commit {plan.sha[:12]}?",
+            f"{plan.subject}\n\nIt changed:\n{files}\n\nThe branch moves back to the commit before it and "
+            "these files go back to what they held there. The commit stays in the reflog.")
+
+
+def leave_question(decisions: Mapping[str, bool]) -> tuple[str, str] | None:
+    """What to ask before leaving review with decisions not applied yet (None: nothing would be lost;
+    an accepted hunk and an undecided one both stay pending)."""
+    rejected = sum(not keep for keep in decisions.values())
+    if not rejected:
+        return None
+    hunks = f"{rejected} rejected hunk{'s' * (rejected != 1)}"
+    return (f"Apply your decisions? {hunks} not reverted yet.",
+            f"Apply reverts the {hunks} now and keeps the rest pending; nothing is committed. "
+            "Discard forgets the decisions and leaves the work tree as it is.")

@@ -22,7 +22,7 @@ class SlashCommand:
 
 SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("review", "review", "review pending changes: accept or reject hunks, then commit"),
-    SlashCommand("undo", "undo", "undo the last v4 commit (only if it is HEAD, unpushed, tree clean)"),
+    SlashCommand("undo", "undo", "undo the last v4 commit, after asking (only if it is HEAD, unpushed, tree clean)"),
     SlashCommand("add", "add_file", "force a file into the context, in full", "PATH"),
     SlashCommand("drop", "drop_file", "drop a file from the context", "PATH"),
     SlashCommand("model", "model", "show the backend and model"),

@@ -58,6 +58,7 @@ class StartupController:
         self.review = review
         self._post = post_message
         self._cancelled = threading.Event()
+        self._started = threading.Event()  # after start-up, re-reads of changed files are not start-up steps
 
     def cancel(self) -> None:
         """Stop at the next step (a model load or prefill in progress cannot be cut short)."""
@@ -65,13 +66,15 @@ class StartupController:
 
     def run(self) -> None:
         try:
-            self._post(self._start())
+            ready = self._start()
+            self._started.set()
+            self._post(ready)
         except Cancelled:
             pass
         except (BackendError, WorkspaceError, ContextError, OSError, ValueError) as exc:
-            self._post(StartupFailed(str(exc)))
+            self._post(StartupFailed(str(exc), fix_hint(self.options)))
         except Exception as exc:  # noqa: BLE001 - anything else from a checkpoint or engine: say it, stay open
-            self._post(StartupFailed(f"{type(exc).__name__}: {exc}"))
+            self._post(StartupFailed(f"{type(exc).__name__}: {exc}", fix_hint(self.options)))
 
     def _start(self) -> StartupReady:
         options = self.options
@@ -79,7 +82,7 @@ class StartupController:
             self._step("model", "creating the demo checkpoint (random weights, first run only)…")
             options = options.with_model(demo_checkpoint())
         context = RepositoryContext(self.root, options.model if options.embedded else None,
-                                    lambda phase, done, total: self._step("index", f"indexing: {phase}", done, total),
+                                    self._index_progress,
                                     include_secrets=options.include_secrets)
         self._step("index", "indexing the repository…")
         context.scan()
@@ -111,10 +114,30 @@ class StartupController:
         return StartupReady(Services(session, chat, controller, watch, warmer), info, view, report,
                             self.review.pending_files())
 
+    def _index_progress(self, phase: str, done: int, total: int) -> None:
+        """The index's progress callback: a start-up step while starting, nothing after (the same
+        index re-reads changed files later, in watch mode and on /add, with its own notes)."""
+        if not self._started.is_set():
+            self._step("index", f"indexing: {phase}", done, total)
+
     def _step(self, step: str, label: str, done: int = 0, total: int = 0, finished: bool = False) -> None:
         if self._cancelled.is_set():
             raise Cancelled
         self._post(StartupStep(step, label, done, total, finished))
+
+
+def fix_hint(options: BackendOptions) -> str:
+    """How to get past a failed start, for the chat: what to check for the model named, then restart."""
+    if options.replay:
+        check = f"check the replay file {options.replay} (a JSON list of answers)"
+    elif options.endpoint:
+        check = (f"check that {options.endpoint} is up and OpenAI-compatible, and its key "
+                 "(--api-key or $V4_API_KEY)")
+    elif options.model:
+        check = f"check the checkpoint directory {options.model} (config.json, the tokenizer, the weights)"
+    else:
+        check = "name a model with --model DIR, --endpoint URL or --replay FILE"
+    return f"To fix: {check}, then restart v4 (ctrl+q quits). /review and /undo work meanwhile."
 
 
 def _prefill_label(report: PrefillStats | None) -> str:

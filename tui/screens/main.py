@@ -19,11 +19,11 @@ from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.options import BackendOptions
 from v4.agent.watch.loop import Changed, Warmed
+from v4.agent.workspace import UndoPlan
 
 from .. import messages as m
-from ..controllers.chat import describe_failure
-from ..controllers.metering import STOPPED
-from ..controllers.review import ReviewController, ReviewOutcome
+from ..controllers.chat import turn_notes
+from ..controllers.review import ReviewController, ReviewOutcome, undo_question
 from ..controllers.slash import SlashError, completions, parse_slash
 from ..controllers.startup import Services, StartupController
 from ..state import SessionState
@@ -32,6 +32,7 @@ from ..widgets.chat_log import ChatLog
 from ..widgets.context_panel import ContextPanel
 from ..widgets.startup_panel import StartupPanel
 from ..widgets.status_bar import StatusBar
+from .choice import Choice, ChoiceScreen
 from .review import ReviewScreen
 
 CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked while watch mode is off
@@ -46,7 +47,6 @@ class MainScreen(SessionState, Screen[None]):
     CSS_PATH = "main.tcss"
     BINDINGS = [
         Binding("ctrl+r", "review", "Review"),
-        Binding("ctrl+z", "undo", "Undo commit"),
         Binding("ctrl+t", "files", "Files"),
         Binding("ctrl+b", "toggle_context", "Context"),
         Binding("ctrl+o", "model", "Model", show=False),
@@ -64,13 +64,15 @@ class MainScreen(SessionState, Screen[None]):
         self.info: BackendInfo | None = None
         self.answer: AnswerView | None = None
         self.startup_error: str | None = None
+        self.startup_hint = ""  # how to fix a failed start, for each request that cannot be sent
         self.ai_requests: deque[AIRequest] = deque()  # from watch mode, run one at a time
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
             with ChatLog(id="chat"):
                 yield StartupPanel()
-            yield ContextPanel(id="context").data_bind(SessionState.context, SessionState.changed)
+            yield ContextPanel(id="context").data_bind(SessionState.context, SessionState.changed,
+                                                       status=SessionState.context_status)
         yield Input(placeholder="Ask v4 to change something, or /help", id="prompt",
                     suggester=SuggestFromList(completions(), case_sensitive=False))
         yield StatusBar().data_bind(**{name: getattr(SessionState, name) for name in BOUND})
@@ -92,6 +94,8 @@ class MainScreen(SessionState, Screen[None]):
 
     def on_startup_step(self, event: m.StartupStep) -> None:
         self.query_one(StartupPanel).update_step(event.step, event.label, event.done, event.total, event.finished)
+        if event.step == "index" and event.finished:  # the plan needs the model's budget: say what it waits for
+            self.context_status = "repository indexed; planned once the model is loaded"
 
     def on_startup_ready(self, event: m.StartupReady) -> None:
         self.services, self.info = event.services, event.info
@@ -106,13 +110,13 @@ class MainScreen(SessionState, Screen[None]):
         if event.pending_files:
             chat.note(f"{event.pending_files} file(s) hold v4 changes from before, still pending: "
                       "review them with ctrl+r (/review).", "reflection")
-        chat.note("Ready. Ask for a change; /help or ? lists keys and commands.")
+        chat.note("Ready. Ask for a change; F1 or /help lists keys and commands.")
 
     def on_startup_failed(self, event: m.StartupFailed) -> None:
-        self.startup_error = event.error
-        self.backend = "not started"
+        self.startup_error, self.startup_hint = event.error, event.hint
+        self.backend, self.context_status = "not started", "not planned: v4 could not start"
         self.query_one(StartupPanel).fail(event.error)
-        self.query_one(ChatLog).note(f"v4 could not start: {event.error}", "error")
+        self.query_one(ChatLog).note(f"v4 could not start: {event.error}\n{event.hint}".rstrip(), "error")
 
     # -- asking --------------------------------------------------------------------------------
 
@@ -139,10 +143,9 @@ class MainScreen(SessionState, Screen[None]):
             action()
 
     def ask(self, text: str) -> None:
-        chat = self.query_one(ChatLog)
+        self.query_one(ChatLog).prompt(text)  # shown even when it cannot be sent: a request never vanishes
         if not self._can_run("asking"):
             return
-        chat.prompt(text)
         self.answer, self.busy = None, True
         self._work(partial(self.services.chat.ask, text), "turn")
 
@@ -163,18 +166,12 @@ class MainScreen(SessionState, Screen[None]):
         self._set_kv(event.context_tokens)
 
     def on_turn_finished(self, event: m.TurnFinished) -> None:
-        result, chat = event.result, self.query_one(ChatLog)
+        chat = self.query_one(ChatLog)
         if self.answer is not None:
             self.answer.finish()
         self.busy, self.pending_files = False, event.pending_files
-        if result.applied:
-            chat.note(f"✓ Applied to {', '.join(result.files)} (in the work tree, not committed). "
-                      "Review with ctrl+r or /review.", "success")
-        failure = describe_failure(result)
-        if failure:
-            chat.note(failure, "info" if result.error == STOPPED else "error")
-        elif result.declined:
-            chat.note("Not applied.", "info")
+        for text, kind in turn_notes(event.result):
+            chat.note(text, kind)
         self.check_changes()
         self._next_request()
 
@@ -196,13 +193,33 @@ class MainScreen(SessionState, Screen[None]):
         self.refresh_pending()
 
     def action_undo(self) -> None:
+        """Undo the last v4 commit, after the user confirms which commit and files (no key: ctrl+z is
+        text undo to most people, and undoing a commit must never happen by accident)."""
         if self.busy:
             self.query_one(ChatLog).note("Wait for the answer to finish, then undo.", "error")
             return
-        self._work(self._undo, "git")
+        self._work(self._plan_undo, "git")
 
-    def _undo(self) -> None:
-        done, text = self.review.undo()  # git: in the worker thread; the chat is updated on the loop
+    def _plan_undo(self) -> None:
+        plan = self.review.undo_plan()  # git: in the worker thread; the question is asked on the loop
+        self.app.call_from_thread(self._confirm_undo, plan)
+
+    def _confirm_undo(self, plan: UndoPlan | str) -> None:
+        if isinstance(plan, str):
+            self.query_one(ChatLog).note(plan, "error")
+            return
+        choices = [Choice("undo", "Undo commit", "y", "error"), Choice("cancel", "Cancel", "n")]
+        self.app.push_screen(ChoiceScreen(*undo_question(plan), choices, focus="cancel"),
+                             partial(self._undo_chosen, plan.sha))
+
+    def _undo_chosen(self, sha: str, choice: str | None) -> None:
+        if choice == "undo":
+            self._work(partial(self._undo, sha), "git")
+        else:
+            self.query_one(ChatLog).note("Undo cancelled; nothing changed.", "info")
+
+    def _undo(self, sha: str) -> None:
+        done, text = self.review.undo(sha)
         self.app.call_from_thread(self._undone, done, text)
 
     def _undone(self, done: bool, text: str) -> None:
@@ -351,8 +368,9 @@ class MainScreen(SessionState, Screen[None]):
     def _can_run(self, what: str) -> bool:
         chat = self.query_one(ChatLog)
         if self.services is None:
-            chat.note(f"v4 could not start: {self.startup_error}" if self.startup_error
-                      else f"Still starting; try {what} again in a moment.", "error")
+            chat.note(f"{what.capitalize()} needs the model, and v4 could not start: {self.startup_error}\n"
+                      f"{self.startup_hint}".rstrip()
+                      if self.startup_error else f"Still starting; try {what} again in a moment.", "error")
             return False
         if self.busy:
             chat.note("v4 is busy with the last request (escape stops an answer).", "error")

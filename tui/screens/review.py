@@ -11,22 +11,26 @@ from textual.widgets import Button, Footer, Input, Label
 
 from v4.agent.workspace import FileDiff
 
-from ..controllers.review import ReviewController, ReviewOutcome
+from ..controllers.review import ReviewController, ReviewOutcome, leave_question
 from ..widgets.hunk_view import HunkView
+from .choice import Choice, ChoiceScreen
 
 
 class ReviewScreen(Screen[ReviewOutcome | None]):
-    """Nothing changes until the user leaves with "keep" (rejected hunks are reverted) or "commit"
-    (the same, then a commit of what is left). Escape leaves everything as it was."""
+    """Nothing changes until the user leaves with "apply" (rejected hunks are reverted) or "commit"
+    (the same, then a commit of what is left). Leaving otherwise with rejections not applied asks
+    whether to apply them first: a decision is never dropped silently."""
 
     CSS_PATH = "review.tcss"
-    BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("ctrl+s", "finish(True)", "Commit"),
-        Binding("ctrl+k", "finish(False)", "Keep"),
+    BINDINGS = [  # the tooltips are what help says of each key
+        Binding("escape", "back", "Back", tooltip="leave; with rejected hunks not reverted yet, asks first"),
+        Binding("ctrl+s", "finish(True)", "Commit",
+                tooltip="revert the rejected hunks, then commit what is left (enter in the message too)"),
+        Binding("ctrl+k", "finish(False)", "Apply",
+                tooltip="revert the rejected hunks now and keep the rest pending; commit nothing"),
         Binding("A", "decide_all(True)", "Accept all"),
         Binding("X", "decide_all(False)", "Reject all"),
-        Binding("m", "message", "Message"),
+        Binding("m", "message", "Message", tooltip="edit the commit message (empty: v4 writes one)"),
         Binding("down,j", "app.focus_next", "Next", show=False),
         Binding("up,k", "app.focus_previous", "Previous", show=False),
     ]
@@ -42,7 +46,7 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         yield VerticalScroll(id="review-hunks")
         with Horizontal(id="review-actions"):
             yield Input(placeholder="commit message (empty: v4 writes one)", id="review-message", compact=True)
-            yield Button("Keep", id="keep", compact=True)
+            yield Button("Apply", id="apply", compact=True)
             yield Button("Commit", id="commit", variant="primary", compact=True)
             yield Button("Back", id="back", compact=True)
         yield Footer()
@@ -79,12 +83,25 @@ class ReviewScreen(Screen[ReviewOutcome | None]):
         self.query_one("#review-message", Input).focus()
 
     def action_back(self) -> None:
-        self.dismiss(None)
+        """Leave; rejections not applied yet are applied, dropped or kept on screen as the user says."""
+        question = leave_question(self.decisions) if self.num_hunks else None
+        if question is None:
+            self.dismiss(None)
+            return
+        choices = [Choice("apply", "Apply", "a", "primary"), Choice("discard", "Discard", "d", "error"),
+                   Choice("stay", "Stay", "s")]
+        self.app.push_screen(ChoiceScreen(*question, choices, focus="apply"), self._leave)
+
+    def _leave(self, choice: str | None) -> None:
+        if choice == "apply":
+            self.action_finish(False)
+        elif choice == "discard":
+            self.dismiss(None)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "back":
-            self.dismiss(None)
-        elif event.button.id in ("keep", "commit"):
+            self.action_back()
+        elif event.button.id in ("apply", "commit"):
             self.action_finish(event.button.id == "commit")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

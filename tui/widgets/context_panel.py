@@ -31,6 +31,7 @@ class ContextPanel(Vertical):
 
     context: reactive[ContextView | None] = reactive(None)
     changed: reactive[tuple[str, ...]] = reactive(())
+    status = reactive("indexing the repository…")  # shown until there is a plan
 
     @dataclass
     class ForceRequested(Message):
@@ -40,13 +41,19 @@ class ContextPanel(Vertical):
         add: bool
 
     def compose(self) -> ComposeResult:
-        yield Label("context: indexing…", id="context-total")
-        yield ProgressBar(total=1, show_eta=False, show_percentage=True, id="context-meter")
+        yield Label(f"context: {self.status}", id="context-total")
+        meter = ProgressBar(total=1, show_eta=False, show_percentage=True, id="context-meter")
+        meter.display = False  # a budget meter at 0% before there is a plan would read as progress
+        yield meter
         yield DataTable(cursor_type="row", zebra_stripes=True, id="context-files")
         yield Label("", id="context-changed")
 
     def on_resize(self) -> None:
         self.watch_context(self.context)
+
+    def watch_status(self, status: str) -> None:
+        if self.context is None and self.is_mounted:
+            self.query_one("#context-total", Label).update(f"context: {status}")
 
     def watch_context(self, view: ContextView | None) -> None:
         if view is None or not self.is_mounted:
@@ -54,7 +61,9 @@ class ContextPanel(Vertical):
         included = sum(f.mode not in ("omitted", "dropped") for f in view.files)
         self.query_one("#context-total", Label).update(
             f"{view.total_tokens:,} / {view.budget:,} tokens · {included}/{len(view.files)} files")
-        self.query_one(ProgressBar).update(total=max(view.budget, 1), progress=view.total_tokens)
+        meter = self.query_one(ProgressBar)
+        meter.display = True
+        meter.update(total=max(view.budget, 1), progress=view.total_tokens)
         table = self.query_one(DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
@@ -75,6 +84,7 @@ class ContextPanel(Vertical):
         self.query_one("#context-changed", Label).update(text)
 
     def on_mount(self) -> None:
+        self.watch_status(self.status)
         self.watch_context(self.context)
         self.watch_changed(self.changed)
 

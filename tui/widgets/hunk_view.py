@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
@@ -21,8 +22,11 @@ class HunkView(Vertical, can_focus=True):
     """The hunk's header and highlighted diff; `decision` is None until the user decides (an
     undecided hunk is kept, as the workspace treats it)."""
 
-    BINDINGS = [("a", "decide(True)", "Accept"), ("x", "decide(False)", "Reject"),
-                ("space", "toggle", "Toggle")]
+    BINDINGS = [
+        Binding("a", "decide(True)", "Accept", tooltip="accept the focused hunk: it stays"),
+        Binding("x", "decide(False)", "Reject", tooltip="reject the focused hunk: reverted when you apply or commit"),
+        Binding("space", "toggle", "Toggle", tooltip="accept or reject the focused hunk (or click its buttons)"),
+    ]
     DEFAULT_CSS = """
     HunkView { height: auto; margin: 0 0 1 0; border-left: thick $panel; }
     HunkView:focus { border-left: thick $accent; background: $boost; }

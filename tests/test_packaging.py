@@ -95,9 +95,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     shutil.copytree(ROOT, source, ignore=SOURCE_IGNORE)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
                            "-w", str(work / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    # issue 24: setuptools' warnings (the license's format, data folders not listed as packages) are defects
+    warnings = [line for line in (done.stdout + done.stderr).splitlines() if "Warning" in line]
+    assert warnings == []
     (built,) = (work / "dist").glob("v4_agent-*.whl")
     return built
 
@@ -110,6 +113,7 @@ def test_the_wheel_installs_one_namespace_and_every_module(wheel: Path) -> None:
                 for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts}
     assert expected - set(names) == set()  # a new subpackage must be listed in pyproject.toml
     assert set(PACKAGE_DATA) <= set(names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # pyproject says MIT: the text ships
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "v4 = v4.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

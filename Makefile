@@ -8,8 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 V4_TORCH ?= 2.13.0
 V4_TORCH_SPEC ?= torch==$(V4_TORCH)
-# The repository `make run` opens: the directory make was started from (override with REPO=...).
-REPO ?= $(CURDIR)
+# The repository `make run` opens: the shell's directory, also under `make -C path/to/v4 run` (make -C
+# changes CURDIR but not the inherited $PWD); override with REPO=...
+REPO ?= $(or $(PWD),$(CURDIR))
 ARGS ?=
 LOCK := requirements.lock
 LOCK_VENV := .venv-lock

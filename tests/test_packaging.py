@@ -147,3 +147,14 @@ def test_an_installed_wheel_works_beside_transformers(wheel: Path, tmp_path: Pat
     assert Path(result["v4"]).parent == target / "v4"
     assert result["kernels"] is None or _is_hugging_faces(Path(result["kernels"]))
     assert result["finite"] and result["segments"] >= 1 and result["parser"] == "v4"
+
+
+def test_make_run_opens_the_directory_it_was_started_from(tmp_path: Path) -> None:
+    """Issue 24: `make -C path/to/v4 run` from a project opened the v4 checkout itself."""
+    env = {**os.environ, "PWD": str(tmp_path)}
+    done = subprocess.run(["make", "-n", "-C", str(ROOT), "run"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, check=True)
+    assert f'cd "{tmp_path}" && "{ROOT}/.venv/bin/v4"' in done.stdout
+    done = subprocess.run(["make", "-n", "-C", str(ROOT), "run", "REPO=/elsewhere"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=True)
+    assert 'cd "/elsewhere"' in done.stdout

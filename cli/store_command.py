@@ -92,6 +92,8 @@ def run_prefill(args: argparse.Namespace) -> int:
     except (ContextError, WorkspaceError) as exc:
         return _usage(str(exc))
     ids, boundaries = backend.encode_with_boundaries([opened.session.system], add_generation_prompt=False)
+    print(f"v4: prefilling {len(ids):,} tokens ({len(opened.view.files):,} files) into {backend.store.directory}…",
+          file=sys.stderr, flush=True)  # minutes for a large repository on a CPU: say what runs
     try:
         _, _, stats = backend.store.prefill(backend.engine, ids, boundaries, backend.context_length)
     except StoreError as exc:  # raised before the prefill is computed

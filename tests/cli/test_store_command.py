@@ -96,3 +96,18 @@ def test_verify_says_what_it_checked_and_fails_on_a_bad_entry(tmp_path: Path, ca
     assert main(["store", "verify", "--store-dir", str(store), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["checked_files"] == count - 1 and document["ok"] and document["bad_files_deleted"] == []
+
+
+def test_prefill_says_what_it_prefills_and_the_next_run_reuses_it(tmp_path: Path, capsys) -> None:
+    from tests.conftest import make_repo, tiny_chat_checkpoint
+
+    checkpoint = tiny_chat_checkpoint(tmp_path, seed=0)
+    repo = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+    argv = ["prefill", str(repo), "--model", str(checkpoint), "--store-dir", str(tmp_path / "store"), "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert "v4: prefilling " in captured.err and first["tokens"] > 0 and first["computed_tokens"] == first["tokens"]
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused_tokens"] == again["tokens"] == first["tokens"]

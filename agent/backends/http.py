@@ -19,7 +19,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..chat_format import Message
-from .protocol import BackendError, Usage
+from .openai_wire import ToolCallAssembler, request_body, usage_of
+from .protocol import BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage
 
 # A server whose /v1/models gives no context (DeepSeek's API lists only ids): 128K, what DeepSeek's
 # API documents for its chat models since V3.1. Too large would have every request refused; too small
@@ -142,13 +143,20 @@ class HttpBackend:
         return f"cannot reach {self.endpoint}: {getattr(reason, 'strerror', None) or reason}"
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        """The endpoint's answer as its events arrive; usage from its final usage event. BackendError
-        with the server's words when it refuses the request or ends the stream with an error."""
+        """The answer's text only (no thinking asked for, no tools)."""
+        for event in self.events(messages, max_tokens, temperature):
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    def events(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0, *,
+               thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:
+        """The endpoint's turn as its events arrive: `reasoning_content` deltas (DeepSeek's API, vLLM and
+        SGLang with a reasoning parser) as thinking, `content` as the answer, streamed `tool_calls`
+        assembled into complete calls at the end; usage from the final usage event. BackendError with
+        the server's words when it refuses the request or ends the stream with an error."""
         if self.model is None:
             self._read_models()
-        body = {"model": self.model, "stream": True, "max_tokens": max_tokens, "temperature": temperature,
-                "messages": [{"role": m.role, "content": m.content} for m in messages],
-                "stream_options": {"include_usage": True}}
+        body = request_body(self.model, messages, max_tokens, temperature, thinking, tools, self.endpoint)
         started = time.perf_counter()
         self.last_usage = Usage()
         url = self._url("/chat/completions")
@@ -158,19 +166,21 @@ class HttpBackend:
             raise BackendError(f"{url} answered {_status(exc)}: {server_message(exc.read())}") from exc
         except OSError as exc:
             raise BackendError(self._unreachable(exc, self.timeout_s)) from exc
+        calls = ToolCallAssembler()
         with response:
             try:
                 if "text/event-stream" in (response.headers.get("Content-Type") or "text/event-stream"):
-                    yield from self._events(response)
+                    yield from self._events(response, calls)
                 else:  # a server that answers whole although asked to stream
-                    yield from self._whole(response.read())
+                    yield from self._whole(response.read(), calls)
             except (OSError, http.client.HTTPException) as exc:  # a read that timed out, a dropped connection
                 if isinstance(exc, TimeoutError) or "timed out" in str(exc):
                     raise BackendError(f"{self.endpoint} stopped sending: nothing for {self.timeout_s:g} s") from exc
                 raise BackendError(f"{self.endpoint} broke off the answer: {exc or type(exc).__name__}") from exc
+        yield from calls.finish()
         self.last_usage.seconds = time.perf_counter() - started
 
-    def _events(self, response: http.client.HTTPResponse) -> Iterator[str]:
+    def _events(self, response: http.client.HTTPResponse, calls: ToolCallAssembler) -> Iterator[Event]:
         for raw in response:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("data:"):
@@ -182,30 +192,33 @@ class HttpBackend:
                 chunk = json.loads(payload)
             except ValueError as exc:
                 raise BackendError(f"the endpoint sent a malformed event: {payload[:200]}") from exc
-            yield from self._chunk(chunk, "delta")
+            yield from self._chunk(chunk, "delta", calls)
 
-    def _whole(self, body: bytes) -> Iterator[str]:
+    def _whole(self, body: bytes, calls: ToolCallAssembler) -> Iterator[Event]:
         try:
             chunk = json.loads(body)
         except ValueError as exc:
             raise BackendError(f"the endpoint answered without events: {server_message(body)}") from exc
-        yield from self._chunk(chunk, "message")
+        yield from self._chunk(chunk, "message", calls)
 
-    def _chunk(self, chunk: object, key: str) -> Iterator[str]:
-        """The text of one event (`delta`) or answer (`message`); its usage, when it has one."""
+    def _chunk(self, chunk: object, key: str, calls: ToolCallAssembler) -> Iterator[Event]:
+        """The thinking, text and tool-call pieces of one event (`delta`) or answer (`message`); its
+        usage, when it has one."""
         if not isinstance(chunk, dict):
             raise BackendError(f"the endpoint sent an event that is not an object: {json.dumps(chunk)[:200]}")
         if chunk.get("error") or chunk.get("object") == "error":  # vLLM, SGLang and v4 serve end a stream so
             raise BackendError(f"the endpoint stopped with an error: {server_message(json.dumps(chunk))}")
         if chunk.get("usage"):
-            usage = chunk["usage"]
-            details = usage.get("prompt_tokens_details") or {}
-            self.last_usage = Usage(usage.get("prompt_tokens", 0), details.get("cached_tokens", 0) or 0,
-                                    usage.get("completion_tokens", 0))
+            self.last_usage = usage_of(chunk["usage"])
         for choice in chunk.get("choices") or []:
-            piece = (choice.get(key) or {}).get("content")
-            if piece:
-                yield piece
+            part = choice.get(key) or {}
+            reasoning = part.get("reasoning_content") or part.get("reasoning")  # vLLM >= 0.10 says "reasoning"
+            if reasoning:
+                yield ReasoningDelta(reasoning)
+            if part.get("content"):
+                yield TextDelta(part["content"])
+            for call in part.get("tool_calls") or []:
+                calls.add(call)
 
     def count_tokens(self, text: str) -> int | None:
         return None

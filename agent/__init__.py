@@ -4,7 +4,9 @@ Modules, in the order a turn uses them:
 - `options.py`: the typed options a front end (cli/, tui/) hands down.
 - `demo.py`: the tiny random checkpoint used when no model is named.
 - `backends/`: the `Backend` Protocol and its adapters (embedded engine, OpenAI-compatible HTTP, replay).
-- `chat_format.py`: DeepSeek V4's chat encoding (messages -> prompt text; thinking split off answers).
+- `chat_format.py`: DeepSeek V4's chat encoding (messages, tools and tool results -> prompt text), over
+  `dsml.py` (the DSML tool call markup: rendered and parsed); `completion.py` splits a completion,
+  whole or streaming, into reasoning, answer and tool calls.
 - `context.py`: the repository's context plan, with the user's /add and /drop.
 - `prompts.py`: every text v4 sends the model on its own behalf, and the system message.
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).

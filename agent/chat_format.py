@@ -1,8 +1,8 @@
-"""How a conversation becomes the model's prompt text, and how a completion splits into thinking and answer.
+"""How a conversation (with its tool calls and results) becomes the model's prompt text.
 
 DeepSeek V4 ships no Jinja template: its checkpoints carry a Python encoder, `encoding/encoding_dsv4.py`
 in the deepseek-ai/DeepSeek-V4-Flash repository. `DeepSeekV4Format` reimplements the part of it that
-plain system/user/assistant chats use. The rules were read from copies of that file:
+system/user/assistant chats with tools use. The rules were read from copies of that file:
 flagos-ai/DeepSeek-V4-FlagOS `encoding_dsv4.py` ("Copy from ... deepseek-ai/DeepSeek-V4-Flash"),
 supermy/ds4rs `encoding/encoding_dsv4.py` and sgl-project/sglang
 `python/sglang/srt/entrypoints/openai/encoding_dsv4.py` (they agree on all of the rules below):
@@ -23,12 +23,18 @@ supermy/ds4rs `encoding/encoding_dsv4.py` and sgl-project/sglang
     The later DeepSeek-V4-Flash-0731 encoder changed this: "high" gets that text and "max" gets a
     "Beyond maximum" one. See sfxnz/DeepSeek-V4-Flash-Vision-Exp-vLLM-2x-DGX-Spark
     `encoding/encoding_dsv4.py` and the amdpilot-org/sglang investigation of sglang PR #33140.
-  - Not implemented here, only noted: tools are described in the system prompt ("## Tools"), and
-    assistant tool calls are DSML blocks (`<｜DSML｜tool_calls>`, `<｜DSML｜invoke name=...>`,
-    `<｜DSML｜parameter name=... string="true|false">`) written after the content, behind "\\n\\n".
-    Tool results go back as user turns holding `<tool_result>...</tool_result>`. Any tools keep every
-    turn's reasoning. There is also `<｜latest_reminder｜>` and the internal task tokens
-    (`<｜action｜>`, `<｜query｜>`, ...).
+  - Tools (agent/dsml.py renders them): the tool list follows the system prompt behind "\\n\\n" (an
+    empty system message is put first when there is none, as vLLM and SGLang do). An assistant's
+    tool calls are a DSML block after its content, behind "\\n\\n". Tool results have no role of
+    their own: the results after a call (in the order of the calls) and any user text after them
+    become one user turn, each result as `<tool_result>...</tool_result>`, joined by "\\n\\n".
+  - When tools are given, the encoder turns reasoning-dropping off for the whole conversation: every
+    assistant turn keeps its reasoning (`<think>` opens every assistant turn in thinking mode, and
+    each renders reasoning + `</think>`). Without this, the reasoning before a tool call would be
+    dropped as soon as its result (a user turn) arrived. A side effect the agent relies on: with
+    tools, each prompt is a prefix of the next one.
+  - Not implemented: `<｜latest_reminder｜>`, the developer role, response_format and the internal
+    task tokens (`<｜action｜>`, `<｜query｜>`, ...).
 
 Example (thinking mode, history reasoning dropped), one string:
   `<｜begin▁of▁sentence｜><｜User｜>hello<｜Assistant｜></think>Hello!<｜end▁of▁sentence｜>`
@@ -42,15 +48,17 @@ renders `apply_chat_template`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .dsml import DSML, ToolCall, render_tool_calls, render_tool_result, render_tools, tool_schema
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -59,7 +67,7 @@ ASSISTANT = "<｜Assistant｜>"
 THINK_START = "<think>"
 THINK_END = "</think>"
 # The strings a V4 prompt is built from; a demo tokenizer gives each of them one id.
-V4_SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END)
+V4_SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END, DSML)
 
 # The text DeepSeek's encoder puts before the first message in thinking mode when reasoning_effort is "max".
 REASONING_EFFORT_MAX = (
@@ -71,7 +79,11 @@ REASONING_EFFORT_MAX = (
     "considered alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n\n"
 )
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+Effort = Literal["high", "max"]
+# A tool as the prompt describes it: {"name", "description", "parameters": JSON schema}, bare or in
+# OpenAI's {"type": "function", "function": {...}} wrapper.
+ToolSpec = Mapping[str, Any]
 
 
 class ChatFormatError(ValueError):
@@ -80,92 +92,176 @@ class ChatFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Message:
-    """One turn. `reasoning` is an assistant's thinking text, kept apart from the answer."""
+    """One turn. `reasoning` is an assistant's thinking text, kept apart from the answer; `tool_calls`
+    are the calls an assistant made after its text; a "tool" message carries one call's output in
+    `content` and that call's id in `tool_call_id`."""
 
     role: Role
     content: str
     reasoning: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tool_calls, tuple):  # a list is welcome; stored as a tuple so it stays frozen
+            object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
 
 
 class ChatFormat(Protocol):
-    """Renders conversations for one checkpoint and tells where an assistant turn ends."""
+    """Renders conversations for one checkpoint and tells where an assistant turn ends.
+
+    `thinking` asks the model to think first; `tools` are described to it; `effort` is the reasoning
+    effort (None: the format's own default). The defaults render a plain chat prompt."""
 
     name: str
     stop_strings: tuple[str, ...]
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-               thinking: bool = False) -> str: ...
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, thinking: bool = False,
+               tools: Sequence[ToolSpec] | None = None, effort: Effort | None = None) -> str: ...
 
 
 def check_conversation(messages: Sequence[Message]) -> None:
-    """Raise ChatFormatError unless the conversation is: an optional leading system message, then user
-    and assistant turns in alternation, starting with a user turn."""
+    """Raise ChatFormatError unless the conversation is: an optional leading system message, then a user
+    turn, and after it: an assistant turn after a user turn; a user turn after an assistant turn without
+    tool calls; a tool message answering each call (by id) after an assistant turn with calls; and after
+    tool messages, more of them, the assistant or the user."""
     if not messages:
         raise ChatFormatError("the conversation is empty")
     for index, message in enumerate(messages):
-        if message.role not in ("system", "user", "assistant"):
-            raise ChatFormatError(f"message {index}: unknown role {message.role!r}")
-        if message.reasoning is not None and message.role != "assistant":
-            raise ChatFormatError(f"message {index}: only assistant messages carry reasoning")
+        _check_fields(index, message)
     start = 1 if messages[0].role == "system" else 0
+    open_calls: set[str] = set()
     for index in range(start, len(messages)):
-        expected = "user" if (index - start) % 2 == 0 else "assistant"
-        role = messages[index].role
-        if role == "system":
+        message, previous = messages[index], messages[index - 1] if index > start else None
+        if message.role == "system":
             raise ChatFormatError(f"message {index}: a system message may only come first")
-        if role != expected:
-            previous = messages[index - 1].role if index > start else "the start"
-            wanted = "an assistant" if expected == "assistant" else "a user"
-            raise ChatFormatError(f"message {index}: expected {wanted} message after {previous}, got {role}")
+        allowed = _allowed_after(previous)
+        if message.role not in allowed:
+            after = previous.role if previous is not None else "the start"
+            wanted = {"user": "a user", "assistant": "an assistant", "tool": "a tool"}[allowed[0]]
+            raise ChatFormatError(f"message {index}: expected {wanted} message after {after}, got {message.role}")
+        if message.role == "assistant":
+            open_calls = {call.id for call in message.tool_calls}
+        elif message.role == "tool":
+            if message.tool_call_id not in open_calls:
+                raise ChatFormatError(f"message {index}: tool_call_id {message.tool_call_id!r} answers no "
+                                      f"unanswered call of the assistant message before it")
+            open_calls.discard(message.tool_call_id)
+
+
+def _check_fields(index: int, message: Message) -> None:
+    """The fields that only some roles may carry."""
+    if message.role not in ("system", "user", "assistant", "tool"):
+        raise ChatFormatError(f"message {index}: unknown role {message.role!r}")
+    if message.reasoning is not None and message.role != "assistant":
+        raise ChatFormatError(f"message {index}: only assistant messages carry reasoning")
+    if message.tool_calls and message.role != "assistant":
+        raise ChatFormatError(f"message {index}: only assistant messages carry tool calls")
+    if (message.tool_call_id is not None) != (message.role == "tool"):
+        raise ChatFormatError(f"message {index}: a tool message, and only a tool message, has a tool_call_id")
+    ids = [call.id for call in message.tool_calls]
+    if len(set(ids)) != len(ids):
+        raise ChatFormatError(f"message {index}: two tool calls share an id ({ids})")
+
+
+def _allowed_after(previous: Message | None) -> tuple[Role, ...]:
+    """The roles that may follow `previous` (None: the start), the expected one first."""
+    if previous is None or previous.role == "assistant" and not previous.tool_calls:
+        return ("user",)
+    if previous.role == "user":
+        return ("assistant",)
+    if previous.role == "assistant":
+        return ("tool",)
+    return ("tool", "assistant", "user")
 
 
 @dataclass(frozen=True)
 class DeepSeekV4Format:
     """DeepSeek V4's own chat encoding (see the module docstring for the rules and their sources).
 
-    `reasoning_effort`: None or "high" (the same prompt) or "max" (thinking mode gets
-    REASONING_EFFORT_MAX before the first message).
+    `reasoning_effort`: the effort when `render` is given none: None or "high" (the same prompt) or
+    "max" (thinking mode gets REASONING_EFFORT_MAX before the first message).
     """
 
-    reasoning_effort: Literal["high", "max"] | None = None
+    reasoning_effort: Effort | None = None
     name: str = "deepseek-v4"
     stop_strings: tuple[str, ...] = (EOS,)
 
     def __post_init__(self) -> None:
-        if self.reasoning_effort not in (None, "high", "max"):
-            raise ChatFormatError(f"reasoning_effort must be None, 'high' or 'max', got {self.reasoning_effort!r}")
+        _check_effort(self.reasoning_effort)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-               thinking: bool = False) -> str:
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, thinking: bool = False,
+               tools: Sequence[ToolSpec] | None = None, effort: Effort | None = None) -> str:
         """The prompt text. `add_generation_prompt=False` leaves out the `<｜Assistant｜>` opener after
-        a final user message (DeepSeek's encoder always writes it). After a final assistant turn,
-        nothing follows its end-of-sentence either way."""
+        a final user turn (DeepSeek's encoder always writes it). After a final assistant turn, nothing
+        follows its end-of-sentence either way."""
         check_conversation(messages)
-        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        effort = _check_effort(effort if effort is not None else self.reasoning_effort)
+        turns = _v4_turns(messages)
+        if tools and turns[0].role != "system":
+            turns.insert(0, Message("system", ""))
+        keep_all_reasoning = bool(tools)  # the encoder's drop_thinking is off whenever tools are given
+        last_user = max((i for i, m in enumerate(turns) if m.role == "user"), default=-1)
         parts = [BOS]
-        if thinking and self.reasoning_effort == "max":
+        if thinking and effort == "max":
             parts.append(REASONING_EFFORT_MAX)
-        for index, message in enumerate(messages):
-            if message.role == "system":
-                parts.append(message.content)
-            elif message.role == "user":
-                parts.append(USER + message.content)
-                if index + 1 < len(messages) or add_generation_prompt:
-                    parts.append(ASSISTANT + _opener(thinking, index == last_user))
+        for index, turn in enumerate(turns):
+            if turn.role == "system":
+                parts.append(turn.content + ("\n\n" + _tools_text(tools) if tools and index == 0 else ""))
+            elif turn.role == "user":
+                parts.append(USER + turn.content)
+                if index + 1 < len(turns) or add_generation_prompt:
+                    think_now = thinking and (keep_all_reasoning or index == last_user)
+                    parts.append(ASSISTANT + (THINK_START if think_now else THINK_END))
             else:
-                parts.append(_assistant_turn(message, keep_reasoning=thinking and index > last_user))
+                keep = thinking and (keep_all_reasoning or index > last_user)
+                parts.append(((turn.reasoning or "") + THINK_END if keep else "") + turn.content
+                             + (render_tool_calls(turn.tool_calls) if turn.tool_calls else "") + EOS)
         return "".join(parts)
 
 
-def _opener(thinking: bool, answers_last_user: bool) -> str:
-    """What follows `<｜Assistant｜>`: `<think>` only where the model is to think now."""
-    return THINK_START if thinking and answers_last_user else THINK_END
+def _check_effort(effort: str | None) -> Effort | None:
+    if effort not in (None, "high", "max"):
+        raise ChatFormatError(f"reasoning_effort must be None, 'high' or 'max', got {effort!r}")
+    return effort  # type: ignore[return-value]
 
 
-def _assistant_turn(message: Message, keep_reasoning: bool) -> str:
-    """An assistant turn's text after its opener; reasoning survives only in the turn being answered."""
-    reasoning = (message.reasoning or "") + THINK_END if keep_reasoning else ""
-    return reasoning + message.content + EOS
+def _tools_text(tools: Sequence[ToolSpec]) -> str:
+    try:
+        return render_tools(tools)
+    except ValueError as exc:
+        raise ChatFormatError(str(exc)) from exc
+
+
+def _v4_turns(messages: Sequence[Message]) -> list[Message]:
+    """The conversation as V4 turns: tool messages, and a user message right after them, merged into
+    one user turn of `<tool_result>` blocks (sorted into the order of the calls) and text."""
+    turns: list[Message] = []
+    order: dict[str, int] = {}
+    blocks: list[tuple[int, str]] = []  # (the call's position, or -1 for user text; the rendered block)
+    for message in messages:
+        if message.role == "tool":
+            blocks.append((order[message.tool_call_id or ""], render_tool_result(message.content)))
+            continue
+        if message.role == "user" and blocks:
+            blocks.append((-1, message.content))
+            continue
+        if blocks:
+            turns.append(_results_turn(blocks))
+            blocks = []
+        if message.tool_calls:
+            order = {call.id: position for position, call in enumerate(message.tool_calls)}
+        turns.append(message)
+    if blocks:
+        turns.append(_results_turn(blocks))
+    return turns
+
+
+def _results_turn(blocks: list[tuple[int, str]]) -> Message:
+    """One user turn from tool results and text: results in call order, text where it was."""
+    results = iter(sorted(block for block in blocks if block[0] >= 0))
+    texts = [text if position < 0 else next(results)[1] for position, text in blocks]
+    return Message("user", "\n\n".join(texts))
 
 
 class JinjaTemplateFormat:
@@ -190,18 +286,39 @@ class JinjaTemplateFormat:
         template = _pick_template(config.get("chat_template"), Path(path))
         return cls(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-               thinking: bool = False) -> str:
-        """Messages go in as {role, content} dicts. `thinking` is passed as `enable_thinking` (the Qwen
-        convention) and `thinking` (DeepSeek V3.1's), for templates that read either."""
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True, thinking: bool = False,
+               tools: Sequence[ToolSpec] | None = None, effort: Effort | None = None) -> str:
+        """Messages go in as the dicts transformers passes (`_template_message`), tools as OpenAI's
+        {"type": "function", "function": schema} list (None without tools, as transformers does).
+        `thinking` is passed as `enable_thinking` (the Qwen convention) and `thinking` (DeepSeek
+        V3.1's), `effort` as `reasoning_effort`, for templates that read them."""
         check_conversation(messages)
         try:
+            schemas = None if not tools else [{"type": "function", "function": tool_schema(t)} for t in tools]
+        except ValueError as exc:
+            raise ChatFormatError(str(exc)) from exc
+        try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[_template_message(m) for m in messages], tools=schemas,
                 add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
-                eos_token=self.eos_token, enable_thinking=thinking, thinking=thinking)
+                eos_token=self.eos_token, enable_thinking=thinking, thinking=thinking, reasoning_effort=effort)
         except TemplateError as exc:
             raise ChatFormatError(f"the chat template failed: {exc}") from exc
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    """A message as chat templates read it: {role, content}, plus `reasoning_content` (the name Qwen's
+    and DeepSeek's templates use), OpenAI-shaped `tool_calls` with `arguments` as a dict (what
+    transformers documents) and a tool message's `tool_call_id`, each only when set."""
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.reasoning is not None:
+        data["reasoning_content"] = message.reasoning
+    if message.tool_calls:
+        data["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                              for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    return data
 
 
 def _sandbox() -> ImmutableSandboxedEnvironment:

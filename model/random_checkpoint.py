@@ -46,7 +46,7 @@ INIT_STD = 0.02
 # thinking markers are added tokens that are not special, so decoding keeps `</think>` in the text.
 V4_BOS, V4_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 RANDOM_MARKER = "RANDOM_WEIGHTS"  # a file in the checkpoint directory: front ends say its answers are noise
-V4_MARKERS = ("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>")
+V4_MARKERS = ("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", "｜DSML｜")
 
 
 def init_checkpoint(directory: Path, preset: str, seed: int = 0, tokenizer_json: Path | None = None,

@@ -24,6 +24,7 @@ from v4.agent.chat_format import (
     chat_format_for,
     split_reasoning,
 )
+from v4.agent.dsml import DSML
 
 from tests.conftest import TOKENIZER_JSON, tiny_chat_checkpoint
 
@@ -35,9 +36,10 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_
 
 
 def test_the_special_tokens_are_deepseeks() -> None:
+    # `｜DSML｜` (tool calls, agent/dsml.py) is one token in DeepSeek's tokenizer, so it is one here too.
     assert V4_SPECIAL_TOKENS == ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>",
-                                 "<think>", "</think>")
-    assert (BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END) == V4_SPECIAL_TOKENS
+                                 "<think>", "</think>", "｜DSML｜")
+    assert (BOS, EOS, USER, ASSISTANT, THINK_START, THINK_END, DSML) == V4_SPECIAL_TOKENS
     assert V4.name == "deepseek-v4" and V4.stop_strings == ("<｜end▁of▁sentence｜>",)
 
 
@@ -118,7 +120,8 @@ def test_reasoning_effort_max_prefixes_thinking_prompts_only() -> None:
     ([Message("system", "S"), Message("assistant", "a")], "expected a user message after the start"),
     ([Message("user", "a"), Message("assistant", "b"), Message("assistant", "c")], "message 2: expected a user"),
     ([Message("user", "a", reasoning="r")], "only assistant messages carry reasoning"),
-    ([Message("tool", "a")], "unknown role 'tool'"),  # type: ignore[arg-type]
+    ([Message("robot", "a")], "unknown role 'robot'"),  # type: ignore[arg-type]
+    ([Message("tool", "a", tool_call_id="c")], "expected a user message after the start, got tool"),
 ])
 def test_bad_conversations_are_refused(messages: list[Message], error: str) -> None:
     for chat_format in (V4, JinjaTemplateFormat(CHATML)):

@@ -165,13 +165,10 @@ class CompletionSplitter:
 
 
 def _first_marker(text: str) -> tuple[int, str | None]:
-    """The earliest marker in `text` and where it starts (the longer one where two start together)."""
-    best_at, best = len(text), None
-    for marker in _MARKERS:
-        at = text.find(marker)
-        if at >= 0 and (at < best_at or (at == best_at and best is not None and len(marker) > len(best))):
-            best_at, best = at, marker
-    return best_at, best
+    """The earliest marker in `text` and where it starts (no marker is a prefix of another, so two
+    never start at the same place)."""
+    found = [(at, marker) for marker in _MARKERS if (at := text.find(marker)) >= 0]
+    return min(found) if found else (len(text), None)
 
 
 def _partial_marker_length(text: str) -> int:

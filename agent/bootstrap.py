@@ -5,17 +5,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend
+from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend, Thinking, Tool
 from .chat_format import Message
 from .context import ContextView, RepositoryContext
 from .demo import RANDOM_WEIGHTS_ANSWER_TOKENS, has_random_weights
 from .options import BackendOptions
-from .session import Session, SessionOptions, TurnEvent
+from .session import Session, SessionOptions
+from .turn import TurnEvent
 
 if TYPE_CHECKING:
     from v4.model.prefix_store import PrefillStats, PrefixStore
@@ -172,13 +173,20 @@ def answer_tokens(options: BackendOptions, requested: int | None) -> int:
     return RANDOM_WEIGHTS_ANSWER_TOKENS if random else DEFAULT_ANSWER_TOKENS
 
 
-def prefill(backend: Backend, system: Message) -> PrefillStats | None:
-    """Feed the system message (rules + repository) to an embedded backend now, so the first question
-    only pays for itself; resumes from the prefix-state store when it holds a prefix. None for other
-    backends (they keep their own caches)."""
+def prefill(backend: Backend, system: Message, *, thinking: Thinking | None = None,
+            tools: Sequence[Tool] = ()) -> PrefillStats | None:
+    """Feed the system message (rules + repository, rendered with the session's thinking and tools) to
+    an embedded backend now, so the first question only pays for itself; resumes from the prefix-state
+    store when it holds a prefix. None for other backends (they keep their own caches)."""
     if not isinstance(backend, EmbeddedBackend):
         return None
-    return backend.prefill([system])
+    return backend.prefill([system], thinking=thinking, tools=tools)
+
+
+def prefill_session(backend: Backend, session: Session) -> PrefillStats | None:
+    """`prefill` of `session`'s system message, rendered as its turns will render it."""
+    thinking, tools = session.prompt_style()
+    return prefill(backend, session.system, thinking=thinking, tools=tools)
 
 
 @dataclass(slots=True)

@@ -11,66 +11,18 @@ from __future__ import annotations
 import posixpath
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from . import prompts
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
-from .backends import Backend, BackendError, Usage
+from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking, ToolCallError
 from .chat_format import Message, split_reasoning
 from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
+from .dsml import ToolCall
+from .turn import AnswerFinished, AnswerStarted, Reply, Retrying, ToolRan, TurnEvent, TurnResult
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
-
-@dataclass(slots=True)
-class TurnResult:
-    """What one instruction produced (the `--json` of `v4 refactor`)."""
-
-    applied: bool = False
-    files: list[str] = field(default_factory=list)
-    diff: str = ""
-    commit: str | None = None
-    reflections: int = 0
-    error: str | None = None
-    refused: bool = False  # the work tree's state forbade the edit
-    tests_failed: bool = False
-    declined: bool = False  # the user said no to applying
-    answer: str = ""
-    usage: Usage = field(default_factory=Usage)
-    problem: str | None = None  # why the last answer's edits were refused, in the user's words
-    model_feedback: str | None = None  # the last message that told the model so (for --json readers)
-
-    def to_json(self) -> dict:
-        return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
-                "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
-                "tokens": self.usage.to_json()}
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerStarted:
-    """The model starts answer `number` of this turn (1, then one per reflection or test round)."""
-
-    number: int
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerFinished:
-    """Answer `number` is complete."""
-
-    number: int
-    completion_tokens: int
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Retrying:
-    """The answer is sent back to the model, which writes answer `number`; `reason` in the user's words."""
-
-    number: int
-    reason: str
-
-
-TurnEvent = AnswerStarted | AnswerFinished | Retrying
-
 
 @dataclass(slots=True)
 class SessionOptions:
@@ -84,6 +36,26 @@ class SessionOptions:
     test_timeout_s: float = 900.0
     require_edits: bool = False  # headless refactor: an answer without edit blocks is a failure, not an answer
     confirm: Callable[[Sequence[FileChange]], bool] | None = None  # asked before any write; False: declined
+    thinking: bool = True  # the model thinks before it answers (V4's default mode)
+    effort: str | None = None  # "high" or "max"
+    max_tool_rounds: int = 20  # answers with tool calls in one turn, before the model must answer
+
+
+class ToolOutcome(Protocol):
+    """What running one tool call gave: the text for the model, and what the user is told."""
+
+    content: str
+    allowed: bool
+    exit_code: int | None
+    summary: str
+
+
+class Tools(Protocol):
+    """The tools a session offers (tools.py's runner: approval, then the sandbox)."""
+
+    specs: Sequence[dict[str, Any]]
+
+    def run(self, call: ToolCall) -> ToolOutcome: ...
 
 
 class Session:
@@ -91,7 +63,8 @@ class Session:
 
     def __init__(self, root: Path, backend: Backend, repository: str, options: SessionOptions | None = None,
                  on_text: Callable[[str], None] | None = None,
-                 on_event: Callable[[TurnEvent], None] | None = None) -> None:
+                 on_event: Callable[[TurnEvent], None] | None = None, *, tools: Tools | None = None,
+                 on_reasoning: Callable[[str], None] | None = None) -> None:
         self.workspace = Workspace(root)
         self.root = self.workspace.root  # the git top level, whatever directory v4 started in
         self.backend = backend
@@ -100,48 +73,86 @@ class Session:
         self.history: list[Message] = []
         self.on_text = on_text or (lambda _piece: None)
         self.on_event = on_event or (lambda _event: None)  # how a turn moves, for progress displays
+        self.on_reasoning = on_reasoning or (lambda _piece: None)  # thinking, as it streams
+        self.tools = tools  # None: the model is offered no tools
+
+    def prompt_style(self) -> tuple[Thinking | None, Sequence[dict[str, Any]]]:
+        """How this session's prompts are rendered beyond their messages (thinking, the tools offered):
+        a prefill of the system message must render it the same way to be found again."""
+        thinking = Thinking(True, self.options.effort) if self.options.thinking else None
+        return thinking, (self.tools.specs if self.tools is not None else ())
 
     def messages(self, extra: Sequence[Message] = ()) -> list[Message]:
         return [self.system, *self.history, *extra]
 
-    def _ask(self, conversation: list[Message], usage: Usage) -> str:
-        pieces = []
-        for piece in self.backend.stream(self.messages(conversation), self.options.max_answer_tokens,
-                                         self.options.temperature):
-            pieces.append(piece)
-            self.on_text(piece)
+    def _ask(self, conversation: list[Message], result: TurnResult) -> Reply:
+        """One answer of the model to the conversation so far: thinking, text and tool calls, streamed to
+        `on_reasoning` and `on_text` as they come."""
+        options = self.options
+        thinking, tools = self.prompt_style()
+        reply = Reply()
+        text: list[str] = []
+        reasoning: list[str] = []
+        for event in self.backend.events(self.messages(conversation), options.max_answer_tokens,
+                                         options.temperature, thinking=thinking, tools=tools):
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+                self.on_text(event.text)
+            elif isinstance(event, ReasoningDelta):
+                reasoning.append(event.text)
+                self.on_reasoning(event.text)
+            elif isinstance(event, ToolCallError):
+                reply.tool_error = event.message
+            else:
+                reply.calls.append(event)
+        inline, reply.text = split_reasoning("".join(text))  # a backend that leaves `<think>` in the text
+        reply.reasoning = "".join(reasoning) + (inline or "")
         last = self.backend.last_usage
+        usage = result.usage
         usage.prompt_tokens += last.prompt_tokens
         usage.cached_tokens += last.cached_tokens
         usage.completion_tokens += last.completion_tokens
         usage.seconds += last.seconds
-        return "".join(pieces)
+        return reply
 
     def run(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False) -> TurnResult:
-        """Answer `instruction`, applying its edits atomically; bad edits and failing tests go back to
-        the model (bounded). The turn joins the history whatever happened.
+        """Answer `instruction`, applying its edits atomically; the model's tool calls run (approved, in
+        the sandbox) and their results go back until it answers without one; bad edits and failing tests
+        go back to the model (bounded). The turn joins the history whatever happened.
 
         `user_edited`: files whose uncommitted changes are the request itself (AI comments): they may be
         edited although dirty, on top of the user's text, which review restores for a rejected hunk.
         `answer_only`: a question; the answer is never read for edits."""
         result = TurnResult()
         conversation = [Message("user", instruction)]
-        test_rounds = 0
-        number = 0
+        test_rounds = tool_rounds = number = 0
         while True:
             number += 1
             self.on_event(AnswerStarted(number))
             try:
-                text = self._ask(conversation, result.usage)
+                reply = self._ask(conversation, result)
             except BackendError as exc:
                 result.error = str(exc)
                 break
             last = self.backend.last_usage
             self.on_event(AnswerFinished(number, last.completion_tokens, last.seconds))
-            _, answer = split_reasoning(text)
-            result.answer = answer
-            conversation.append(Message("assistant", answer))
-            feedback = None if answer_only else self._apply(answer, result, user_edited)
+            result.answer = reply.text
+            result.reasoning += reply.reasoning
+            conversation.append(Message("assistant", reply.text, reasoning=reply.reasoning or None,
+                                        tool_calls=tuple(reply.calls)))
+            if reply.tool_error and not reply.calls and self.tools is not None \
+                    and tool_rounds < self.options.max_tool_rounds:  # a call it wrote but we could not read
+                tool_rounds += 1
+                conversation.append(Message("user", reply.tool_error))
+                continue
+            if reply.calls and self.tools is not None and tool_rounds < self.options.max_tool_rounds:
+                tool_rounds += 1
+                feedback = None if answer_only else self._apply(reply.text, result, user_edited, calls=True)
+                if result.refused:
+                    break
+                conversation.extend(self._run_tools(reply.calls, result, feedback))
+                continue
+            feedback = None if answer_only else self._apply(reply.text, result, user_edited)
             if feedback is None and result.applied and self.options.test_cmd and not result.refused:
                 feedback = self._test_feedback()
                 result.tests_failed = feedback is not None
@@ -167,12 +178,27 @@ class Session:
         self.history.extend(conversation)
         return result
 
-    def _apply(self, answer: str, result: TurnResult, user_edited: Sequence[str] = ()) -> str | None:
+    def _run_tools(self, calls: Sequence[ToolCall], result: TurnResult, feedback: str | None) -> list[Message]:
+        """Run each call through the tool runner (approval, sandbox) and return the tool messages for
+        the model; an edit problem in the same answer rides along with the first result."""
+        assert self.tools is not None
+        messages = []
+        for call in calls:
+            outcome = self.tools.run(call)
+            result.tool_calls.append({"name": call.name, "arguments": call.arguments, "allowed": outcome.allowed,
+                                      "exit_code": outcome.exit_code})
+            self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, outcome.summary))
+            content = outcome.content if feedback is None or messages else f"{feedback}\n\n{outcome.content}"
+            messages.append(Message("tool", content, tool_call_id=call.id))
+        return messages
+
+    def _apply(self, answer: str, result: TurnResult, user_edited: Sequence[str] = (), calls: bool = False
+               ) -> str | None:
         """Apply the answer's edits; returns feedback for the model when they are invalid."""
         try:
             blocks = parse_edits(answer)
             if not blocks:
-                if self.options.require_edits:
+                if self.options.require_edits and not calls and not result.applied:
                     result.problem = "the answer held no edit blocks"
                     return prompts.NO_EDIT_BLOCKS
                 return None  # a chat answer without edits

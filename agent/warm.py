@@ -137,7 +137,8 @@ class ContextWarmer:
         warm = getattr(self.backend, "warm", None)
         if warm is None:
             return None
-        return warm([system], self._cancelled, self.step_tokens)
+        thinking, tools = self.session.prompt_style()
+        return warm([system], self._cancelled, self.step_tokens, thinking=thinking, tools=tools)
 
     def _cancelled(self) -> bool:
         """Asked by the prefill between steps: a turn waits, a newer refresh waits, or closing."""

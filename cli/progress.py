@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from v4.agent.options import EngineOptions
-    from v4.agent.session import TurnEvent
+    from v4.agent.turn import TurnEvent
     from v4.model.engine import Engine
 
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total)
@@ -84,7 +84,7 @@ class TurnProgress:
         self._drawn = 0.0
 
     def __call__(self, event: TurnEvent) -> None:
-        from v4.agent.session import AnswerFinished, AnswerStarted, Retrying
+        from v4.agent.turn import AnswerFinished, AnswerStarted, Retrying, ToolRan
 
         if isinstance(event, AnswerStarted):
             self._chars, self._started = 0, time.perf_counter()
@@ -96,6 +96,8 @@ class TurnProgress:
                        f"({speed:.1f} tokens/s)")
         elif isinstance(event, Retrying):
             self._line(f"sent back to the model: {event.reason}")
+        elif isinstance(event, ToolRan):
+            self._line(f"{event.name}: {event.summary}")
 
     def text(self, piece: str) -> None:
         """An answer piece: shown as it comes, or counted on a live line."""

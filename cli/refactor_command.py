@@ -21,7 +21,8 @@ from .progress import TurnProgress, shard_progress
 if TYPE_CHECKING:
     from v4.agent.backends import Backend
     from v4.agent.edits import FileChange
-    from v4.agent.session import Session, TurnResult
+    from v4.agent.session import Session
+    from v4.agent.turn import TurnResult
 
 
 def build(parser: argparse.ArgumentParser) -> None:
@@ -107,12 +108,12 @@ def _prefill(session: Session, backend: Backend, progress: TurnProgress) -> None
     """The repository into the embedded engine's state before the question, with its own progress lines
     (on a CPU it is most of the wait); other backends prefill on their side."""
     from v4.agent.backends import EmbeddedBackend
-    from v4.agent.bootstrap import prefill
+    from v4.agent.bootstrap import prefill_session
 
     if not isinstance(backend, EmbeddedBackend):
         return
     progress.note("prefilling the repository into the model's state…")
-    stats = prefill(backend, session.system)
+    stats = prefill_session(backend, session)
     if stats is not None:
         progress.note(f"prefilled {stats.tokens:,} tokens in {stats.seconds:.1f} s ({stats.reused_tokens:,} reused"
                       + (" from the prefix-state store)" if stats.from_store and stats.reused_tokens else ")"))

@@ -33,7 +33,7 @@ from textual.message import Message
 
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.context import ContextView
-from v4.agent.session import TurnResult
+from v4.agent.turn import TurnResult
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.watch.loop import WatchEvent
 

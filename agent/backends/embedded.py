@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..chat_format import ChatFormat, Message
-from .protocol import BackendError, Usage
+from .protocol import (BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, ToolCallError,
+                       Usage)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -77,31 +78,41 @@ class EmbeddedBackend:
     def count_tokens(self, text: str) -> int | None:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def encode(self, messages: Sequence[Message]) -> list[int]:
+    def encode(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
+               tools: Sequence[Tool] = ()) -> list[int]:
         """The prompt's ids, ending with the assistant's turn."""
-        return self.encode_with_boundaries(messages)[0]
+        return self.encode_with_boundaries(messages, thinking=thinking, tools=tools)[0]
 
-    def encode_with_boundaries(self, messages: Sequence[Message], add_generation_prompt: bool = True
+    def _render(self, messages: Sequence[Message], add_generation_prompt: bool, thinking: Thinking | None,
+                tools: Sequence[Tool]) -> str:
+        return self.chat_format.render(messages, add_generation_prompt=add_generation_prompt,
+                                       thinking=thinking is not None and thinking.enabled, tools=list(tools) or None,
+                                       effort=thinking.effort if thinking is not None else None)
+
+    def encode_with_boundaries(self, messages: Sequence[Message], add_generation_prompt: bool = True, *,
+                               thinking: Thinking | None = None, tools: Sequence[Tool] = ()
                                ) -> tuple[list[int], list[int]]:
         """The prompt's ids and the token positions where its parts start: each repository segment
         (`==> path <==` headers) and the end of the system message. The prefix-state store snapshots
-        there, so an edit to one file recomputes only from that file's segment on."""
-        text = self.chat_format.render(messages, add_generation_prompt=add_generation_prompt)
+        there, so an edit to one file recomputes only from that file's segment on. Thinking and tools
+        are part of the prompt (the tools follow the system text), so a prefill must name the same."""
+        text = self._render(messages, add_generation_prompt, thinking, tools)
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
         marks = [m.start() for m in re.finditer(r"(?m)^==> ", text)]
         if messages and messages[0].role == "system" and len(messages) > 1:
-            marks.append(len(self.chat_format.render(messages[:1], add_generation_prompt=False)))
+            marks.append(len(self._render(messages[:1], False, thinking, tools)))
         starts = [start for start, _ in encoding.offsets]
         boundaries = sorted({bisect.bisect_left(starts, mark) for mark in marks} - {0, len(encoding.ids)})
         return encoding.ids, boundaries
 
-    def prefill(self, messages: Sequence[Message]) -> PrefillStats:
+    def prefill(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
+                tools: Sequence[Tool] = ()) -> PrefillStats:
         """Feed `messages` (no answer) now, so the first question only pays for itself; resumes from the
         store when it holds a prefix. `seconds` counts the rendering and tokenizing too."""
         from v4.model.runner import RunnerError
 
         started = time.perf_counter()
-        ids, boundaries = self.encode_with_boundaries(messages, add_generation_prompt=False)
+        ids, boundaries = self.encode_with_boundaries(messages, False, thinking=thinking, tools=tools)
         try:
             self.runner.room_after(ids)
         except RunnerError as exc:
@@ -110,17 +121,36 @@ class EmbeddedBackend:
         return dataclasses.replace(stats, seconds=time.perf_counter() - started)
 
     def warm(self, messages: Sequence[Message], cancelled: Callable[[], bool] | None = None,
-             step_tokens: int | None = None) -> PrefillStats:
+             step_tokens: int | None = None, *, thinking: Thinking | None = None,
+             tools: Sequence[Tool] = ()) -> PrefillStats:
         """Prefill `messages` (no answer) in steps, asking `cancelled` before each (`Runner.warm`): a
         question arriving meanwhile waits one step at most. `seconds` counts the tokenizing too."""
         started = time.perf_counter()
-        ids, boundaries = self.encode_with_boundaries(messages, add_generation_prompt=False)
+        ids, boundaries = self.encode_with_boundaries(messages, False, thinking=thinking, tools=tools)
         stats = self.runner.warm(ids, boundaries, cancelled, step_tokens)
         return dataclasses.replace(stats, seconds=time.perf_counter() - started)
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        ids, boundaries = self.encode_with_boundaries(messages)
-        yield from self.stream_ids(ids, max_tokens, temperature, boundaries=boundaries)
+        """The answer's text only (chat mode, no tools)."""
+        for event in self.events(messages, max_tokens, temperature):
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    def events(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0, *,
+               thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:
+        """The turn, split as it streams by DeepSeek's encoding (`completion.py`): thinking, the answer,
+        and the DSML tool calls parsed once the completion ends."""
+        from ..completion import CompletionSplitter
+
+        ids, boundaries = self.encode_with_boundaries(messages, thinking=thinking, tools=tools)
+        splitter = CompletionSplitter(thinking=thinking is not None and thinking.enabled)
+        for piece in self.stream_ids(ids, max_tokens, temperature, boundaries=boundaries):
+            yield from _events(splitter.feed(piece))
+        yield from _events(splitter.finish())
+        completion = splitter.result()
+        if completion.tool_error:
+            yield ToolCallError(completion.feedback() or completion.tool_error)
+        yield from completion.tool_calls
 
     def stream_ids(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int = 0, boundaries: Sequence[int] = ()) -> Iterator[str]:
@@ -131,3 +161,9 @@ class EmbeddedBackend:
             yield from self.runner.generate(ids, max_tokens, temperature, top_p, seed, boundaries)
         except RunnerError as exc:
             raise BackendError(str(exc)) from exc
+
+
+def _events(chunks: Sequence[tuple[str, str]]) -> Iterator[Event]:
+    for kind, text in chunks:
+        if text:
+            yield ReasoningDelta(text) if kind == "reasoning" else TextDelta(text)

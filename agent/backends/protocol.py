@@ -51,7 +51,14 @@ class ReasoningDelta:
     text: str
 
 
-Event = TextDelta | ReasoningDelta | ToolCall
+@dataclass(frozen=True, slots=True)
+class ToolCallError:
+    """The model tried to call a tool, but its call could not be read; `message` says why, for the model."""
+
+    message: str
+
+
+Event = TextDelta | ReasoningDelta | ToolCall | ToolCallError
 Tool = Mapping[str, Any]  # {"name", "description", "parameters": JSON schema}, as tools.py defines them
 
 

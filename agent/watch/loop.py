@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from .ai_comments import AICommentTracker, AIRequest
 from ..context import ContextError, ContextView, RepositoryContext
 from ..prompts import system_message
-from ..session import Session, TurnResult
+from ..session import Session
+from ..turn import TurnResult
 from ..warm import ContextWarmer, WarmReport
 from .watcher import ChangeBatch
 from ..workspace import WorkspaceError

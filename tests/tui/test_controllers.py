@@ -9,7 +9,8 @@ import pytest
 from v4.agent.backends import BackendError, ReplayBackend, Usage
 from v4.agent.chat_format import Message
 from v4.agent.options import BackendOptions
-from v4.agent.session import Session, TurnResult
+from v4.agent.session import Session
+from v4.agent.turn import TurnResult
 from v4.agent.workspace import Workspace
 from tests.tui.conftest import CALC, TYPED, git
 from v4.tui import messages as m

@@ -7,7 +7,8 @@ from contextlib import nullcontext
 
 from textual.message import Message
 
-from v4.agent.session import Session, TurnResult
+from v4.agent.session import Session
+from v4.agent.turn import TurnResult
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
 

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from textual.message import Message
 
 from v4.agent.backends import Backend
-from v4.agent.bootstrap import prefill
+from v4.agent.bootstrap import prefill_session
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.prompts import system_message
 from v4.agent.session import Session
@@ -58,7 +58,7 @@ class ContextController:
             view = self.context.plan(self.budget)
             with self.warmer.foreground() if self.warmer is not None else nullcontext():
                 self.session.system = system_message(self.context.repository_text())
-                report = prefill(self.backend, self.session.system)
+                report = prefill_session(self.backend, self.session)
         text = note.format(rel) + f": {view.total_tokens:,} of {view.budget:,} tokens"
         if report is not None:
             text += f"; prefilled {report.computed_tokens:,} tokens ({report.reused_tokens:,} reused)"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from textual.message import Message
 
-from v4.agent.backends import Backend, BackendError, Usage
+from v4.agent.backends import Backend, BackendError, Event, TextDelta, Thinking, Tool, Usage
 from v4.agent.chat_format import Message as ChatMessage
 
 from ..messages import AnswerDelta, AnswerMetrics, AnswerStarted
@@ -51,17 +51,24 @@ class MeteredBackend:
         self._stop.set()
 
     def stream(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
+        for event in self.events(messages, max_tokens, temperature):
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    def events(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float = 0.0, *,
+               thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:
         attempt, self._attempt = self._attempt, self._attempt + 1
         self._post(AnswerStarted(attempt, messages[-1].content if attempt else None))
         started, first = self._clock(), None
         try:
-            for piece in self.inner.stream(messages, max_tokens, temperature):
+            for event in self.inner.events(messages, max_tokens, temperature, thinking=thinking, tools=tools):
                 if self._stop.is_set():
                     raise BackendError(STOPPED)
                 if first is None:
                     first = self._clock()
-                self._post(AnswerDelta(piece))
-                yield piece
+                if isinstance(event, TextDelta):
+                    self._post(AnswerDelta(event.text))
+                yield event
         finally:  # a stopped answer still has a time to first token
             self._report(started, first)
 

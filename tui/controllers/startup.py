@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 from v4.agent.backends import BackendError
-from v4.agent.bootstrap import describe_backend, open_backend, open_session, prefill
+from v4.agent.bootstrap import describe_backend, open_backend, open_session, prefill_session
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
 from v4.agent.options import BackendOptions
@@ -102,7 +102,7 @@ class StartupController:
         if opened.secrets_warning:  # shown before the prefill sends the context (issue 22)
             self._step("plan", opened.secrets_warning, finished=True)
         self._step("prefill", "prefilling the context…")
-        report = prefill(chosen.backend, session.system)
+        report = prefill_session(chosen.backend, session)
         self._step("prefill", _prefill_label(report), finished=True)
         warmer = ContextWarmer(session, chosen.backend)
         chat = ChatController(session=session, backend=metered, pending_files=self.review.pending_files,

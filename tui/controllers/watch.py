@@ -16,7 +16,8 @@ from textual.message import Message
 
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.context import RepositoryContext
-from v4.agent.session import Session, TurnResult
+from v4.agent.session import Session
+from v4.agent.turn import TurnResult
 from v4.agent.warm import ContextWarmer
 from v4.agent.watch.watcher import WatchConfig, Watcher
 from v4.agent.watch.loop import WatchLoop

@@ -123,10 +123,10 @@ class GatedReplay(ReplayBackend):
         self.gate = threading.Event()
         self.asked = threading.Event()
 
-    def stream(self, messages, max_tokens, temperature=0.0):  # noqa: ANN001, ANN201 - the Backend protocol
+    def events(self, messages, max_tokens, temperature=0.0, **options):  # noqa: ANN001, ANN201 - the Backend protocol
         self.asked.set()
         assert self.gate.wait(30), "the test never opened the gate"
-        yield from super().stream(messages, max_tokens, temperature)
+        yield from super().events(messages, max_tokens, temperature, **options)
 
 
 def test_changes_during_a_run_are_queued_and_applied_after_it(repo: Path) -> None:

@@ -1,0 +1,86 @@
+"""What a turn is made of, apart from the loop that runs it (`session.py`): the result of one
+instruction, the events a front end follows it by, and one reply of the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Usage
+from .dsml import ToolCall
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """What one instruction produced (the `--json` of `v4 refactor`)."""
+
+    applied: bool = False
+    files: list[str] = field(default_factory=list)
+    diff: str = ""
+    commit: str | None = None
+    reflections: int = 0
+    error: str | None = None
+    refused: bool = False  # the work tree's state forbade the edit
+    tests_failed: bool = False
+    declined: bool = False  # the user said no to applying
+    answer: str = ""
+    usage: Usage = field(default_factory=Usage)
+    problem: str | None = None  # why the last answer's edits were refused, in the user's words
+    model_feedback: str | None = None  # the last message that told the model so (for --json readers)
+    reasoning: str = ""  # the model's thinking over the whole turn, in order
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments", "allowed", "exit_code"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
+                "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
+                "reasoning": self.reasoning, "tool_calls": self.tool_calls, "tokens": self.usage.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStarted:
+    """The model starts answer `number` of this turn (1, then one per reflection or test round)."""
+
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFinished:
+    """Answer `number` is complete."""
+
+    number: int
+    completion_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """The answer is sent back to the model, which writes answer `number`; `reason` in the user's words."""
+
+    number: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRan:
+    """A tool call of the model, and what became of it (`allowed` False: refused, nothing ran)."""
+
+    name: str
+    arguments: dict[str, Any]
+    allowed: bool
+    exit_code: int | None
+    summary: str  # one line for a progress display
+
+
+TurnEvent = AnswerStarted | AnswerFinished | Retrying | ToolRan
+
+
+@dataclass(slots=True)
+class Reply:
+    """One answer of the model: its thinking, its text and the tools it called."""
+
+    text: str = ""
+    reasoning: str = ""
+    calls: list[ToolCall] = field(default_factory=list)
+    tool_error: str | None = None  # a call it wrote that could not be read: the feedback for the model
+
+

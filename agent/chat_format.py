@@ -43,6 +43,9 @@ Example (thinking mode, history reasoning dropped), one string:
 A checkpoint whose tokenizer_config.json (or chat_template.jinja) has a chat template is rendered
 with that template instead (`JinjaTemplateFormat`). The sandbox is set up the way transformers
 renders `apply_chat_template`.
+
+`split_reasoning` splits a finished completion into thinking and answer; agent/completion.py also
+takes the DSML tool calls out, and does it as the completion streams.
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def test_a_loop_may_continue_with_the_assistant_or_end_on_a_call() -> None:
 TOOL_TEMPLATE = ("{% for t in tools or [] %}[{{ t.type }}:{{ t.function.name }}]{% endfor %}"
                  "{% for m in messages %}{{ m.role }}={{ m.content }}"
                  "{% if m.reasoning_content %}({{ m.reasoning_content }}){% endif %}"
-                 "{% for c in m.tool_calls or [] %}<{{ c.function.name }} {{ c.function.arguments | tojson }}>{% endfor %}"
+                 "{% for c in m.tool_calls or [] %}<{{ c.function.name }} {{ c.function.arguments | tojson }}>"
+                 "{% endfor %}"
                  "{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %};{% endfor %}")
 
 

@@ -54,8 +54,8 @@ def test_several_calls_in_one_answer() -> None:
 
 
 def test_text_before_a_call_is_the_answer() -> None:
-    completion = parse_completion("Let me look at the tests.\n\n" + block(invoke("run_command", param("command", "pytest")))
-                                  + EOS)
+    call = block(invoke("run_command", param("command", "pytest")))
+    completion = parse_completion("Let me look at the tests.\n\n" + call + EOS)
     assert completion.answer == "Let me look at the tests."
     assert completion.tool_calls == (ToolCall("call_0", "run_command", {"command": "pytest"}),)
     assert completion.message() == Message("assistant", "Let me look at the tests.",
@@ -85,8 +85,10 @@ def test_whitespace_between_tags_is_accepted() -> None:
     (block(invoke("t", '<｜DSML｜parameter name="a">x</｜DSML｜parameter>')), 'must be <｜DSML｜parameter name="KEY"'),
     (block(invoke("t", param("n", "three", "false"))), "parameter 'n' has string=\"false\" but its value is not JSON"),
     (block(invoke("t", param("a", "1"), param("a", "2"))), "parameter 'a' is given twice"),
-    ("<｜DSML｜tool_calls>\n" + invoke("t", param("a", "1")), "ends before </｜DSML｜tool_calls> (was the answer cut off?)"),
-    ('<｜DSML｜tool_calls>\n<｜DSML｜invoke name="t">\n<｜DSML｜parameter name="a" string="true">long', "no </｜DSML｜parameter>"),
+    ("<｜DSML｜tool_calls>\n" + invoke("t", param("a", "1")),
+     "ends before </｜DSML｜tool_calls> (was the answer cut off?)"),
+    ('<｜DSML｜tool_calls>\n<｜DSML｜invoke name="t">\n<｜DSML｜parameter name="a" string="true">long',
+     "no </｜DSML｜parameter>"),
     ('<｜DSML｜tool_calls>\n<｜DSML｜invoke name="t">\n', "the call to t ends before </｜DSML｜invoke>"),
     (block(invoke("t")) + "\nDone!", "text after </｜DSML｜tool_calls>: '\\nDone!'"),
     (block(""), "holds no <｜DSML｜invoke"),

@@ -22,6 +22,9 @@ whose `for_model()` is what the model reads: the output as produced (stdout and 
 pipe), its head and tail kept when it is long, and how the command ended. A timeout kills the whole
 process tree: the PID namespace under bwrap, the process group without it.
 
+(bwrap's own process is killed last, and waited for: it exits only once the namespace is empty, so
+`run` returns when nothing of the command is left.)
+
 `BwrapSandbox.probe()` starts a real sandbox once; where it cannot (bwrap missing, user namespaces
 disabled in a container), it raises `SandboxUnavailable` saying why, and `run` refuses every command.
 """
@@ -29,6 +32,7 @@ disabled in a container), it raises `SandboxUnavailable` saying why, and `run` r
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import selectors
 import shutil
@@ -36,7 +40,7 @@ import signal
 import struct
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -134,14 +138,14 @@ class BwrapSandbox:
             return (f"the command sandbox needs bubblewrap, and `{self.config.bwrap}` is not installed "
                     f"(Debian and Ubuntu: apt-get install bubblewrap). {refuse}")
         if _seccomp_program() is None:
-            return f"the command sandbox has no seccomp filter for this machine ({_machine()}). {refuse}"
+            return f"the command sandbox has no seccomp filter for this machine ({os.uname().machine}). {refuse}"
         result = self._execute("true", PROBE_TIMEOUT_S)
         if result.exit_code == 0:
             return None
         said = " ".join(result.output.split()) or result.status()
         return f"bubblewrap cannot start a sandbox here: {said}.{_namespace_hint()} {refuse}"
 
-    def argv(self, command: str, seccomp_fd: int) -> list[str]:
+    def argv(self, command: str, seccomp_fd: int, info_fd: int) -> list[str]:
         """The bwrap command line; mount order matters (later mounts cover earlier ones)."""
         root = str(self.root)
         args = [self.config.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -149,7 +153,8 @@ class BwrapSandbox:
         for path in _git_paths(self.root):
             args += ["--ro-bind", str(path), str(path)]
         args += ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
-                 "--die-with-parent", "--new-session", "--seccomp", str(seccomp_fd), "--chdir", root, "--clearenv"]
+                 "--die-with-parent", "--new-session", "--seccomp", str(seccomp_fd), "--info-fd", str(info_fd),
+                 "--chdir", root, "--clearenv"]
         if self.config.allow_network:
             args.append("--share-net")
         for name, value in _environment(self.config, home=SANDBOX_HOME, tmpdir="/tmp").items():
@@ -164,17 +169,31 @@ class BwrapSandbox:
     def _execute(self, command: str, timeout_s: float) -> CommandResult:
         program = _seccomp_program()
         assert program is not None, "probe() checks the machine first"
-        read_end, write_end = os.pipe()
+        seccomp_read, seccomp_write = os.pipe()
+        info_read, info_write = os.pipe()
         try:
-            os.write(write_end, program)  # a few hundred bytes: fits the pipe buffer
-            os.close(write_end)
-            write_end = -1
-            return _execute(command, self.argv(command, read_end), cwd=self.root, env={}, config=self.config,
-                            timeout_s=timeout_s, pass_fds=(read_end,))
+            os.write(seccomp_write, program)  # a few hundred bytes: fits the pipe buffer
+            os.close(seccomp_write)
+            seccomp_write = -1
+            argv = self.argv(command, seccomp_read, info_write)
+            return _execute(command, argv, cwd=self.root, env={}, config=self.config, timeout_s=timeout_s,
+                            pass_fds=(seccomp_read, info_write), kill_tree=lambda: _kill_namespace(info_read))
         finally:
-            os.close(read_end)
-            if write_end >= 0:
-                os.close(write_end)
+            for fd in (seccomp_read, seccomp_write, info_read, info_write):
+                if fd >= 0:
+                    os.close(fd)
+
+
+def _kill_namespace(info_fd: int) -> bool:
+    """SIGKILL the sandbox's PID 1 (its host pid is in bwrap's --info-fd JSON): the kernel then kills
+    every process in the namespace, and the outer bwrap exits only once they are all gone."""
+    os.set_blocking(info_fd, False)
+    try:
+        info = json.loads(os.read(info_fd, 65536) or b"{}")
+        os.kill(int(info["child-pid"]), signal.SIGKILL)
+    except (BlockingIOError, ValueError, KeyError, TypeError, ProcessLookupError, PermissionError):
+        return False  # bwrap had not started its child yet: killing the process group is enough
+    return True
 
 
 class NoSandbox:
@@ -189,7 +208,7 @@ class NoSandbox:
         env = _environment(self.config, home=os.environ.get("HOME", str(Path.home())),
                            tmpdir=os.environ.get("TMPDIR", "/tmp"))
         return _execute(command, [_shell(), "-c", command], cwd=self.root, env=env, config=self.config,
-                        timeout_s=self.config.timeout_s, pass_fds=())
+                        timeout_s=self.config.timeout_s, pass_fds=(), kill_tree=lambda: False)
 
 
 def open_runner(root: str | os.PathLike[str], config: SandboxConfig | None = None, *,
@@ -225,11 +244,7 @@ def _git_paths(root: Path) -> list[Path]:
                           capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if done.returncode == 0:
         paths += [(root / line).resolve() for line in done.stdout.splitlines() if line.strip()]
-    unique: list[Path] = []
-    for path in paths:
-        if path.exists() and path not in unique:
-            unique.append(path)
-    return unique
+    return [path for i, path in enumerate(paths) if path.exists() and path not in paths[:i]]
 
 
 # --- seccomp: refuse socket(AF_UNIX, ...) ---------------------------------------------------------------
@@ -239,15 +254,11 @@ _AUDIT_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
 _X32_SYSCALL_BIT = 0x40000000
 
 
-def _machine() -> str:
-    return os.uname().machine
-
-
 def _seccomp_program() -> bytes | None:
     """A classic BPF program (struct sock_filter[]) for bwrap's --seccomp: socket(AF_UNIX, ...) fails
     with EPERM; system calls of a foreign ABI (x32, 32-bit) fail with ENOSYS, since their socket call
     cannot be inspected. None on machines this table does not know."""
-    known = _AUDIT_ARCH.get(_machine())
+    known = _AUDIT_ARCH.get(os.uname().machine)
     if known is None:
         return None
     arch, nr_socket = known
@@ -332,45 +343,52 @@ class _Capture:
 
 
 def _execute(command: str, argv: list[str], *, cwd: Path, env: dict[str, str], config: SandboxConfig,
-             timeout_s: float, pass_fds: tuple[int, ...]) -> CommandResult:
+             timeout_s: float, pass_fds: tuple[int, ...], kill_tree: Callable[[], bool]) -> CommandResult:
     """Run `argv` in its own process group, reading its one output pipe until EOF or the deadline;
-    then kill whatever is left of the group (the whole PID namespace under bwrap)."""
+    then kill what is left: `kill_tree` (the PID namespace under bwrap), then the process group."""
     capture = _Capture(config.head_chars, config.tail_chars)
-    deadline = time.monotonic() + timeout_s
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
-    timed_out, exited_at = False, None
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                timed_out = True
-                break
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > EXIT_GRACE_S:
-                break  # a background child holds the pipe: it is killed below
-            if selector.select(timeout=min(deadline - now, 0.1)):
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                capture.feed(chunk)
-    _kill_group(proc.pid)
-    proc.wait()
-    os.set_blocking(fd, False)
-    try:  # what was already in the pipe when the group died
-        while chunk := os.read(fd, 65536):
-            capture.feed(chunk)
-    except BlockingIOError:
-        pass
+        ended = _pump(selector, fd, capture, time.monotonic() + timeout_s, proc)
+        timed_out = ended == "deadline"
+        if timed_out and kill_tree():
+            try:  # bwrap exits once the namespace is empty: then nothing of the command is left
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_group(proc.pid)
+        proc.wait()
+        if ended != "eof":  # the pipe closes when its last writer is dead: wait for that, briefly
+            _pump(selector, fd, capture, time.monotonic() + 1.0, None)
     proc.stdout.close()
     code = proc.returncode
     return CommandResult(command=command, output=capture.text(), exit_code=None if timed_out or code < 0 else code,
                          timed_out=timed_out, signal=-code if code < 0 and not timed_out else None,
                          omitted_chars=capture.omitted_chars, timeout_s=timeout_s)
+
+
+def _pump(selector: selectors.BaseSelector, fd: int, capture: _Capture, deadline: float,
+          proc: subprocess.Popen[bytes] | None) -> str:
+    """Read output into `capture` until EOF ("eof"), `deadline` ("deadline") or, with `proc`, a
+    moment after it exited while a background child still holds the pipe open ("exited")."""
+    exited_at = None
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return "deadline"
+        if proc is not None and exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > EXIT_GRACE_S:
+            return "exited"
+        if selector.select(timeout=min(deadline - now, 0.1)):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return "eof"
+            capture.feed(chunk)
 
 
 def _kill_group(pgid: int) -> None:

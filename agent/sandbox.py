@@ -142,8 +142,8 @@ class BwrapSandbox:
         result = self._execute("true", PROBE_TIMEOUT_S)
         if result.exit_code == 0:
             return None
-        said = " ".join(result.output.split()) or result.status()
-        return f"bubblewrap cannot start a sandbox here: {said}.{_namespace_hint()} {refuse}"
+        said = " ".join(result.output.split()).rstrip(".") or result.status()
+        return f"bubblewrap cannot start a sandbox here ({said}).{_namespace_hint()} {refuse}"
 
     def argv(self, command: str, seccomp_fd: int, info_fd: int) -> list[str]:
         """The bwrap command line; mount order matters (later mounts cover earlier ones)."""
@@ -295,7 +295,7 @@ def _namespace_hint() -> str:
             continue
     if found:
         return f" User namespaces are restricted here ({', '.join(found)})."
-    return " (User namespaces may be disabled, as they are in many containers.)"
+    return " User namespaces may be disabled here, as they are in many containers."
 
 
 # --- running and capturing --------------------------------------------------------------------------------
@@ -353,7 +353,13 @@ def _execute(command: str, argv: list[str], *, cwd: Path, env: dict[str, str], c
     fd = proc.stdout.fileno()
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        ended = _pump(selector, fd, capture, time.monotonic() + timeout_s, proc)
+        deadline = time.monotonic() + timeout_s
+        ended = _pump(selector, fd, capture, deadline, proc)
+        if ended == "eof":  # output closed; the command may still be running
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                ended = "deadline"
         timed_out = ended == "deadline"
         if timed_out and kill_tree():
             try:  # bwrap exits once the namespace is empty: then nothing of the command is left

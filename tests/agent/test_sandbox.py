@@ -190,6 +190,16 @@ def test_the_timeout_kills_the_command_and_its_children(repo: Path, kind: str) -
 
 
 @pytest.mark.parametrize("kind", [pytest.param("bwrap", marks=needs_sandbox), "none"])
+def test_a_command_that_closes_its_output_still_times_out(repo: Path, kind: str) -> None:
+    config = SandboxConfig(timeout_s=1)
+    runner: CommandRunner = BwrapSandbox(repo, config) if kind == "bwrap" else NoSandbox(repo, config)
+    tag = f"100.{uuid.uuid4().int % 10**9}"
+    result = runner.run(f"echo bye; exec >&- 2>&-; sleep {tag}")
+    assert (result.output, result.timed_out, result.exit_code) == ("bye\n", True, None)
+    assert _running_with(tag) == []
+
+
+@pytest.mark.parametrize("kind", [pytest.param("bwrap", marks=needs_sandbox), "none"])
 def test_long_output_keeps_its_head_and_tail(repo: Path, kind: str) -> None:
     runner: CommandRunner = BwrapSandbox(repo) if kind == "bwrap" else NoSandbox(repo)
     result = runner.run("seq 1 100000")

@@ -213,10 +213,8 @@ class NoSandbox:
 
 def open_runner(root: str | os.PathLike[str], config: SandboxConfig | None = None, *,
                 sandbox: bool = True) -> CommandRunner:
-    """The runner for a session: a probed `BwrapSandbox`, or `NoSandbox` when the user turned it off.
-
-    Raises SandboxUnavailable when the sandbox is wanted and cannot start.
-    """
+    """The runner for a session: a probed `BwrapSandbox` (SandboxUnavailable when it cannot start),
+    or `NoSandbox` when the user turned the sandbox off."""
     if not sandbox:
         return NoSandbox(root, config)
     runner = BwrapSandbox(root, config)
@@ -286,16 +284,13 @@ def _namespace_hint() -> str:
               ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces=0"),
               ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
                "kernel.apparmor_restrict_unprivileged_userns=1 (AppArmor)"))
-    found = []
-    for path, value, name in checks:
-        try:
-            if Path(path).read_text().strip() == value:
-                found.append(name)
-        except OSError:
-            continue
-    if found:
-        return f" User namespaces are restricted here ({', '.join(found)})."
-    return " User namespaces may be disabled here, as they are in many containers."
+    found = [name for path, value, name in checks if _read_setting(path) == value]
+    return (f" User namespaces are restricted here ({', '.join(found)})." if found
+            else " User namespaces may be disabled here, as they are in many containers.")
+
+
+def _read_setting(path: str) -> str | None:
+    return Path(path).read_text().strip() if os.access(path, os.R_OK) else None
 
 
 # --- running and capturing --------------------------------------------------------------------------------

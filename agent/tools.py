@@ -112,7 +112,7 @@ class ToolRunner:
         """Execute one call; `arguments` may be the JSON text an endpoint streams or the parsed object."""
         parsed, problem = _parse_arguments(arguments)
         if problem is not None:
-            return ToolResult(name, parsed, f"error: {problem}", allowed=False)
+            return self._refused(name, parsed, problem)
         if name == RUN_COMMAND:
             value, problem = _string_argument(parsed, "command", name)
             return self._refused(name, parsed, problem) if problem else self._run_command(parsed, value)

@@ -10,7 +10,10 @@ Modules, in the order a turn uses them:
 - `context.py`: the repository's context plan, with the user's /add and /drop.
 - `prompts.py`: every text v4 sends the model on its own behalf, and the system message.
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
-- `session.py`: the edit loop of one turn (answer -> edits -> apply, reflections, tests).
+- `session.py`: the loop of one turn (answer -> tool calls -> edits -> apply, reflections, tests), with
+  `turn.py` (what a turn produced, the events a front end follows it by).
+- `tool_setup.py`: the session's tools from the user's options: `tools.py` (the model's tools and their
+  runner), over `approval.py` (the one approval point) and `sandbox.py` (commands under bubblewrap).
 - `warm.py`: keeps the system message prefilled in the background as the context changes.
 - `edits.py`: the edit protocol's API, over `edit_blocks.py` (types), `edit_parser.py`
   (SEARCH/REPLACE blocks in an answer), `edit_match.py` (the matching ladder), `edit_splice.py`

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,9 @@ from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, Repla
 from .chat_format import Message
 from .context import ContextView, RepositoryContext
 from .demo import RANDOM_WEIGHTS_ANSWER_TOKENS, has_random_weights
-from .options import BackendOptions
+from .options import AgentOptions, BackendOptions
 from .session import Session, SessionOptions
+from .tool_setup import Ask, tool_setup
 from .turn import TurnEvent
 
 if TYPE_CHECKING:
@@ -196,16 +198,25 @@ class OpenedSession:
     session: Session
     view: ContextView
     secrets_warning: str | None  # to show before anything is sent (issue 22)
+    tools_warning: str | None = None  # the sandbox cannot start, or runs unconfined
 
 
 def open_session(context: RepositoryContext, chosen: ChosenBackend, options: SessionOptions, *,
                  endpoint: str | None = None, backend: Backend | None = None,
                  on_text: Callable[[str], None] | None = None,
-                 on_event: Callable[[TurnEvent], None] | None = None) -> OpenedSession:
+                 on_event: Callable[[TurnEvent], None] | None = None,
+                 agent: AgentOptions | None = None, ask: Ask | None = None,
+                 include_secrets: bool = False) -> OpenedSession:
     """Plan `context` (already scanned) for the chosen budget and open a session whose system message
-    holds it. `backend` replaces the chosen one in the session (the TUI meters it); `endpoint` names
-    where the context goes, for the secrets warning. WorkspaceError outside a git work tree."""
+    holds it, with the thinking and tools `agent` asks for (None: no tools, no thinking). `backend`
+    replaces the chosen one in the session (the TUI meters it); `endpoint` names where the context
+    goes, for the secrets warning; `ask` puts a command to the user (None: headless, only
+    --allow-commands). WorkspaceError outside a git work tree."""
     view = context.plan(chosen.budget)
+    agent = agent or AgentOptions(thinking=False, tools=False)
+    options = dataclasses.replace(options, thinking=agent.thinking, effort=agent.effort)
     session = Session(context.root, backend or chosen.backend, context.repository_text(), options, on_text=on_text,
                       on_event=on_event)
-    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent))
+    setup = tool_setup(session.workspace, agent, ask, include_secrets)
+    session.tools = setup.runner
+    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent), setup.warning)

@@ -71,3 +71,23 @@ class BackendOptions:
     def with_model(self, model: Path) -> BackendOptions:
         """These options with `model` as the checkpoint (the demo checkpoint, once it is made)."""
         return dataclasses.replace(self, model=model)
+
+
+EFFORTS = ("high", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """How the agent works a turn: thinking first (on by default, as V4 was trained), and tools (commands
+    in a sandbox under the user's approval, reading files the plan left out)."""
+
+    thinking: bool = True
+    effort: str | None = None  # "high" or "max" (None: the model's default)
+    tools: bool = True
+    allow_commands: tuple[str, ...] = ()  # headless: only commands matching one of these globs run
+    allow_network: bool = False  # commands reach the network only when the user says so
+    sandbox: bool = True  # False only by the user's explicit --no-sandbox
+
+    def __post_init__(self) -> None:
+        if self.effort not in (None, *EFFORTS):
+            raise ValueError(f"effort must be one of {', '.join(EFFORTS)}, not {self.effort!r}")

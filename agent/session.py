@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import prompts
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
@@ -21,6 +21,7 @@ from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking
 from .chat_format import Message, split_reasoning
 from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
 from .dsml import ToolCall
+from .tools import ToolResult, ToolRunner
 from .turn import AnswerFinished, AnswerStarted, Reply, Retrying, ToolRan, TurnEvent, TurnResult
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
 
@@ -36,26 +37,9 @@ class SessionOptions:
     test_timeout_s: float = 900.0
     require_edits: bool = False  # headless refactor: an answer without edit blocks is a failure, not an answer
     confirm: Callable[[Sequence[FileChange]], bool] | None = None  # asked before any write; False: declined
-    thinking: bool = True  # the model thinks before it answers (V4's default mode)
+    thinking: bool = False  # the model thinks before it answers (front ends turn it on: AgentOptions)
     effort: str | None = None  # "high" or "max"
     max_tool_rounds: int = 20  # answers with tool calls in one turn, before the model must answer
-
-
-class ToolOutcome(Protocol):
-    """What running one tool call gave: the text for the model, and what the user is told."""
-
-    content: str
-    allowed: bool
-    exit_code: int | None
-    summary: str
-
-
-class Tools(Protocol):
-    """The tools a session offers (tools.py's runner: approval, then the sandbox)."""
-
-    specs: Sequence[dict[str, Any]]
-
-    def run(self, call: ToolCall) -> ToolOutcome: ...
 
 
 class Session:
@@ -63,7 +47,7 @@ class Session:
 
     def __init__(self, root: Path, backend: Backend, repository: str, options: SessionOptions | None = None,
                  on_text: Callable[[str], None] | None = None,
-                 on_event: Callable[[TurnEvent], None] | None = None, *, tools: Tools | None = None,
+                 on_event: Callable[[TurnEvent], None] | None = None, *, tools: ToolRunner | None = None,
                  on_reasoning: Callable[[str], None] | None = None) -> None:
         self.workspace = Workspace(root)
         self.root = self.workspace.root  # the git top level, whatever directory v4 started in
@@ -80,7 +64,8 @@ class Session:
         """How this session's prompts are rendered beyond their messages (thinking, the tools offered):
         a prefill of the system message must render it the same way to be found again."""
         thinking = Thinking(True, self.options.effort) if self.options.thinking else None
-        return thinking, (self.tools.specs if self.tools is not None else ())
+        specs = self.tools.specs() if self.tools is not None else []
+        return thinking, [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in specs]
 
     def messages(self, extra: Sequence[Message] = ()) -> list[Message]:
         return [self.system, *self.history, *extra]
@@ -184,11 +169,10 @@ class Session:
         assert self.tools is not None
         messages = []
         for call in calls:
-            outcome = self.tools.run(call)
-            result.tool_calls.append({"name": call.name, "arguments": call.arguments, "allowed": outcome.allowed,
-                                      "exit_code": outcome.exit_code})
-            self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, outcome.summary))
-            content = outcome.content if feedback is None or messages else f"{feedback}\n\n{outcome.content}"
+            outcome = self.tools.run(call.name, call.arguments)
+            result.tool_calls.append(outcome.record())
+            self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, _summary(outcome)))
+            content = outcome.text if feedback is None or messages else f"{feedback}\n\n{outcome.text}"
             messages.append(Message("tool", content, tool_call_id=call.id))
         return messages
 
@@ -275,3 +259,11 @@ class Session:
             return None
         output = (done.stdout + done.stderr)[-6000:]
         return prompts.tests_failed(self.options.test_cmd, done.returncode, output)
+
+
+def _summary(outcome: ToolResult) -> str:
+    """One line for a progress display: what ran and how it ended, or why it was refused."""
+    what = " ".join(f"{value}" for value in outcome.arguments.values())[:120]
+    if not outcome.allowed:
+        return f"{what}: refused ({outcome.text.splitlines()[0][:160] if outcome.text else 'not allowed'})"
+    return f"{what}: exit {outcome.exit_code}" if outcome.exit_code is not None else what

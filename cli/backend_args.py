@@ -8,7 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
-from v4.agent.options import KV_FORMATS, BackendOptions, EngineOptions
+from v4.agent.options import EFFORTS, KV_FORMATS, AgentOptions, BackendOptions, EngineOptions
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,3 +73,29 @@ def print_warning(message: str) -> None:
     import sys
 
     print(message, file=sys.stderr, flush=True)
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """Thinking and tools (the commands the model may run, and where)."""
+    group = parser.add_argument_group("thinking and tools")
+    group.add_argument("--think", action=argparse.BooleanOptionalAction, default=True,
+                       help="let the model think before it answers (default: on; --no-think for plain chat)")
+    group.add_argument("--effort", choices=EFFORTS, default=None,
+                       help="how hard the model thinks (default: the model's own; max asks for the most)")
+    group.add_argument("--no-tools", action="store_true",
+                       help="the model may not run commands or read files beyond its context")
+    group.add_argument("--allow-commands", action="append", default=[], metavar="GLOB",
+                       help="run the model's commands that match GLOB without asking (repeatable; headless "
+                            "commands run only these, the rest are refused and the model is told)")
+    group.add_argument("--allow-network", action="store_true",
+                       help="let the model's commands reach the network (default: no network in the sandbox)")
+    group.add_argument("--no-sandbox", action="store_true",
+                       help="run the model's commands without bubblewrap's confinement (default: refuse to "
+                            "run them when the sandbox cannot start)")
+
+
+def agent_options(args: argparse.Namespace) -> AgentOptions:
+    """The agent options `add_agent_arguments` parsed."""
+    return AgentOptions(thinking=args.think, effort=args.effort, tools=not args.no_tools,
+                        allow_commands=tuple(args.allow_commands), allow_network=args.allow_network,
+                        sandbox=not args.no_sandbox)

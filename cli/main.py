@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import tui_command
-from .backend_args import add_backend_arguments
+from .backend_args import add_agent_arguments, add_backend_arguments
 from .commands import COMMANDS
 
 
@@ -55,6 +55,7 @@ def build_parser() -> ArgumentParser:
         "Run with no command to open the TUI in the current directory.",
     )
     add_backend_arguments(parser)  # for the TUI: `v4 --replay FILE`, `v4 --model DIR`, `v4 --endpoint URL`
+    add_agent_arguments(parser)
     parser.set_defaults(handler=tui_command.run)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for command in COMMANDS:

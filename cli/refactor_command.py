@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backend_args import add_backend_arguments, backend_options, print_warning
+from .backend_args import add_agent_arguments, add_backend_arguments, agent_options, backend_options, print_warning
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TESTS, EXIT_USAGE
 from .progress import TurnProgress, shard_progress
 
@@ -41,6 +41,7 @@ def build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="longest answer, in tokens (default 4,096; 256 for a checkpoint of random weights)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_agent_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,11 +67,14 @@ def run(args: argparse.Namespace) -> int:
             editable=_named(root, args.files), test_cmd=args.test_cmd, require_edits=True,
             confirm=_ask_to_apply if interactive else None)
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint,
-                              on_text=progress_bar.text, on_event=progress_bar)
+                              on_text=progress_bar.text, on_event=progress_bar, agent=agent_options(args),
+                              include_secrets=options.include_secrets)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))
     if opened.secrets_warning:  # before the session sends anything (issue 22)
         progress_bar.note(opened.secrets_warning)
+    if opened.tools_warning:
+        progress_bar.note(opened.tools_warning)
     session = opened.session
     progress_bar.note(f"context: {opened.view.total_tokens:,} of {chosen.budget:,} tokens of the repository; "
                       f"answers of up to {max_tokens:,} tokens" + (" (random weights: pass --max-tokens for longer)"

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from .backend_args import add_backend_arguments, add_store_argument, backend_options, print_warning, store_dir
+from .backend_args import (add_agent_arguments, add_backend_arguments, add_store_argument, agent_options,
+                           backend_options, print_warning, store_dir)
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .progress import shard_progress
 
@@ -21,6 +22,7 @@ def build_prefill(parser: argparse.ArgumentParser) -> None:
     """`v4 prefill [PATH] --model DIR`."""
     parser.add_argument("path", nargs="?", default=".", type=Path, help="repository (default: .)")
     add_backend_arguments(parser)
+    add_agent_arguments(parser)  # thinking and tools are part of the prompt: prefill what sessions will send
     parser.add_argument("--json", action="store_true", help="print the prefill's statistics as JSON")
 
 
@@ -88,10 +90,11 @@ def run_prefill(args: argparse.Namespace) -> int:
     assert isinstance(backend, EmbeddedBackend) and backend.store is not None
     try:
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
-        opened = open_session(context, chosen, SessionOptions())
+        opened = open_session(context, chosen, SessionOptions(), agent=agent_options(args))
     except (ContextError, WorkspaceError) as exc:
         return _usage(str(exc))
-    ids, boundaries = backend.encode_with_boundaries([opened.session.system], add_generation_prompt=False)
+    thinking, tools = opened.session.prompt_style()
+    ids, boundaries = backend.encode_with_boundaries([opened.session.system], False, thinking=thinking, tools=tools)
     print(f"v4: prefilling {len(ids):,} tokens ({len(opened.view.files):,} files) into {backend.store.directory}…",
           file=sys.stderr, flush=True)  # minutes for a large repository on a CPU: say what runs
     try:

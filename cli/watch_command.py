@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backend_args import add_backend_arguments, backend_options, print_warning
+from .backend_args import add_agent_arguments, add_backend_arguments, agent_options, backend_options, print_warning
 from .exit_codes import EXIT_OK, EXIT_USAGE
 from .progress import shard_progress
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 def build(parser: argparse.ArgumentParser) -> None:
     """`v4 watch`'s options."""
     add_backend_arguments(parser)
+    add_agent_arguments(parser)
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
     parser.add_argument("--json", action="store_true", help="one JSON object per event")
     parser.add_argument("--debounce", type=float, default=0.3, metavar="S",
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
         context.scan()
         session_options = SessionOptions(max_answer_tokens=answer_tokens(options, args.max_tokens), require_edits=True)
-        opened = open_session(context, chosen, session_options, endpoint=options.endpoint)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, agent=agent_options(args),
+                              include_secrets=options.include_secrets)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))
     if opened.secrets_warning:  # before the first prefill sends anything (issue 22)

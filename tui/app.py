@@ -10,7 +10,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from v4.agent.options import BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.workspace import Workspace, WorkspaceError
 
 from .controllers.review import ReviewController
@@ -43,11 +43,12 @@ class V4App(App[str | None]):
         Binding("question_mark", "help", "Help", show=False),
     ]
 
-    def __init__(self, root: Path, options: BackendOptions, workspace: Workspace) -> None:
+    def __init__(self, root: Path, options: BackendOptions, workspace: Workspace,
+                 agent: AgentOptions | None = None) -> None:
         super().__init__()
         self.root = root
         self.review = ReviewController(workspace=workspace)
-        self.main = MainScreen(root, options, self.review)
+        self.main = MainScreen(root, options, self.review, agent or AgentOptions())
 
     def on_mount(self) -> None:
         self.push_screen(self.main)  # pushed, not the default screen: pushing loads its CSS_PATH

@@ -14,7 +14,7 @@ from v4.agent.backends import BackendError
 from v4.agent.bootstrap import describe_backend, open_backend, open_session, prefill_session
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
-from v4.agent.options import BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.session import Session, SessionOptions
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
@@ -52,9 +52,10 @@ class StartupController:
     context and prefills it, posting a StartupStep as each moves. `run` blocks: a thread worker."""
 
     def __init__(self, *, root: Path, options: BackendOptions, review: ReviewController,
-                 post_message: Callable[[Message], object]) -> None:
+                 post_message: Callable[[Message], object], agent: AgentOptions | None = None) -> None:
         self.root = root
         self.options = options
+        self.agent = agent or AgentOptions()
         self.review = review
         self._post = post_message
         self._cancelled = threading.Event()
@@ -95,12 +96,15 @@ class StartupController:
         self._step("plan", "planning the context…")
         metered = MeteredBackend(chosen.backend, post_message=self._post)
         session_options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
-        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered,
+                              agent=self.agent, include_secrets=options.include_secrets)
         session, view = opened.session, opened.view
         self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
                            f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
         if opened.secrets_warning:  # shown before the prefill sends the context (issue 22)
             self._step("plan", opened.secrets_warning, finished=True)
+        if opened.tools_warning:
+            self._step("plan", opened.tools_warning, finished=True)
         self._step("prefill", "prefilling the context…")
         report = prefill_session(chosen.backend, session)
         self._step("prefill", _prefill_label(report), finished=True)

@@ -17,7 +17,7 @@ from textual.worker import Worker, WorkerState
 
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.bootstrap import BackendInfo
-from v4.agent.options import BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.watch.loop import Changed, Warmed
 from v4.agent.workspace import UndoPlan
 
@@ -55,11 +55,13 @@ class MainScreen(SessionState, Screen[None]):
         Binding("escape", "stop", "Stop answer", show=False),
     ]
 
-    def __init__(self, root: Path, options: BackendOptions, review: ReviewController) -> None:
+    def __init__(self, root: Path, options: BackendOptions, review: ReviewController,
+                 agent: AgentOptions | None = None) -> None:
         super().__init__()
         self.root = root
         self.review = review
-        self.startup = StartupController(root=root, options=options, review=review, post_message=self.post_message)
+        self.startup = StartupController(root=root, options=options, review=review, post_message=self.post_message,
+                                         agent=agent)
         self.services: Services | None = None
         self.info: BackendInfo | None = None
         self.answer: AnswerView | None = None

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a session starts in seconds
 ANSWER_RESERVE = 4_096  # context tokens kept free for the conversation and the answer
 DEFAULT_ANSWER_TOKENS = 4_096  # the longest answer unless the user says otherwise
+THINKING_ANSWER_TOKENS = 32_768  # a thinking turn: reasoning and answer (DeepSeek's API allows 32K by default)
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total) while a checkpoint loads
 
 
@@ -37,34 +38,45 @@ class ChosenBackend:
     backend: Backend
     budget: int  # repository tokens in the context
     tokenizer_dir: Path | None  # whose tokenizer counts the repository's tokens (None: v4's own)
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS  # the longest answer the context keeps room for
 
 
 def open_backend(options: BackendOptions, load_progress: ShardProgress | None = None,
-                 warn: Callable[[str], None] | None = None) -> ChosenBackend:
+                 warn: Callable[[str], None] | None = None,
+                 answer_tokens: int = DEFAULT_ANSWER_TOKENS) -> ChosenBackend:
     """The backend `options` name; BackendError with what to pass when they name none or several.
     `load_progress` follows a checkpoint's shards as they load and `warn` gets the prefix-state
-    store's warnings (a corrupt entry recomputed): both for the embedded engine only."""
+    store's warnings (a corrupt entry recomputed): both for the embedded engine only. The repository's
+    budget leaves room for an answer of `answer_tokens` (a quarter of a small context at most), and
+    `ChosenBackend.answer_tokens` is that room: a session's answers are capped to it."""
     chosen = options.chosen
     if len(chosen) != 1:
         raise BackendError("choose one model: --model DIR (or $V4_MODEL), --endpoint URL or --replay FILE"
                            + (f" (got {', '.join('--' + c for c in chosen)})" if chosen else ""))
     if options.replay:
         replay = ReplayBackend.from_file(options.replay)
-        return ChosenBackend(replay, options.budget or repository_budget(replay.context_length), None)
+        room = answer_room(replay.context_length, answer_tokens)
+        return ChosenBackend(replay, options.budget or repository_budget(replay.context_length, room), None, room)
     if options.endpoint:
         backend = HttpBackend(options.endpoint, options.endpoint_model, options.api_key)
-        return ChosenBackend(backend, options.budget or repository_budget(backend.context_length), None)
-    return _embedded(options, load_progress, warn)
+        room = answer_room(backend.context_length, answer_tokens)
+        return ChosenBackend(backend, options.budget or repository_budget(backend.context_length, room), None, room)
+    return _embedded(options, load_progress, warn, answer_tokens)
 
 
-def repository_budget(context_length: int) -> int:
-    """The repository's share of a backend's context: all of it less room for the conversation and
-    the answer (ANSWER_RESERVE, a quarter of a small context)."""
-    return max(context_length - min(ANSWER_RESERVE, context_length // 4), 1)
+def answer_room(context_length: int, answer_tokens: int) -> int:
+    """The longest answer a context keeps room for: `answer_tokens`, at most a quarter of the context."""
+    return max(min(answer_tokens, context_length // 4), 1)
+
+
+def repository_budget(context_length: int, room: int = ANSWER_RESERVE) -> int:
+    """The repository's share of a backend's context: all of it less room for the answer (`room`,
+    at least ANSWER_RESERVE for the conversation) and never more than a quarter of a small context."""
+    return max(context_length - min(max(room, ANSWER_RESERVE), context_length // 4), 1)
 
 
 def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
-              warn: Callable[[str], None] | None) -> ChosenBackend:
+              warn: Callable[[str], None] | None, answer_tokens: int) -> ChosenBackend:
     from v4 import model
     from v4.model.config import ConfigError
     from v4.model.weights import WeightsError
@@ -78,13 +90,14 @@ def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
     except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
         raise BackendError(f"cannot load {options.model}: {exc}") from exc
     limit = engine.context_length  # the model's context, as `v4 model info` reports it
-    reserve = min(ANSWER_RESERVE, limit // 4)  # room for the conversation and the answer
-    default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else limit - reserve
-    budget = max(min(options.budget or default, limit - reserve), 1)
+    room = answer_room(limit, answer_tokens)
+    reserve = min(ANSWER_RESERVE, limit // 4)  # room for the conversation
+    default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else limit - max(room, reserve)
+    budget = max(min(options.budget or default, limit - max(room, reserve)), 1)
     # the state is sized for the repository, the conversation and an answer, not for the model's limit
-    context = min(limit, budget + 4 * reserve)
+    context = min(limit, budget + max(room, reserve) + 3 * reserve)
     backend = EmbeddedBackend(engine, chat_format_for(options.model), context, store)
-    return ChosenBackend(backend, budget, options.model)
+    return ChosenBackend(backend, budget, options.model, room)
 
 
 def open_store(options: BackendOptions, warn: Callable[[str], None] | None = None) -> PrefixStore:
@@ -166,13 +179,16 @@ def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendI
                        backend.context_length if backend.context_length < context else None, note)
 
 
-def answer_tokens(options: BackendOptions, requested: int | None) -> int:
-    """The longest answer: what the user asked for, else 4,096, or 256 for a checkpoint of random weights
+def answer_tokens(options: BackendOptions, requested: int | None, thinking: bool = False) -> int:
+    """The longest answer: what the user asked for, else 4,096 (32,768 when the model thinks first: a
+    thinking turn must not be cut off in its reasoning), or 256 for a checkpoint of random weights
     (`v4 model init`, the demo), whose answers are noise and cost minutes each on a CPU."""
     if requested is not None:
         return requested
     random = options.embedded and options.model is not None and has_random_weights(options.model)
-    return RANDOM_WEIGHTS_ANSWER_TOKENS if random else DEFAULT_ANSWER_TOKENS
+    if random:
+        return RANDOM_WEIGHTS_ANSWER_TOKENS
+    return THINKING_ANSWER_TOKENS if thinking else DEFAULT_ANSWER_TOKENS
 
 
 def prefill(backend: Backend, system: Message, *, thinking: Thinking | None = None,

@@ -57,17 +57,18 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
     progress_bar = TurnProgress(args.max_reflections + 1, shows_text=not args.json)
     try:
-        options = backend_options(args)
+        options, agent = backend_options(args), agent_options(args)
+        wanted = answer_tokens(options, args.max_tokens, agent.thinking)
         with shard_progress() as progress:
-            chosen = open_backend(options, progress, warn=print_warning)
+            chosen = open_backend(options, progress, warn=print_warning, answer_tokens=wanted)
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
-        max_tokens = answer_tokens(options, args.max_tokens)
+        max_tokens = min(wanted, chosen.answer_tokens)  # what the context keeps room for
         session_options = SessionOptions(
             max_reflections=args.max_reflections, max_answer_tokens=max_tokens, dirty_commit=args.dirty_commit,
             editable=_named(root, args.files), test_cmd=args.test_cmd, require_edits=True,
             confirm=_ask_to_apply if interactive else None)
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint,
-                              on_text=progress_bar.text, on_event=progress_bar, agent=agent_options(args),
+                              on_text=progress_bar.text, on_event=progress_bar, agent=agent,
                               include_secrets=options.include_secrets)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))

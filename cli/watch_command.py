@@ -54,14 +54,15 @@ def run(args: argparse.Namespace) -> int:
     root = repository_root(args.repo)
     try:
         config = WatchConfig(quiet_s=args.debounce, max_delay_s=max(args.max_delay, args.debounce))
-        options = backend_options(args)
+        options, agent = backend_options(args), agent_options(args)
+        wanted = answer_tokens(options, args.max_tokens, agent.thinking)
         with shard_progress() as progress:
-            chosen = open_backend(options, progress, warn=print_warning)
+            chosen = open_backend(options, progress, warn=print_warning, answer_tokens=wanted)
         started = time.perf_counter()
         context = RepositoryContext(root, chosen.tokenizer_dir, include_secrets=options.include_secrets)
         context.scan()
-        session_options = SessionOptions(max_answer_tokens=answer_tokens(options, args.max_tokens), require_edits=True)
-        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, agent=agent_options(args),
+        session_options = SessionOptions(max_answer_tokens=min(wanted, chosen.answer_tokens), require_edits=True)
+        opened = open_session(context, chosen, session_options, endpoint=options.endpoint, agent=agent,
                               include_secrets=options.include_secrets)
     except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
         return _usage(str(exc))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 from v4.agent.backends import BackendError
-from v4.agent.bootstrap import describe_backend, open_backend, open_session, prefill_session
+from v4.agent.bootstrap import answer_tokens, describe_backend, open_backend, open_session, prefill_session
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
 from v4.agent.options import AgentOptions, BackendOptions
@@ -29,7 +29,6 @@ from .watch import WatchController
 if TYPE_CHECKING:
     from v4.agent.bootstrap import PrefillStats  # the engine's type, named through agent/
 
-DEMO_ANSWER_TOKENS = 256  # random weights write noise: keep the demo's answers short
 
 
 class Cancelled(Exception):
@@ -89,13 +88,14 @@ class StartupController:
         context.scan()
         self._step("index", "repository indexed", finished=True)
         self._step("model", f"loading {Path(options.model).name if options.embedded else 'the backend'}…")
-        chosen = open_backend(options)
+        wanted = answer_tokens(options, None, self.agent.thinking)  # 256 for random weights, 32K to think
+        chosen = open_backend(options, answer_tokens=wanted)
         info = describe_backend(chosen, options)
         self._step("model", f"model: {info.kind} {info.model}" + (" (random weights)" if info.random_weights else ""),
                    finished=True)
         self._step("plan", "planning the context…")
         metered = MeteredBackend(chosen.backend, post_message=self._post)
-        session_options = SessionOptions(max_answer_tokens=DEMO_ANSWER_TOKENS if info.random_weights else 4096)
+        session_options = SessionOptions(max_answer_tokens=min(wanted, chosen.answer_tokens))
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered,
                               agent=self.agent, include_secrets=options.include_secrets)
         session, view = opened.session, opened.view

@@ -2,11 +2,11 @@
 with tool calls and tool results, `tools`, thinking), the usage block (with DeepSeek's cache counters)
 and streamed `tool_calls` deltas put back together into complete calls.
 
-Thinking is asked for the way each server family reads it: vLLM and SGLang pass
-`chat_template_kwargs: {"thinking": ...}` to DeepSeek's template; DeepSeek's own API has no such field
-(thinking there is chosen by the model name, `deepseek-reasoner`) and is sent none. Reasoning text is
-never sent back: DeepSeek's API refuses a request that carries `reasoning_content`, and V4's encoding
-drops earlier turns' reasoning anyway.
+Thinking is asked for the way each server family reads it: DeepSeek's API takes
+`thinking: {"type": "enabled" | "disabled"}` and `reasoning_effort` (its thinking-mode guide); vLLM and
+SGLang pass `chat_template_kwargs: {"thinking": ...}` to DeepSeek's template. An assistant turn that
+called tools is sent back with its `reasoning_content`: DeepSeek's API answers 400 without it in thinking
+mode, and V4's encoding keeps reasoning whenever tools are given. Other turns' reasoning is not sent.
 """
 
 from __future__ import annotations
@@ -30,23 +30,27 @@ def request_body(model: str | None, messages: Sequence[Message], max_tokens: int
                             "stream_options": {"include_usage": True}}
     if tools:
         body["tools"] = [{"type": "function", "function": dict(tool)} for tool in tools]
-    if not any(host in endpoint for host in DEEPSEEK_API_HOSTS):
-        enabled = thinking is not None and thinking.enabled
+    enabled = thinking is not None and thinking.enabled
+    if any(host in endpoint for host in DEEPSEEK_API_HOSTS):
+        body["thinking"] = {"type": "enabled" if enabled else "disabled"}
+    else:
         body["chat_template_kwargs"] = {"thinking": enabled}
-        if enabled and thinking.effort:
-            body["reasoning_effort"] = thinking.effort
+    if enabled and thinking.effort:
+        body["reasoning_effort"] = thinking.effort
     return body
 
 
 def wire_message(message: Message) -> dict[str, Any]:
-    """One message as the API takes it (an assistant's reasoning left out)."""
+    """One message as the API takes it (an assistant's reasoning only where it called tools)."""
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     wire: dict[str, Any] = {"role": message.role, "content": message.content}
-    calls = getattr(message, "tool_calls", None) or ()
-    if calls:
+    if message.tool_calls:
         wire["tool_calls"] = [{"id": c.id, "type": "function",
-                               "function": {"name": c.name, "arguments": json.dumps(c.arguments)}} for c in calls]
+                               "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                              for c in message.tool_calls]
+        if message.reasoning:
+            wire["reasoning_content"] = message.reasoning
     return wire
 
 

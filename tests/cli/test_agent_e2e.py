@@ -151,7 +151,8 @@ def test_endpoint_thinks_calls_a_tool_and_applies_an_edit(repo: Path, capsys, en
     assert [t["function"]["name"] for t in first["tools"]] == ["run_command", "read_file"]
     assert first["chat_template_kwargs"] == {"thinking": True}
     assistant, result = second["messages"][-2:]
-    assert assistant["tool_calls"][0]["id"] == "call_a" and "reasoning_content" not in assistant
+    assert assistant["tool_calls"][0]["id"] == "call_a"
+    assert assistant["reasoning_content"] == "See where sub is."  # DeepSeek's API wants it back for a tool turn
     assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"command": COMMAND}
     assert result["role"] == "tool" and result["tool_call_id"] == "call_a"
     assert "def sub(a, b):" in result["content"] and "exit code 0" in result["content"]
@@ -187,3 +188,23 @@ def test_embedded_renders_parses_and_runs_a_dsml_call(repo: Path, tmp_path: Path
     assert "<｜DSML｜tool_calls>" in second and "run_command" in second  # the call, rendered back in V4's encoding
     assert "def sub(a, b):" in second.split("<｜DSML｜tool_calls>")[-1]  # and its result after it
     assert prompts[1][:len(prompts[0])] == prompts[0]  # the second prompt extends the first: its state is reused
+
+
+def test_deepseeks_api_is_asked_for_thinking_its_own_way() -> None:
+    """DeepSeek's API takes `thinking: {"type": ...}` and `reasoning_effort`; vLLM and SGLang take
+    `chat_template_kwargs`; earlier turns' reasoning is sent back only for a turn that called tools."""
+    from v4.agent.backends import Thinking
+    from v4.agent.backends.openai_wire import request_body
+    from v4.agent.chat_format import Message
+    from v4.agent.dsml import ToolCall
+
+    turns = [Message("user", "q"), Message("assistant", "a", reasoning="plain thought"),
+             Message("user", "q2"), Message("assistant", "", reasoning="why I call",
+                                             tool_calls=[ToolCall("c1", "run_command", {"command": "ls"})]),
+             Message("tool", "out", tool_call_id="c1")]
+    hosted = request_body("deepseek-v4-flash", turns, 100, 0.0, Thinking(True, "max"), (), "https://api.deepseek.com")
+    assert hosted["thinking"] == {"type": "enabled"} and hosted["reasoning_effort"] == "max"
+    assert "chat_template_kwargs" not in hosted
+    assert "reasoning_content" not in hosted["messages"][1] and hosted["messages"][3]["reasoning_content"] == "why I call"
+    local = request_body("v4", turns, 100, 0.0, None, (), "http://127.0.0.1:8000")
+    assert local["chat_template_kwargs"] == {"thinking": False} and "thinking" not in local

@@ -28,7 +28,8 @@ class Detokenizer:
             self.finished = True
             return []
         self.generated.append(token)
-        text = self.tokenizer.decode(self.generated)
+        # special tokens stay: a real V4 tokenizer marks ｜DSML｜ special, and tool calls are parsed from the text
+        text = self.tokenizer.decode(self.generated, skip_special_tokens=False)
         stop_at = _first_stop(text, self.stop_strings)
         if stop_at is not None:
             self.finished = True

@@ -13,7 +13,7 @@ STOP = 0  # a stop id
 class Bytes:
     """Token id = one byte (1..255); decoding replaces a split character with U+FFFD, as tokenizers do."""
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return bytes(ids).decode("utf-8", "replace")
 
     def token_to_id(self, text: str) -> int | None:
@@ -52,7 +52,7 @@ def test_a_stop_string_cuts_the_text_before_it() -> None:
 
 def test_a_stop_string_inside_the_last_token_cuts_what_came_before_it_in_that_token() -> None:
     class Words(Bytes):
-        def decode(self, ids: Sequence[int]) -> str:
+        def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
             return "".join({1: "say ", 2: "hi<end>more"}[i] for i in ids)
 
     answer = Detokenizer(Words(), ["<end>"], set(), 10)
@@ -71,3 +71,16 @@ def test_no_steps_is_finished_before_any_token() -> None:
 def test_stop_ids_are_the_eos_ids_and_the_one_token_stop_strings() -> None:
     assert stop_token_ids(Bytes(), [1, 2], ["!", "<end>"]) == {1, 2, ord("!")}
     assert stop_token_ids(Bytes(), 7, []) == {7} and stop_token_ids(Bytes(), None, []) == set()
+
+
+def test_special_tokens_stay_in_the_text() -> None:
+    """A real V4 tokenizer marks ｜DSML｜ special; skipping special tokens would drop the marker and every
+    tool call with it (the stop ids never reach the text anyway)."""
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.WordLevel({"a": 0, "<eos>": 1}, unk_token="a"))
+    tokenizer.add_special_tokens(["｜DSML｜"])
+    marker = tokenizer.token_to_id("｜DSML｜")
+    answer = Detokenizer(tokenizer, (), {1}, 10)
+    pieces = [piece for token in (0, marker, 0, 1) for piece in answer.take(token)]
+    assert "｜DSML｜" in "".join(pieces) and "<eos>" not in "".join(pieces) and answer.finished

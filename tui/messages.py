@@ -7,11 +7,17 @@ state and widget attributes. A widget's own messages are nested in the widget (H
       (thread)        ─ StartupReady ──►            ─► SessionState ─► StatusBar, ContextPanel
                       ─ StartupFailed ─►            ─► ChatLog error note
     Input.Submitted ─► MainScreen ─► a slash command (controllers/slash.py) or ChatController.ask
-    ChatController.ask (thread) ─► Session.run ─► MeteredBackend.stream, once per attempt:
+    ChatController.ask (thread) ─► Session.run ─► MeteredBackend.events, once per answer:
         ─ AnswerStarted ─► MainScreen ─► ChatLog: the reflection sent, a new AnswerView
+        ─ ThinkingDelta ─► MainScreen ─► ChatLog: a collapsed ThinkingView above the answer
         ─ AnswerDelta ───► MainScreen ─► AnswerView.append (edit blocks drawn as diffs)
-        ─ AnswerMetrics ─► MainScreen ─► SessionState: tokens/s, TTFT, KV size
+        ─ AnswerMetrics ─► MainScreen ─► SessionState: tokens/s, TTFT, KV size; the thinking ends
+      Session.on_event ─ ToolCallRan ─► MainScreen ─► ChatLog: one line per tool call
+      AskUser ─► ApprovalController.ask (thread, blocks on a Future)
+        ─ ApprovalRequested ─► MainScreen ─► ApprovalScreen ─ dismiss ─► ApprovalRequested.resolve
       then ─ TurnFinished ─► MainScreen ─► ChatLog notes (applied, error), pending count
+    /think ─► MainScreen (the new state in the chat) ─► ContextController.set_thinking (thread)
+        ─ ContextUpdated ─► MainScreen (the prompt is free again)
     ContextController (thread) ─ ContextUpdated ─► MainScreen ─► SessionState.context/.changed
     WatchController.run (thread, while watch is on) ─ WatchUpdate ─► MainScreen ─► context panel, ChatLog note
                                                     ─ AiRequested ─► MainScreen ─► queued, then as a turn:
@@ -26,14 +32,16 @@ state and widget attributes. A widget's own messages are nested in the widget (H
 
 from __future__ import annotations
 
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from textual.message import Message
 
+from v4.agent.approval import Answer
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.context import ContextView
-from v4.agent.turn import TurnResult
+from v4.agent.turn import ToolRan, TurnResult
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.watch.loop import WatchEvent
 
@@ -87,6 +95,38 @@ class AnswerDelta(Message):
 
 
 @dataclass
+class ThinkingDelta(Message):
+    """A piece of the model's thinking, streamed before its answer."""
+
+    text: str
+
+
+@dataclass
+class ToolCallRan(Message):
+    """A tool call of the model ran, or was refused (`event.allowed` False: nothing ran)."""
+
+    event: ToolRan
+
+
+@dataclass
+class ApprovalRequested(Message):
+    """The model asks to run `command`; a turn's worker waits on `future` until the user answers.
+    `prefix` is what "always" would allow (empty: only once or deny can be offered)."""
+
+    command: str
+    prefix: tuple[str, ...]
+    future: Future[Answer]
+
+    def resolve(self, answer: str | Answer | None) -> None:
+        """Answer the request (an Answer or its value; None, from escape, is a deny). The first answer
+        wins: a stop or the app closing may have denied it already."""
+        try:
+            self.future.set_result(Answer(answer) if answer is not None else Answer.DENY)
+        except InvalidStateError:
+            pass
+
+
+@dataclass
 class AnswerMetrics(Message):
     """Timing of one answer, for the status bar."""
 
@@ -109,8 +149,9 @@ class ContextUpdated(Message):
 
     context: ContextView | None
     changed: tuple[str, ...]
-    note: str | None = None  # what to tell the user (after /add, /drop)
+    note: str | None = None  # what to tell the user (after /add, /drop, /think)
     error: bool = False  # the note says why /add or /drop could not be done
+    finished: bool = False  # an /add, /drop or /think is done: the prompt is free again
 
 
 @dataclass

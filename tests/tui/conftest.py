@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from v4.agent.options import BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.workspace import Workspace
 from v4.tui.app import V4App
 
@@ -58,12 +58,13 @@ MakeApp = Callable[..., V4App]
 
 @pytest.fixture()
 def make_app(repo: Path, tmp_path: Path) -> MakeApp:
-    """`make_app("answer 1", "answer 2")`: the app on `repo`, replaying those answers in order."""
+    """`make_app("answer 1", {"reasoning": ..., "content": ...})`: the app on `repo`, replaying those
+    answers in order; `agent=AgentOptions(...)` for thinking and tools, other keywords are BackendOptions."""
 
-    def make(*responses: str, **options: object) -> V4App:
+    def make(*responses: str | dict[str, object], agent: AgentOptions | None = None, **options: object) -> V4App:
         script = tmp_path / "replay.json"
         script.write_text(json.dumps(list(responses)))
-        return V4App(repo, BackendOptions(replay=script, **options), Workspace(repo))
+        return V4App(repo, BackendOptions(replay=script, **options), Workspace(repo), agent=agent)
 
     return make
 
@@ -110,10 +111,13 @@ def chat_text(app: V4App) -> str:
     from v4.tui.widgets.diff_text import DiffText
     from v4.tui.widgets.edit_block import EditBlockView
     from v4.tui.widgets.note import Note
+    from v4.tui.widgets.thinking_view import ThinkingView
 
     parts = []
     for widget in app.main.query("#chat *"):
-        if isinstance(widget, Note):
+        if isinstance(widget, ThinkingView):
+            parts.append(f"[{widget.label()}]")
+        elif isinstance(widget, Note):
             parts.append(widget.text)
         elif isinstance(widget, Markdown):
             parts.append(widget.source)

@@ -13,8 +13,11 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from tests.tui.conftest import TYPED, MakeApp, ask, ready, until
+from tests.tui.conftest import TYPED, MakeApp, ask, ready, submit, until
+from v4.agent.options import AgentOptions
+from v4.tui.screens.approval import ApprovalScreen
 from v4.tui.screens.review import ReviewScreen
+from v4.tui.widgets.thinking_view import ThinkingView
 
 SIZES = [(80, 24), (120, 40)]
 SnapCompare = Callable[..., bool]
@@ -24,6 +27,9 @@ def _steady(pilot: Pilot) -> None:
     main = pilot.app.main
     main.query_one("#prompt", Input).cursor_blink = False
     main.ttft_s, main.tokens_per_s = 0.25, 42.0
+    for view in main.query(ThinkingView):
+        view.seconds = 2.0  # how long it thought varies from run to run
+        view.title = view.label()
 
 
 async def _started(pilot: Pilot) -> None:
@@ -44,6 +50,26 @@ async def _reviewing(pilot: Pilot) -> None:
     await pilot.press("a", "down", "x")
 
 
+async def _asked(pilot: Pilot) -> None:
+    await ready(pilot)
+    await submit(pilot, "what changed?")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ApprovalScreen))
+    _steady(pilot)
+
+
+async def _thought(pilot: Pilot) -> None:
+    await _asked(pilot)
+    await pilot.press("1")
+    await until(pilot, lambda: not pilot.app.main.busy)
+    _steady(pilot)
+    pilot.app.main.query(ThinkingView).first().collapsed = False
+
+
+THINKING_TURN = ({"reasoning": "The user asks what changed. Let me look at the work tree first.",
+                  "tool_calls": [{"name": "run_command", "arguments": {"command": "git status --short"}}]},
+                 {"reasoning": "Nothing is modified.", "content": "Nothing changed: the work tree is clean."})
+
+
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_main_screen_ready(snap_compare: SnapCompare, make_app: MakeApp, size: tuple[int, int]) -> None:
     assert snap_compare(make_app(), terminal_size=size, run_before=_started)
@@ -61,3 +87,13 @@ def test_review_screen(snap_compare: SnapCompare, make_app: MakeApp, size: tuple
 
 def test_help_screen(snap_compare: SnapCompare, make_app: MakeApp) -> None:
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=_started, press=["f1"])
+
+
+def test_approval_prompt(snap_compare: SnapCompare, make_app: MakeApp) -> None:
+    app = make_app(*THINKING_TURN, agent=AgentOptions(sandbox=False))  # nothing runs before the snapshot
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_asked)
+
+
+def test_thinking_and_a_tool_line(snap_compare: SnapCompare, make_app: MakeApp) -> None:
+    app = make_app(*THINKING_TURN, agent=AgentOptions(sandbox=False))  # `git status` reads; no sandbox line
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_thought)

@@ -8,23 +8,29 @@ from contextlib import nullcontext
 from textual.message import Message
 
 from v4.agent.session import Session
-from v4.agent.turn import TurnResult
+from v4.agent.turn import ToolRan, TurnResult
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
 
 from ..messages import TurnFinished
+from .approval import ApprovalController
 from .metering import STOPPED, MeteredBackend
+
+MAX_TOOL_LINE = 160  # characters of a command shown in its chat line
 
 
 class ChatController:
     """Runs turns through `session` (whose backend is `backend`, metered). `ask` blocks for the whole
     turn (inference, edits, git), so the screen calls it from a thread worker; what happens arrives
-    as messages: AnswerStarted/AnswerDelta/AnswerMetrics from the backend, then TurnFinished."""
+    as messages: AnswerStarted/ThinkingDelta/AnswerDelta/AnswerMetrics from the backend, ToolCallRan
+    and ApprovalRequested from the session's tools, then TurnFinished."""
 
     def __init__(self, *, session: Session, backend: MeteredBackend, pending_files: Callable[[], int],
-                 post_message: Callable[[Message], object], warmer: ContextWarmer | None = None) -> None:
+                 post_message: Callable[[Message], object], warmer: ContextWarmer | None = None,
+                 approvals: ApprovalController | None = None) -> None:
         self.session = session
         self.backend = backend
+        self.approvals = approvals  # the questions of this session's commands, stopped with the answer
         self.warmer = warmer  # a background re-prefill gives the engine up for the turn
         self._pending_files = pending_files
         self._post = post_message
@@ -33,6 +39,8 @@ class ChatController:
         """Answer `instruction`; the model's edits land in the work tree (never committed here).
         `user_edited` and `answer_only` are Session.run's (watch mode's AI comments)."""
         self.backend.begin_turn()
+        if self.approvals is not None:
+            self.approvals.begin_turn()
         try:
             with self.warmer.foreground() if self.warmer is not None else nullcontext():
                 result = self.session.run(instruction, user_edited=user_edited, answer_only=answer_only)
@@ -46,8 +54,11 @@ class ChatController:
         return result
 
     def stop(self) -> None:
-        """Interrupt the answer being generated (safe from the event loop while `ask` runs)."""
+        """Interrupt the answer being generated, and deny the command it asks to run (safe from the
+        event loop while `ask` runs)."""
         self.backend.stop()
+        if self.approvals is not None:
+            self.approvals.stop()
 
     def clear(self) -> None:
         """Forget the conversation; the system message (rules + repository) stays, and stays cached."""
@@ -85,3 +96,25 @@ def turn_notes(result: TurnResult) -> list[tuple[str, str]]:
     elif not result.applied:
         notes.append(("No changes proposed: the answer has no edits.", "info"))
     return notes
+
+
+def tool_line(event: ToolRan) -> tuple[str, str]:
+    """The chat's line for a tool call, as (text, Note kind): the command or path, then how it ended
+    (the exit code) or why it did not run."""
+    arguments = event.arguments
+    if event.name == "run_command":
+        what = "$ " + " ⏎ ".join(str(arguments.get("command", "")).splitlines())
+    elif event.name == "read_file":
+        what = f"read {arguments.get('path', '')}"
+    else:
+        what = f"{event.name} {' '.join(str(value) for value in arguments.values())}"
+    if len(what) > MAX_TOOL_LINE:
+        what = what[:MAX_TOOL_LINE - 1] + "…"
+    if not event.allowed:  # the summary ends "refused (<the text the model got>)"
+        reason = event.summary.rpartition(": refused (")[2].removesuffix(")") or "refused"
+        reason = reason.removeprefix("not allowed: ").removesuffix(" The command was not run.").rstrip(".")
+        return f"{what}  ✗ not run: {reason}", "tool-refused"
+    if event.name != "run_command":
+        return f"{what}  ✓", "tool"
+    ended = f"exit {event.exit_code}" if event.exit_code is not None else "stopped (timed out)"
+    return f"{what}  {'✓' if event.exit_code == 0 else '✗'} {ended}", "tool"

@@ -1,4 +1,4 @@
-"""ContextController: /add and /drop, and which files changed since the context was cached."""
+"""ContextController: /add and /drop, /think's prefill, and which files changed since the context was cached."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ class ContextController:
             try:
                 rel = change(path)
             except ContextError as exc:
-                self._post(ContextUpdated(None, tuple(self.context.changed_files()), str(exc), error=True))
+                changed = tuple(self.context.changed_files())
+                self._post(ContextUpdated(None, changed, str(exc), error=True, finished=True))
                 return
             view = self.context.plan(self.budget)
             with self.warmer.foreground() if self.warmer is not None else nullcontext():
@@ -62,4 +63,17 @@ class ContextController:
         text = note.format(rel) + f": {view.total_tokens:,} of {view.budget:,} tokens"
         if report is not None:
             text += f"; prefilled {report.computed_tokens:,} tokens ({report.reused_tokens:,} reused)"
-        self._post(ContextUpdated(view, (), text + "."))
+        self._post(ContextUpdated(view, (), text + ".", finished=True))
+
+    def set_thinking(self, thinking: bool, effort: str | None) -> None:
+        """/think: the session thinks (or not) from its next turn, at `effort`. The system message is
+        prefilled again as the turns will render it now (the effort and the tools may change how), so
+        the next answer does not pay for it; an unchanged rendering is found held and costs nothing."""
+        with self.lock:
+            with self.warmer.foreground() if self.warmer is not None else nullcontext():
+                self.session.options.thinking, self.session.options.effort = thinking, effort
+                report = prefill_session(self.backend, self.session)
+            changed = tuple(self.context.changed_files())
+        note = None if report is None else (f"Prefilled the context for it: {report.computed_tokens:,} tokens "
+                                            f"computed, {report.reused_tokens:,} reused.")
+        self._post(ContextUpdated(None, changed, note, finished=True))

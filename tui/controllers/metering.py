@@ -1,8 +1,9 @@
 """MeteredBackend: the session's backend, wrapped so the UI sees each answer as it streams.
 
-The session calls `stream` once per attempt (the first answer, then once per reflection), so the
-wrapper is where the UI learns that a reflection was sent, gets the text pieces, times the first
-token and the generation rate, and where a stop request interrupts generation between pieces.
+The session calls `events` once per answer (the first, then one per reflection, test round or tool
+results sent back), so the wrapper is where the UI learns that a reflection was sent, gets the
+thinking and the text as they stream, times the first token and the generation rate, and where a
+stop request interrupts generation between pieces.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 from textual.message import Message
 
-from v4.agent.backends import Backend, BackendError, Event, TextDelta, Thinking, Tool, Usage
+from v4.agent.backends import Backend, BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage
 from v4.agent.chat_format import Message as ChatMessage
 
-from ..messages import AnswerDelta, AnswerMetrics, AnswerStarted
+from ..messages import AnswerDelta, AnswerMetrics, AnswerStarted, ThinkingDelta
 
 STOPPED = "stopped by the user"
 
@@ -58,7 +59,8 @@ class MeteredBackend:
     def events(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float = 0.0, *,
                thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:
         attempt, self._attempt = self._attempt, self._attempt + 1
-        self._post(AnswerStarted(attempt, messages[-1].content if attempt else None))
+        last = messages[-1]  # after tool calls it is their results: no reflection to show
+        self._post(AnswerStarted(attempt, last.content if attempt and last.role == "user" else None))
         started, first = self._clock(), None
         try:
             for event in self.inner.events(messages, max_tokens, temperature, thinking=thinking, tools=tools):
@@ -68,6 +70,8 @@ class MeteredBackend:
                     first = self._clock()
                 if isinstance(event, TextDelta):
                     self._post(AnswerDelta(event.text))
+                elif isinstance(event, ReasoningDelta):
+                    self._post(ThinkingDelta(event.text))
                 yield event
         finally:  # a stopped answer still has a time to first token
             self._report(started, first)

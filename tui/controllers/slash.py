@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from v4.agent.options import EFFORTS
+
 
 @dataclass(frozen=True, slots=True)
 class SlashCommand:
@@ -18,6 +20,7 @@ class SlashCommand:
     action: str  # MainScreen.action_<action>
     help: str
     argument: str | None = None  # the argument's name, when it takes one
+    optional: bool = False  # the argument may be left out
 
 
 SLASH_COMMANDS: tuple[SlashCommand, ...] = (
@@ -26,6 +29,8 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("add", "add_file", "force a file into the context, in full", "PATH"),
     SlashCommand("drop", "drop_file", "drop a file from the context", "PATH"),
     SlashCommand("model", "model", "show the backend and model"),
+    SlashCommand("think", "think", "thinking on/off for the next turns; high or max sets its effort (and turns "
+                 "it on)", "[on|off|high|max]", optional=True),
     SlashCommand("watch", "watch", "watch mode on/off: follow file changes, act on AI! and AI? comments"),
     SlashCommand("clear", "clear", "clear the chat and forget the conversation"),
     SlashCommand("help", "help", "keys and commands"),
@@ -47,7 +52,7 @@ def parse_slash(text: str) -> tuple[SlashCommand, str | None]:
         hint = f" Did you mean /{close[0]}?" if close else ""
         raise SlashError(f"Unknown command /{name}.{hint} Type /help for the list.")
     argument = rest.strip() or None
-    if command.argument and argument is None:
+    if command.argument and argument is None and not command.optional:
         raise SlashError(f"/{command.name} needs {command.argument}: /{command.name} {command.argument}")
     if not command.argument and argument is not None:
         raise SlashError(f"/{command.name} takes no argument")
@@ -56,4 +61,26 @@ def parse_slash(text: str) -> tuple[SlashCommand, str | None]:
 
 def completions() -> list[str]:
     """What the prompt suggests as the user types a slash."""
-    return [f"/{c.name}" + (" " if c.argument else "") for c in SLASH_COMMANDS]
+    return [f"/{c.name}" + (" " if c.argument and not c.optional else "") for c in SLASH_COMMANDS]
+
+
+def think_argument(thinking: bool, effort: str | None, argument: str | None) -> tuple[bool, str | None]:
+    """/think's new (thinking, effort): no argument toggles, `on`/`off` say which, `high`/`max` set the
+    effort and turn thinking on. SlashError for anything else."""
+    choice = (argument or "").strip().lower()
+    if not choice:
+        return not thinking, effort
+    if choice in ("on", "off"):
+        return choice == "on", effort
+    if choice in EFFORTS:
+        return True, choice
+    raise SlashError(f"/think takes on, off, {' or '.join(EFFORTS)} (or nothing, to toggle), not {argument!r}")
+
+
+def thinking_note(thinking: bool, effort: str | None) -> str:
+    """What the chat says after /think."""
+    if not thinking:
+        return "Thinking off for the next turns; /think turns it on again."
+    if effort:
+        return f"Thinking on (effort {effort}) for the next turns; /think turns it off."
+    return "Thinking on for the next turns; /think turns it off, /think max thinks hardest."

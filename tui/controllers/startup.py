@@ -16,10 +16,12 @@ from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
 from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.session import Session, SessionOptions
+from v4.agent.turn import ToolRan, TurnEvent
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
 
-from ..messages import StartupFailed, StartupReady, StartupStep
+from ..messages import StartupFailed, StartupReady, StartupStep, ToolCallRan
+from .approval import ApprovalController
 from .chat import ChatController
 from .context import ContextController
 from .metering import MeteredBackend
@@ -44,6 +46,7 @@ class Services:
     context: ContextController
     watch: WatchController
     warmer: ContextWarmer
+    approvals: ApprovalController
 
 
 class StartupController:
@@ -88,16 +91,19 @@ class StartupController:
         context.scan()
         self._step("index", "repository indexed", finished=True)
         self._step("model", f"loading {Path(options.model).name if options.embedded else 'the backend'}…")
-        wanted = answer_tokens(options, None, self.agent.thinking)  # 256 for random weights, 32K to think
+        # 256 for random weights, else room to think (32K) even if thinking starts off: /think turns it on
+        wanted = answer_tokens(options, None, thinking=True)
         chosen = open_backend(options, answer_tokens=wanted)
         info = describe_backend(chosen, options)
         self._step("model", f"model: {info.kind} {info.model}" + (" (random weights)" if info.random_weights else ""),
                    finished=True)
         self._step("plan", "planning the context…")
         metered = MeteredBackend(chosen.backend, post_message=self._post)
+        approvals = ApprovalController(post_message=self._post)
         session_options = SessionOptions(max_answer_tokens=min(wanted, chosen.answer_tokens))
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered,
-                              agent=self.agent, include_secrets=options.include_secrets)
+                              on_event=self._turn_event, agent=self.agent, ask=approvals.ask,
+                              include_secrets=options.include_secrets)
         session, view = opened.session, opened.view
         self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
                            f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
@@ -110,13 +116,19 @@ class StartupController:
         self._step("prefill", _prefill_label(report), finished=True)
         warmer = ContextWarmer(session, chosen.backend)
         chat = ChatController(session=session, backend=metered, pending_files=self.review.pending_files,
-                              post_message=self._post, warmer=warmer)
+                              post_message=self._post, warmer=warmer, approvals=approvals)
         controller = ContextController(context=context, session=session, backend=chosen.backend,
                                        budget=chosen.budget, post_message=self._post, warmer=warmer)
         watch = WatchController(root=self.root, context=context, session=session, warmer=warmer,
                                 budget=chosen.budget, lock=controller.lock, post_message=self._post)
-        return StartupReady(Services(session, chat, controller, watch, warmer), info, view, report,
+        return StartupReady(Services(session, chat, controller, watch, warmer, approvals), info, view, report,
                             self.review.pending_files())
+
+    def _turn_event(self, event: TurnEvent) -> None:
+        """The session's events, from the turn's worker thread: tool calls become chat lines (answers
+        are followed through the metered backend)."""
+        if isinstance(event, ToolRan):
+            self._post(ToolCallRan(event))
 
     def _index_progress(self, phase: str, done: int, total: int) -> None:
         """The index's progress callback: a start-up step while starting, nothing after (the same

@@ -18,29 +18,29 @@ from textual.worker import Worker, WorkerState
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.options import AgentOptions, BackendOptions
-from v4.agent.watch.loop import Changed, Warmed
 from v4.agent.workspace import UndoPlan
 
 from .. import messages as m
-from ..controllers.chat import turn_notes
+from ..controllers.chat import tool_line, turn_notes
 from ..controllers.review import ReviewController, ReviewOutcome, undo_question
-from ..controllers.slash import SlashError, completions, parse_slash
+from ..controllers.slash import SlashError, completions, parse_slash, think_argument, thinking_note
 from ..controllers.startup import Services, StartupController
 from ..state import SessionState
-from ..widgets.answer_view import AnswerView
 from ..widgets.chat_log import ChatLog
 from ..widgets.context_panel import ContextPanel
 from ..widgets.startup_panel import StartupPanel
 from ..widgets.status_bar import StatusBar
+from .approval import ApprovalScreen
 from .choice import Choice, ChoiceScreen
 from .review import ReviewScreen
+from .watching import WatchHandlers
 
 CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked while watch mode is off
 BOUND = ("backend", "model", "random_weights", "tokens_per_s", "ttft_s", "kv_bytes", "watching", "pending_files",
          "busy")  # SessionState vars the status bar shows
 
 
-class MainScreen(SessionState, Screen[None]):
+class MainScreen(SessionState, WatchHandlers, Screen[None]):
     """Routes messages: controllers' events become state and chat entries, the user's input becomes
     questions or commands. Every action here is also a key binding, a slash command and a palette entry."""
 
@@ -52,6 +52,8 @@ class MainScreen(SessionState, Screen[None]):
         Binding("ctrl+o", "model", "Model", show=False),
         Binding("ctrl+l", "clear", "Clear chat", show=False),
         Binding("f5", "watch", "Watch", show=False),
+        Binding("ctrl+y", "toggle_thinking", "Thinking", show=False,
+                tooltip="show or hide the model's newest thinking (a click on its title does too)"),
         Binding("escape", "stop", "Stop answer", show=False),
     ]
 
@@ -64,7 +66,6 @@ class MainScreen(SessionState, Screen[None]):
                                          agent=agent)
         self.services: Services | None = None
         self.info: BackendInfo | None = None
-        self.answer: AnswerView | None = None
         self.startup_error: str | None = None
         self.startup_hint = ""  # how to fix a failed start, for each request that cannot be sent
         self.ai_requests: deque[AIRequest] = deque()  # from watch mode, run one at a time
@@ -91,6 +92,7 @@ class MainScreen(SessionState, Screen[None]):
         if self.services is not None:
             self.services.watch.stop()
             self.services.warmer.close(wait=False)
+            self.services.approvals.close()  # a turn waiting for an answer gets a deny
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -148,29 +150,38 @@ class MainScreen(SessionState, Screen[None]):
         self.query_one(ChatLog).prompt(text)  # shown even when it cannot be sent: a request never vanishes
         if not self._can_run("asking"):
             return
-        self.answer, self.busy = None, True
+        self.busy = True
         self._work(partial(self.services.chat.ask, text), "turn")
 
     def on_answer_started(self, event: m.AnswerStarted) -> None:
         chat = self.query_one(ChatLog)
-        if self.answer is not None:
-            self.answer.finish()
+        chat.end_answer(more=True)
         if event.reflection:
             chat.note(f"↩ v4 told the model its edits did not apply:\n{event.reflection}", "reflection")
-        self.answer = chat.start_answer()
+        chat.start_answer()
+
+    def on_thinking_delta(self, event: m.ThinkingDelta) -> None:
+        self.query_one(ChatLog).add_thinking(event.text)
 
     def on_answer_delta(self, event: m.AnswerDelta) -> None:
-        if self.answer is not None:
-            self.answer.append(event.text)
+        self.query_one(ChatLog).add_answer(event.text)
 
     def on_answer_metrics(self, event: m.AnswerMetrics) -> None:
         self.ttft_s, self.tokens_per_s = event.ttft_s, event.tokens_per_s
         self._set_kv(event.context_tokens)
+        self.query_one(ChatLog).end_thinking()  # the answer is over: its thinking too, whatever followed it
+
+    def on_tool_call_ran(self, event: m.ToolCallRan) -> None:
+        self.query_one(ChatLog).note(*tool_line(event.event))
+
+    def on_approval_requested(self, event: m.ApprovalRequested) -> None:
+        """The model asks to run a command; the turn's worker waits for the answer (the Future)."""
+        if not event.future.done():  # a stop answers the questions not yet shown
+            self.app.push_screen(ApprovalScreen(event.command, event.prefix), event.resolve)
 
     def on_turn_finished(self, event: m.TurnFinished) -> None:
         chat = self.query_one(ChatLog)
-        if self.answer is not None:
-            self.answer.finish()
+        chat.end_answer()
         self.busy, self.pending_files = False, event.pending_files
         for text, kind in turn_notes(event.result):
             chat.note(text, kind)
@@ -254,13 +265,32 @@ class MainScreen(SessionState, Screen[None]):
             self._work(partial(work, path), "turn")
 
     def on_context_updated(self, event: m.ContextUpdated) -> None:
-        if event.context is not None or event.error:
-            self.busy = False  # an /add or /drop finished
+        if event.finished:
+            self.busy = False  # an /add, /drop or /think finished
         if event.context is not None:
             self.context = event.context
         self.changed = event.changed
         if event.note:
             self.query_one(ChatLog).note(event.note, "error" if event.error else "success")
+
+    def action_think(self, argument: str | None = None) -> None:
+        """/think: thinking on or off for the next turns, or its effort; the context is prefilled again
+        for the new rendering in the background, as after /add."""
+        if not self._can_run("changing thinking"):
+            return
+        options = self.services.session.options
+        try:
+            thinking, effort = think_argument(options.thinking, options.effort, argument)
+        except SlashError as exc:
+            self.query_one(ChatLog).note(str(exc), "error")
+            return
+        self.query_one(ChatLog).note(thinking_note(thinking, effort), "success")
+        self.busy = True
+        self._work(partial(self.services.context.set_thinking, thinking, effort), "turn")
+
+    def action_toggle_thinking(self) -> None:
+        if not self.query_one(ChatLog).toggle_thinking():
+            self.query_one(ChatLog).note("No thinking to show yet: it appears above the model's answers.", "info")
 
     def action_toggle_context(self) -> None:
         panel = self.query_one(ContextPanel)
@@ -276,57 +306,6 @@ class MainScreen(SessionState, Screen[None]):
         chat.note(f"Backend {info.kind}, model {info.model}" + (" (random weights)" if info.random_weights else "")
                   + f"; {info.context_text()}, repository budget {info.budget:,}; {per_token}. "
                   "To switch, restart v4 with --model DIR, --endpoint URL or --replay FILE.", "info")
-
-    def action_watch(self) -> None:
-        """Watch mode on or off: file changes update the index, the context and the engine's state
-        as they happen, and AI comments (AI! / AI?) become questions here."""
-        if self.services is None:
-            self._can_run("watching")
-            return
-        if self.watching:
-            self.services.watch.stop()
-            self.watching = False
-            self.query_one(ChatLog).note("Watch mode off.", "info")
-            return
-        self.watching = True
-        stop = self.services.watch.start()
-        self.run_worker(partial(self.services.watch.run, stop), thread=True, group="watch", exit_on_error=False)
-
-    def on_watch_update(self, event: m.WatchUpdate) -> None:
-        chat, update = self.query_one(ChatLog), event.event
-        if update is None:
-            chat.note(f"Watch mode on ({event.watched_dirs} watch(es)): saved files update the context as they "
-                      "change. End a comment with AI! to ask for a change, AI? to ask a question.", "success")
-        elif isinstance(update, Changed):
-            if update.view is not None:
-                self.context = update.view
-            self.changed = update.paths
-            if self.info is None or self.info.kind != "embedded":  # no re-prefill note follows
-                chat.note(f"watch: {update.describe()}", "info")
-        elif isinstance(update, Warmed):
-            self.changed = ()
-            self._set_kv(update.stats.held_tokens if update.stats else 0)
-            chat.note(f"watch: {update.describe()}", "info")
-
-    def on_ai_requested(self, event: m.AiRequested) -> None:
-        self.ai_requests.append(event.request)
-        self._next_request()
-
-    def _next_request(self) -> None:
-        """Run the oldest AI request from watch mode, unless a turn is running (it waits its turn)."""
-        if not self.ai_requests or self.busy or self.services is None:
-            return
-        request = self.ai_requests.popleft()
-        chat = self.query_one(ChatLog)
-        chat.note(f"watch: {request.kind} in {', '.join(request.files)}", "info")
-        chat.prompt(request.instruction().rstrip())
-        self.answer, self.busy = None, True
-        self._work(partial(self.services.watch.ask, request, self.services.chat), "turn")
-
-    def on_watch_stopped(self, event: m.WatchStopped) -> None:
-        self.watching = False
-        if event.error:
-            self.query_one(ChatLog).note(f"Watch mode stopped: {event.error}", "error")
 
     def action_clear(self) -> None:
         if self.busy:

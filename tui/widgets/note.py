@@ -1,10 +1,10 @@
-"""Note: one line or paragraph in the chat that is not the model's answer."""
+"""Note: one line or paragraph in the chat that is not the model's answer (a tool call's line too)."""
 
 from __future__ import annotations
 
 from textual.widgets import Static
 
-KINDS = ("prompt", "info", "success", "error", "reflection")
+KINDS = ("prompt", "info", "success", "error", "reflection", "tool", "tool-refused")
 
 
 class Note(Static):
@@ -17,6 +17,8 @@ class Note(Static):
     Note.-success { color: $text-success; }
     Note.-error { color: $text-error; border-left: thick $error; }
     Note.-reflection { color: $text-warning; border-left: thick $warning; }
+    Note.-tool { color: $text-muted; }
+    Note.-tool-refused { color: $text-warning; }
     """
 
     def __init__(self, text: str, kind: str = "info") -> None:

@@ -152,7 +152,8 @@ def test_the_question_says_what_always_allows() -> None:
 
 
 @pytest.mark.parametrize(("event", "line"), [
-    (ToolRan("run_command", {"command": "pytest -q"}, True, 1, "pytest -q: exit 1"), ("$ pytest -q  ✗ exit 1", "tool")),
+    (ToolRan("run_command", {"command": "pytest -q"}, True, 1, "pytest -q: exit 1"),
+     ("$ pytest -q  ✗ exit 1", "tool")),
     (ToolRan("read_file", {"path": "calc.py"}, True, None, "calc.py"), ("read calc.py  ✓", "tool")),
     (ToolRan("run_command", {"command": "rm -rf x"}, False, None,
              "rm -rf x: refused (not allowed: the user denied it. The command was not run.)"),

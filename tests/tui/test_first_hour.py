@@ -94,10 +94,10 @@ async def test_indexing_shows_done_while_the_model_loads(make_app: MakeApp, repo
 
     loading, release = threading.Event(), threading.Event()
 
-    def slow_open_backend(options):  # noqa: ANN001, ANN202 - open_backend's own signature
+    def slow_open_backend(options, **keywords):  # noqa: ANN001, ANN003, ANN202 - open_backend's own signature
         loading.set()
         release.wait(30)
-        return open_backend(options)
+        return open_backend(options, **keywords)
 
     open_backend = startup.open_backend
     monkeypatch.setattr(startup, "open_backend", slow_open_backend)

@@ -3,6 +3,8 @@ and /think turning it off (or its effort up) for the next turns."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.app import App, ComposeResult
 from textual.widgets import Collapsible
@@ -11,7 +13,9 @@ from textual.widgets._collapsible import CollapsibleTitle
 from tests.tui.conftest import TYPED, MakeApp, ask, chat_text, ready, submit, until
 from v4.agent.backends import ReasoningDelta, ReplayBackend, TextDelta, Thinking
 from v4.agent.chat_format import Message
+from v4.agent.session import Session
 from v4.tui import messages as m
+from v4.tui.controllers.context import ContextController
 from v4.tui.controllers.metering import MeteredBackend
 from v4.tui.controllers.slash import SlashError, parse_slash, think_argument, thinking_note
 from v4.tui.widgets.answer_view import AnswerView
@@ -130,3 +134,28 @@ def test_metered_backend_posts_the_thinking_apart_from_the_answer() -> None:
     assert events == [ReasoningDelta("hmm"), TextDelta("Yes.")]
     assert [type(p) for p in posted] == [m.AnswerStarted, m.ThinkingDelta, m.AnswerDelta, m.AnswerMetrics]
     assert posted[1].text == "hmm"
+
+
+def test_set_thinking_prefills_the_system_message_as_the_next_turns_render_it(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from v4.tui.controllers import context as context_module
+
+    session = Session(repo, ReplayBackend([]), "repository text")
+    prefilled: list[tuple[Thinking | None, bool]] = []
+
+    def prefill_session(backend, session):  # noqa: ANN001, ANN202 - bootstrap's own signature
+        prefilled.append((session.prompt_style()[0], controller.lock.locked()))
+        return None
+
+    class Context:
+        def changed_files(self) -> list[str]:
+            return ["calc.py"]
+
+    monkeypatch.setattr(context_module, "prefill_session", prefill_session)
+    posted: list = []
+    controller = ContextController(context=Context(), session=session, backend=session.backend, budget=1,
+                                   post_message=posted.append)
+    controller.set_thinking(True, "max")
+    assert (session.options.thinking, session.options.effort) == (True, "max")
+    assert prefilled == [(Thinking(True, "max"), True)]
+    assert [(p.context, p.changed, p.note, p.finished) for p in posted] == [(None, ("calc.py",), None, True)]

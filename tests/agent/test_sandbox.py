@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shlex
+import shutil
 import socket
 import sys
 import threading
@@ -19,7 +20,9 @@ from v4.agent.sandbox import (BwrapSandbox, CommandRunner, NoSandbox, SandboxCon
                               open_runner)
 from tests.conftest import git, make_repo
 
-PY = shlex.quote(sys.executable)
+# A Python the sandbox can see: the test's own may live in a venv under /tmp, which the sandbox replaces
+# with a private /tmp (a CI clone does), so take the system's.
+PY = shlex.quote(shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable)
 
 
 def _sandbox_problem() -> str | None:

@@ -122,7 +122,7 @@ class Session:
             last = self.backend.last_usage
             self.on_event(AnswerFinished(number, last.completion_tokens, last.seconds))
             result.answer = reply.text
-            result.reasoning += reply.reasoning
+            result.reasoning += ("\n\n" if result.reasoning and reply.reasoning else "") + reply.reasoning
             conversation.append(Message("assistant", reply.text, reasoning=reply.reasoning or None,
                                         tool_calls=tuple(reply.calls)))
             if reply.tool_error and not reply.calls and self.tools is not None \

@@ -75,8 +75,7 @@ class TurnProgress:
     goes back to the model, and, where the answer text is not shown (`--json`), a live count on a
     terminal. Without it a CPU run sat silent for minutes."""
 
-    def __init__(self, max_answers: int, shows_text: bool, live: bool | None = None) -> None:
-        self.max_answers = max_answers
+    def __init__(self, shows_text: bool, live: bool | None = None) -> None:
         self.shows_text = shows_text  # the answer itself streams to stderr: no live count over it
         self.live = sys.stderr.isatty() if live is None else live
         self._chars = 0
@@ -88,7 +87,7 @@ class TurnProgress:
 
         if isinstance(event, AnswerStarted):
             self._chars, self._started = 0, time.perf_counter()
-            self._line(f"answer {event.number} of at most {self.max_answers}…")
+            self._line(f"answer {event.number}…")
         elif isinstance(event, AnswerFinished):
             speed = event.completion_tokens / event.seconds if event.seconds > 0 else 0.0
             end = "\n" if self.shows_text else ""

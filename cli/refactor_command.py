@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage(f"not a directory: {args.repo.resolve()}")
     root = repository_root(args.repo)  # the git top level: v4 acts the same from any subdirectory
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
-    progress_bar = TurnProgress(args.max_reflections + 1, shows_text=not args.json)
+    progress_bar = TurnProgress(shows_text=not args.json)
     try:
         options, agent = backend_options(args), agent_options(args)
         wanted = answer_tokens(options, args.max_tokens, agent.thinking)

@@ -13,6 +13,7 @@ writes an edit that is applied. A denied command must not run.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,7 +52,12 @@ def sandbox_flags(repo: Path) -> list[str]:
 
 def _refactor(repo: Path, capsys: pytest.CaptureFixture[str], *backend: str) -> dict:
     code = main(["refactor", "rename sub to subtract", "--repo", str(repo), "--json", "--yes", *backend])
-    document = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    record = os.environ.get("V4_E2E_RECORD")  # a file to keep each run's --json and stderr in, for a report
+    if record:
+        with open(record, "a") as out:
+            out.write(json.dumps({"argv": backend, "json": document, "stderr": captured.err}) + "\n")
     assert code == 0, document
     return document
 

@@ -20,6 +20,7 @@ from .apply import JournalError, PathError, StaleChangeError, apply_changes, che
 from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking, ToolCallError
 from .chat_format import Message, split_reasoning
 from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
+from .instructions import named_paths, nested_instructions, sent_instructions
 from .dsml import ToolCall
 from .tools import ToolResult, ToolRunner
 from .turn import AnswerFinished, AnswerStarted, Reply, Retrying, ToolRan, TurnEvent, TurnResult
@@ -48,12 +49,13 @@ class Session:
     def __init__(self, root: Path, backend: Backend, repository: str, options: SessionOptions | None = None,
                  on_text: Callable[[str], None] | None = None,
                  on_event: Callable[[TurnEvent], None] | None = None, *, tools: ToolRunner | None = None,
-                 on_reasoning: Callable[[str], None] | None = None) -> None:
+                 on_reasoning: Callable[[str], None] | None = None, instructions: str = "") -> None:
         self.workspace = Workspace(root)
         self.root = self.workspace.root  # the git top level, whatever directory v4 started in
         self.backend = backend
         self.options = options or SessionOptions()
-        self.system = prompts.system_message(repository)
+        self.instructions = instructions  # the root's AGENTS.md (agent/instructions.py); rebuilds keep it
+        self.system = prompts.system_message(repository, instructions)
         self.history: list[Message] = []
         self.on_text = on_text or (lambda _piece: None)
         self.on_event = on_event or (lambda _event: None)  # how a turn moves, for progress displays
@@ -109,7 +111,7 @@ class Session:
         edited although dirty, on top of the user's text, which review restores for a rejected hunk.
         `answer_only`: a question; the answer is never read for edits."""
         result = TurnResult()
-        conversation = [Message("user", instruction)]
+        conversation = [Message("user", self._with_nested_instructions(instruction, user_edited))]
         test_rounds = tool_rounds = number = 0
         while True:
             number += 1
@@ -163,6 +165,15 @@ class Session:
         self.history.extend(conversation)
         return result
 
+    def _with_nested_instructions(self, instruction: str, user_edited: Sequence[str]) -> str:
+        """`instruction`, after the AGENTS.md (or CLAUDE.md) files of the directories below the root that
+        hold the files this turn names (--files, AI comments' files, paths in the request) and that
+        this conversation has not been shown yet."""
+        named = [*(self.options.editable or ()), *user_edited, *named_paths(self.root, instruction)]
+        sent = sent_instructions(m.content for m in self.history if m.role == "user")
+        nested = nested_instructions(self.root, named, sent)  # `..` and absolute names are skipped
+        return f"{nested.text}\n\n# Request\n\n{instruction}" if nested.text else instruction
+
     def _run_tools(self, calls: Sequence[ToolCall], result: TurnResult, feedback: str | None) -> list[Message]:
         """Run each call through the tool runner (approval, sandbox) and return the tool messages for
         the model; an edit problem in the same answer rides along with the first result."""
@@ -171,7 +182,9 @@ class Session:
         for call in calls:
             outcome = self.tools.run(call.name, call.arguments)
             result.tool_calls.append(outcome.record())
-            self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, _summary(outcome)))
+            reason = None if outcome.allowed else _first_line(outcome.text)
+            self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, _summary(outcome),
+                                  reason))
             content = outcome.text if feedback is None or messages else f"{feedback}\n\n{outcome.text}"
             messages.append(Message("tool", content, tool_call_id=call.id))
         return messages
@@ -265,5 +278,9 @@ def _summary(outcome: ToolResult) -> str:
     """One line for a progress display: what ran and how it ended, or why it was refused."""
     what = " ".join(f"{value}" for value in outcome.arguments.values())[:120]
     if not outcome.allowed:
-        return f"{what}: refused ({outcome.text.splitlines()[0][:160] if outcome.text else 'not allowed'})"
+        return f"{what}: refused ({_first_line(outcome.text)[:160]})"
     return f"{what}: exit {outcome.exit_code}" if outcome.exit_code is not None else what
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text.strip() else "not allowed"

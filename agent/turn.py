@@ -69,6 +69,7 @@ class ToolRan:
     allowed: bool
     exit_code: int | None
     summary: str  # one line for a progress display
+    reason: str | None = None  # why it did not run (refused), as the model was told
 
 
 TurnEvent = AnswerStarted | AnswerFinished | Retrying | ToolRan

@@ -110,9 +110,9 @@ def tool_line(event: ToolRan) -> tuple[str, str]:
         what = f"{event.name} {' '.join(str(value) for value in arguments.values())}"
     if len(what) > MAX_TOOL_LINE:
         what = what[:MAX_TOOL_LINE - 1] + "…"
-    if not event.allowed:  # the summary ends "refused (<the text the model got>)"
-        reason = event.summary.rpartition(": refused (")[2].removesuffix(")") or "refused"
-        reason = reason.removeprefix("not allowed: ").removesuffix(" The command was not run.").rstrip(".")
+    if not event.allowed:
+        reason = (event.reason or "refused").removeprefix("not allowed: ").removesuffix(" The command was not run.")
+        reason = reason.rstrip(".")
         return f"{what}  ✗ not run: {reason}", "tool-refused"
     if event.name != "run_command":
         return f"{what}  ✓", "tool"

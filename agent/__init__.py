@@ -9,6 +9,7 @@ Modules, in the order a turn uses them:
   whole or streaming, into reasoning, answer and tool calls.
 - `context.py`: the repository's context plan, with the user's /add and /drop.
 - `prompts.py`: every text v4 sends the model on its own behalf, and the system message.
+- `instructions.py`: the project's AGENTS.md (or CLAUDE.md) files: the root's, and a directory's own.
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
 - `session.py`: the loop of one turn (answer -> tool calls -> edits -> apply, reflections, tests), with
   `turn.py` (what a turn produced, the events a front end follows it by).

@@ -15,6 +15,7 @@ from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, Repla
 from .chat_format import Message
 from .context import ContextView, RepositoryContext
 from .demo import RANDOM_WEIGHTS_ANSWER_TOKENS, has_random_weights
+from .instructions import root_instructions
 from .options import AgentOptions, BackendOptions
 from .session import Session, SessionOptions
 from .tool_setup import Ask, tool_setup
@@ -215,6 +216,7 @@ class OpenedSession:
     view: ContextView
     secrets_warning: str | None  # to show before anything is sent (issue 22)
     tools_warning: str | None = None  # the sandbox cannot start, or runs unconfined
+    instructions_warning: str | None = None  # an AGENTS.md not read (outside the repository, not UTF-8)
 
 
 def open_session(context: RepositoryContext, chosen: ChosenBackend, options: SessionOptions, *,
@@ -231,8 +233,9 @@ def open_session(context: RepositoryContext, chosen: ChosenBackend, options: Ses
     view = context.plan(chosen.budget)
     agent = agent or AgentOptions(thinking=False, tools=False)
     options = dataclasses.replace(options, thinking=agent.thinking, effort=agent.effort)
+    found = root_instructions(context.root)  # the root's AGENTS.md (or CLAUDE.md): in the system message
     session = Session(context.root, backend or chosen.backend, context.repository_text(), options, on_text=on_text,
-                      on_event=on_event)
+                      on_event=on_event, instructions=found.text)
     setup = tool_setup(session.workspace, agent, ask, include_secrets)
     session.tools = setup.runner
-    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent), setup.warning)
+    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent), setup.warning, found.warning)

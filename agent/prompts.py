@@ -101,9 +101,12 @@ def tests_timed_out(command: str, timeout_s: float) -> str:
     return f"The test command `{command}` timed out after {timeout_s:.0f} s."
 
 
-def system_message(repository: str) -> Message:
-    """The session's first message: the rules, the edit format, then the repository."""
-    return Message("system", f"{SYSTEM_RULES}\n\n{EDIT_FORMAT_PROMPT}\n\n# Repository\n\n{repository}")
+def system_message(repository: str, instructions: str = "") -> Message:
+    """The session's first message: the rules, the edit format, the project's instructions (its root
+    AGENTS.md or CLAUDE.md; none: the section is left out), then the repository. The instructions come
+    before the repository because they change less often: the repository's segments stay a cached prefix."""
+    project = f"# Project instructions\n\n{instructions}\n\n" if instructions else ""
+    return Message("system", f"{SYSTEM_RULES}\n\n{EDIT_FORMAT_PROMPT}\n\n{project}# Repository\n\n{repository}")
 
 
 def repository_text(segments: Sequence[Segment]) -> str:

@@ -181,7 +181,7 @@ class WatchLoop:
             else:
                 self.context.index.update(batch.paths)
             self.view = self.context.plan(self.budget, stable=True)
-            system = system_message(self.context.repository_text())
+            system = system_message(self.context.repository_text(), self.session.instructions)
         index_s = time.perf_counter() - started
         self.emit(Changed(batch.paths, batch.deleted, index_s, time.monotonic() - batch.first_event_s,
                           self.view.total_tokens, batch.num_events, batch.rescan, self.view))
@@ -211,7 +211,7 @@ class WatchLoop:
                 except ContextError:
                     continue
             self.view = self.context.plan(self.budget)
-            system = system_message(self.context.repository_text())
+            system = system_message(self.context.repository_text(), self.session.instructions)
         self.warmer.refresh(system)
 
     def run_request(self, request: AIRequest) -> AgentFinished:

@@ -58,7 +58,7 @@ class ContextController:
                 return
             view = self.context.plan(self.budget)
             with self.warmer.foreground() if self.warmer is not None else nullcontext():
-                self.session.system = system_message(self.context.repository_text())
+                self.session.system = system_message(self.context.repository_text(), self.session.instructions)
                 report = prefill_session(self.backend, self.session)
         text = note.format(rel) + f": {view.total_tokens:,} of {view.budget:,} tokens"
         if report is not None:

@@ -8,10 +8,13 @@ hundreds of thousands of edges is two orders faster than building a networkx gra
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from .graph import FileFacts, family
+
+if TYPE_CHECKING:  # scipy stays a lazy import at run time
+    from scipy import sparse
 
 IMPORT_EDGE_WEIGHT = 1.0
 LONG_NAME_MIN_LEN = 8
@@ -24,6 +27,10 @@ MAX_PAGERANK_ITERATIONS = 100
 # A name defined in more files than this links nothing in particular (`get`, `__init__`); leaving it
 # out keeps the graph linear in the repository's size.
 MAX_RANK_DEFINERS = 20
+# When the repository does not fit, outlines may take at most this share of the budget; the rest goes
+# to the highest-ranked files in full. Measured by benchmarks/bench_plan_shares.py (README, "Ordering,
+# budget and incremental updates"): with no cap, outlines filled a 1M budget and left 2 files in full.
+OUTLINE_SHARE = 0.2
 
 FULL, OUTLINE, OMITTED = "full", "outline", "omitted"
 
@@ -162,32 +169,48 @@ def choose_modes(
     outline_cost: Callable[[str], int | None],
     budget: int,
     full_floor: Callable[[str], int] = lambda _: 0,
+    outline_share: float = OUTLINE_SHARE,
 ) -> dict[str, str]:
     """Mode per file when not everything fits (see `all_fit`); `ranked` is most important first.
 
-    The highest-ranked files keep an outline for as long as the outlines fit (files with no
-    outline are omitted), then files are upgraded to full in rank order wherever the remaining
-    budget allows. Costs are asked for lazily, in rank order, and a file whose `full_floor` (a
-    cheap, plausible minimum of its full cost) exceeds the room left is passed over uncounted, so
-    a repository many times the budget is never tokenized whole. Every cost used is exact.
+    Outlines never take more than `outline_share` of the budget, so that they cannot crowd out
+    whole files. Three passes, each in rank order: files go in full within the budget less the
+    outline share; the files left get outlines within the share (files with no outline are
+    omitted); whatever room is still free upgrades more files to full. Costs are asked for lazily,
+    and a file whose `full_floor` (a cheap, plausible minimum of its full cost) exceeds the room
+    left is passed over uncounted, so a repository many times the budget is never tokenized whole.
+    Every cost used is exact. Only modes are chosen here: the context order is the caller's.
     """
+    if not 0.0 <= outline_share <= 1.0:
+        raise ValueError(f"outline_share must be within [0, 1], got {outline_share}")
+    max_outline = int(budget * outline_share)
     modes = dict.fromkeys(ranked, OMITTED)
     cost = dict.fromkeys(ranked, 0)
-    used = 0
+    used = outlined = 0
+
+    def upgrade(limit: int) -> None:
+        nonlocal used, outlined
+        for path in ranked:
+            if modes[path] == FULL:
+                continue
+            room = limit - used + cost[path]
+            if full_floor(path) > room:
+                continue
+            full = full_cost(path)
+            if full <= room and full > cost[path]:
+                used += full - cost[path]
+                outlined -= cost[path]
+                modes[path], cost[path] = FULL, full
+
+    upgrade(budget - max_outline)
     for path in ranked:
-        outline = outline_cost(path)
-        if outline is None:
-            continue
-        if used + outline > budget:
-            break  # this one and every lower-ranked outline stay omitted
-        modes[path], cost[path] = OUTLINE, outline
-        used += outline
-    for path in ranked:
-        remaining = budget - used + cost[path]
-        if full_floor(path) > remaining:
-            continue
-        full = full_cost(path)
-        if full <= remaining and full > cost[path]:
-            used += full - cost[path]
-            modes[path], cost[path] = FULL, full
+        if outlined >= max_outline or used >= budget:
+            break
+        outline = outline_cost(path) if modes[path] == OMITTED else None
+        # a large outline (a generated API file) is skipped, not a stop: smaller ones still fit
+        if outline is not None and outlined + outline <= max_outline and used + outline <= budget:
+            modes[path], cost[path] = OUTLINE, outline
+            used += outline
+            outlined += outline
+    upgrade(budget)
     return modes

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .budget import FULL, OMITTED, OUTLINE, RankCache, all_fit, choose_modes, rank_files
+from .budget import FULL, OMITTED, OUTLINE, OUTLINE_SHARE, RankCache, all_fit, choose_modes, rank_files
 from .cache import IndexCache
 from .files import (Candidate, DiscoveryConfig, Skipped, content_skip_reason, decode_text, discover, find_secret,
                     ignored_paths, is_unnamable, path_skip_reason, secret_reason, shown_name, stat_candidate)
@@ -282,8 +282,9 @@ class RepoIndex:
 
     # -- planning ------------------------------------------------------------------------------
 
-    def plan(self, budget: int = DEFAULT_BUDGET) -> ContextPlan:
-        """The repository in context order, fitted to `budget` tokens."""
+    def plan(self, budget: int = DEFAULT_BUDGET, *, outline_share: float = OUTLINE_SHARE) -> ContextPlan:
+        """The repository in context order, fitted to `budget` tokens; when it does not fit, outlines
+        take at most `outline_share` of the budget (budget.choose_modes)."""
         if budget <= 0:
             raise ValueError(f"budget must be a positive number of tokens, got {budget}")
         started = time.perf_counter()
@@ -305,6 +306,7 @@ class RepoIndex:
                 lambda p: len(self._ids(p, OUTLINE, with_outline)) if self._outline_ranges(p) else None,
                 budget,
                 self._full_floor,
+                outline_share,
             )
         segments = []
         for path in order:

@@ -1,4 +1,4 @@
-"""Budget trimming: rank, outline the lowest-ranked, omit the rest, keep the dependency order."""
+"""Budget trimming: rank, whole files first, outlines within their share, omit the rest, keep the dependency order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from v4.repo_index import RepoIndex
-from v4.repo_index.budget import all_fit, choose_modes
+from v4.repo_index.budget import OUTLINE_SHARE, all_fit, choose_modes
 from tests.conftest import make_repo
 
 
@@ -57,7 +57,8 @@ def test_a_tiny_budget_omits_the_lowest_ranked(ranked_repo: Path, tokenizer) -> 
     assert outlines_only == 0
     probe = index.plan(10**9)
     core = next(s for s in probe.segments if s.path == "pkg/core.py")
-    plan = index.plan(core.full_tokens // 3)
+    # outline_share=1.0: outlines may use the whole budget (the default share is smaller than core's outline)
+    plan = index.plan(core.full_tokens // 3, outline_share=1.0)
     modes = {s.path: s.mode for s in plan.segments}
     assert plan.total_tokens <= core.full_tokens // 3
     assert "omitted" in modes.values() and "outline" in modes.values()
@@ -67,24 +68,31 @@ def test_a_tiny_budget_omits_the_lowest_ranked(ranked_repo: Path, tokenizer) -> 
     assert all(s.path.startswith("pkg/leaf") or s.path == "pkg/__init__.py" for s in omitted)
 
 
-def test_choose_modes_outlines_by_rank_then_upgrades_in_rank_order() -> None:
+def test_choose_modes_fills_full_then_outlines_within_the_share() -> None:
     ranked = ["a", "b", "c", "d"]
     full = {"a": 50, "b": 40, "c": 30, "d": 20}
     outline = {"a": 10, "b": 10, "c": 10, "d": None}
 
-    def modes(budget: int) -> dict[str, str]:
+    def modes(budget: int, share: float) -> dict[str, str]:
         assert not all_fit(ranked, full.__getitem__, budget)
-        return choose_modes(ranked, full.__getitem__, outline.__getitem__, budget)
+        return choose_modes(ranked, full.__getitem__, outline.__getitem__, budget, outline_share=share)
 
     assert all_fit(ranked, full.__getitem__, 140) and not all_fit(ranked, full.__getitem__, 139)
-    # outlines cost 30; a upgrades (+40 -> 70); b (+30 -> 100) fits; c (+20) does not; d has no outline.
-    assert modes(100) == {"a": "full", "b": "full", "c": "outline", "d": "omitted"}
-    # outlines alone (30) overflow 15: only the highest-ranked outline is kept.
-    assert modes(15) == {"a": "outline", "b": "omitted", "c": "omitted", "d": "omitted"}
-    # 25: a and b as outlines (20); nothing else fits, not even d in full (20 > 5).
-    assert modes(25) == {"a": "outline", "b": "outline", "c": "omitted", "d": "omitted"}
-    # 50: outlines 30; a (+40) and b (+30) do not fit, c (+20) just does; then nothing is left for d.
-    assert modes(50) == {"a": "outline", "b": "outline", "c": "full", "d": "omitted"}
+    # 100 at 0.2: full within 80 (a 50, b +40 no, c +30 = 80); b's outline (10 <= 20); d has no outline.
+    assert modes(100, 0.2) == {"a": "full", "b": "outline", "c": "full", "d": "omitted"}
+    # share 0: no outlines at all, the whole budget goes to full files in rank order.
+    assert modes(100, 0.0) == {"a": "full", "b": "full", "c": "omitted", "d": "omitted"}
+    # 60 at 0.5: full within 30 (c only); outlines a and b (20 <= 30); nothing left to upgrade.
+    assert modes(60, 0.5) == {"a": "outline", "b": "outline", "c": "full", "d": "omitted"}
+    # 15 at 1.0: no file fits in full; a's outline; b's would overflow (20 > 15).
+    assert modes(15, 1.0) == {"a": "outline", "b": "omitted", "c": "omitted", "d": "omitted"}
+    # a large outline is skipped, not a stop: a's (40) overflows the share of 30, b's (5) still fits;
+    # the last pass spends what is left (60 - 35) on d in full.
+    large = {"a": 40, "b": 5, "c": 10, "d": None}
+    assert choose_modes(ranked, full.__getitem__, large.__getitem__, 60, outline_share=0.5) == {
+        "a": "omitted", "b": "outline", "c": "full", "d": "full"}
+    with pytest.raises(ValueError, match="outline_share"):
+        choose_modes(ranked, full.__getitem__, outline.__getitem__, 100, outline_share=1.5)
 
 
 def test_choose_modes_counts_lazily_and_skips_what_cannot_fit() -> None:
@@ -98,14 +106,41 @@ def test_choose_modes_counts_lazily_and_skips_what_cannot_fit() -> None:
     assert not all_fit(ranked, full_cost, 2500)
     assert counted == ["f0", "f1", "f2"]  # counting stops at the first overflow
     counted.clear()
-    modes = choose_modes(ranked, full_cost, lambda _: 10, 2500, full_floor=lambda _: 900)
-    assert list(modes.values()).count("full") == 1
-    # after the outlines (1000 tokens) f0 is counted and upgraded; then a lower bound of 900 rules
-    # out every other upgrade without counting it.
-    assert counted == ["f0"]
+    modes = choose_modes(ranked, full_cost, lambda _: 10, 2500, full_floor=lambda _: 900, outline_share=0.2)
+    assert list(modes.values()).count("full") == 2
+    assert list(modes.values()).count("outline") == 50  # 500 tokens: the share, exactly
+    # full files within 2000: f0 and f1 are counted and taken; then a lower bound of 900 rules out
+    # every other file without counting it, before and after the outlines.
+    assert counted == ["f0", "f1"]
     counted.clear()
     assert not all_fit(ranked, full_cost, 2500, full_lower_bound=lambda _: 100)  # 100 x 100 > 2500
     assert counted == []
+
+
+@pytest.fixture
+def big_repo(tmp_path: Path) -> Path:
+    # 40 modules over hubs m0..m3, bodies of different lengths: several times any budget below.
+    files = {"pkg/__init__.py": ""}
+    for i in range(40):
+        uses = [f"m{u}" for u in range(min(i, 4)) if (i + u) % 2 == 0 or u == 0]
+        files[f"pkg/m{i}.py"] = _module(f"m{i}", uses, body_lines=10 + (i * 37) % 90)
+    return make_repo(tmp_path / "big", files)
+
+
+@pytest.mark.parametrize("share", [OUTLINE_SHARE, 0.1, 0.4])
+def test_a_repository_over_budget_is_mostly_whole_files(big_repo: Path, tokenizer, share: float) -> None:
+    index = RepoIndex(big_repo, tokenizer=tokenizer)
+    everything = index.plan(10**9)
+    assert {s.mode for s in everything.segments} == {"full"}  # it fits: all in full, as before
+    budget = everything.total_tokens // 5
+    plan = index.plan(budget, outline_share=share)
+    used = {m: sum(s.num_tokens for s in plan.segments if s.mode == m) for m in ("full", "outline")}
+    assert plan.total_tokens <= budget
+    assert used["full"] >= plan.total_tokens / 2
+    assert 0 < used["outline"] <= budget * share
+    assert [s.path for s in plan.segments] == [s.path for s in everything.segments]  # dependency order
+    again = RepoIndex(big_repo, tokenizer=tokenizer).plan(budget, outline_share=share)
+    assert again.segments == plan.segments  # deterministic, in a new index too
 
 
 def test_pagerank_matches_networkx() -> None:

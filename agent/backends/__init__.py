@@ -6,8 +6,8 @@ none loads torch on import."""
 from .embedded import EmbeddedBackend
 from .http import HttpBackend
 from .protocol import (Backend, BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, ToolCallError,
-                       Usage)
+                       Usage, answer_text)
 from .replay import ReplayBackend
 
 __all__ = ["Backend", "BackendError", "EmbeddedBackend", "Event", "HttpBackend", "ReasoningDelta", "ReplayBackend",
-           "TextDelta", "Thinking", "Tool", "ToolCallError", "Usage"]
+           "TextDelta", "Thinking", "Tool", "ToolCallError", "Usage", "answer_text"]

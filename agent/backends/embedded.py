@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..chat_format import ChatFormat, Message
-from .protocol import (BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, ToolCallError,
-                       Usage)
+from .protocol import (BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, ToolCallError, Usage,
+                       answer_text)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -132,9 +132,7 @@ class EmbeddedBackend:
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
         """The answer's text only (chat mode, no tools)."""
-        for event in self.events(messages, max_tokens, temperature):
-            if isinstance(event, TextDelta):
-                yield event.text
+        return answer_text(self.events(messages, max_tokens, temperature))
 
     def events(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0, *,
                thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..chat_format import Message
 from .openai_wire import ToolCallAssembler, request_body, usage_of
-from .protocol import BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage
+from .protocol import BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage, answer_text
 
 # A server whose /v1/models gives no context (DeepSeek's API lists only ids): 128K, what DeepSeek's
 # API documents for its chat models since V3.1. Too large would have every request refused; too small
@@ -144,9 +144,7 @@ class HttpBackend:
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
         """The answer's text only (no thinking asked for, no tools)."""
-        for event in self.events(messages, max_tokens, temperature):
-            if isinstance(event, TextDelta):
-                yield event.text
+        return answer_text(self.events(messages, max_tokens, temperature))
 
     def events(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0, *,
                thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:

@@ -59,6 +59,13 @@ class ToolCallError:
 
 
 Event = TextDelta | ReasoningDelta | ToolCall | ToolCallError
+
+
+def answer_text(events: Iterator[Event]) -> Iterator[str]:
+    """The answer's text pieces of a turn's events (what every backend's `stream` gives)."""
+    for event in events:
+        if isinstance(event, TextDelta):
+            yield event.text
 Tool = Mapping[str, Any]  # {"name", "description", "parameters": JSON schema}, as tools.py defines them
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..chat_format import Message
 from ..dsml import ToolCall
-from .protocol import BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage
+from .protocol import BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage, answer_text
 
 
 @dataclass
@@ -46,9 +46,7 @@ class ReplayBackend:
 
     def stream(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
         """The next scripted answer's text."""
-        for event in self.events(messages, max_tokens, temperature):
-            if isinstance(event, TextDelta):
-                yield event.text
+        return answer_text(self.events(messages, max_tokens, temperature))
 
     def events(self, messages: Sequence[Message], max_tokens: int, temperature: float = 0.0, *,
                thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:

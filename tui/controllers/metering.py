@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from textual.message import Message
 
-from v4.agent.backends import Backend, BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage
+from v4.agent.backends import (Backend, BackendError, Event, ReasoningDelta, TextDelta, Thinking, Tool, Usage,
+                               answer_text)
 from v4.agent.chat_format import Message as ChatMessage
 
 from ..messages import AnswerDelta, AnswerMetrics, AnswerStarted, ThinkingDelta
@@ -52,9 +53,7 @@ class MeteredBackend:
         self._stop.set()
 
     def stream(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        for event in self.events(messages, max_tokens, temperature):
-            if isinstance(event, TextDelta):
-                yield event.text
+        return answer_text(self.events(messages, max_tokens, temperature))
 
     def events(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float = 0.0, *,
                thinking: Thinking | None = None, tools: Sequence[Tool] = ()) -> Iterator[Event]:

@@ -92,11 +92,11 @@ def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
         raise BackendError(f"cannot load {options.model}: {exc}") from exc
     limit = engine.context_length  # the model's context, as `v4 model info` reports it
     room = answer_room(limit, answer_tokens)
-    reserve = min(ANSWER_RESERVE, limit // 4)  # room for the conversation
-    default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else limit - max(room, reserve)
-    budget = max(min(options.budget or default, limit - max(room, reserve)), 1)
-    # the state is sized for the repository, the conversation and an answer, not for the model's limit
-    context = min(limit, budget + max(room, reserve) + 3 * reserve)
+    most = repository_budget(limit, room)  # the whole context less the answer's room
+    default = CPU_DEFAULT_BUDGET if engine.device.type == "cpu" else most
+    budget = max(min(options.budget or default, most), 1)
+    # the state is sized for the repository, the answer and the conversation, not for the model's limit
+    context = min(limit, budget + (limit - most) + 3 * min(ANSWER_RESERVE, limit // 4))
     backend = EmbeddedBackend(engine, chat_format_for(options.model), context, store)
     return ChosenBackend(backend, budget, options.model, room)
 

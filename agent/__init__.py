@@ -10,7 +10,9 @@ Modules, in the order a turn uses them:
 - `context.py`: the repository's context plan, with the user's /add and /drop.
 - `prompts.py`: every text v4 sends the model on its own behalf, and the system message.
 - `instructions.py`: the project's AGENTS.md (or CLAUDE.md) files: the root's, and a directory's own.
+- `init_draft.py`: /init's repository map and its request to draft (or improve) AGENTS.md.
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
+- `sessions.py`: saved conversations under `.v4/sessions/` (--continue, --resume, `v4 sessions`).
 - `session.py`: the loop of one turn (answer -> tool calls -> edits -> apply, reflections, tests), with
   `turn.py` (what a turn produced, the events a front end follows it by).
 - `tool_setup.py`: the session's tools from the user's options: `tools.py` (the model's tools and their

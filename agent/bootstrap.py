@@ -16,8 +16,9 @@ from .chat_format import Message
 from .context import ContextView, RepositoryContext
 from .demo import RANDOM_WEIGHTS_ANSWER_TOKENS, has_random_weights
 from .instructions import root_instructions
-from .options import AgentOptions, BackendOptions
+from .options import AgentOptions, BackendOptions, ConversationOptions
 from .session import Session, SessionOptions
+from .sessions import SessionRecord, SessionRecorder, SessionStore, bare_endpoint
 from .tool_setup import Ask, tool_setup
 from .turn import TurnEvent
 
@@ -203,9 +204,36 @@ def prefill(backend: Backend, system: Message, *, thinking: Thinking | None = No
 
 
 def prefill_session(backend: Backend, session: Session) -> PrefillStats | None:
-    """`prefill` of `session`'s system message, rendered as its turns will render it."""
+    """`prefill` of `session`'s system message, rendered as its turns will render it; for a resumed
+    session the whole conversation, which the session that saved it left in the prefix-state store."""
     thinking, tools = session.prompt_style()
+    if session.history and isinstance(backend, EmbeddedBackend):
+        return backend.resume(session.messages(), thinking=thinking, tools=tools)
     return prefill(backend, session.system, thinking=thinking, tools=tools)
+
+
+def saved_session(root: Path, conversation: ConversationOptions) -> SessionRecord | None:
+    """The saved conversation `conversation` names (--continue: the last; --resume ID), None for a new
+    one; SessionStoreError when there is none to continue, or it cannot be read. Called before the
+    model loads, so a wrong id costs nothing."""
+    store = SessionStore(root)
+    if conversation.resume:
+        return store.load(conversation.resume)
+    return store.latest() if conversation.continue_last else None
+
+
+def session_backend(options: BackendOptions, chosen: ChosenBackend) -> dict[str, str]:
+    """What a saved session says it ran on: the backend's kind and model (an endpoint without its
+    credentials; never the API key)."""
+    described = {"kind": chosen.backend.name}
+    if options.endpoint:
+        described["endpoint"] = bare_endpoint(options.endpoint)
+        described["model"] = getattr(chosen.backend, "model", None) or ""
+    elif options.model:
+        described["model"] = Path(options.model).name
+    elif options.replay:
+        described["model"] = Path(options.replay).name
+    return described
 
 
 @dataclass(slots=True)
@@ -217,6 +245,8 @@ class OpenedSession:
     secrets_warning: str | None  # to show before anything is sent (issue 22)
     tools_warning: str | None = None  # the sandbox cannot start, or runs unconfined
     instructions_warning: str | None = None  # an AGENTS.md not read (outside the repository, not UTF-8)
+    record: SessionRecord | None = None  # where the conversation is saved (None: --no-save)
+    resumed: bool = False  # the conversation continues a saved one
 
 
 def open_session(context: RepositoryContext, chosen: ChosenBackend, options: SessionOptions, *,
@@ -224,12 +254,15 @@ def open_session(context: RepositoryContext, chosen: ChosenBackend, options: Ses
                  on_text: Callable[[str], None] | None = None,
                  on_event: Callable[[TurnEvent], None] | None = None,
                  agent: AgentOptions | None = None, ask: Ask | None = None,
-                 include_secrets: bool = False) -> OpenedSession:
+                 include_secrets: bool = False, record: SessionRecord | None = None, save: bool = True,
+                 backend_options: BackendOptions | None = None) -> OpenedSession:
     """Plan `context` (already scanned) for the chosen budget and open a session whose system message
     holds it, with the thinking and tools `agent` asks for (None: no tools, no thinking). `backend`
     replaces the chosen one in the session (the TUI meters it); `endpoint` names where the context
     goes, for the secrets warning; `ask` puts a command to the user (None: headless, only
-    --allow-commands). WorkspaceError outside a git work tree."""
+    --allow-commands). `record`: a saved conversation to continue (`saved_session`); `save`: record
+    this one after every turn under `.v4/sessions/` (`backend_options` describe the backend there and
+    name the API key it must never hold). WorkspaceError outside a git work tree."""
     view = context.plan(chosen.budget)
     agent = agent or AgentOptions(thinking=False, tools=False)
     options = dataclasses.replace(options, thinking=agent.thinking, effort=agent.effort)
@@ -238,4 +271,14 @@ def open_session(context: RepositoryContext, chosen: ChosenBackend, options: Ses
                       on_event=on_event, instructions=found.text)
     setup = tool_setup(session.workspace, agent, ask, include_secrets)
     session.tools = setup.runner
-    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent), setup.warning, found.warning)
+    if save:
+        store = SessionStore(session.root)
+        described = session_backend(backend_options, chosen) if backend_options is not None else {}
+        kept = record or store.create(backend=described, thinking=agent.thinking, effort=agent.effort)
+        kept.backend, kept.thinking, kept.effort = described or kept.backend, agent.thinking, agent.effort
+        key = backend_options.api_key if backend_options is not None else None
+        session.recorder = SessionRecorder(store, kept, secrets=[key] if key else [])
+    if record is not None:
+        session.resume(record)
+    return OpenedSession(session, view, secrets_warning(endpoint, context.secrets_sent), setup.warning, found.warning,
+                         session.recorder.record if session.recorder is not None else record, record is not None)

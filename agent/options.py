@@ -91,3 +91,17 @@ class AgentOptions:
     def __post_init__(self) -> None:
         if self.effort not in (None, *EFFORTS):
             raise ValueError(f"effort must be one of {', '.join(EFFORTS)}, not {self.effort!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationOptions:
+    """Which saved conversation a front end continues (`.v4/sessions/`, agent/sessions.py), and whether
+    this one is saved: `continue_last` (--continue) or `resume` (--resume ID), not both."""
+
+    continue_last: bool = False
+    resume: str | None = None
+    save: bool = True
+
+    def __post_init__(self) -> None:
+        if self.continue_last and self.resume:
+            raise ValueError("--continue and --resume name different sessions: give one")

@@ -21,6 +21,7 @@ from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking
 from .chat_format import Message, split_reasoning
 from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
 from .instructions import named_paths, nested_instructions, sent_instructions
+from .sessions import SessionRecord, SessionRecorder, SessionStoreError
 from .dsml import ToolCall
 from .tools import ToolResult, ToolRunner
 from .turn import AnswerFinished, AnswerStarted, Reply, Retrying, ToolRan, TurnEvent, TurnResult
@@ -61,6 +62,16 @@ class Session:
         self.on_event = on_event or (lambda _event: None)  # how a turn moves, for progress displays
         self.on_reasoning = on_reasoning or (lambda _piece: None)  # thinking, as it streams
         self.tools = tools  # None: the model is offered no tools
+        self.turns: list[int] = []  # where each turn's request starts in `history`
+        self.recorder: SessionRecorder | None = None  # saves the conversation after every turn (`.v4/sessions/`)
+
+    def resume(self, record: SessionRecord) -> None:
+        """Continue the saved conversation `record`: its messages become this session's history (the
+        system message, the repository as it is now, stays this session's own)."""
+        self.history = list(record.messages)
+        self.turns = list(record.turns)
+        if self.recorder is not None:
+            self.recorder.record = record
 
     def prompt_style(self) -> tuple[Thinking | None, Sequence[dict[str, Any]]]:
         """How this session's prompts are rendered beyond their messages (thinking, the tools offered):
@@ -162,8 +173,27 @@ class Session:
             result.reflections += 1
             self.on_event(Retrying(number + 1, result.problem or "its edits did not apply"))
             conversation.append(Message("user", feedback))
+        self.turns.append(len(self.history))
         self.history.extend(conversation)
+        self._keep(result)
         return result
+
+    def _keep(self, result: TurnResult) -> None:
+        """After a turn: the backend keeps the conversation's state (the embedded engine snapshots it in
+        the prefix-state store, so a resumed session need not prefill it again), and the recorder
+        saves the messages. Neither failing fails the turn: it is said in `result.session_error`."""
+        keep = getattr(self.backend, "keep_conversation", None)  # only backends with a state to keep
+        if keep is not None and not result.error:
+            thinking, tools = self.prompt_style()
+            try:
+                keep(self.messages(), thinking=thinking, tools=tools)
+            except BackendError as exc:
+                result.session_error = f"the conversation's state was not stored: {exc}"
+        if self.recorder is not None:
+            try:
+                self.recorder.save(self.history, self.turns)
+            except SessionStoreError as exc:
+                result.session_error = str(exc)
 
     def _with_nested_instructions(self, instruction: str, user_edited: Sequence[str]) -> str:
         """`instruction`, after the AGENTS.md (or CLAUDE.md) files of the directories below the root that

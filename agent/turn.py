@@ -29,11 +29,13 @@ class TurnResult:
     model_feedback: str | None = None  # the last message that told the model so (for --json readers)
     reasoning: str = ""  # the model's thinking over the whole turn, in order
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments", "allowed", "exit_code"}
+    session_error: str | None = None  # the conversation could not be saved (the turn itself is unaffected)
 
     def to_json(self) -> dict[str, Any]:
         return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
                 "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
-                "reasoning": self.reasoning, "tool_calls": self.tool_calls, "tokens": self.usage.to_json()}
+                "reasoning": self.reasoning, "tool_calls": self.tool_calls, "tokens": self.usage.to_json(),
+                "session_error": self.session_error}
 
 
 @dataclass(frozen=True, slots=True)

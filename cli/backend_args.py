@@ -8,7 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
-from v4.agent.options import EFFORTS, KV_FORMATS, AgentOptions, BackendOptions, EngineOptions
+from v4.agent.options import EFFORTS, KV_FORMATS, AgentOptions, BackendOptions, ConversationOptions, EngineOptions
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +92,23 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-sandbox", action="store_true",
                        help="run the model's commands without bubblewrap's confinement (default: refuse to "
                             "run them when the sandbox cannot start)")
+
+
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which saved conversation to continue (`.v4/sessions/`), and whether to save this one."""
+    group = parser.add_argument_group("sessions")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument("-c", "--continue", dest="continue_session", action="store_true",
+                       help="continue the last conversation in this repository")
+    which.add_argument("--resume", metavar="ID", default=None,
+                       help="continue the saved conversation ID (or the start of it; `v4 sessions` lists them)")
+    group.add_argument("--no-save", action="store_true",
+                       help="do not save this conversation under .v4/sessions/")
+
+
+def conversation_options(args: argparse.Namespace) -> ConversationOptions:
+    """The session options `add_session_arguments` parsed."""
+    return ConversationOptions(continue_last=args.continue_session, resume=args.resume, save=not args.no_save)
 
 
 def agent_options(args: argparse.Namespace) -> AgentOptions:

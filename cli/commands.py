@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import (index_command, model_command, refactor_command, review_command, serve_command, store_command,
-               watch_command)
+from . import (index_command, model_command, refactor_command, review_command, serve_command, sessions_command,
+               store_command, watch_command)
 
 Build = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -43,6 +43,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("refactor", "headless: apply a multi-file change described in words",
             "Run the agent on one instruction without a terminal UI.",
             refactor_command.build, refactor_command.run),
+    Command("sessions", "list this repository's saved conversations, or show one",
+            "List the conversations saved under .v4/sessions/ (the last first), or print one; continue one "
+            "with `v4 --continue` (the last) or `v4 --resume ID`, in the TUI or with `v4 refactor`.",
+            sessions_command.build, sessions_command.run),
     Command("review", "review v4's pending changes hunk by hunk",
             "Show v4's uncommitted changes per file and hunk; accept or reject them.",
             review_command.build_review, review_command.run_review),

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import tui_command
-from .backend_args import add_agent_arguments, add_backend_arguments
+from .backend_args import add_agent_arguments, add_backend_arguments, add_session_arguments
 from .commands import COMMANDS
 
 
@@ -56,6 +56,7 @@ def build_parser() -> ArgumentParser:
     )
     add_backend_arguments(parser)  # for the TUI: `v4 --replay FILE`, `v4 --model DIR`, `v4 --endpoint URL`
     add_agent_arguments(parser)
+    add_session_arguments(parser)
     parser.set_defaults(handler=tui_command.run)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for command in COMMANDS:

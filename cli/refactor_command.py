@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .backend_args import add_agent_arguments, add_backend_arguments, agent_options, backend_options, print_warning
+from .backend_args import (add_agent_arguments, add_backend_arguments, add_session_arguments, agent_options,
+                           backend_options, conversation_options, print_warning)
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_TESTS, EXIT_USAGE
 from .progress import TurnProgress, shard_progress
 
@@ -42,13 +43,15 @@ def build(parser: argparse.ArgumentParser) -> None:
                         help="longest answer, in tokens (default 4,096; 256 for a checkpoint of random weights)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_agent_arguments(parser)
+    add_session_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from v4.agent.backends import BackendError
-    from v4.agent.bootstrap import answer_tokens, describe_backend, open_backend, open_session
+    from v4.agent.bootstrap import answer_tokens, describe_backend, open_backend, open_session, saved_session
     from v4.agent.context import ContextError, RepositoryContext
     from v4.agent.session import SessionOptions
+    from v4.agent.sessions import SessionStoreError
     from v4.agent.workspace import WorkspaceError, repository_root
 
     if not args.repo.is_dir():
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     interactive = not args.yes and not args.json and sys.stdin.isatty() and sys.stdout.isatty()
     progress_bar = TurnProgress(shows_text=not args.json)
     try:
-        options, agent = backend_options(args), agent_options(args)
+        options, agent, conversation = backend_options(args), agent_options(args), conversation_options(args)
+        record = saved_session(root, conversation)  # before the model loads: a wrong id costs nothing
         wanted = answer_tokens(options, args.max_tokens, agent.thinking)
         with shard_progress() as progress:
             chosen = open_backend(options, progress, warn=print_warning, answer_tokens=wanted)
@@ -69,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
             confirm=_ask_to_apply if interactive else None)
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint,
                               on_text=progress_bar.text, on_event=progress_bar, agent=agent,
-                              include_secrets=options.include_secrets)
-    except (BackendError, ContextError, WorkspaceError, ValueError) as exc:
+                              include_secrets=options.include_secrets, record=record, save=conversation.save,
+                              backend_options=options)
+    except (BackendError, ContextError, WorkspaceError, SessionStoreError, ValueError) as exc:
         return _usage(str(exc))
     if opened.secrets_warning:  # before the session sends anything (issue 22)
         progress_bar.note(opened.secrets_warning)
     if opened.tools_warning:
         progress_bar.note(opened.tools_warning)
     session = opened.session
+    if record is not None:
+        progress_bar.note(f"continuing session {record.id} ({record.turn_count} turn(s): {record.title})")
     progress_bar.note(f"context: {opened.view.total_tokens:,} of {chosen.budget:,} tokens of the repository; "
                       f"answers of up to {max_tokens:,} tokens" + (" (random weights: pass --max-tokens for longer)"
                                                                   if args.max_tokens is None and max_tokens < 4096
@@ -93,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             result.error = f"applied but not committed: {exc}"
     document = result.to_json() | {"budget": chosen.budget, "context_tokens": opened.view.total_tokens}
     document |= describe_backend(chosen, options).context_json()  # the model's context, as `v4 model info` says
+    if opened.record is not None:
+        document["session"] = {"id": opened.record.id, "resumed": opened.resumed, "turns": opened.record.turn_count}
     prefill = getattr(chosen.backend, "last_prefill", None)
     if prefill is not None:  # how much of the prompt came from the prefix-state store
         document["prefix_store"] = prefill.to_json()
@@ -117,7 +126,7 @@ def _prefill(session: Session, backend: Backend, progress: TurnProgress) -> None
 
     if not isinstance(backend, EmbeddedBackend):
         return
-    progress.note("prefilling the repository into the model's state…")
+    progress.note("prefilling the " + ("conversation" if session.history else "repository") + " into the model's state…")
     stats = prefill_session(backend, session)
     if stats is not None:
         progress.note(f"prefilled {stats.tokens:,} tokens in {stats.seconds:.1f} s ({stats.reused_tokens:,} reused"
@@ -153,6 +162,8 @@ def _print_result(result: TurnResult) -> None:
         print(result.diff, end="")
         print(f"v4: changed {', '.join(result.files)}" + (f"; committed {result.commit[:12]}" if result.commit else
                                                           "; review with `v4 review`, commit with `v4 commit`"))
+    if result.session_error:
+        print(f"v4 refactor: {result.session_error}", file=sys.stderr)
     if result.error:
         print(f"v4 refactor: {result.error}", file=sys.stderr)
     elif result.declined:

@@ -262,6 +262,20 @@ class PrefixStore:
         stats.seconds = time.perf_counter() - called
         return state, logits, stats
 
+    def save(self, engine: Engine, state: DecodeState, logits: torch.Tensor, ids: Sequence[int]) -> int:
+        """Snapshot `state`, which holds exactly `ids` (logits: after the last), at their end: a later
+        `prefill` of a prompt that extends `ids` resumes here. Returns the bytes written."""
+        ids = [int(i) for i in ids]
+        if not ids or state.num_tokens != len(ids):
+            raise ValueError(f"the state holds {state.num_tokens} tokens, not the {len(ids)} given")
+        self.root.prepare()
+        self._check_chunking(engine)
+        fingerprint = model_fingerprint(engine, self._digests)
+        grid = range(self.chunk_tokens, len(ids) + 1, self.chunk_tokens)
+        keys = prefix_keys(fingerprint, ids, [*grid, len(ids)])
+        self.root.check_entry(self._path(fingerprint, "snapshots", keys[len(ids)]))
+        return self._save(state, logits, fingerprint, keys, len(ids))
+
     def _check_chunking(self, engine: Engine) -> None:
         config = engine.model.config
         rates = [config.compress_rate(layer) for layer in range(config.num_hidden_layers)]

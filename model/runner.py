@@ -154,6 +154,21 @@ class Runner:
                                     held_tokens=len(ids), prefill_s=computed_s,
                                     seconds=time.perf_counter() - started)
 
+    def keep(self, ids: Sequence[int], boundaries: Sequence[int] = ()) -> PrefillStats:
+        """Bring the state to `ids` (rewound to the longest mark) and snapshot it in the store at their
+        end, with whatever whole chunks it does not hold yet: a later process resumes there. The
+        state keeps a mark at the end, so the next prompt that extends `ids` starts from it."""
+        if self.store is None:
+            raise RunnerError("no prefix-state store to keep the state in")
+        ids = list(ids)
+        self.room_after(ids)
+        logits, stats = self._feed(ids, boundaries)
+        started = time.perf_counter()
+        stats.store_bytes += self.store.save(self.engine, self._state, logits, ids)
+        stats.snapshots_written += 1
+        stats.seconds += time.perf_counter() - started
+        return stats
+
     def warm(self, ids: Sequence[int], boundaries: Sequence[int] = (), cancelled: Callable[[], bool] | None = None,
              step_tokens: int | None = None) -> PrefillStats:
         """Prefill `ids` (no answer) in steps ending at `boundaries`, about `step_tokens` apart, asking

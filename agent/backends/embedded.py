@@ -96,6 +96,12 @@ class EmbeddedBackend:
         (`==> path <==` headers) and the end of the system message. The prefix-state store snapshots
         there, so an edit to one file recomputes only from that file's segment on. Thinking and tools
         are part of the prompt (the tools follow the system text), so a prefill must name the same."""
+        ids, boundaries, _, _ = self._encode(messages, add_generation_prompt, thinking, tools)
+        return ids, boundaries
+
+    def _encode(self, messages: Sequence[Message], add_generation_prompt: bool, thinking: Thinking | None,
+                tools: Sequence[Tool]) -> tuple[list[int], list[int], str, list[int]]:
+        """(ids, boundaries, the rendered text, each token's start offset in it)."""
         text = self._render(messages, add_generation_prompt, thinking, tools)
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
         marks = [m.start() for m in re.finditer(r"(?m)^==> ", text)]
@@ -103,7 +109,7 @@ class EmbeddedBackend:
             marks.append(len(self._render(messages[:1], False, thinking, tools)))
         starts = [start for start, _ in encoding.offsets]
         boundaries = sorted({bisect.bisect_left(starts, mark) for mark in marks} - {0, len(encoding.ids)})
-        return encoding.ids, boundaries
+        return encoding.ids, boundaries, text, starts
 
     def prefill(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
                 tools: Sequence[Tool] = ()) -> PrefillStats:
@@ -113,6 +119,48 @@ class EmbeddedBackend:
 
         started = time.perf_counter()
         ids, boundaries = self.encode_with_boundaries(messages, False, thinking=thinking, tools=tools)
+        try:
+            self.runner.room_after(ids)
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc
+        _, stats = self.runner.prefill(ids, boundaries)
+        return dataclasses.replace(stats, seconds=time.perf_counter() - started)
+
+    def conversation_ids(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
+                         tools: Sequence[Tool] = ()) -> tuple[list[int], list[int]]:
+        """The ids every next prompt of the conversation `messages` starts with, and their boundaries:
+        the prompt for one more user message, cut where that message's text would begin. (The same
+        messages rendered without a next turn are not a prefix of it: thinking mode drops the last
+        answer's reasoning once a user message follows.)"""
+        sentinel = "\x00v4-next-request\x00"
+        ids, boundaries, text, starts = self._encode([*messages, Message("user", sentinel)], True, thinking, tools)
+        end = bisect.bisect_left(starts, text.index(sentinel))
+        return ids[:end], [b for b in boundaries if b < end]
+
+    def keep_conversation(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
+                          tools: Sequence[Tool] = ()) -> PrefillStats | None:
+        """After a turn: bring the state to the conversation so far (`conversation_ids`: the answer as
+        the next prompt renders it, which the next turn would feed anyway) and snapshot it in the
+        prefix-state store, so a session resumed tomorrow loads it instead of prefilling it. None
+        without a store."""
+        from v4.model.runner import RunnerError
+
+        if self.store is None:
+            return None
+        ids, boundaries = self.conversation_ids(messages, thinking=thinking, tools=tools)
+        try:
+            return self.runner.keep(ids, boundaries)
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc
+
+    def resume(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
+               tools: Sequence[Tool] = ()) -> PrefillStats:
+        """Prefill a saved conversation (system message and turns) so its next question pays only for
+        itself: from the prefix-state store, where the session that saved it snapshotted it."""
+        from v4.model.runner import RunnerError
+
+        started = time.perf_counter()
+        ids, boundaries = self.conversation_ids(messages, thinking=thinking, tools=tools)
         try:
             self.runner.room_after(ids)
         except RunnerError as exc:

@@ -43,6 +43,12 @@ class MeteredBackend:
     def count_tokens(self, text: str) -> int | None:
         return self.inner.count_tokens(text)
 
+    def keep_conversation(self, messages: Sequence[ChatMessage], *, thinking: Thinking | None = None,
+                          tools: Sequence[Tool] = ()) -> object:
+        """The inner backend's (the embedded engine snapshots the conversation after a turn); not an answer."""
+        keep = getattr(self.inner, "keep_conversation", None)
+        return keep(messages, thinking=thinking, tools=tools) if keep is not None else None
+
     def begin_turn(self) -> None:
         """A new instruction: the next `stream` is its first attempt."""
         self._attempt = 0

@@ -295,9 +295,7 @@ class RepoIndex:
         if all_fit(order, lambda p: len(self._ids(p, FULL, order)), budget, self._full_lower_bound):
             modes = dict.fromkeys(order, FULL)
         else:
-            if self._rank_memo is None or self._rank_memo[0] != self._graph_version:
-                self._rank_memo = (self._graph_version, rank_files(facts, self._rank_cache))
-            ranks = self._rank_memo[1]
+            ranks = self._ranks(facts)
             ranked = sorted(order, key=lambda p: (-ranks.get(p, 0.0), p))
             with_outline = [p for p in ranked if self._outline_ranges(p)]
             modes = choose_modes(
@@ -320,6 +318,23 @@ class RepoIndex:
         secrets = [Skipped(p, self._secrets[p]) for p in sorted(self._secrets) if p in self._entries]
         return ContextPlan(str(self.root), budget, segments, skipped, self.tokenizer.fingerprint,
                            time.perf_counter() - started, self.warnings, secrets)
+
+    def files(self) -> dict[str, FileEntry]:
+        """Every indexed file by path (indexing first if needed): the index's own entries, to read only."""
+        if not self._loaded:
+            self.refresh()
+        return dict(self._entries)
+
+    def ranks(self) -> dict[str, float]:
+        """Each indexed file's rank, the one the planner fits the budget by (budget.rank_files)."""
+        if not self._loaded:
+            self.refresh()
+        return dict(self._ranks(self._facts()))
+
+    def _ranks(self, facts: dict[str, FileFacts]) -> dict[str, float]:
+        if self._rank_memo is None or self._rank_memo[0] != self._graph_version:
+            self._rank_memo = (self._graph_version, rank_files(facts, self._rank_cache))
+        return self._rank_memo[1]
 
     def _order(self, facts: dict[str, FileFacts]) -> list[str]:
         if self._order_memo is None or self._order_memo[0] != self._order_version:

@@ -1,5 +1,5 @@
 """Every text v4 sends the model on its own behalf, in one place: the system message's rules and
-edit format, the requests made from AI comments, and the feedback after a failed turn.
+edit format, the requests made from AI comments and by /init, and the feedback after a failed turn.
 
 The system message is built here too (`system_message`): `v4 prefill` and every session build it the
 same way, so a prefilled state in the prefix-state store is found by the next session.
@@ -75,6 +75,35 @@ comments (just the comment: code on the same line stays)."""
 ASK_PROMPT = """I wrote questions for you as comments in the code, each marked with "AI". They are shown below
 (the lines marked █) with the code around them; the files are in the repository above.
 Answer them. Do not change any file: write no edit blocks."""
+
+# /init (agent/init_draft.py): the repository's instruction file, drafted from the repository map.
+INIT_PROMPT = """Write the project instructions file for this repository: the notes a coding agent reads before \
+it works here (v4 puts the file in its system message). Work from the repository above and the map below, \
+and state only facts they show: a command, tool or rule they do not show stays out, however usual it is \
+elsewhere.
+
+Cover, each under its own heading, in short bullets (leave a heading out when there is nothing true to say):
+- Overview: what the project is and does, in two or three sentences.
+- Layout: the main directories and files, and what each holds.
+- Build, test and lint: the exact commands, as the Makefile, pyproject.toml, package.json or CI files give \
+them; how to run a single test, if that is shown.
+- Code style: formatting, naming, typing and docstring rules that the code or its configuration shows.
+- Conventions: what a change here must respect (where tests go, layering, how changes are reviewed or \
+committed), where the docs or the code show it.
+
+Be concise: under about 80 lines, no generic advice ("write clean code"), no list of every file."""
+INIT_CREATE = """Create `{path}` at the repository root with one edit block (SEARCH empty, the whole file in \
+REPLACE). Change no other file: this turn may edit only `{path}`."""
+INIT_EMPTY = """`{path}` exists at the repository root but is empty: delete it and create it again with the \
+whole text, in edit blocks. Change no other file: this turn may edit only `{path}`."""
+INIT_IMPROVE = """The repository already has `{path}`; its text follows. Improve it in place with edit blocks \
+on `{path}`: correct what the repository contradicts, add what the list above asks for and it lacks, tighten \
+what is long, and keep the user's own rules that are still true. Change no other file: this turn may edit \
+only `{path}`.
+
+{fence}markdown
+{text}
+{fence}"""
 
 NO_EDIT_BLOCKS = ("Your answer contained no edit blocks, so nothing was changed. Make the requested change with "
                   "edit blocks in the format described in the system message.")

@@ -26,6 +26,7 @@ PALETTE = (  # (title, help, MainScreen action)
     ("Toggle context panel", "show or hide the files in context", "toggle_context"),
     ("Model", "the backend and model in use", "model"),
     ("Clear chat", "clear the chat and forget the conversation", "clear"),
+    ("Draft AGENTS.md", "the model writes AGENTS.md from the repository map, as a pending change", "init"),
     ("Watch mode", "on/off: follow file changes, act on AI! and AI? comments", "watch"),
     ("Stop answer", "stop the answer being generated", "stop"),
 )

@@ -11,7 +11,7 @@ from v4.tui.screens.main import MainScreen
 @pytest.mark.parametrize("text, action, argument", [
     ("/undo", "undo", None), ("/review", "review", None), ("/add src/a.py", "add_file", "src/a.py"),
     ("/drop  b.py ", "drop_file", "b.py"), ("/MODEL", "model", None), ("/watch", "watch", None),
-    ("/clear", "clear", None), ("/help", "help", None), ("/quit", "quit", None),
+    ("/clear", "clear", None), ("/init", "init", None), ("/help", "help", None), ("/quit", "quit", None),
 ])
 def test_parses(text: str, action: str, argument: str | None) -> None:
     command, parsed = parse_slash(text)

@@ -31,6 +31,8 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("model", "model", "show the backend and model"),
     SlashCommand("think", "think", "thinking on/off for the next turns; high or max sets its effort (and turns "
                  "it on)", "[on|off|high|max]", optional=True),
+    SlashCommand("init", "init", "draft AGENTS.md from the repository map (or improve the one there), as a "
+                 "pending change to review"),
     SlashCommand("watch", "watch", "watch mode on/off: follow file changes, act on AI! and AI? comments"),
     SlashCommand("clear", "clear", "clear the chat and forget the conversation"),
     SlashCommand("help", "help", "keys and commands"),

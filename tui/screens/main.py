@@ -17,11 +17,13 @@ from textual.worker import Worker, WorkerState
 
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.bootstrap import BackendInfo
+from v4.agent.init_draft import InitError, instruction_target
 from v4.agent.options import AgentOptions, BackendOptions
 from v4.agent.workspace import UndoPlan
 
 from .. import messages as m
 from ..controllers.chat import tool_line, turn_notes
+from ..controllers.init import draft_instructions, init_note
 from ..controllers.review import ReviewController, ReviewOutcome, undo_question
 from ..controllers.slash import SlashError, completions, parse_slash, think_argument, thinking_note
 from ..controllers.startup import Services, StartupController
@@ -287,6 +289,22 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
         self.query_one(ChatLog).note(thinking_note(thinking, effort), "success")
         self.busy = True
         self._work(partial(self.services.context.set_thinking, thinking, effort), "turn")
+
+    def action_init(self) -> None:
+        """/init: the model drafts AGENTS.md from the repository map (or improves the AGENTS.md or
+        CLAUDE.md there) in a turn that may edit only that file; the draft waits in review."""
+        if not self._can_run("/init"):
+            return
+        chat = self.query_one(ChatLog)
+        try:
+            path, existing = instruction_target(self.services.session.root)
+        except InitError as exc:
+            chat.note(str(exc), "error")
+            return
+        chat.note(init_note(path, existing), "info")
+        self.busy = True
+        self._work(partial(draft_instructions, chat=self.services.chat, context=self.services.context, path=path,
+                           existing=existing), "turn")
 
     def action_toggle_thinking(self) -> None:
         if not self.query_one(ChatLog).toggle_thinking():

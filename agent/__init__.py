@@ -14,7 +14,8 @@ Modules, in the order a turn uses them:
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
 - `sessions.py`: saved conversations under `.v4/sessions/` (--continue, --resume, `v4 sessions`).
 - `session.py`: the loop of one turn (answer -> tool calls -> edits -> apply, reflections, tests), with
-  `turn.py` (what a turn produced, the events a front end follows it by).
+  `turn.py` (what a turn produced, the events a front end follows it by) and `compaction.py` (the older
+  turns summarised when the conversation nears the context).
 - `tool_setup.py`: the session's tools from the user's options: `tools.py` (the model's tools and their
   runner), over `approval.py` (the one approval point) and `sandbox.py` (commands under bubblewrap).
 - `warm.py`: keeps the system message prefilled in the background as the context changes.

@@ -141,3 +141,38 @@ def system_message(repository: str, instructions: str = "") -> Message:
 def repository_text(segments: Sequence[Segment]) -> str:
     """The repository part of the system message: every included segment, in order."""
     return "\n".join(s.text for s in segments if getattr(s, "mode", "full") != "omitted" and s.text)
+
+
+# Compaction (agent/compaction.py): the older turns become one summary when the conversation nears the context.
+COMPACT_PROMPT = """The conversation is about to be shortened: everything above this message (after the \
+repository) will be replaced by the summary you write now, and you will continue from the summary alone. \
+Write it for yourself, so that nothing needed to carry on is lost:
+- The user's requests, in order, and their preferences and instructions (style, what to avoid, how to work).
+- Decisions made, and why; approaches tried and rejected.
+- Files read, created or changed (their paths), and what changed in each.
+- Errors met (failing tests, refused edits) and how they were resolved, or that they were not.
+- Open tasks: what was asked and is not done yet, and the next step.
+Write only the summary: plain prose and short bullet lists, no edit blocks, no tool calls. Keep exact names \
+(paths, functions, commands). At most about {words} words."""
+TURN_CUT_SHORT = "(nothing here: the turn ended before this)"  # closes a turn cut short, for the summary request
+COMPACT_ACK = "Understood: I have the summary of our earlier conversation and will continue from it."
+
+
+def compacted_summary(num_turns: int, summary: str, pending: str) -> str:
+    """The user message that replaces `num_turns` summarised turns: a marker saying what happened, the
+    model's summary, and v4's pending changes (`pending`: their diffs, already capped; "" when none)."""
+    turns = f"{num_turns} turn{'s' if num_turns != 1 else ''}"
+    head = (f"Summary of the earlier conversation (compacted by v4: {turns}, and any summary before them, were "
+            "replaced by this summary to keep the conversation within the model's context; the repository above "
+            "is as it was when the session started).")
+    changes = (f"\n\n# v4's pending changes\n\nThese edits were made in this conversation and are not yet "
+               f"reviewed by the user; the files hold them now.\n\n{pending}" if pending
+               else "\n\nv4 has no pending (unreviewed) changes.")
+    return f"{head}\n\n{summary.strip()}{changes}"
+
+
+def pending_cut(num_chars: int, paths: Sequence[str]) -> str:
+    """The note after pending diffs that were cut to `num_chars` characters; `paths`: files not shown."""
+    rest = f" Not shown: {', '.join(paths)}." if paths else ""
+    return (f"[The diffs were cut at {num_chars:,} characters.{rest} Read the files with read_file (if you "
+            "can) before you edit them.]")

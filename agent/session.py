@@ -19,12 +19,14 @@ from . import prompts
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking, ToolCallError
 from .chat_format import Message, split_reasoning
+from .compaction import CompactionError, CompactionPolicy, Compactor
 from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
 from .instructions import named_paths, nested_instructions, sent_instructions
 from .sessions import SessionRecord, SessionRecorder, SessionStoreError
 from .dsml import ToolCall
 from .tools import ToolResult, ToolRunner
-from .turn import AnswerFinished, AnswerStarted, Reply, Retrying, ToolRan, TurnEvent, TurnResult
+from .turn import (AnswerFinished, AnswerStarted, Compacted, CompactionFailed, Reply, Retrying, ToolRan, TurnEvent,
+                   TurnResult)
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
 
 @dataclass(slots=True)
@@ -42,6 +44,7 @@ class SessionOptions:
     thinking: bool = False  # the model thinks before it answers (front ends turn it on: AgentOptions)
     effort: str | None = None  # "high" or "max"
     max_tool_rounds: int = 20  # answers with tool calls in one turn, before the model must answer
+    compaction: CompactionPolicy = CompactionPolicy()  # when the older turns are summarised (compaction.py)
 
 
 class Session:
@@ -64,6 +67,7 @@ class Session:
         self.tools = tools  # None: the model is offered no tools
         self.turns: list[int] = []  # where each turn's request starts in `history`
         self.recorder: SessionRecorder | None = None  # saves the conversation after every turn (`.v4/sessions/`)
+        self.compactor = Compactor(backend, self.options.compaction)  # summarises old turns near the context
 
     def resume(self, record: SessionRecord) -> None:
         """Continue the saved conversation `record`: its messages become this session's history (the
@@ -122,6 +126,7 @@ class Session:
         edited although dirty, on top of the user's text, which review restores for a rejected hunk.
         `answer_only`: a question; the answer is never read for edits."""
         result = TurnResult()
+        self._compact_when_full(instruction, result)
         conversation = [Message("user", self._with_nested_instructions(instruction, user_edited))]
         test_rounds = tool_rounds = number = 0
         while True:
@@ -177,6 +182,42 @@ class Session:
         self.history.extend(conversation)
         self._keep(result)
         return result
+
+    def compact(self, request: str = "", *, when_full: bool = False) -> Compacted | None:
+        """Replace the older turns by the model's summary (`compaction.py`; the system message is never
+        touched), emit and return `Compacted`, and save the conversation. None: no turn is old enough
+        (or, `when_full`, the next prompt with `request` still fits). CompactionError: the summary failed
+        and the history is unchanged; SessionStoreError: compacted, but not saved."""
+        answer = self.options.max_answer_tokens
+        if when_full and not self.compactor.needed(self.system, self.history, request, answer):
+            return None
+        try:
+            pending = self.workspace.pending()  # listed in the summary: the system message predates them
+        except WorkspaceError as exc:
+            raise CompactionError(f"the conversation was not compacted: v4's pending changes could not be read "
+                                  f"({exc}); it is unchanged") from exc
+        room = answer + self.compactor.count(request, remember=False)
+        done = self.compactor.compact(self.system, self.history, self.turns, pending, room)
+        if done is None:
+            return None
+        self.history, self.turns = done.history, done.turns
+        event = Compacted(done.num_turns, done.tokens_before, done.tokens_after)
+        self.on_event(event)
+        if self.recorder is not None:
+            self.recorder.record.compactions += 1
+            self.recorder.save(self.history, self.turns)
+        return event
+
+    def _compact_when_full(self, request: str, result: TurnResult) -> None:
+        """At a turn's start: compact when the next prompt would near the context; a failure is said in
+        `result` and by `CompactionFailed`, and the turn goes on with the history unchanged."""
+        try:
+            result.compacted = self.compact(request, when_full=True)
+        except CompactionError as exc:
+            result.compaction_error = str(exc)
+            self.on_event(CompactionFailed(str(exc)))
+        except SessionStoreError as exc:
+            result.session_error = str(exc)
 
     def _keep(self, result: TurnResult) -> None:
         """After a turn: the backend keeps the conversation's state (the embedded engine snapshots it in

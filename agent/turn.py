@@ -30,12 +30,16 @@ class TurnResult:
     reasoning: str = ""  # the model's thinking over the whole turn, in order
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments", "allowed", "exit_code"}
     session_error: str | None = None  # the conversation could not be saved (the turn itself is unaffected)
+    compacted: Compacted | None = None  # the older turns were summarised before this turn (compaction.py)
+    compaction_error: str | None = None  # they had to be, but could not be (the history is unchanged)
 
     def to_json(self) -> dict[str, Any]:
         return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
                 "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
                 "reasoning": self.reasoning, "tool_calls": self.tool_calls, "tokens": self.usage.to_json(),
-                "session_error": self.session_error}
+                "session_error": self.session_error,
+                "compacted": self.compacted.to_json() if self.compacted else None,
+                "compaction_error": self.compaction_error}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,27 @@ class ToolRan:
     reason: str | None = None  # why it did not run (refused), as the model was told
 
 
-TurnEvent = AnswerStarted | AnswerFinished | Retrying | ToolRan
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """The conversation neared the context: its `turns` oldest turns were replaced by a summary, and
+    the prompt went from `tokens_before` to `tokens_after` tokens (system message included)."""
+
+    turns: int
+    tokens_before: int
+    tokens_after: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"turns": self.turns, "tokens_before": self.tokens_before, "tokens_after": self.tokens_after}
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionFailed:
+    """The conversation had to be compacted but was not (the summary call failed); `reason` for the user."""
+
+    reason: str
+
+
+TurnEvent = AnswerStarted | AnswerFinished | Retrying | ToolRan | Compacted | CompactionFailed
 
 
 @dataclass(slots=True)

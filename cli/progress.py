@@ -72,8 +72,8 @@ def load_engine(path: Path, options: EngineOptions) -> Engine:
 
 class TurnProgress:
     """How a headless turn moves, on stderr: each answer's start and end (tokens, speed), why an answer
-    goes back to the model, and, where the answer text is not shown (`--json`), a live count on a
-    terminal. Without it a CPU run sat silent for minutes."""
+    goes back to the model, the conversation's compaction, and, where the answer text is not shown
+    (`--json`), a live count on a terminal. Without it a CPU run sat silent for minutes."""
 
     def __init__(self, shows_text: bool, live: bool | None = None) -> None:
         self.shows_text = shows_text  # the answer itself streams to stderr: no live count over it
@@ -83,7 +83,7 @@ class TurnProgress:
         self._drawn = 0.0
 
     def __call__(self, event: TurnEvent) -> None:
-        from v4.agent.turn import AnswerFinished, AnswerStarted, Retrying, ToolRan
+        from v4.agent.turn import AnswerFinished, AnswerStarted, Compacted, CompactionFailed, Retrying, ToolRan
 
         if isinstance(event, AnswerStarted):
             self._chars, self._started = 0, time.perf_counter()
@@ -97,6 +97,11 @@ class TurnProgress:
             self._line(f"sent back to the model: {event.reason}")
         elif isinstance(event, ToolRan):
             self._line(f"{event.name}: {event.summary}")
+        elif isinstance(event, Compacted):
+            self._line(f"compacted the conversation: {event.turns} older turn{'s' if event.turns != 1 else ''} "
+                       f"summarised, {event.tokens_before:,} -> {event.tokens_after:,} tokens")
+        elif isinstance(event, CompactionFailed):
+            self._line(event.reason)
 
     def text(self, piece: str) -> None:
         """An answer piece: shown as it comes, or counted on a live line."""

@@ -12,6 +12,7 @@ Modules, in the order a turn uses them:
 - `instructions.py`: the project's AGENTS.md (or CLAUDE.md) files: the root's, and a directory's own.
 - `init_draft.py`: /init's repository map and its request to draft (or improve) AGENTS.md.
 - `bootstrap.py`: options -> backend (`open_backend`), context -> session (`open_session`).
+- `attachments.py`: files put in a request in full after the repository prefix (named, uncommitted).
 - `sessions.py`: saved conversations under `.v4/sessions/` (--continue, --resume, `v4 sessions`).
 - `session.py`: the loop of one turn (answer -> tool calls -> edits -> apply, reflections, tests), with
   `turn.py` (what a turn produced, the events a front end follows it by) and `compaction.py` (the older

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .attachments import Attachments
 from .backends import Backend, BackendError, EmbeddedBackend, HttpBackend, ReplayBackend, Thinking, Tool
 from .chat_format import Message
 from .context import ContextView, RepositoryContext
@@ -30,6 +31,7 @@ CPU_DEFAULT_BUDGET = 8_192  # an engine on CPU prefills ~1-3k tokens/s: a sessio
 ANSWER_RESERVE = 4_096  # context tokens kept free for the conversation and the answer
 DEFAULT_ANSWER_TOKENS = 4_096  # the longest answer unless the user says otherwise
 THINKING_ANSWER_TOKENS = 32_768  # a thinking turn: reasoning and answer (DeepSeek's API allows 32K by default)
+MIN_ATTACH_TOKENS = 4_096  # files a request may attach in full, however small the room (attachments.py)
 ShardProgress = Callable[[str, int, int], None]  # (shard, bytes done, bytes total) while a checkpoint loads
 
 
@@ -271,6 +273,10 @@ def open_session(context: RepositoryContext, chosen: ChosenBackend, options: Ses
                       on_event=on_event, instructions=found.text)
     setup = tool_setup(session.workspace, agent, ask, include_secrets)
     session.tools = setup.runner
+    room = chosen.backend.context_length - view.total_tokens - session.options.max_answer_tokens  # the conversation's
+    session.attachments = Attachments(session.workspace, held=context.holds, known=context.paths,
+                                      count_tokens=(backend or chosen.backend).count_tokens,
+                                      max_tokens=max(room // 2, MIN_ATTACH_TOKENS), include_secrets=include_secrets)
     if save:
         store = SessionStore(session.root)
         described = session_backend(backend_options, chosen) if backend_options is not None else {}

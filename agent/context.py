@@ -143,6 +143,10 @@ class RepositoryContext:
         """The repository part of the system message for the last plan."""
         return repository_text(self.segments)
 
+    def holds(self, path: str, sha256: str) -> bool:
+        """The system message shows `path` in full with exactly this content (its bytes' sha256)."""
+        return any(s.path == path and s.mode == "full" and s.sha256 == sha256 for s in self.segments)
+
     def add(self, path: str) -> str:
         """Force `path` into the context in full (re-plan afterwards); returns its normalised path."""
         rel = self._known(path)

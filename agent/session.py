@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import prompts
+from .attachments import Attachments
 from .apply import JournalError, PathError, StaleChangeError, apply_changes, check_path
 from .backends import Backend, BackendError, ReasoningDelta, TextDelta, Thinking, ToolCallError
 from .chat_format import Message, split_reasoning
@@ -24,7 +25,7 @@ from .edits import EditBlock, EditError, FileChange, parse_edits, plan_changes
 from .instructions import named_paths, nested_instructions, sent_instructions
 from .sessions import SessionRecord, SessionRecorder, SessionStoreError
 from .dsml import ToolCall
-from .tools import ToolResult, ToolRunner
+from .tools import READ_FILE, ToolResult, ToolRunner
 from .turn import (AnswerFinished, AnswerStarted, Compacted, CompactionFailed, Reply, Retrying, ToolRan, TurnEvent,
                    TurnResult)
 from .workspace import DirtyTreeError, Workspace, WorkspaceError
@@ -68,12 +69,15 @@ class Session:
         self.turns: list[int] = []  # where each turn's request starts in `history`
         self.recorder: SessionRecorder | None = None  # saves the conversation after every turn (`.v4/sessions/`)
         self.compactor = Compactor(backend, self.options.compaction)  # summarises old turns near the context
+        self.attachments: Attachments | None = None  # files put in the conversation beyond the repository prefix
 
     def resume(self, record: SessionRecord) -> None:
         """Continue the saved conversation `record`: its messages become this session's history (the
         system message, the repository as it is now, stays this session's own)."""
         self.history = list(record.messages)
         self.turns = list(record.turns)
+        if self.attachments is not None:
+            self.attachments.forget()
         if self.recorder is not None:
             self.recorder.record = record
 
@@ -117,15 +121,24 @@ class Session:
         usage.seconds += last.seconds
         return reply
 
-    def run(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False) -> TurnResult:
+    def run(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False,
+            editable: Sequence[str] | None = None) -> TurnResult:
         """Answer `instruction`, applying its edits atomically; the model's tool calls run (approved, in
         the sandbox) and their results go back until it answers without one; bad edits and failing tests
         go back to the model (bounded). The turn joins the history whatever happened.
 
         `user_edited`: files whose uncommitted changes are the request itself (AI comments): they may be
         edited although dirty, on top of the user's text, which review restores for a rejected hunk.
-        `answer_only`: a question; the answer is never read for edits."""
+        `answer_only`: a question; the answer is never read for edits. `editable`: only these paths
+        may be edited in this turn (/init), whatever the session's own `options.editable`."""
+        if editable is not None:  # restored before the turn is reported: nothing runs under the limit after it
+            before, self.options.editable = self.options.editable, tuple(editable)
+            try:
+                return self.run(instruction, user_edited=user_edited, answer_only=answer_only)
+            finally:
+                self.options.editable = before
         result = TurnResult()
+        attached_before = len(self.attachments.report) if self.attachments is not None else 0
         self._compact_when_full(instruction, result)
         conversation = [Message("user", self._with_nested_instructions(instruction, user_edited))]
         test_rounds = tool_rounds = number = 0
@@ -178,6 +191,8 @@ class Session:
             result.reflections += 1
             self.on_event(Retrying(number + 1, result.problem or "its edits did not apply"))
             conversation.append(Message("user", feedback))
+        if self.attachments is not None:  # what this turn put in the conversation beyond the prefix
+            result.attached = [a.to_json() for a in self.attachments.report[attached_before:]]
         self.turns.append(len(self.history))
         self.history.extend(conversation)
         self._keep(result)
@@ -201,6 +216,8 @@ class Session:
         if done is None:
             return None
         self.history, self.turns = done.history, done.turns
+        if self.attachments is not None:  # the summarised turns' attachments are gone from the conversation
+            self.attachments.forget(report=False)
         event = Compacted(done.num_turns, done.tokens_before, done.tokens_after)
         self.on_event(event)
         if self.recorder is not None:
@@ -239,11 +256,15 @@ class Session:
     def _with_nested_instructions(self, instruction: str, user_edited: Sequence[str]) -> str:
         """`instruction`, after the AGENTS.md (or CLAUDE.md) files of the directories below the root that
         hold the files this turn names (--files, AI comments' files, paths in the request) and that
-        this conversation has not been shown yet."""
-        named = [*(self.options.editable or ()), *user_edited, *named_paths(self.root, instruction)]
+        this conversation has not been shown yet, and after the files attached to it in full
+        (`attachments.py`: named ones and uncommitted changes the repository prefix does not show)."""
+        given = [*(self.options.editable or ()), *user_edited]
+        named = [*given, *named_paths(self.root, instruction)]
         sent = sent_instructions(m.content for m in self.history if m.role == "user")
         nested = nested_instructions(self.root, named, sent)  # `..` and absolute names are skipped
-        return f"{nested.text}\n\n# Request\n\n{instruction}" if nested.text else instruction
+        attached = self.attachments.for_request(instruction, len(self.turns), given) if self.attachments else ""
+        head = "\n\n".join(part for part in (nested.text, attached) if part)
+        return f"{head}\n\n# Request\n\n{instruction}" if head else instruction
 
     def _run_tools(self, calls: Sequence[ToolCall], result: TurnResult, feedback: str | None) -> list[Message]:
         """Run each call through the tool runner (approval, sandbox) and return the tool messages for
@@ -253,6 +274,8 @@ class Session:
         for call in calls:
             outcome = self.tools.run(call.name, call.arguments)
             result.tool_calls.append(outcome.record())
+            if self.attachments is not None and outcome.name == READ_FILE and outcome.allowed:
+                self.attachments.note_read(str(outcome.arguments.get("path", "")), outcome.text, len(self.turns))
             reason = None if outcome.allowed else _first_line(outcome.text)
             self.on_event(ToolRan(call.name, call.arguments, outcome.allowed, outcome.exit_code, _summary(outcome),
                                   reason))

@@ -285,3 +285,8 @@ class SessionRecorder:
 
     def save(self, messages: Sequence[Message], turns: Sequence[int]) -> SessionRecord:
         return self.store.save(self.record, messages, turns, self._secrets)
+
+    def start_new(self) -> None:
+        """The conversation starts over (/clear): the next save writes a new session; the old one stays."""
+        old = self.record
+        self.record = self.store.create(backend=old.backend, thinking=old.thinking, effort=old.effort)

@@ -29,7 +29,7 @@ from .approval import ApprovalPolicy
 from .sandbox import CommandRunner, SandboxUnavailable
 from .workspace import Workspace, WorkspaceError
 
-__all__ = ["MAX_READ_BYTES", "ToolResult", "ToolRunner", "ToolSpec", "tool_specs"]
+__all__ = ["MAX_READ_BYTES", "FileRead", "ToolResult", "ToolRunner", "ToolSpec", "read_repository_file", "tool_specs"]
 
 MAX_READ_BYTES = 200_000
 RUN_COMMAND = "run_command"
@@ -140,49 +140,73 @@ class ToolRunner:
                           details=details)
 
     def _read_file(self, arguments: dict[str, Any], path: str) -> ToolResult:
-        def refuse(why: str) -> ToolResult:
-            return ToolResult(READ_FILE, arguments, f"error: cannot read {path!r}: {why}", allowed=False)
-
-        root = self.workspace.root
-        try:
-            target = check_path(root, path)
-        except PathError as exc:
-            return ToolResult(READ_FILE, arguments, f"error: {exc}", allowed=False)
-        rel = target.relative_to(root).as_posix()
-        if not target.exists():
-            return refuse("no such file in the repository")
-        if target.is_dir():
-            return refuse("it is a directory (use run_command with ls to list it)")
-        if not target.is_file():
-            return refuse("it is not a regular file")
-        try:
-            if self.workspace.ignored([rel]):
-                return refuse("git ignores it (it is not part of the repository's sources)")
-        except WorkspaceError as exc:
-            return refuse(str(exc))
-        try:
-            size = target.stat().st_size
-            with target.open("rb") as handle:
-                data = handle.read(self.max_read_bytes)
-        except OSError as exc:
-            return refuse(exc.strerror or str(exc))
-        if b"\x00" in data[:SNIFF_BYTES]:
-            return refuse("it is a binary file")
-        cut = size > len(data)
-        if cut:  # end on a whole line, or at least a whole character
-            end = data.rfind(b"\n") + 1
-            data = data[:end] if end else data
-        text = _decode(data, partial=cut)
-        if text is None:
-            return refuse("it is not UTF-8 text")
-        secret = None if self.include_secrets else find_secret(rel, text)
-        if secret is not None:
-            return refuse(f"it looks like it holds credentials ({secret.describe()}), which v4 does not send "
-                          "to the model")
-        if cut:
-            text += (f"[... cut: showing the first {len(data):,} of {size:,} bytes; use run_command "
+        read = read_repository_file(self.workspace, path, self.max_read_bytes, self.include_secrets)
+        if read.text is None:
+            return ToolResult(READ_FILE, arguments, f"error: {read.problem}", allowed=False)
+        text = read.text
+        if read.cut:
+            text += (f"[... cut: showing the first {read.shown:,} of {read.size:,} bytes; use run_command "
                      f"(sed -n, grep) for the rest ...]\n")
-        return ToolResult(READ_FILE, arguments, text, allowed=True, details={"bytes": size, "cut": cut})
+        return ToolResult(READ_FILE, arguments, text, allowed=True, details={"bytes": read.size, "cut": read.cut})
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """A repository file as the model may be shown it (`text`), or why not (`problem`)."""
+
+    rel: str
+    text: str | None
+    problem: str = ""
+    size: int = 0
+    shown: int = 0  # bytes of it in `text`
+    cut: bool = False
+
+
+def read_repository_file(workspace: Workspace, path: str, max_bytes: int = MAX_READ_BYTES,
+                         include_secrets: bool = False) -> FileRead:
+    """Read `path` for the model under read_file's rules (the attachments of a request use them too):
+    inside the repository, not ignored by git, not binary, UTF-8, no credentials; cut at `max_bytes`."""
+    root = workspace.root
+
+    def refuse(why: str, rel: str = path) -> FileRead:
+        return FileRead(rel, None, f"cannot read {path!r}: {why}")
+
+    try:
+        target = check_path(root, path)
+    except PathError as exc:
+        return FileRead(path, None, str(exc))
+    rel = target.relative_to(root).as_posix()
+    if not target.exists():
+        return refuse("no such file in the repository", rel)
+    if target.is_dir():
+        return refuse("it is a directory (use run_command with ls to list it)", rel)
+    if not target.is_file():
+        return refuse("it is not a regular file", rel)
+    try:
+        if workspace.ignored([rel]):
+            return refuse("git ignores it (it is not part of the repository's sources)", rel)
+    except WorkspaceError as exc:
+        return refuse(str(exc), rel)
+    try:
+        size = target.stat().st_size
+        with target.open("rb") as handle:
+            data = handle.read(max_bytes)
+    except OSError as exc:
+        return refuse(exc.strerror or str(exc), rel)
+    if b"\x00" in data[:SNIFF_BYTES]:
+        return refuse("it is a binary file", rel)
+    cut = size > len(data)
+    if cut:  # end on a whole line, or at least a whole character
+        end = data.rfind(b"\n") + 1
+        data = data[:end] if end else data
+    text = _decode(data, partial=cut)
+    if text is None:
+        return refuse("it is not UTF-8 text", rel)
+    secret = None if include_secrets else find_secret(rel, text)
+    if secret is not None:
+        return refuse(f"it looks like it holds credentials ({secret.describe()}), which v4 does not send "
+                      "to the model", rel)
+    return FileRead(rel, text, size=size, shown=len(data), cut=cut)
 
 
 def _decode(data: bytes, partial: bool) -> str | None:

@@ -29,6 +29,7 @@ class TurnResult:
     model_feedback: str | None = None  # the last message that told the model so (for --json readers)
     reasoning: str = ""  # the model's thinking over the whole turn, in order
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments", "allowed", "exit_code"}
+    attached: list[dict[str, Any]] = field(default_factory=list)  # files put in full after the prefix (attachments.py)
     session_error: str | None = None  # the conversation could not be saved (the turn itself is unaffected)
     compacted: Compacted | None = None  # the older turns were summarised before this turn (compaction.py)
     compaction_error: str | None = None  # they had to be, but could not be (the history is unchanged)
@@ -37,7 +38,7 @@ class TurnResult:
         return {"applied": self.applied, "files": self.files, "diff": self.diff, "commit": self.commit,
                 "reflections": self.reflections, "error": self.error, "model_feedback": self.model_feedback,
                 "reasoning": self.reasoning, "tool_calls": self.tool_calls, "tokens": self.usage.to_json(),
-                "session_error": self.session_error,
+                "attached": self.attached, "session_error": self.session_error,
                 "compacted": self.compacted.to_json() if self.compacted else None,
                 "compaction_error": self.compaction_error}
 

@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         progress_bar.note(opened.secrets_warning)
     if opened.tools_warning:
         progress_bar.note(opened.tools_warning)
+    if opened.instructions_warning:
+        progress_bar.note(opened.instructions_warning)
     session = opened.session
     if record is not None:
         progress_bar.note(f"continuing session {record.id} ({record.turn_count} turn(s): {record.title})")
@@ -162,6 +164,10 @@ def _print_result(result: TurnResult) -> None:
         print(result.diff, end="")
         print(f"v4: changed {', '.join(result.files)}" + (f"; committed {result.commit[:12]}" if result.commit else
                                                           "; review with `v4 review`, commit with `v4 commit`"))
+    if result.attached:  # what the request carried beyond the repository prefix (the plan's report)
+        listed = ", ".join(f"{a['path']} ({a['reason']}" + ("" if a["attached"] else ", too large: named only") + ")"
+                           for a in result.attached)
+        print(f"v4: attached in full after the repository context: {listed}", file=sys.stderr)
     if result.session_error:
         print(f"v4 refactor: {result.session_error}", file=sys.stderr)
     if result.error:

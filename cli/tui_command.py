@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .backend_args import agent_options, backend_options
+from .backend_args import agent_options, backend_options, conversation_options
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = backend_options(args)
         agent = agent_options(args)
+        conversation = conversation_options(args)
         workspace = Workspace(Path.cwd())
     except ValueError as exc:
         print(f"v4: {exc}", file=sys.stderr)
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"v4: {exc}. v4 edits through git so that every change can be reviewed and undone: "
               "run `git init` first (`v4 index` shows how v4 reads any directory).", file=sys.stderr)
         return EXIT_USAGE
-    app = V4App(workspace.root, options, workspace, agent=agent)
+    app = V4App(workspace.root, options, workspace, agent=agent, conversation=conversation)
     app.run()
     if app.return_value:
         print(app.return_value)

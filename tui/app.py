@@ -10,7 +10,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from v4.agent.options import AgentOptions, BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions, ConversationOptions
 from v4.agent.workspace import Workspace, WorkspaceError
 
 from .controllers.review import ReviewController
@@ -25,6 +25,7 @@ PALETTE = (  # (title, help, MainScreen action)
     ("Add or drop a file", "force a file into the context, or out of it", "files"),
     ("Toggle context panel", "show or hide the files in context", "toggle_context"),
     ("Model", "the backend and model in use", "model"),
+    ("Sessions", "continue a saved conversation of this repository", "sessions"),
     ("Clear chat", "clear the chat and forget the conversation", "clear"),
     ("Draft AGENTS.md", "the model writes AGENTS.md from the repository map, as a pending change", "init"),
     ("Watch mode", "on/off: follow file changes, act on AI! and AI? comments", "watch"),
@@ -45,11 +46,11 @@ class V4App(App[str | None]):
     ]
 
     def __init__(self, root: Path, options: BackendOptions, workspace: Workspace,
-                 agent: AgentOptions | None = None) -> None:
+                 agent: AgentOptions | None = None, conversation: ConversationOptions | None = None) -> None:
         super().__init__()
         self.root = root
         self.review = ReviewController(workspace=workspace)
-        self.main = MainScreen(root, options, self.review, agent or AgentOptions())
+        self.main = MainScreen(root, options, self.review, agent or AgentOptions(), conversation)
 
     def on_mount(self) -> None:
         self.push_screen(self.main)  # pushed, not the default screen: pushing loads its CSS_PATH

@@ -16,6 +16,9 @@ state and widget attributes. A widget's own messages are nested in the widget (H
       AskUser ─► ApprovalController.ask (thread, blocks on a Future)
         ─ ApprovalRequested ─► MainScreen ─► ApprovalScreen ─ dismiss ─► ApprovalRequested.resolve
       then ─ TurnFinished ─► MainScreen ─► ChatLog notes (applied, error), pending count
+      Session.on_event ─ Compacted / CompactionFailed ─► ConversationCompacted ─► MainScreen ─► ChatLog note
+    /compact ─► SessionsController.compact (thread) ─ ConversationCompacted ─► MainScreen ─► ChatLog note
+    /sessions ─► SessionsScreen ─ id ─► SessionsController.resume (thread) ─ SessionResumed ─► MainScreen ─► ChatLog
     /think ─► MainScreen (the new state in the chat) ─► ContextController.set_thinking (thread)
         ─ ContextUpdated ─► MainScreen (the prompt is free again)
     ContextController (thread) ─ ContextUpdated ─► MainScreen ─► SessionState.context/.changed
@@ -41,7 +44,8 @@ from textual.message import Message
 from v4.agent.approval import Answer
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.context import ContextView
-from v4.agent.turn import ToolRan, TurnResult
+from v4.agent.sessions import SessionRecord
+from v4.agent.turn import Compacted, ToolRan, TurnResult
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.watch.loop import WatchEvent
 
@@ -69,6 +73,25 @@ class StartupReady(Message):
     context: ContextView
     prefill: PrefillStats | None
     pending_files: int
+    resumed: SessionRecord | None = None  # the saved conversation it continues (--continue, --resume)
+
+
+@dataclass
+class ConversationCompacted(Message):
+    """The oldest turns were summarised (at a turn's start, or /compact): `event` says how much, or
+    `error` why not (the conversation is unchanged then)."""
+
+    event: Compacted | None
+    error: str | None = None
+
+
+@dataclass
+class SessionResumed(Message):
+    """/sessions continued a saved conversation (`record` None: it could not be loaded; `error` says why)."""
+
+    record: SessionRecord | None
+    prefill: PrefillStats | None
+    error: str | None = None
 
 
 @dataclass

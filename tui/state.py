@@ -35,5 +35,7 @@ class SessionState:
     """The context plan as the panel shows it."""
     context_status = var("indexing the repository…")
     """What the context panel says until there is a plan (start-up's progress)."""
+    reused_tokens = var[int | None](None)
+    """Tokens of a continued conversation found prefilled (the prefix-state store) when it resumed."""
     changed = var[tuple[str, ...]](())
     """Files in the context changed since the prefix was cached."""

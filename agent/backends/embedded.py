@@ -104,9 +104,12 @@ class EmbeddedBackend:
         """(ids, boundaries, the rendered text, each token's start offset in it)."""
         text = self._render(messages, add_generation_prompt, thinking, tools)
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
-        marks = [m.start() for m in re.finditer(r"(?m)^==> ", text)]
+        system_end = len(text)  # repository segments are marked in the system message only (not attachments)
         if messages and messages[0].role == "system" and len(messages) > 1:
-            marks.append(len(self._render(messages[:1], False, thinking, tools)))
+            system_end = len(self._render(messages[:1], False, thinking, tools))
+        marks = [m.start() for m in re.finditer(r"(?m)^==> ", text[:system_end])]
+        if system_end < len(text):
+            marks.append(system_end)
         starts = [start for start, _ in encoding.offsets]
         boundaries = sorted({bisect.bisect_left(starts, mark) for mark in marks} - {0, len(encoding.ids)})
         return encoding.ids, boundaries, text, starts

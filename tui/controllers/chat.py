@@ -35,15 +35,17 @@ class ChatController:
         self._pending_files = pending_files
         self._post = post_message
 
-    def ask(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False) -> TurnResult:
+    def ask(self, instruction: str, *, user_edited: Sequence[str] = (), answer_only: bool = False,
+            editable: Sequence[str] | None = None) -> TurnResult:
         """Answer `instruction`; the model's edits land in the work tree (never committed here).
-        `user_edited` and `answer_only` are Session.run's (watch mode's AI comments)."""
+        `user_edited`, `answer_only` (watch mode's AI comments) and `editable` (/init) are Session.run's."""
         self.backend.begin_turn()
         if self.approvals is not None:
             self.approvals.begin_turn()
         try:
             with self.warmer.foreground() if self.warmer is not None else nullcontext():
-                result = self.session.run(instruction, user_edited=user_edited, answer_only=answer_only)
+                result = self.session.run(instruction, user_edited=user_edited, answer_only=answer_only,
+                                          editable=editable)
         except (WorkspaceError, OSError) as exc:  # the session reports edit and backend errors itself
             result = TurnResult(error=f"{type(exc).__name__}: {exc}")
         try:
@@ -61,8 +63,14 @@ class ChatController:
             self.approvals.stop()
 
     def clear(self) -> None:
-        """Forget the conversation; the system message (rules + repository) stays, and stays cached."""
+        """Forget the conversation; the system message (rules + repository) stays, and stays cached. The
+        saved conversation stays under .v4/sessions/ (/sessions continues it); the next turn starts a new one."""
         self.session.history.clear()
+        self.session.turns.clear()
+        if self.session.attachments is not None:
+            self.session.attachments.forget()
+        if self.session.recorder is not None:
+            self.session.recorder.start_new()
 
 
 def describe_failure(result: TurnResult) -> str | None:

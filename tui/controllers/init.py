@@ -20,14 +20,8 @@ def init_note(path: str, existing: str | None) -> str:
 
 def draft_instructions(*, chat: ChatController, context: ContextController, path: str,
                        existing: str | None) -> TurnResult:
-    """Build the map and run /init's request through `chat` with the session allowed to edit only
-    `path`; the session's own `editable` is back when this returns. Blocking: a thread worker."""
+    """Build the map and run /init's request through `chat` with the turn allowed to edit only `path`
+    (the session's own `editable` is back before the turn is reported). Blocking: a thread worker."""
     with context.lock:  # watch mode re-plans the same index
         map_text = repository_map(context.context)
-    options = chat.session.options
-    before = options.editable
-    options.editable = (path,)
-    try:
-        return chat.ask(init_request(map_text, existing, path))
-    finally:
-        options.editable = before
+    return chat.ask(init_request(map_text, existing, path), editable=(path,))

@@ -34,6 +34,9 @@ SLASH_COMMANDS: tuple[SlashCommand, ...] = (
     SlashCommand("init", "init", "draft AGENTS.md from the repository map (or improve the one there), as a "
                  "pending change to review"),
     SlashCommand("watch", "watch", "watch mode on/off: follow file changes, act on AI! and AI? comments"),
+    SlashCommand("sessions", "sessions", "continue a saved conversation of this repository (v4 --continue: the last)"),
+    SlashCommand("compact", "compact", "summarise the older turns now, keeping the newest and the repository "
+                 "(v4 does it by itself near the context's end)"),
     SlashCommand("clear", "clear", "clear the chat and forget the conversation"),
     SlashCommand("help", "help", "keys and commands"),
     SlashCommand("quit", "quit", "quit (pending changes stay in the work tree)"),

@@ -11,21 +11,24 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 from v4.agent.backends import BackendError
-from v4.agent.bootstrap import answer_tokens, describe_backend, open_backend, open_session, prefill_session
+from v4.agent.bootstrap import (answer_tokens, describe_backend, open_backend, open_session, prefill_session,
+                                saved_session)
 from v4.agent.context import ContextError, RepositoryContext
 from v4.agent.demo import demo_checkpoint
-from v4.agent.options import AgentOptions, BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions, ConversationOptions
 from v4.agent.session import Session, SessionOptions
-from v4.agent.turn import ToolRan, TurnEvent
+from v4.agent.sessions import SessionStoreError
+from v4.agent.turn import Compacted, CompactionFailed, ToolRan, TurnEvent
 from v4.agent.warm import ContextWarmer
 from v4.agent.workspace import WorkspaceError
 
-from ..messages import StartupFailed, StartupReady, StartupStep, ToolCallRan
+from ..messages import ConversationCompacted, StartupFailed, StartupReady, StartupStep, ToolCallRan
 from .approval import ApprovalController
 from .chat import ChatController
 from .context import ContextController
 from .metering import MeteredBackend
 from .review import ReviewController
+from .sessions import SessionsController
 from .watch import WatchController
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ class Services:
     watch: WatchController
     warmer: ContextWarmer
     approvals: ApprovalController
+    sessions: SessionsController
 
 
 class StartupController:
@@ -54,10 +58,12 @@ class StartupController:
     context and prefills it, posting a StartupStep as each moves. `run` blocks: a thread worker."""
 
     def __init__(self, *, root: Path, options: BackendOptions, review: ReviewController,
-                 post_message: Callable[[Message], object], agent: AgentOptions | None = None) -> None:
+                 post_message: Callable[[Message], object], agent: AgentOptions | None = None,
+                 conversation: ConversationOptions | None = None) -> None:
         self.root = root
         self.options = options
         self.agent = agent or AgentOptions()
+        self.conversation = conversation or ConversationOptions()
         self.review = review
         self._post = post_message
         self._cancelled = threading.Event()
@@ -74,13 +80,14 @@ class StartupController:
             self._post(ready)
         except Cancelled:
             pass
-        except (BackendError, WorkspaceError, ContextError, OSError, ValueError) as exc:
+        except (BackendError, WorkspaceError, ContextError, SessionStoreError, OSError, ValueError) as exc:
             self._post(StartupFailed(str(exc), fix_hint(self.options)))
         except Exception as exc:  # noqa: BLE001 - anything else from a checkpoint or engine: say it, stay open
             self._post(StartupFailed(f"{type(exc).__name__}: {exc}", fix_hint(self.options)))
 
     def _start(self) -> StartupReady:
         options = self.options
+        record = saved_session(self.root, self.conversation)  # a wrong id is said before the model loads
         if options.names_no_model:
             self._step("model", "creating the demo checkpoint (random weights, first run only)…")
             options = options.with_model(demo_checkpoint())
@@ -103,15 +110,19 @@ class StartupController:
         session_options = SessionOptions(max_answer_tokens=min(wanted, chosen.answer_tokens))
         opened = open_session(context, chosen, session_options, endpoint=options.endpoint, backend=metered,
                               on_event=self._turn_event, agent=self.agent, ask=approvals.ask,
-                              include_secrets=options.include_secrets)
+                              include_secrets=options.include_secrets, record=record,
+                              save=self.conversation.save, backend_options=options)
         session, view = opened.session, opened.view
+        session.compactor.backend = chosen.backend  # a summary is not an answer: it is not streamed to the chat
         self._step("plan", f"context: {sum(f.mode != 'dropped' for f in view.files)} files, "
                            f"{view.total_tokens:,} of {view.budget:,} tokens", finished=True)
         if opened.secrets_warning:  # shown before the prefill sends the context (issue 22)
             self._step("plan", opened.secrets_warning, finished=True)
         if opened.tools_warning:
             self._step("plan", opened.tools_warning, finished=True)
-        self._step("prefill", "prefilling the context…")
+        if opened.instructions_warning:
+            self._step("plan", opened.instructions_warning, finished=True)
+        self._step("prefill", "prefilling the " + ("conversation…" if record is not None else "context…"))
         report = prefill_session(chosen.backend, session)
         self._step("prefill", _prefill_label(report), finished=True)
         warmer = ContextWarmer(session, chosen.backend)
@@ -121,14 +132,19 @@ class StartupController:
                                        budget=chosen.budget, post_message=self._post, warmer=warmer)
         watch = WatchController(root=self.root, context=context, session=session, warmer=warmer,
                                 budget=chosen.budget, lock=controller.lock, post_message=self._post)
-        return StartupReady(Services(session, chat, controller, watch, warmer, approvals), info, view, report,
-                            self.review.pending_files())
+        sessions = SessionsController(session=session, backend=chosen.backend, post_message=self._post, warmer=warmer)
+        return StartupReady(Services(session, chat, controller, watch, warmer, approvals, sessions), info, view,
+                            report, self.review.pending_files(), record)
 
     def _turn_event(self, event: TurnEvent) -> None:
         """The session's events, from the turn's worker thread: tool calls become chat lines (answers
         are followed through the metered backend)."""
         if isinstance(event, ToolRan):
             self._post(ToolCallRan(event))
+        elif isinstance(event, Compacted):
+            self._post(ConversationCompacted(event))
+        elif isinstance(event, CompactionFailed):
+            self._post(ConversationCompacted(None, event.reason))
 
     def _index_progress(self, phase: str, done: int, total: int) -> None:
         """The index's progress callback: a start-up step while starting, nothing after (the same

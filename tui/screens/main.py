@@ -18,7 +18,8 @@ from textual.worker import Worker, WorkerState
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.init_draft import InitError, instruction_target
-from v4.agent.options import AgentOptions, BackendOptions
+from v4.agent.options import AgentOptions, BackendOptions, ConversationOptions
+from v4.agent.sessions import SessionRecord
 from v4.agent.workspace import UndoPlan
 
 from .. import messages as m
@@ -26,6 +27,7 @@ from ..controllers.chat import tool_line, turn_notes
 from ..controllers.init import draft_instructions, init_note
 from ..controllers.review import ReviewController, ReviewOutcome, undo_question
 from ..controllers.slash import SlashError, completions, parse_slash, think_argument, thinking_note
+from ..controllers.sessions import conversation_entries, resumed_note
 from ..controllers.startup import Services, StartupController
 from ..state import SessionState
 from ..widgets.chat_log import ChatLog
@@ -35,11 +37,12 @@ from ..widgets.status_bar import StatusBar
 from .approval import ApprovalScreen
 from .choice import Choice, ChoiceScreen
 from .review import ReviewScreen
+from .sessions import SessionsScreen
 from .watching import WatchHandlers
 
 CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked while watch mode is off
 BOUND = ("backend", "model", "random_weights", "tokens_per_s", "ttft_s", "kv_bytes", "watching", "pending_files",
-         "busy")  # SessionState vars the status bar shows
+         "busy", "reused_tokens")  # SessionState vars the status bar shows
 
 
 class MainScreen(SessionState, WatchHandlers, Screen[None]):
@@ -60,12 +63,12 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
     ]
 
     def __init__(self, root: Path, options: BackendOptions, review: ReviewController,
-                 agent: AgentOptions | None = None) -> None:
+                 agent: AgentOptions | None = None, conversation: ConversationOptions | None = None) -> None:
         super().__init__()
         self.root = root
         self.review = review
         self.startup = StartupController(root=root, options=options, review=review, post_message=self.post_message,
-                                         agent=agent)
+                                         agent=agent, conversation=conversation)
         self.services: Services | None = None
         self.info: BackendInfo | None = None
         self.startup_error: str | None = None
@@ -113,6 +116,8 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
         if event.info.random_weights:
             chat.note("The model is the demo checkpoint with random weights: its answers are noise. "
                       "Start v4 with --model DIR, --endpoint URL or $V4_MODEL for a real one.", "reflection")
+        if event.resumed is not None:
+            self._show_conversation(event.resumed, event.prefill)
         if event.pending_files:
             chat.note(f"{event.pending_files} file(s) hold v4 changes from before, still pending: "
                       "review them with ctrl+r (/review).", "reflection")
@@ -335,6 +340,78 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
 
     def action_help(self) -> None:
         self.app.action_help()
+
+    def action_sessions(self) -> None:
+        """/sessions: pick a saved conversation of this repository and continue it here."""
+        if not self._can_run("/sessions"):
+            return
+        records, warnings = self.services.sessions.saved()
+        chat = self.query_one(ChatLog)
+        for warning in warnings:
+            chat.note(warning, "error")
+        if not records:
+            chat.note("No saved conversations yet: each one is saved under .v4/sessions/ after its first turn.")
+            return
+        self.app.push_screen(SessionsScreen(records, self.services.sessions.current()), self._session_chosen)
+
+    def _session_chosen(self, session_id: str | None) -> None:
+        if session_id is None or self.services is None:
+            return
+        if session_id == self.services.sessions.current():
+            self.query_one(ChatLog).note(f"Session {session_id} is the one in this chat already.")
+            return
+        self.busy = True
+        self._work(partial(self.services.sessions.resume, session_id), "sessions")
+
+    def action_compact(self) -> None:
+        """/compact: the older turns become a summary now (the repository prefix stays cached)."""
+        if not self._can_run("/compact"):
+            return
+        self.busy = True
+        self._work(self._compact, "sessions")
+
+    def _compact(self) -> None:
+        try:
+            self.services.sessions.compact()
+        finally:
+            self.call_from_thread(setattr, self, "busy", False)
+
+    def on_conversation_compacted(self, event: m.ConversationCompacted) -> None:
+        chat = self.query_one(ChatLog)
+        if event.event is None:
+            chat.note(f"Not compacted: {event.error}", "error")
+            return
+        done = event.event
+        chat.note(f"Compacted the {done.turns} oldest turn(s) into a summary ({done.tokens_before:,} → "
+                  f"{done.tokens_after:,} tokens); the repository stays cached, the newest turns stay as they were "
+                  "and v4's pending changes are listed in the summary.", "reflection")
+
+    def on_session_resumed(self, event: m.SessionResumed) -> None:
+        self.busy = False
+        chat = self.query_one(ChatLog)
+        if event.record is None:
+            chat.note(f"Could not continue it: {event.error}", "error")
+            return
+        chat.clear(keep=tuple(self.query(StartupPanel)))
+        self._show_conversation(event.record, event.prefill)
+        if event.error:
+            chat.note(event.error, "error")
+
+    def _show_conversation(self, record: SessionRecord, prefill: object | None) -> None:
+        """A continued conversation in the chat, and what the engine reused of it (status bar too)."""
+        chat = self.query_one(ChatLog)
+        for kind, text in conversation_entries(record):
+            if kind == "prompt":
+                chat.prompt(text)
+            elif kind == "answer":
+                chat.start_answer()
+                chat.add_answer(text)
+                chat.end_answer()
+            else:
+                chat.note(text, "tool")
+        reused = getattr(prefill, "reused_tokens", None)
+        self.reused_tokens = reused
+        chat.note(resumed_note(record, reused, getattr(prefill, "tokens", None)), "success")
 
     # -- helpers -------------------------------------------------------------------------------
 

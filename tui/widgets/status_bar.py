@@ -9,7 +9,7 @@ from textual.widget import Widget
 
 class StatusBar(Widget):
     """Backend and model (with a warning for random weights), tokens/s, time to first token, the
-    engine's decode-state size, watch on/off and pending changes. Values are bound from SessionState."""
+    engine's decode-state size, watch on/off, a continued conversation's reused tokens and pending changes. Values are bound from SessionState."""
 
     COMPONENT_CLASSES = {"status-bar--warning", "status-bar--dim"}
     DEFAULT_CSS = """
@@ -27,6 +27,7 @@ class StatusBar(Widget):
     watching = reactive(False)
     pending_files = reactive(0)
     busy = reactive(False)
+    reused_tokens: reactive[int | None] = reactive(None)
 
     def render(self) -> Content:
         warning = self.get_visual_style("status-bar--warning")
@@ -41,6 +42,8 @@ class StatusBar(Widget):
                   "TTFT " + ("—" if self.ttft_s is None else f"{self.ttft_s:.2f}s"), separator,
                   "KV " + ("n/a" if self.kv_bytes is None else _size(self.kv_bytes)), separator,
                   "watch " + ("on" if self.watching else "off")]
+        if self.reused_tokens is not None:
+            parts += [separator, f"resumed: {self.reused_tokens:,} tokens reused"]
         if self.busy:
             parts += [separator, ("working…", warning)]
         if self.pending_files:

@@ -153,3 +153,19 @@ async def test_slash_compact_summarises_the_older_turns_without_streaming_the_su
         assert "SUMMARY: the user asked three things." in call[1].content
         assert [m.content for m in call[3:7]] == ["second", "Two.", "third", "Three."]
     assert SessionStore(repo).latest().compactions == 1
+
+
+async def test_a_file_changed_during_the_session_is_attached_not_replanned(repo: Path, tmp_path: Path) -> None:
+    app = app_for(repo, tmp_path, "Noted.", "Still noted.")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        system = app.main.services.session.system
+        with open(repo / "calc.py", "a") as handle:
+            handle.write("\n\ndef mul(a, b):\n    return a * b\n")  # the user's edit, after the plan
+        await ask(pilot, "I added mul")
+        assert "Attached in full after the repository context: calc.py (uncommitted changes)." in chat_text(app)
+        request = app.main.services.chat.backend.inner.calls[0][-1].content
+        assert "==> calc.py <== (uncommitted changes)" in request and "def mul(a, b):" in request
+        await ask(pilot, "anything else?")
+        assert app.main.services.chat.backend.inner.calls[1][-1].content == "anything else?"  # sent once
+        assert app.main.services.session.system == system  # the cached prefix is untouched

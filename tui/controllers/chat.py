@@ -93,6 +93,10 @@ def turn_notes(result: TurnResult) -> list[tuple[str, str]]:
     """The chat's notes for a finished turn, as (text, Note kind): what was applied, what went wrong,
     and, for an answer that edits nothing, a word that it proposes no change."""
     notes = []
+    if result.attached:  # what the request carried beyond the repository prefix (the plan's report)
+        listed = ", ".join(f"{a['path']} ({a['reason']}" + ("" if a["attached"] else "; too large, named only") + ")"
+                           for a in result.attached)
+        notes.append((f"Attached in full after the repository context: {listed}.", "info"))
     if result.applied:
         notes.append((f"✓ Applied to {', '.join(result.files)} (in the work tree, not committed). "
                       "Review with ctrl+r or /review.", "success"))

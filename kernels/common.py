@@ -47,3 +47,16 @@ def round_to(x, dtype: tl.constexpr, ON_BITS: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # exactly representable afterwards
         x = bits.to(tl.float32, bitcast=True)
     return x.to(dtype)
+
+
+@triton.jit
+def to_e4m3(y, INTERPRET: tl.constexpr):
+    """float32 with |y| <= 448 -> float8e4nv, to nearest even. The GPU's cast (cvt.rn.satfinite) rounds;
+    the interpreter's truncates, so when interpreting, y is first rounded onto the e4m3 grid in float32
+    (3 mantissa bits: ulp 2^(exponent - 3), 2^-9 below the normal range) and the cast is then exact."""
+    if INTERPRET:
+        bits = y.to(tl.int32, bitcast=True)
+        ulp = ((tl.maximum(((bits >> 23) & 0xFF) - 127, -6) - 3 + 127) << 23).to(tl.float32, bitcast=True)
+        r = ((tl.abs(y) / ulp + 12582912.0) - 12582912.0) * ulp  # + 1.5 * 2^23 rounds to an integer, RTNE
+        y = tl.where(bits < 0, -r, r)  # a value that rounds to zero keeps its sign
+    return y.to(tl.float8e4nv)

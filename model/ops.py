@@ -18,6 +18,7 @@ from v4.kernels import common as _common
 from v4.kernels import compressor as _compressor
 from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
+from v4.kernels import indexer_fp8 as _indexer_fp8
 from v4.kernels import mhc as _mhc
 from v4.kernels import moe as _moe
 from v4.kernels import moe_route as _moe_route
@@ -28,6 +29,14 @@ from v4.kernels import sparse_attention as _attention
 # DeepSeek's FP8 rows for compressed KV entries: e4m3 codes of the non-RoPE dims in blocks with ue8m0
 # scales, the RoPE dims in bf16; the layout is fixed at these sizes.
 FP8_KV_DIM, FP8_KV_ROPE_DIM, FP8_KV_ROW_BYTES = _attention.KV_DIM, _attention.ROPE_DIM, _attention.PACKED_DIM
+
+# From this many queries per call on, the indexer over FP8 keys rounds its queries to FP8 too and scores on
+# FP8 tensor cores (kernels/indexer_fp8.py, as DeepSeek's prefill does): a prefill chunk (4,096 on CUDA)
+# is compute-bound there. Fewer queries (decode, verify steps, short chunks) keep float queries: they are
+# bound by reading the keys. The choice depends on the shape only, so the CPU references compute the
+# same function as the CUDA kernels; the price is that a query scored in a large chunk and the same query
+# scored alone round differently (the top-k agree on most entries: benchmarks/bench_indexer_fp8.py).
+FP8_QUERY_MIN_ROWS = 1024
 
 
 def kernels_enabled(t: Tensor) -> bool:
@@ -70,10 +79,20 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int
     return fn(q, weights, keys, start, rate, scale, k)
 
 
+def fp8_queries(q: Tensor, key_scale: Tensor | None) -> bool:
+    """Whether the indexer call rounds its queries to FP8: FP8 keys and at least FP8_QUERY_MIN_ROWS queries."""
+    return key_scale is not None and q.shape[1] >= FP8_QUERY_MIN_ROWS
+
+
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor, start: int, rate: int,
                      scale: float, k: int) -> Tensor:
-    """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`."""
-    if kernels_enabled(q):
+    """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`; the
+    queries are FP8-rounded too when `fp8_queries` says so."""
+    kernels = kernels_enabled(q)
+    if fp8_queries(q, key_scale):
+        fn = _indexer_fp8.indexer_topk_fp8q if kernels else _indexer_fp8.indexer_topk_fp8q_reference
+        return fn(q, weights, keys, key_scale, start, rate, scale, k)
+    if kernels:
         return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k)
     return _indexer.indexer_topk_fp8_reference(q, weights, keys, key_scale, start, rate, scale, k)
 
@@ -81,8 +100,13 @@ def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
                    key_scale: Tensor | None = None) -> Tensor:
     """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query;
-    with `key_scale`, `keys` are float8_e4m3fn scaled per key."""
-    if kernels_enabled(q):
+    with `key_scale`, `keys` are float8_e4m3fn scaled per key (and the queries FP8-rounded when
+    `fp8_queries` says so)."""
+    kernels = kernels_enabled(q)
+    if fp8_queries(q, key_scale):
+        fn = _indexer_fp8.indexer_scores_fp8q if kernels else _indexer_fp8.indexer_scores_fp8q_reference
+        return fn(q, weights, keys, key_scale, start, rate, scale)
+    if kernels:
         return _indexer.indexer_scores(q, weights, keys, start, rate, scale, key_scale)
     if key_scale is not None:
         keys = _indexer.dequantize_index_keys_fp8(keys, key_scale)

@@ -3,7 +3,8 @@
 A V4-shaped small model (head_dim 512 with 64 RoPE dims, window 128, CSA rate 4, HCA rate 128, 4 mHC
 streams; narrow hidden size, few heads and experts: the op count does not depend on the widths), one CSA
 layer and one HCA layer, rows at `--context` tokens. The step runs eagerly (what a graph would capture)
-under torch.profiler, with a range around each layer's attention, each layer's mHC + MoE and the head.
+under torch.profiler, with a range around each layer's attention, each layer's mHC + MoE, the head
+and (`step`) what the step derives once from the positions for all layers.
 
 - On CUDA: kernel launches per range (runtime launch, memcpy and memset calls), as a graph holds them.
 - On CPU: aten ops that would be a kernel: a call into model/ops.py that runs a Triton kernel on CUDA
@@ -76,7 +77,9 @@ def ranges(decoder: StaticDecoder, device: torch.device) -> Iterator[None]:
         return call
 
     attend = decoder._attend
-    decoder._attend = lambda attn, x, buffers: ranged(f"{RANGE}attention {attn.layer_type}", attend)(attn, x, buffers)
+    decoder._attend = lambda attn, *args: ranged(f"{RANGE}attention {attn.layer_type}", attend)(attn, *args)
+    positions = decoder._positions
+    positions.update = ranged(f"{RANGE}step", positions.update)
     for block in model.layers:
         block.mix = ranged(f"{RANGE}layer {block.attn.layer_type}", block.mix)
     model.logits = ranged(f"{RANGE}head", model.logits)
@@ -90,7 +93,7 @@ def ranges(decoder: StaticDecoder, device: torch.device) -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(ops, name, fn)
-        del decoder._attend, model.logits, model.embed_streams
+        del decoder._attend, model.logits, model.embed_streams, positions.update
         for block in model.layers:
             del block.mix
 
@@ -180,6 +183,7 @@ def main() -> None:
         result[short] = {"attention": attention, "mhc_moe": totals.get(f"layer {kind}", 0),
                          "layer": attention + totals.get(f"layer {kind}", 0)}
     result["head"] = totals.get("head", 0)
+    result["step"] = totals.get("step", 0)  # once per step for all layers: indices from the positions
     if args.detail:
         result["detail"] = {name: dict(sorted(Counter(names).items(), key=lambda kv: -kv[1]))
                             for name, names in detail.items()}

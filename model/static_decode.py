@@ -5,16 +5,22 @@ The eager path (attention.py) grows tensors with the sequence and decides on the
 compression window closes; a graph can do neither. Here each row carries its own position in a
 device tensor, and per layer the state lives in buffers sized for `capacity` tokens:
 
-- `kv` `[B, window + entries, head_dim]`: the sliding window as a ring (position p in slot p % window)
-  followed by the compressed entries, so attention reads one tensor and nothing is concatenated;
-- each compressor's partial window, double-buffered by window parity for CSA: the previous window's
-  first series (the overlap) is simply the other half;
-- the indexer's compressed keys `[B, entries, index_head_dim]`.
+- `kv` `[B, entries + window + 1, head_dim]`: the compressed entries, then the sliding window as a ring
+  (position p in slot entries + p % window), then a scratch slot, so attention reads one tensor and
+  nothing is concatenated;
+- each compressor's partial windows, kept as the windows it pools (for CSA two assembled windows by
+  parity: the previous window's first series beside this one's second), plus a scratch row;
+- the indexer's compressed keys `[B, entries + 1, index_head_dim]`.
+
+decode_positions.py owns this layout and computes, once per step for all layers, every index the
+positions decide (slots, window indices, visibility, attention indices, RoPE angles), so a layer's
+bookkeeping is one index_put per write and one gather per pooled window (issue 27).
 
 Every step writes the entry of the window its position is in, complete or not; an entry only becomes
 visible to queries once its window has closed, by which time the last write made it exact. Every
 write depends only on (token, position), so a step replayed at the same position changes nothing:
-warming up before capture and rewinding are free. Rows marked inactive write nothing.
+warming up before capture and rewinding are free. Rows marked inactive write to the scratch slot or
+row: nothing they hold changes.
 
 Capacity grows by whole pages (buffers reallocated, state copied, graphs captured again), never by
 concatenating per step. States move in and out of the eager `DecodeState` layout (`load_row`,
@@ -28,9 +34,7 @@ so the step still captures in one graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -38,14 +42,13 @@ from torch import Tensor
 from . import ops
 from .attention import Attention, Compressor
 from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
-from .layers import rope_cos_sin
+from .decode_positions import DecodePositions, Rope, WindowStep
 from .offload import expert_caches, fewest_slots, has_offload
 from .piecewise_graph import PiecewiseGraph
 from .quantized_linear import grouped_linear
 from .state import CompressorState, DecodeState, check_kv_format
 from .v4 import Transformer
 
-T = TypeVar("T")
 PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of every compression rate)
 
 
@@ -55,8 +58,8 @@ class StaticDecodeError(ValueError):
 
 @dataclass(slots=True)
 class _CompressorBuffers:
-    """A compressor's partial windows `[B, slots, width]`: two windows (this one and the previous,
-    by parity) for overlapping compressors, one otherwise."""
+    """A compressor's partial windows `[B + 1, L, dim]` (layout: decode_positions.py; the last row is
+    scratch)."""
 
     kv: Tensor
     gate: Tensor
@@ -64,11 +67,13 @@ class _CompressorBuffers:
 
 @dataclass(slots=True)
 class _LayerBuffers:
-    kv: Tensor  # [B, window + entries, head_dim], or packed FP8 rows [B, window + entries, row bytes] uint8
+    kv: Tensor  # [B, entries + window + 1, head_dim], or packed FP8 rows [..., row bytes] uint8
+    entries: int = 0  # compressed entries per row (0: a sliding layer)
+    table: int = 0  # the layer's RoPE frequency table (DecodePositions.tables)
     compressor: _CompressorBuffers | None = None
-    index_keys: Tensor | None = None  # [B, entries, index_head_dim] (float8_e4m3fn in an FP8 decoder)
+    index_keys: Tensor | None = None  # [B, entries + 1, index_head_dim] (float8_e4m3fn in an FP8 decoder)
     indexer: _CompressorBuffers | None = None
-    index_scales: Tensor | None = None  # [B, entries] float32: the FP8 keys' scales
+    index_scales: Tensor | None = None  # [B, entries + 1] float32: the FP8 keys' scales
 
 
 def _rows_first(x: Tensor) -> Tensor:
@@ -112,9 +117,9 @@ class StaticDecoder:
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
         self._rows = torch.arange(batch, device=self.device)
-        # What every layer of one step derives from the positions alone (rope angles per frequency
-        # table, window slots, compression indices): computed once per step, not once per layer.
-        self._per_step: dict[object, object] = {}
+        self._tables, self._table_of = _rope_tables(model)
+        # What every layer of one step derives from the positions alone, computed once per step
+        self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
         self._logits: Tensor | None = None
         self.grow(capacity)
@@ -128,38 +133,51 @@ class StaticDecoder:
             return
         old = self.layers
         self.layers = [self._new_layer(layer, capacity) for layer in range(self.config.num_hidden_layers)]
+        window = self.config.sliding_window
         for new, held in zip(self.layers, old):
-            new.kv[:, : held.kv.shape[1]].copy_(held.kv)
+            new.kv[:, : held.entries].copy_(held.kv[:, : held.entries])
+            new.kv[:, new.entries : new.entries + window].copy_(held.kv[:, held.entries : held.entries + window])
             for name in ("compressor", "indexer"):
                 if getattr(held, name) is not None:
                     getattr(new, name).kv.copy_(getattr(held, name).kv)
                     getattr(new, name).gate.copy_(getattr(held, name).gate)
             if held.index_keys is not None:
-                new.index_keys[:, : held.index_keys.shape[1]].copy_(held.index_keys)
+                new.index_keys[:, : held.entries].copy_(held.index_keys[:, : held.entries])
             if held.index_scales is not None:
-                new.index_scales[:, : held.index_scales.shape[1]].copy_(held.index_scales)
+                new.index_scales[:, : held.entries].copy_(held.index_scales[:, : held.entries])
         self.capacity = capacity
+        self._positions = DecodePositions(self.config, self.batch, capacity, self._tables, self._table_of,
+                                          self.device)
         self._graph = None  # buffers moved: capture again
 
     def _new_layer(self, layer: int, capacity: int) -> _LayerBuffers:
-        config, batch = self.config, self.batch
+        config, batch, window = self.config, self.batch, self.config.sliding_window
         zeros = lambda *shape, kind=self.dtype: torch.zeros(*shape, dtype=kind, device=self.device)  # noqa: E731
         row = (ops.FP8_KV_ROW_BYTES, torch.uint8) if self.fp8 else (config.head_dim, self.dtype)
         attention = config.attention_type(layer)
+        table = self._table_of[layer]
         if attention == SLIDING:
-            return _LayerBuffers(zeros(batch, config.sliding_window, row[0], kind=row[1]))
+            return _LayerBuffers(zeros(batch, window + 1, row[0], kind=row[1]), table=table)
         rate = config.compress_rates[attention]
         overlap = attention == CSA
-        slots = 2 * rate if overlap else rate
-        width = 2 * config.head_dim if overlap else config.head_dim
-        buffers = _LayerBuffers(zeros(batch, config.sliding_window + capacity // rate, row[0], kind=row[1]),
-                                _CompressorBuffers(zeros(batch, slots, width), zeros(batch, slots, width)))
+        entries = capacity // rate
+        buffers = _LayerBuffers(zeros(batch, entries + window + 1, row[0], kind=row[1]), entries, table,
+                                self._partial_buffers(rate, config.head_dim, overlap))
         if overlap:
             key_dtype = torch.float8_e4m3fn if self.fp8 else self.dtype
-            buffers.index_keys = zeros(batch, capacity // rate, config.index_head_dim, kind=key_dtype)
-            buffers.index_scales = zeros(batch, capacity // rate, kind=torch.float32) if self.fp8 else None
-            buffers.indexer = _CompressorBuffers(zeros(batch, slots, 2 * config.index_head_dim),
-                                                 zeros(batch, slots, 2 * config.index_head_dim))
+            buffers.index_keys = zeros(batch, entries + 1, config.index_head_dim, kind=key_dtype)
+            buffers.index_scales = zeros(batch, entries + 1, kind=torch.float32) if self.fp8 else None
+            buffers.indexer = self._partial_buffers(rate, config.index_head_dim, overlap)
+        return buffers
+
+    def _partial_buffers(self, rate: int, dim: int, overlap: bool) -> _CompressorBuffers:
+        """Empty partial windows; with overlap, window 0's previous half masked (gate -inf) as the
+        eager path masks a first window (load_row sets it again for a row it loads)."""
+        slots = 4 * rate if overlap else rate
+        buffers = _CompressorBuffers(*(torch.zeros(self.batch + 1, slots, dim, dtype=self.dtype, device=self.device)
+                                       for _ in range(2)))
+        if overlap:
+            buffers.gate[:, :rate] = float("-inf")
         return buffers
 
     def _as_stored(self, kv: Tensor) -> Tensor:
@@ -181,12 +199,12 @@ class StaticDecoder:
         window = self.config.sliding_window
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
             kept = held.num_window
-            slots = torch.arange(n - kept, n, device=self.device) % window
+            slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % window
             buffers.kv[row, slots] = self._as_stored(held.window[0, window - kept :])
             if held.compressor is not None:
                 rate = self.config.compress_rates[self.config.attention_type(layer)]
                 entries = held.compressor.num_entries
-                buffers.kv[row, window : window + entries] = held.compressor.entries[0, :entries]
+                buffers.kv[row, :entries] = held.compressor.entries[0, :entries]
                 self._load_partial(row, buffers.compressor, held.compressor, rate, n)
             if held.indexer is not None:
                 entries = held.indexer.num_entries
@@ -206,13 +224,13 @@ class StaticDecoder:
         window = self.config.sliding_window
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
             kept = min(window, n)
-            slots = torch.arange(n - kept, n, device=self.device) % window
+            slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % window
             held.window[0, window - kept :] = self._as_read(buffers.kv[row, slots])
             held.num_window = kept
             if held.compressor is not None:
                 rate = self.config.compress_rates[self.config.attention_type(layer)]
                 entries = n // rate
-                held.compressor.entries[0, :entries] = buffers.kv[row, window : window + entries]
+                held.compressor.entries[0, :entries] = buffers.kv[row, :entries]
                 self._store_partial(row, buffers.compressor, held.compressor, rate, n)
             if held.indexer is not None:
                 held.indexer.entries[0, : n // rate] = buffers.index_keys[row, : n // rate]
@@ -233,30 +251,51 @@ class StaticDecoder:
         if state.kv_format != self.kv_format:
             raise StaticDecodeError(f"a {state.kv_format!r} state cannot move into a {self.kv_format!r} decoder")
 
-    def _load_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
+    @staticmethod
+    def _partial_slots(rate: int, n: int, overlap: bool) -> tuple[slice, slice, slice | None]:
+        """Where a row at `n` tokens keeps its partial window (decode_positions.py's layout): slots of the
+        filled tokens' first series, of their second series (the same without overlap) and of the
+        previous window's first series (None without overlap)."""
         window_index, filled = divmod(n, rate)
+        if not overlap:
+            return slice(0, filled), slice(0, filled), None
+        this, following = (window_index % 2) * 2 * rate, ((window_index + 1) % 2) * 2 * rate
+        return slice(following, following + filled), slice(this + rate, this + rate + filled), slice(this, this + rate)
+
+    def _load_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
+        filled = n % rate
         overlap = held.overlap_kv is not None
-        base = (window_index % 2) * rate if overlap else 0
-        buffers.kv[row, base : base + filled] = held.partial_kv[0, :filled]
-        buffers.gate[row, base : base + filled] = held.partial_gate[0, :filled]
-        if overlap and held.has_overlap:
-            previous, dim = ((window_index - 1) % 2) * rate, held.overlap_kv.shape[-1]
-            buffers.kv[row, previous : previous + rate, :dim] = held.overlap_kv[0]
-            buffers.gate[row, previous : previous + rate, :dim] = held.overlap_gate[0]
+        first, second, previous = self._partial_slots(rate, n, overlap)
+        dim = buffers.kv.shape[-1]
+        for target, partial, carried, masked in ((buffers.kv, held.partial_kv, held.overlap_kv, 0.0),
+                                                 (buffers.gate, held.partial_gate, held.overlap_gate, float("-inf"))):
+            if overlap:
+                target[row, first] = partial[0, :filled, :dim]
+                target[row, second] = partial[0, :filled, dim:]
+                if held.has_overlap:
+                    target[row, previous] = carried[0]
+                else:  # a first window: nothing before it (the eager path masks it the same way)
+                    target[row, previous] = masked
+            else:
+                target[row, first] = partial[0, :filled]
 
     def _store_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
         window_index, filled = divmod(n, rate)
         overlap = held.overlap_kv is not None
-        base = (window_index % 2) * rate if overlap else 0
-        held.partial_kv[0, :filled] = buffers.kv[row, base : base + filled]
-        held.partial_gate[0, :filled] = buffers.gate[row, base : base + filled]
+        first, second, previous = self._partial_slots(rate, n, overlap)
+        dim = buffers.kv.shape[-1]
+        for source, partial, carried in ((buffers.kv, held.partial_kv, held.overlap_kv),
+                                         (buffers.gate, held.partial_gate, held.overlap_gate)):
+            if overlap:
+                partial[0, :filled, :dim] = source[row, first]
+                partial[0, :filled, dim:] = source[row, second]
+                if window_index >= 1:
+                    carried[0] = source[row, previous]
+            else:
+                partial[0, :filled] = source[row, first]
         held.num_entries, held.num_partial = window_index, filled
         if overlap:
             held.has_overlap = window_index >= 1
-            if held.has_overlap:
-                previous, dim = ((window_index - 1) % 2) * rate, held.overlap_kv.shape[-1]
-                held.overlap_kv[0] = buffers.kv[row, previous : previous + rate, :dim]
-                held.overlap_gate[0] = buffers.gate[row, previous : previous + rate, :dim]
 
     # ------------------------------------------------------------------ the step
 
@@ -317,7 +356,7 @@ class StaticDecoder:
 
     def _forward(self) -> Tensor:
         model = self.model
-        self._per_step.clear()
+        self._positions.update(self.positions, self.active)  # type: ignore[union-attr]
         ids = self.token_ids[:, None]
         streams = model.embed_streams(ids)
         for block, buffers in zip(model.layers, self.layers):
@@ -326,103 +365,85 @@ class StaticDecoder:
 
     def _attend(self, attn: Attention, x: Tensor, buffers: _LayerBuffers) -> Tensor:
         """Attention for one token per row (`x` `[B, 1, hidden]`) at `self.positions`."""
-        config = self.config
-        pos = self.positions
-        window = config.sliding_window
-        cos, sin = self._once(("rope", id(attn.inv_freq)), lambda: rope_cos_sin(attn.inv_freq, pos))  # [B, R/2]
+        config, steps, rows = self.config, self._positions, self._rows
+        rope = steps.rope[buffers.table]  # type: ignore[union-attr]
         q_residual = attn.q_norm(attn.wq_a(x))
         q = attn.wq_b(q_residual).view(self.batch, 1, attn.num_heads, config.head_dim)
-        q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, cos, sin))
-        kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, cos, sin)[0]
-        self._put(buffers.kv, pos % window, self._as_stored(kv))
-        indices = self._once("window", self._window_slots)
-        if attn.compressor is not None:
-            rate = attn.compressor.rate
-            entry, index = self._compress(attn.compressor, x, buffers.compressor, attn.inv_freq)
-            self._put(buffers.kv, window + index, self._as_stored(entry))
-            num_entries = buffers.kv.shape[1] - window
-            closed = ((pos + 1) // rate)[:, None]  # entries a query at pos may see
+        q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin))
+        kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos, rope.sin)
+        buffers.kv[rows, steps.ring_slot[buffers.entries]] = self._as_stored(kv[0])
+        if attn.compressor is None:
+            indices = steps.window_indices[buffers.entries][:, None]
+        else:
+            step = steps.windows[attn.compressor.rate]
+            entry = self._compress(attn.compressor, x, buffers.compressor, step, buffers.table)
+            buffers.kv[rows, step.entry_slot] = self._as_stored(entry)
             if attn.indexer is not None:
-                chosen = self._select(attn, x, q_residual, buffers, cos, sin, closed)
+                indices = steps.csa_indices
+                indices[:, :, config.sliding_window :] = self._select(attn, x, q_residual, buffers, rope, step)
             else:
-                every = torch.arange(num_entries, device=self.device)[None, :]
-                chosen = torch.where(every < closed, every, -1)
-            indices = torch.cat([indices, torch.where(chosen >= 0, chosen + window, -1)], dim=1)
+                indices = step.attention
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
-        out = attend(q, buffers.kv, indices[:, None].to(torch.int32), attn.attn_sink, config.head_dim**-0.5)
-        out = _rows_first(ops.apply_rope(_rows_first(out), cos, -sin))
+        out = attend(q, buffers.kv, indices, attn.attn_sink, config.head_dim**-0.5)
+        out = _rows_first(ops.apply_rope(_rows_first(out), rope.cos, rope.neg_sin))
         groups = out.reshape(self.batch, 1, attn.num_groups, -1)
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
         return out if attn.reduce is None else attn.reduce(out)
 
-    def _once(self, key: object, make: Callable[[], T]) -> T:
-        """`make()` the first time `key` is asked for in this step, the same tensors after that."""
-        if key not in self._per_step:
-            self._per_step[key] = make()
-        return self._per_step[key]
-
-    def _window_slots(self) -> Tensor:
-        """`[B, window]`: each row's ring slots of its window's positions, newest first (-1 before 0)."""
-        window = self.config.sliding_window
-        behind = self.positions[:, None] - torch.arange(window, device=self.device)[None, :]
-        return torch.where(behind >= 0, behind % window, -1)
-
-    def _put(self, target: Tensor, index: Tensor, value: Tensor) -> None:
-        """`target[b, index[b]] = value[b]` for the active rows; inactive rows keep what they hold."""
-        if target.dtype == torch.float8_e4m3fn:  # move FP8 keys as bytes: not every backend selects float8
-            target, value = target.view(torch.uint8), value.view(torch.uint8)
-        rows = self._rows
-        keep = self.active.view(-1, *([1] * (value.dim() - 1)))
-        target[rows, index] = torch.where(keep, value.to(target.dtype), target[rows, index])
-
-    def _compress(self, compressor: Compressor, x: Tensor, buffers: _CompressorBuffers,
-                  inv_freq: Tensor) -> tuple[Tensor, Tensor]:
-        """Put this token in its window's partial buffer; return the window's entry `[B, dim]` as it
-        stands (exact once the window is full) and the window's index `[B]`."""
-        rate, dim, pos = compressor.rate, compressor.dim, self.positions
-        rows = self._rows
-        index, slot, base = self._once(("window index", rate, compressor.overlap), lambda: (
-            pos // rate, pos % rate, (pos // rate % 2) * rate if compressor.overlap else torch.zeros_like(pos)))
-        new_gate = compressor.wgate(x)[:, 0] + compressor.ape[slot]  # float32, as the eager path has it
-        self._put(buffers.kv, base + slot, compressor.wkv(x)[:, 0])
-        self._put(buffers.gate, base + slot, new_gate)
-        # Earlier tokens' gates were stored in the state dtype, this token's is still float32: the
-        # eager path pools exactly these values, so bfloat16 decoding matches it too.
-        gates = buffers.gate.float()
-        gates[rows, base + slot] = new_gate.float()
+    def _compress(self, compressor: Compressor, x: Tensor, buffers: _CompressorBuffers, step: WindowStep,
+                  table: int) -> Tensor:
+        """Put this token in its partial windows; return its window's entry `[B, dim]` as it stands
+        (exact once the window is full)."""
+        rate, dim, batch = compressor.rate, compressor.dim, self.batch
+        series = 2 if compressor.overlap else 1
+        new_gate = compressor.wgate(x)[:, 0] + compressor.ape[step.ape_slot]  # float32, as the eager path has it
+        buffers.kv[step.write_rows, step.write_slots] = compressor.wkv(x).view(batch, series, dim)
+        buffers.gate[step.write_rows, step.write_slots] = new_gate.view(batch, series, dim).to(buffers.gate.dtype)
         if compressor.overlap:
-            halves_kv = buffers.kv.view(self.batch, 2, rate, 2 * dim)
-            halves_gate = gates.view(self.batch, 2, rate, 2 * dim)
-            this, previous = index % 2, (index + 1) % 2
-            has_previous = (index >= 1)[:, None, None]
-            previous_kv = torch.where(has_previous, halves_kv[rows, previous, :, :dim], 0)
-            previous_gate = torch.where(has_previous, halves_gate[rows, previous, :, :dim], float("-inf"))
-            kv = torch.cat([previous_kv, halves_kv[rows, this, :, dim:]], dim=1)
-            gate = torch.cat([previous_gate, halves_gate[rows, this, :, dim:]], dim=1)
+            kv = buffers.kv.view(-1, 2 * rate, dim)[step.window_rows]
+            gate = buffers.gate.view(-1, 2 * rate, dim)[step.window_rows]
         else:
-            kv, gate = buffers.kv, gates
-        cos, sin = self._once(("entry rope", id(inv_freq), rate), lambda: rope_cos_sin(inv_freq, index * rate))
+            kv, gate = buffers.kv[:batch], buffers.gate[:batch]
+        if gate.dtype != torch.float32:
+            # Earlier tokens' gates as stored (rounded), this token's still float32: the eager path pools
+            # exactly these values, so bfloat16 decoding matches it too.
+            gate = torch.where(step.current, new_gate[:, None, -dim:], gate)
+        cos, sin = step.rope[table]
         entry = ops.compress_windows(kv[None], gate[None], compressor.norm.weight, compressor.norm.eps, cos, sin)
-        return entry[0].to(self.dtype), index
+        return entry[0].to(self.dtype)
 
-    def _select(self, attn: Attention, x: Tensor, q_residual: Tensor, buffers: _LayerBuffers, cos: Tensor,
-                sin: Tensor, closed: Tensor) -> Tensor:
-        """The lightning indexer over this row's closed entries: `[B, index_topk]`, -1 padded."""
-        indexer, config = attn.indexer, self.config
-        entry, index = self._compress(indexer.compressor, x, buffers.indexer, attn.inv_freq)
-        if self.fp8:
+    def _select(self, attn: Attention, x: Tensor, q_residual: Tensor, buffers: _LayerBuffers, rope: Rope,
+                step: WindowStep) -> Tensor:
+        """The lightning indexer over this row's closed entries: `[B, 1, index_topk]` int32, -1 padded."""
+        indexer, config, rows, entries = attn.indexer, self.config, self._rows, buffers.entries
+        entry = self._compress(indexer.compressor, x, buffers.indexer, step, buffers.table)
+        if self.fp8:  # FP8 keys move as bytes: not every backend's index_put takes float8
             key, key_scale = ops.quantize_index_keys_fp8(entry[:, None])
-            self._put(buffers.index_keys, index, key[:, 0])
-            self._put(buffers.index_scales, index, key_scale[:, 0])
+            buffers.index_keys.view(torch.uint8)[rows, step.key_slot] = key[:, 0].view(torch.uint8)
+            buffers.index_scales[rows, step.key_slot] = key_scale[:, 0]
         else:
-            self._put(buffers.index_keys, index, entry)
+            buffers.index_keys[rows, step.key_slot] = entry
         q = indexer.wq_b(q_residual).view(self.batch, 1, config.index_n_heads, -1)
-        q = _rows_first(ops.apply_rope(_rows_first(q), cos, sin))
+        q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin))
         weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
-        keys = buffers.index_keys
-        everything = keys.shape[1] * indexer.rate  # a start at which every key counts as closed
-        scores = ops.indexer_scores(q, weights, keys, everything, indexer.rate, config.index_head_dim**-0.5,
-                                    buffers.index_scales)
-        visible = torch.arange(keys.shape[1], device=self.device)[None, None, :] < closed[:, :, None]
-        scores = torch.where(visible, scores, float("-inf"))
-        return ops.topk_indices(scores, config.index_topk)[:, 0]
+        keys = buffers.index_keys[:, :entries]
+        scales = buffers.index_scales[:, :entries] if self.fp8 else None
+        # a start at which every key counts as closed; each row's own visibility is the mask below
+        scores = ops.indexer_scores(q, weights, keys, entries * indexer.rate, indexer.rate,
+                                    config.index_head_dim**-0.5, scales)
+        scores = torch.where(step.visible, scores, float("-inf"))
+        return ops.topk_indices(scores, config.index_topk)
+
+
+def _rope_tables(model: Transformer) -> tuple[list[Tensor], list[int]]:
+    """The distinct RoPE frequency tables of `model`'s layers (by value) and each layer's table, so
+    layers sharing a table share its angles in a step."""
+    tables: list[Tensor] = []
+    table_of = []
+    for block in model.layers:
+        freqs = block.attn.inv_freq
+        same = [i for i, table in enumerate(tables) if table.shape == freqs.shape and torch.equal(table, freqs)]
+        if not same:
+            tables.append(freqs)
+        table_of.append(same[0] if same else len(tables) - 1)
+    return tables, table_of

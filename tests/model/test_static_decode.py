@@ -133,3 +133,51 @@ def test_bfloat16_static_decoding_pools_the_same_values_as_eager(hf_checkpoint) 
     decoder.load_row(0, state)
     for token in _ids(30, 9):
         assert torch.equal(decoder.step([token])[0], engine.forward([token], state)[-1])
+
+
+def _held(decoder: StaticDecoder, row: int) -> list[torch.Tensor]:
+    """Copies of everything `row` holds (scratch slots and rows excluded)."""
+    held = []
+    for buffers in decoder.layers:
+        held.append(buffers.kv[row, :-1].clone())
+        for partial in (buffers.compressor, buffers.indexer):
+            if partial is not None:
+                held += [partial.kv[row].clone(), partial.gate[row].clone()]
+        for keys in (buffers.index_keys, buffers.index_scales):
+            if keys is not None:
+                held.append(keys[row, :-1].clone())
+    return held
+
+
+def test_an_inactive_row_leaves_every_buffer_byte_identical(engine) -> None:
+    """Across ring wraps and window closes of every rate, an idle row's bytes do not change at all."""
+    decoder = StaticDecoder(engine.model, batch=3, capacity=64, page_tokens=PAGE)
+    for row, length in enumerate((5, 11, 16)):
+        decoder.load_row(row, _prefilled(engine, _ids(length, 20 + row)))
+    before = _held(decoder, 1)
+    for token in _ids(17, 23):
+        decoder.step([token, 96, token], active=[True, False, True])
+    after = _held(decoder, 1)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(before, after))
+    assert decoder.lengths == [22, 11, 33]
+
+
+def test_rows_at_window_and_compression_boundaries_match_eager_decoding(engine) -> None:
+    """Rows loaded just before, at and after the ring's wrap and the windows' closes (window 8, rates 4
+    and 8), and one row never loaded (a fresh decoder at position 0, its first window masked as the
+    eager path masks it), decode as the eager path does."""
+    lengths = [None, 3, 4, 7, 8, 9, 15, 16]
+    decoder = StaticDecoder(engine.model, batch=len(lengths), capacity=64, page_tokens=PAGE)
+    eager = []
+    for row, length in enumerate(lengths):
+        prompt = _ids(length or 0, 30 + row)
+        if length is not None:
+            decoder.load_row(row, _prefilled(engine, prompt))
+        eager.append(_prefilled(engine, prompt))
+    worst = 0.0
+    for step in range(10):
+        tokens = _ids(len(lengths), 40 + step)
+        logits = decoder.step(tokens)
+        for row, state in enumerate(eager):
+            worst = max(worst, _relative_error(logits[row], engine.forward([tokens[row]], state)[-1]))
+    assert worst < 1e-5

@@ -95,7 +95,7 @@ def test_a_session_file_that_git_tracks_came_with_the_clone_and_is_not_loaded(tm
 
 def test_keys_and_credential_lines_are_never_written(repo: Path) -> None:
     key = "sk-live-0123456789abcdefABCDEF"
-    aws = "AKIAIOSFODNN7EXAMPLQ"
+    aws = "AKIA" + "IOSFODNN7EXAMPLQ"  # built at run time: the repository's own files are scanned too
     messages = [Message("user", f"use key {key} please\nand line two"),
                 Message("assistant", f"config:\naws_access_key_id = {aws}\nregion = eu", reasoning=f"the key {key}")]
     store = SessionStore(repo)

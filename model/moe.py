@@ -17,6 +17,11 @@ from torch import Tensor, nn
 from . import ops
 from .config import HASH_MOE, V4Config
 
+# At or below this many tokens quantised routed experts run the decode grouped GEMV (kernels/decode_moe.py:
+# each used expert's weights read once, CUDA-core dequantisation), above it the grouped GEMM. At most the
+# kernel's 8; a first guess, to be tuned on the device with benchmarks/bench_decode_gemv.py.
+GEMV_MAX_TOKENS = 8
+
 
 class RoutedExperts(Protocol):
     """Where routed experts run when they are not all on the device: `model/offload.py`'s ExpertCache,
@@ -135,10 +140,13 @@ class MoE(nn.Module):
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
                      stacks: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The grouped GEMM on `stacks` (this MoE's experts, or the offload cache's slots)."""
+        """The grouped GEMM on `stacks` (this MoE's experts, or the offload cache's slots); the decode
+        GEMV for a few tokens. Both are chosen by shape alone: no host sync (the step is graphed)."""
         fmt = self.strategy.fmt
         if fmt is None:
             return ops.moe_experts(x, weights, ids, *stacks, self.limit)
+        if x.shape[0] <= GEMV_MAX_TOKENS and ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
+            return ops.moe_experts_gemv(x, weights, ids, fmt, *stacks, self.limit)
         return ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)
 
     def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,

@@ -16,6 +16,8 @@ from torch import Tensor
 
 from v4.kernels import common as _common
 from v4.kernels import compressor as _compressor
+from v4.kernels import decode_gemv as _decode_gemv
+from v4.kernels import decode_moe as _decode_moe
 from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
 from v4.kernels import indexer_fp8 as _indexer_fp8
@@ -192,6 +194,40 @@ def moe_experts_quantized(x: Tensor, weights: Tensor, ids: Tensor, fmt: str, w1:
     or "fp4" (packed e2m1 `[E, out, in/2]`, 1x32 scales), dequantised as the weights load: `[N, hidden]`."""
     impls = {"fp8": (_moe.moe_experts_fp8, _moe.moe_experts_fp8_reference),
              "fp4": (_moe.moe_experts_fp4, _moe.moe_experts_fp4_reference)}
+    if fmt not in impls:
+        raise ValueError(f"quantised experts are 'fp8' or 'fp4', got {fmt!r}")
+    kernel, reference = impls[fmt]
+    return (kernel if kernels_enabled(x) else reference)(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
+
+
+# Decode GEMVs (kernels/decode_gemv.py, kernels/decode_moe.py): at most 8 rows, each weight streamed once.
+# The references are the same functions as fp8_linear's and the quantised experts', so the CPU path does
+# not depend on which side of the row threshold a call falls.
+
+
+def fp8_gemv(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """`fp8_linear` for at most 8 rows of x `[..., K]` (decode): no split-K, one launch."""
+    impl = _decode_gemv.fp8_gemv if kernels_enabled(x) else _decode_gemv.fp8_gemv_reference
+    return impl(x, weight, scale)
+
+
+def fp8_gemv_grouped(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """Group g of x `[..., G, K]` (at most 8 rows) through rows [g R, (g+1) R) of the FP8 weight `[G R, K]`
+    -> `[..., G, R]`, all groups in one launch (attention's grouped wo_a)."""
+    impl = _decode_gemv.fp8_gemv_grouped if kernels_enabled(x) else _decode_gemv.fp8_gemv_grouped_reference
+    return impl(x, weight, scale)
+
+
+def moe_experts_gemv_supported(x: Tensor, fmt: str, w1: Tensor) -> bool:
+    """Whether `moe_experts_gemv` takes these shapes (at most 8 tokens; FP4 rows in whole 32-bit words)."""
+    return _decode_moe.supports(x, fmt, w1)
+
+
+def moe_experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, fmt: str, w1: Tensor, s1: Tensor, w3: Tensor,
+                     s3: Tensor, w2: Tensor, s2: Tensor, limit: float) -> Tensor:
+    """`moe_experts_quantized` for a decode batch: each used expert's weights read once, no host sync."""
+    impls = {"fp8": (_decode_moe.moe_experts_gemv_fp8, _decode_moe.moe_experts_gemv_fp8_reference),
+             "fp4": (_decode_moe.moe_experts_gemv_fp4, _decode_moe.moe_experts_gemv_fp4_reference)}
     if fmt not in impls:
         raise ValueError(f"quantised experts are 'fp8' or 'fp4', got {fmt!r}")
     kernel, reference = impls[fmt]

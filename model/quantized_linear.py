@@ -27,6 +27,10 @@ from .moe import MoE
 from .weights import Stored, WeightsError, keep_quantized
 
 EXPERT_LEAVES = ("w1", "w2", "w3")
+# At or below this many rows an FP8 projection runs the decode GEMV (kernels/decode_gemv.py: no split-K,
+# one launch for the grouped wo_a), above it the FP8 GEMM. At most the kernel's 8; a first guess, to be
+# tuned on the device with benchmarks/bench_decode_gemv.py (old and new kernels at each M).
+GEMV_MAX_ROWS = 8
 
 
 class _Quantized(nn.Module):
@@ -101,11 +105,13 @@ class FP8Linear(_Quantized):
 
     def grouped(self, x: Tensor) -> Tensor:
         """Group g of x `[..., G, in]` through rows [g r, (g+1) r) of the weight -> `[..., G, r]`
-        (attention's grouped wo_a). One FP8 GEMM per group when each group's rows have their own scale
-        rows (r a multiple or a divisor of 128, as in every V4 config); else the weight is dequantised
-        into a temporary."""
+        (attention's grouped wo_a). Up to GEMV_MAX_ROWS rows, the grouped decode GEMV (r even); else one
+        FP8 GEMM per group when each group's rows have their own scale rows (r a multiple or a divisor
+        of 128, as in every V4 config); else the weight is dequantised into a temporary."""
         groups, block = x.shape[-2], quant.FP8_BLOCK
         rows = self.out_features // groups
+        if x.numel() <= GEMV_MAX_ROWS * groups * x.shape[-1] and rows % 2 == 0:
+            return ops.fp8_gemv_grouped(*_pad_k(x, self.weight), self.scale)  # all groups in one launch
         if rows % block and block % rows:
             weight = self.dequantized(x.dtype).view(groups, rows, -1)
             return torch.einsum("...gi,goi->...go", x, weight)
@@ -137,14 +143,22 @@ class FP4Linear(_Quantized):
 FORMATS: dict[str, type[_Quantized]] = {"fp8": FP8Linear, "fp4": FP4Linear}
 
 
-def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
-    """`ops.fp8_linear` for any K. The kernels take K in whole 1x128 activation groups, so a smaller or
-    ragged K (test-sized models only) is zero-padded, x and weight alike: zeros change neither a group's
-    amax nor the sum, and the scale grid already covers the padded block."""
+def _pad_k(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """x and weight with K zero-padded to whole 1x128 activation groups, which the kernels take (a
+    smaller or ragged K comes from test-sized models only): zeros change neither a group's amax nor the
+    sum, and the scale grid already covers the padded block."""
     pad = -x.shape[-1] % quant.FP8_BLOCK
     if pad:
         x = F.pad(x, (0, pad))
         weight = F.pad(weight.view(torch.uint8), (0, pad)).view(torch.float8_e4m3fn)  # byte 0 is +0.0
+    return x, weight
+
+
+def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """`ops.fp8_linear` for any K; up to GEMV_MAX_ROWS rows (decode) the decode GEMV, same function."""
+    x, weight = _pad_k(x, weight)
+    if x.numel() <= GEMV_MAX_ROWS * x.shape[-1]:
+        return ops.fp8_gemv(x, weight, scale)
     return ops.fp8_linear(x, weight, scale)
 
 

@@ -38,10 +38,19 @@ def _float_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) ->
     return F.linear(x, quant.dequantize(weight, scale, "weight").to(x.dtype))
 
 
+def _float_grouped(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    groups = x.shape[-2]
+    dequantized = quant.dequantize(weight, scale, "weight").to(x.dtype).view(groups, -1, x.shape[-1])
+    return torch.einsum("...gi,goi->...go", x, dequantized)
+
+
 @pytest.fixture()
 def exact_fp8(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ops.fp8_linear without activation quantisation (see the module docstring)."""
+    """ops.fp8_linear (and the decode GEMVs, its few-row form) without activation quantisation (see the
+    module docstring)."""
     monkeypatch.setattr(ops, "fp8_linear", _float_matmul)
+    monkeypatch.setattr(ops, "fp8_gemv", _float_matmul)
+    monkeypatch.setattr(ops, "fp8_gemv_grouped", _float_grouped)
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,15 @@ key and query), so the only per-(key, head) CUDA-core work is relu, * w and the 
 
 `_scores_fp8_kernel` is `indexer._scores_kernel`'s layout (grid: T splits, groups of G queries, B;
 acc = keys [BLOCK_T, Di] @ q^T [Di, G * Hi], heads along accumulator rows) with two changes: each
-program quantises its q^T in registers once (no FP8 copy of q in memory, no extra launch), and the
-dot takes e4m3 on both sides. Accumulation: Triton's default for an FP8 dot on sm_90 keeps the
-tensor cores' own accumulator for the whole K = 128, which DeepSeek's kernels also do per 128-wide
-block (the V3 report, section 3.3.2: ~14 significant bits), so scores differ from a float32 sum of
-the same quantised inputs by ~1e-4 relative on the GPU; under the interpreter the dot is exact.
+program quantises its queries in registers once (no FP8 copy of q in memory, no extra launch), and the
+dot takes e4m3 on both sides. Queries are held as [G * Hi, Di] and transposed in the dot, as `fp8_gemm`
+holds its weights: Hopper's FP8 MMA reads both operands K-major. Compiled offline for sm_90 (triton 3.9,
+Di = 128, Hi = 64): the loop is cp.async-pipelined QGMMA, no spills, 127-176 registers, and about half
+the instructions of the float-query loop, which widens every key to bf16. Accumulation: Triton's
+default for an FP8 dot on sm_90 keeps the tensor cores' own accumulator for the whole K = 128, as
+DeepSeek's kernels do per 128-wide block (the V3 report, section 3.3.2: ~14 significant bits), so
+scores differ from a float32 sum of the same quantised inputs by ~1e-4 relative on the GPU; under the
+interpreter the dot is exact.
 
 What changes against the float-query path: only the queries' rounding (3 mantissa bits). The top-k
 then agrees with the float-query top-k on most entries (the benchmark and the tests report the
@@ -131,15 +135,21 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
 
 
 @triton.jit
-def _quantize_columns(q, INTERPRET: tl.constexpr):
-    """q^T [DP, N] float32, one query head per column -> (e4m3 codes [DP, N], float32 scales [N]), as
-    `quantize_index_queries_fp8`: max(amax, 1e-4) / 448 rounded up to a power of two, codes = q / scale."""
-    amax = tl.maximum(tl.max(tl.abs(q), axis=0), 1e-4)
-    bits = tl.math.div_rn(amax, 448.0).to(tl.int32, bitcast=True)
-    exponent = ((bits >> 23) & 0xFF) + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+def _quantize_rows(q, INTERPRET: tl.constexpr):
+    """q [N, DP], one query head per row -> (e4m3 codes [N, DP], float32 scales [N]), as
+    `quantize_index_queries_fp8`: max(amax, 1e-4) / 448 rounded up to a power of two, codes = q / scale.
+    q stays in its dtype until each element is scaled: a float32 copy of bf16 queries holds twice the
+    registers through the amax."""
+    amax = tl.maximum(tl.max(tl.abs(q), axis=1).to(tl.float32), 1e-4)  # exact in q's dtype
+    # amax = m * 2^E, m in [1, 2), and 448 = 1.75 * 2^8: amax / 448 lies in (2^(E-9), 2^(E-8)] when
+    # m <= 1.75, else in (2^(E-8), 2^(E-7)). So the power of two above the correctly rounded quotient
+    # comes from amax's bits alone (the quotient never rounds onto a power of two it is not), without
+    # a division: an IEEE division per row is a slow-path subroutine on the GPU.
+    bits = amax.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)  # biased
     scale = (exponent << 23).to(tl.float32, bitcast=True)
     inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)  # 1 / scale, exact: a power of two
-    codes = tl.minimum(tl.maximum(q * inverse[None, :], -448.0), 448.0)
+    codes = tl.minimum(tl.maximum(q.to(tl.float32) * inverse[:, None], -448.0), 448.0)
     return to_e4m3(codes, INTERPRET), scale
 
 
@@ -159,9 +169,9 @@ def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, D
     h = col % HP
     col_ok = (s_col < S) & (h < Hi)
     d = tl.arange(0, DP)
-    q = tl.load(q_ptr + b * sq_b + s_col[None, :] * sq_s + h[None, :] * sq_h + d[:, None],
-                mask=col_ok[None, :] & (d[:, None] < Di), other=0.0)  # q^T: [DP, G * HP]
-    q8, q_scale = _quantize_columns(q.to(tl.float32), INTERPRET)
+    q = tl.load(q_ptr + b * sq_b + s_col[:, None] * sq_s + h[:, None] * sq_h + d[None, :],
+                mask=col_ok[:, None] & (d[None, :] < Di), other=0.0)  # [G * HP, DP]
+    q8, q_scale = _quantize_rows(q, INTERPRET)
     w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0) * q_scale * scale
     s_row = s0 + tl.arange(0, G)
     visible = (start + s_row + 1) // rate  # [G]: keys each query sees
@@ -171,7 +181,7 @@ def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, D
         t = t0 + tl.arange(0, BLOCK_T)
         keys = tl.load(k_ptr + b * sk_b + t[:, None] * sk_t + d[None, :],
                        mask=(t[:, None] < T) & (d[None, :] < Di), other=0.0)  # e4m3 [BLOCK_T, DP]
-        acc = tl.dot(keys, q8)  # FP8 x FP8 -> float32 [BLOCK_T, G * HP]
+        acc = tl.dot(keys, tl.trans(q8))  # FP8 x FP8 -> float32 [BLOCK_T, G * HP]; both operands K-major
         acc = tl.maximum(acc, 0.0) * w[None, :]
         if G == 1:
             score = tl.sum(acc, axis=1)[:, None]

@@ -115,7 +115,9 @@ class Indexer(nn.Module):
     def forward(self, x: torch.Tensor, q_residual: torch.Tensor, start: int, state: CompressorState,
                 inv_freq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The compressed entries each query attends: `[B, S, index_topk]` int32 indices, ascending,
-        -1 where fewer are visible; ties go to the lowest index, so every chunking selects the same."""
+        -1 where fewer are visible; ties go to the lowest index, so every chunking selects the same. (With
+        FP8 keys, a call of ops.FP8_QUERY_MIN_ROWS queries or more rounds the queries to FP8 as well, as
+        DeepSeek's prefill does: there a query's choice can differ from its choice in a smaller chunk.)"""
         config = self.config
         batch, seq_len, _ = x.shape
         keys = self.compressor(x, start, state, inv_freq)  # [B, T, I]

@@ -73,11 +73,17 @@ def test_fp8_queries_keep_most_of_the_float_query_top_k() -> None:
 def test_the_kernel_rounds_queries_exactly_as_the_reference(dtype: torch.dtype) -> None:
     """Keys +-e_d (scale 1) and one head weighted 1 per query make each score one query element,
     relu(+-q_h[d]) after rounding: the kernel's in-register quantisation must give the same bits."""
-    heads, head_dim, seq_len = 4, 32, 8
+    heads, head_dim, seq_len = 4, 32, 12
     gen = torch.Generator().manual_seed(7)
     q = torch.randn(1, seq_len, heads, head_dim, generator=gen) * torch.logspace(-7, 4, seq_len)[None, :, None, None]
-    q[0, 3, 1] = 0.0  # the amax floor
-    q[0, 5, 2, :8] = torch.tensor([0.0, 1.0625, 1.1875, -3.25, 480.0, 2**-12, -(2**-10), 0.09375])
+    # Query s is read through head s % 4. Rows whose amax sits on the scale's boundaries: amax / 448 a
+    # power of two (448 * 2^k), one bf16 step above or below it, near and under the 1e-4 floor, zero.
+    q[0, 3, 3] = 0.0
+    q[0, 5, 1, :8] = torch.tensor([0.0, 1.0625, 1.1875, -3.25, 480.0, 2**-12, -(2**-10), 0.09375])
+    for s, amax in ((6, 448.0), (7, -450.0), (8, 446.0), (9, 0.21875), (10, 1.75 * 2**-13), (11, 3e-5)):
+        q[0, s, s % heads] *= 0.01 * abs(amax) / q[0, s, s % heads].abs().max()
+        q[0, s, s % heads, 3] = amax
+        q[0, s, s % heads, 5:7] = torch.tensor([3e-5, -1.1e-5]) * amax  # subnormal codes: the scale shows
     q = q.to(dtype)
     eye = torch.eye(head_dim)
     keys_fp8 = torch.cat([eye, -eye])[None].to(torch.float8_e4m3fn)

@@ -13,6 +13,7 @@ import torch
 from benchmarks.kernel_cases import Case
 from v4.kernels.indexer import (indexer_scores_reference, indexer_topk, indexer_topk_fp8, indexer_topk_fp8_reference,
                              indexer_topk_reference, quantize_index_keys_fp8, dequantize_index_keys_fp8)
+from v4.kernels.indexer_fp8 import indexer_scores_fp8q_reference, indexer_topk_fp8q, indexer_topk_fp8q_reference
 
 HEADS, HEAD_DIM, TOPK, RATE = 64, 128, 512, 4  # model/config.py: index_n_heads, index_head_dim, index_topk, CSA
 L2_BYTES = 50 << 20  # H100: inputs smaller than twice this are rotated between several copies
@@ -43,10 +44,12 @@ def selection_error(scores: torch.Tensor, got: torch.Tensor, want: torch.Tensor)
     return float((a[finite] - b[finite]).norm() / b[finite].norm().clamp(min=1e-30))
 
 
-def _case(device: str, batch: int, seq_len: int, num_keys: int, fp8: bool) -> Case:
+def _case(device: str, batch: int, seq_len: int, num_keys: int, fp8: bool, fp8_queries: bool = False) -> Case:
+    """fp8: FP8 keys; fp8_queries: the queries rounded to FP8 too (kernels/indexer_fp8.py, prefill)."""
     start = RATE * num_keys - seq_len
-    kernel_fn: Callable = indexer_topk_fp8 if fp8 else indexer_topk
-    ref_fn: Callable = indexer_topk_fp8_reference if fp8 else indexer_topk_reference
+    kernel_fn: Callable = indexer_topk_fp8q if fp8_queries else indexer_topk_fp8 if fp8 else indexer_topk
+    ref_fn: Callable = (indexer_topk_fp8q_reference if fp8_queries else indexer_topk_fp8_reference if fp8
+                        else indexer_topk_reference)
     first = _inputs(device, batch, seq_len, num_keys, fp8, seed=0)
     set_bytes = sum(x.numel() * x.element_size() for x in first)
     sets = [first] + [_inputs(device, batch, seq_len, num_keys, fp8, seed=i) for i in range(1, 3)
@@ -57,8 +60,11 @@ def _case(device: str, batch: int, seq_len: int, num_keys: int, fp8: bool) -> Ca
 
     def check() -> float:
         fresh = _inputs(device, batch, seq_len, num_keys, fp8, seed=1234)
-        keys = dequantize_index_keys_fp8(*fresh[2:]) if fp8 else fresh[2]
-        scores = indexer_scores_reference(fresh[0], fresh[1], keys, *args[:3])
+        if fp8_queries:
+            scores = indexer_scores_fp8q_reference(*fresh, *args[:3])
+        else:
+            keys = dequantize_index_keys_fp8(*fresh[2:]) if fp8 else fresh[2]
+            scores = indexer_scores_reference(fresh[0], fresh[1], keys, *args[:3])
         return selection_error(scores, kernel_fn(*fresh, *args), ref_fn(*fresh, *args))
 
     # Fewest bytes: q, weights, keys (+ scales) read once, the int32 indices written once. The kernel
@@ -68,8 +74,9 @@ def _case(device: str, batch: int, seq_len: int, num_keys: int, fp8: bool) -> Ca
     flops = 2 * HEADS * HEAD_DIM * batch * visible  # q . k for every visible (query, key) pair, per head
     kind = "decode" if seq_len == 1 else "prefill"
     return Case(
-        kernel_name="indexer_topk_fp8" if fp8 else "indexer_topk",
-        shape=f"{kind} B={batch} S={seq_len} T={num_keys} Hi={HEADS} Di={HEAD_DIM} k={TOPK}",
+        kernel_name="indexer_topk_fp8q" if fp8_queries else "indexer_topk_fp8" if fp8 else "indexer_topk",
+        shape=f"{kind} B={batch} S={seq_len} T={num_keys} Hi={HEADS} Di={HEAD_DIM} k={TOPK}"
+              + (" FP8 q and k" if fp8_queries else ""),  # "fp8" in a shape: share of the FP8 matmul rate
         bytes_moved=set_bytes + out_bytes,
         flops=flops,
         bound="memory" if kind == "decode" else "compute",
@@ -83,9 +90,10 @@ def _case(device: str, batch: int, seq_len: int, num_keys: int, fp8: bool) -> Ca
 
 
 def cases(device: str, tiny: bool = False) -> list[Case]:
-    """Decode B = 1 and 8 at T = 256K (bf16 and FP8 keys); prefill S = 2048 at T = 64K. `tiny` shrinks
-    every shape for a CPU smoke run under TRITON_INTERPRET=1."""
+    """Decode B = 1 and 8 at T = 256K (bf16 and FP8 keys); prefill S = 2048 at T = 64K (bf16 keys, FP8
+    keys, FP8 keys and queries). `tiny` shrinks every shape for a CPU smoke run under TRITON_INTERPRET=1."""
     decode_keys, prefill = (200, (24, 300)) if tiny else (256 * 1024, (2048, 64 * 1024))
     out = [_case(device, batch, 1, decode_keys, fp8) for fp8 in (False, True) for batch in (1, 8)]
     out += [_case(device, 1, *prefill, fp8) for fp8 in (False, True)]
+    out.append(_case(device, 1, *prefill, True, fp8_queries=True))
     return out

@@ -35,7 +35,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import interpreting, num_sms, round_to
-from .fp8_gemm import BLOCK, _check_act, _check_weight, _load_scale, _quantize_groups, fp8_linear_reference
+from .fp8_gemm import (BLOCK, _check_act, _check_weight, _expand_blocks, _load_scale, _quantize_groups,
+                       act_quant_reference, fp8_linear_reference)
 
 MAX_ROWS = 8  # the GEMV's row limit: one register accumulator row per x row
 DOT_ROWS = 16  # x padded to the MMA's narrow side
@@ -94,13 +95,16 @@ def fp8_gemv_reference(x: Tensor, weight: Tensor, weight_scale: Tensor) -> Tenso
 
 
 def fp8_gemv_grouped_reference(x: Tensor, weight: Tensor, weight_scale: Tensor) -> Tensor:
-    """Group g of x [..., G, K] through rows [g R, (g+1) R) of weight [G R, K] -> [..., G, R] (x's dtype).
-    Each group against the whole weight, its own columns kept: any R, whatever the scale rows."""
-    groups = x.shape[-2]
-    rows = weight.shape[0] // groups
-    outs = [fp8_linear_reference(x[..., g, :], weight, weight_scale)[..., g * rows : (g + 1) * rows]
-            for g in range(groups)]
-    return torch.stack(outs, dim=-2)
+    """Group g of x [..., G, K] through rows [g R, (g+1) R) of weight [G R, K] -> [..., G, R] (x's dtype):
+    per group, fp8_linear_reference's product on the group's rows of the dequantised weight (any R)."""
+    groups, k = x.shape[-2:]
+    x2 = x.reshape(-1, k)
+    n = _check(x2, weight, weight_scale, max_rows=None)
+    q, s = act_quant_reference(x2, BLOCK, True)
+    a32 = (q.float() * _expand_blocks(s, q.shape[0], k, 1, BLOCK)).view(-1, groups, k)
+    b32 = (weight.float() * _expand_blocks(weight_scale, n, k, BLOCK, BLOCK)).view(groups, n // groups, k)
+    out = torch.stack([a32[:, g] @ b32[g].T for g in range(groups)], dim=1)
+    return out.to(x.dtype).view(*x.shape[:-1], n // groups)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,11 +179,11 @@ def _launch(x3: Tensor, weight: Tensor, weight_scale: Tensor, out: Tensor, confi
         num_stages=cfg.num_stages)
 
 
-def _check(x2: Tensor, weight: Tensor, weight_scale: Tensor) -> int:
-    """N after the checks fp8_linear makes, plus the row limit."""
+def _check(x2: Tensor, weight: Tensor, weight_scale: Tensor, max_rows: int | None = MAX_ROWS) -> int:
+    """N after the checks fp8_linear makes, plus the row limit (the kernels') and the K stride."""
     _check_act(x2, BLOCK)
     n = _check_weight(weight, weight_scale, x2.shape[1])
-    if x2.shape[0] > MAX_ROWS:
+    if max_rows is not None and x2.shape[0] > max_rows:
         raise ValueError(f"the decode GEMV takes at most {MAX_ROWS} rows, got {x2.shape[0]} (use fp8_linear)")
     if len({x2.device, weight.device, weight_scale.device}) != 1:
         raise ValueError("x, weight and weight_scale must be on one device")

@@ -116,8 +116,8 @@ class Indexer(nn.Module):
                 inv_freq: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The compressed entries each query attends: `[B, S, index_topk]` int32 indices, ascending,
         -1 where fewer are visible; ties go to the lowest index, so every chunking selects the same. (With
-        FP8 keys, a call of ops.FP8_QUERY_MIN_ROWS queries or more rounds the queries to FP8 as well, as
-        DeepSeek's prefill does: there a query's choice can differ from its choice in a smaller chunk.)"""
+        FP8 keys the queries are rounded to FP8 as well, per head row, as DeepSeek does, in every call;
+        from ops.FP8_QUERY_MIN_ROWS queries on they are scored on FP8 tensor cores.)"""
         config = self.config
         batch, seq_len, _ = x.shape
         keys = self.compressor(x, start, state, inv_freq)  # [B, T, I]

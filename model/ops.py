@@ -32,12 +32,13 @@ from v4.kernels import sparse_attention as _attention
 # scales, the RoPE dims in bf16; the layout is fixed at these sizes.
 FP8_KV_DIM, FP8_KV_ROPE_DIM, FP8_KV_ROW_BYTES = _attention.KV_DIM, _attention.ROPE_DIM, _attention.PACKED_DIM
 
-# From this many queries per call on, the indexer over FP8 keys rounds its queries to FP8 too and scores on
-# FP8 tensor cores (kernels/indexer_fp8.py, as DeepSeek's prefill does): a prefill chunk (4,096 on CUDA)
-# is compute-bound there. Fewer queries (decode, verify steps, short chunks) keep float queries: they are
-# bound by reading the keys. The choice depends on the shape only, so the CPU references compute the
-# same function as the CUDA kernels; the price is that a query scored in a large chunk and the same query
-# scored alone round differently (the top-k agree on most entries: benchmarks/bench_indexer_fp8.py).
+# The indexer over FP8 keys rounds its queries to FP8 too, one scale per head row (as DeepSeek does),
+# whatever the number of queries, so a query selects the same keys in a prefill chunk, alone, in a
+# decode or a verify step: the state stays chunking-proof. From this many queries per call on, the
+# rounded queries are scored on FP8 tensor cores (kernels/indexer_fp8.py): a prefill chunk (4,096 on
+# CUDA) is compute-bound there. Fewer queries (decode, verify steps, short chunks) are bound by reading
+# the keys: they keep the float kernel, fed the rounded queries (products of FP8 values with power-of-two
+# scales are exact in float32, so the two paths differ only in the order of float32 sums).
 FP8_QUERY_MIN_ROWS = 1024
 
 
@@ -82,18 +83,25 @@ def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int
 
 
 def fp8_queries(q: Tensor, key_scale: Tensor | None) -> bool:
-    """Whether the indexer call rounds its queries to FP8: FP8 keys and at least FP8_QUERY_MIN_ROWS queries."""
+    """Whether the indexer call scores on FP8 tensor cores: FP8 keys and at least FP8_QUERY_MIN_ROWS queries
+    (below that the float kernel gets the FP8-rounded queries: `_rounded_queries`)."""
     return key_scale is not None and q.shape[1] >= FP8_QUERY_MIN_ROWS
+
+
+def _rounded_queries(q: Tensor) -> Tensor:
+    """`q` rounded to FP8 per head row and back (the same values the FP8 score kernel multiplies)."""
+    return _indexer_fp8.dequantize_index_queries_fp8(*_indexer_fp8.quantize_index_queries_fp8(q)).to(q.dtype)
 
 
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor, start: int, rate: int,
                      scale: float, k: int) -> Tensor:
     """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`; the
-    queries are FP8-rounded too when `fp8_queries` says so."""
+    queries are FP8-rounded too (on FP8 tensor cores when `fp8_queries` says so)."""
     kernels = kernels_enabled(q)
     if fp8_queries(q, key_scale):
         fn = _indexer_fp8.indexer_topk_fp8q if kernels else _indexer_fp8.indexer_topk_fp8q_reference
         return fn(q, weights, keys, key_scale, start, rate, scale, k)
+    q = _rounded_queries(q)
     if kernels:
         return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k)
     return _indexer.indexer_topk_fp8_reference(q, weights, keys, key_scale, start, rate, scale, k)
@@ -102,12 +110,13 @@ def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
                    key_scale: Tensor | None = None) -> Tensor:
     """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query;
-    with `key_scale`, `keys` are float8_e4m3fn scaled per key (and the queries FP8-rounded when
-    `fp8_queries` says so)."""
+    with `key_scale`, `keys` are float8_e4m3fn scaled per key and the queries FP8-rounded."""
     kernels = kernels_enabled(q)
     if fp8_queries(q, key_scale):
         fn = _indexer_fp8.indexer_scores_fp8q if kernels else _indexer_fp8.indexer_scores_fp8q_reference
         return fn(q, weights, keys, key_scale, start, rate, scale)
+    if key_scale is not None:
+        q = _rounded_queries(q)
     if kernels:
         return _indexer.indexer_scores(q, weights, keys, start, rate, scale, key_scale)
     if key_scale is not None:

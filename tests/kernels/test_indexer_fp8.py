@@ -155,8 +155,9 @@ def test_bad_inputs_raise_value_errors() -> None:
 
 @pytest.mark.parametrize("seq_len", [3, 6])
 def test_ops_rounds_queries_from_the_threshold_on_and_the_kernel_agrees(monkeypatch, seq_len: int) -> None:
-    """model/ops.py: FP8 keys and at least FP8_QUERY_MIN_ROWS queries take the FP8-query function, fewer
-    keep float queries; the choice is the shape's, so references and kernels compute the same one."""
+    """model/ops.py: FP8 keys and at least FP8_QUERY_MIN_ROWS queries take the FP8 tensor-core function,
+    fewer the float one on the same FP8-rounded queries (a query selects the same keys however it is
+    chunked); references and kernels compute the same function."""
     from v4.kernels.common import interpreting
     from v4.model import ops
 
@@ -168,10 +169,8 @@ def test_ops_rounds_queries_from_the_threshold_on_and_the_kernel_agrees(monkeypa
     monkeypatch.setenv("V4_KERNELS", "0")
     scores = ops.indexer_scores(q, weights, keys_fp8, 150, 4, 0.125, key_scale)
     chosen = ops.indexer_topk_fp8(*args, 6)
-    want = (f8.indexer_scores_fp8q_reference(*args) if fp8
-            else ix.indexer_scores_reference(q, weights, ix.dequantize_index_keys_fp8(keys_fp8, key_scale), 150, 4,
-                                             0.125))
-    assert torch.equal(scores, want)
+    want = f8.indexer_scores_fp8q_reference(*args)
+    assert torch.equal(scores, want) if fp8 else torch.allclose(scores, want, rtol=1e-6, atol=1e-6)
     assert torch.equal(chosen, ix.topk_indices_reference(want, 6))
     if not interpreting():
         return
@@ -181,3 +180,17 @@ def test_ops_rounds_queries_from_the_threshold_on_and_the_kernel_agrees(monkeypa
     assert torch.equal(finite, torch.isfinite(kernel_scores))
     assert torch.allclose(kernel_scores[finite], scores[finite], rtol=1e-5, atol=1e-6)
     assert torch.equal(ops.indexer_topk_fp8(*args, 6), chosen)
+
+
+def test_a_query_selects_the_same_keys_alone_as_in_a_chunk(monkeypatch) -> None:
+    """The state is chunking-proof: a query scored in a chunk over the threshold (FP8 tensor cores) and the
+    same query alone (the float kernel on the rounded query, as decode and verify steps score) agree."""
+    from v4.model import ops
+
+    monkeypatch.setattr(ops, "FP8_QUERY_MIN_ROWS", 5)
+    monkeypatch.setenv("V4_KERNELS", "0")
+    q, weights, keys_fp8, key_scale = fp8_inputs(1, 6, 4, 32, 40, torch.float32, seed=11, device="cpu")
+    chunk = ops.indexer_scores(q, weights, keys_fp8, 150, 4, 0.125, key_scale)
+    for s in range(6):
+        alone = ops.indexer_scores(q[:, s:s + 1], weights[:, s:s + 1], keys_fp8, 150 + s, 4, 0.125, key_scale)
+        assert torch.allclose(alone[:, 0], chunk[:, s], rtol=1e-6, atol=1e-6)

@@ -20,6 +20,8 @@ Run it:
   engine.py        Engine: `new_state`, `forward`, `generate` (the API other packages use)
   static_decode.py shape-static batched decoding, captured once as a CUDA graph
   decode_positions.py  what a static step derives from the positions (slots, indices, RoPE), once for all layers
+  static_verify.py  DraftDecoder: MTP drafts verified two tokens per row in one graphed step, rollback free
+  speculative.py   greedy speculative generation (eager and static, one sequence or a batch); DraftStats
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
   offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building

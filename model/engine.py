@@ -14,6 +14,8 @@ from .offload import offload_experts as offload_experts_to_host
 from .parallel import Parallel
 from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
 from .static_decode import StaticDecoder
+from .static_verify import DraftDecoder
+from .speculative import DraftStats, batch_speculative, eager_speculative, static_speculative
 from .state import DecodeState, check_kv_format, mark, new_decode_state, rewind
 from .v4 import Transformer
 from .weights import LoadProgress, load_into, scan
@@ -60,6 +62,7 @@ class Engine:
         self.id = uuid.uuid4().hex
         self.draft_stats = DraftStats()
         self._decoders: dict[int, StaticDecoder] = {}
+        self._draft_decoders: dict[int, DraftDecoder] = {}
 
     @property
     def device(self) -> torch.device:
@@ -99,6 +102,24 @@ class Engine:
                                                            kv_format=self.config.kv_format)
         decoder.grow(capacity)
         return decoder
+
+    def draft_decoder(self, batch: int, capacity: int) -> DraftDecoder:
+        """The engine's speculative static decoder (static_verify.py) for at least `batch` rows, kept
+        and bucketed as `static_decoder` keeps its decoders."""
+        rows = next((bucket for bucket in BATCH_BUCKETS if bucket >= batch), batch)
+        decoder = self._draft_decoders.get(rows)
+        if decoder is None:
+            decoder = self._draft_decoders[rows] = DraftDecoder(self.model, rows, capacity,
+                                                                kv_format=self.config.kv_format)
+        decoder.grow(capacity)
+        return decoder
+
+    def static_speculation(self, static: bool | None, state: DecodeState) -> bool:
+        """Speculative decoding on the draft decoder: default on CUDA, for a state whose MTP layer
+        follows it (new_state(draft=True)) in a model with a draft head and no Engram layers."""
+        if static is None:
+            static = self.device.type == "cuda"
+        return static and self.model.config.engram is None and self.has_draft_head and bool(state.mtp_layers)
 
     def static_decoding(self, static: bool | None, state: DecodeState) -> bool:
         """Static decoding by default on CUDA, where graphs pay; never for Engram layers, or for a
@@ -194,12 +215,18 @@ class Engine:
         every yielded id but the last. `speculative` (greedy only) drafts each second token with the MTP
         head and verifies it in the same forward: the same ids, fewer sequential steps when drafts hold.
         `static` decodes with the shape-static (CUDA-graphed) decoder after an eager prefill: default on
-        CUDA for states without MTP layers; the same ids either way."""
+        CUDA for states without MTP layers (speculative: with them); the same ids either way."""
         state = state or self.new_state(draft=speculative)
         if speculative:
             if temperature > 0:
                 raise EngineInputError("speculative decoding is greedy only (temperature 0)")
-            yield from self._generate_speculative(prompt_ids, max_new_tokens, stop, state)
+            if self.static_speculation(static, state):
+                if state.num_tokens + len(prompt_ids) + max_new_tokens - 1 > state.max_tokens:
+                    raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used "
+                                           f"and {len(prompt_ids)} + up to {max_new_tokens - 1} more would be fed")
+                yield from static_speculative(self, prompt_ids, max_new_tokens, stop, state)
+            else:
+                yield from eager_speculative(self, prompt_ids, max_new_tokens, stop, state)
             return
         generator = torch.Generator(device=self.device)
         if seed is not None:
@@ -236,11 +263,16 @@ class Engine:
 
     @torch.no_grad()
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                       stop: Sequence[int] = ()) -> list[list[int]]:
+                       stop: Sequence[int] = (), speculative: bool = False) -> list[list[int]]:
         """Greedy continuations of several prompts decoded together, one static step for all rows per
-        token (each prompt prefilled eagerly on its own); a row that stops idles, writing nothing."""
+        token (each prompt prefilled eagerly on its own); a row that stops idles, writing nothing.
+        `speculative`: one verify step per draft on the draft decoder instead (the same ids)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise EngineInputError("generate_batch takes one or more non-empty prompts")
+        if speculative:
+            if not self.has_draft_head or self.model.config.engram is not None:
+                raise EngineInputError("speculative batches need an MTP block (mtp.*) and no Engram layers")
+            return batch_speculative(self, prompts, max_new_tokens, stop)
         longest = max(len(p) for p in prompts)
         decoder = self.static_decoder(len(prompts), longest + max_new_tokens)
         tokens = []
@@ -260,49 +292,6 @@ class Engine:
                     outputs[row].append(chosen[row])
                     active[row] = chosen[row] not in stop and len(outputs[row]) < max_new_tokens
         return outputs
-
-
-    def _generate_speculative(self, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[int],
-                              state: DecodeState) -> Iterator[int]:
-        if max_new_tokens <= 0:
-            return
-        self.draft_stats = DraftStats()
-        token = int(self.prefill(prompt_ids, state).argmax())
-        produced = 0
-        while True:
-            yield token
-            produced += 1
-            if token in stop or produced == max_new_tokens:
-                return
-            if state.num_tokens + 2 > state.max_tokens or not self.has_draft_head:
-                token = int(self.forward([token], state)[-1].argmax())
-                continue
-            drafted = int(self.draft(state, token).argmax())
-            before = mark(state)
-            logits = self.forward([token, drafted], state)
-            verified = int(logits[0].argmax())
-            self.draft_stats.drafted += 1
-            if verified != drafted:  # undo the draft: the state must hold only what was yielded
-                rewind(state, before)
-                self.forward([token], state)
-                token = verified
-                continue
-            self.draft_stats.accepted += 1
-            yield drafted
-            produced += 1
-            if drafted in stop or produced == max_new_tokens:
-                rewind(state, before)  # leave the state as plain decoding would: without the last id
-                self.forward([token], state)
-                return
-            token = int(logits[1].argmax())
-
-
-@dataclass(slots=True)
-class DraftStats:
-    """How the last speculative generation went (acceptance = accepted / drafted)."""
-
-    drafted: int = 0
-    accepted: int = 0
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -5,9 +5,9 @@ The eager path (attention.py) grows tensors with the sequence and decides on the
 compression window closes; a graph can do neither. Here each row carries its own position in a
 device tensor, and per layer the state lives in buffers sized for `capacity` tokens:
 
-- `kv` `[B, entries + window + 1, head_dim]`: the compressed entries, then the sliding window as a ring
-  (position p in slot entries + p % window), then a scratch slot, so attention reads one tensor and
-  nothing is concatenated;
+- `kv` `[B, entries + ring + 1, head_dim]`: the compressed entries, then the sliding window as a ring
+  (position p in slot entries + p % ring; ring = window, or window + 1 in a decoder whose steps feed two
+  tokens per row), then a scratch slot, so attention reads one tensor and nothing is concatenated;
 - each compressor's partial windows, kept as the windows it pools (for CSA two assembled windows by
   parity: the previous window's first series beside this one's second), plus a scratch row;
 - the indexer's compressed keys `[B, entries + 1, index_head_dim]`.
@@ -20,7 +20,9 @@ Every step writes the entry of the window its position is in, complete or not; a
 visible to queries once its window has closed, by which time the last write made it exact. Every
 write depends only on (token, position), so a step replayed at the same position changes nothing:
 warming up before capture and rewinding are free. Rows marked inactive write to the scratch slot or
-row: nothing they hold changes.
+row: nothing they hold changes. The layer code takes T tokens per row at consecutive positions (the
+speculative verify step, static_verify.py, feeds two), each token's partial-window write and pooling
+in order, so a window closed by one token is pooled before the next token starts the next window.
 
 Capacity grows by whole pages (buffers reallocated, state copied, graphs captured again), never by
 concatenating per step. States move in and out of the eager `DecodeState` layout (`load_row`,
@@ -34,6 +36,7 @@ so the step still captures in one graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +49,8 @@ from .decode_positions import DecodePositions, Rope, WindowStep
 from .offload import expert_caches, fewest_slots, has_offload
 from .piecewise_graph import PiecewiseGraph
 from .quantized_linear import grouped_linear
-from .state import CompressorState, DecodeState, check_kv_format
-from .v4 import Transformer
+from .state import CompressorState, DecodeState, LayerState, check_kv_format
+from .v4 import Block, Transformer
 
 PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of every compression rate)
 
@@ -67,7 +70,7 @@ class _CompressorBuffers:
 
 @dataclass(slots=True)
 class _LayerBuffers:
-    kv: Tensor  # [B, entries + window + 1, head_dim], or packed FP8 rows [..., row bytes] uint8
+    kv: Tensor  # [B, entries + ring + 1, head_dim], or packed FP8 rows [..., row bytes] uint8
     entries: int = 0  # compressed entries per row (0: a sliding layer)
     table: int = 0  # the layer's RoPE frequency table (DecodePositions.tables)
     compressor: _CompressorBuffers | None = None
@@ -76,21 +79,25 @@ class _LayerBuffers:
     index_scales: Tensor | None = None  # [B, entries + 1] float32: the FP8 keys' scales
 
 
-def _rows_first(x: Tensor) -> Tensor:
-    """`[B, 1, ...]` -> `[1, B, ...]`: the rope/compress kernels take one position per sequence slot,
-    so B single-token rows at B positions run as one sequence of B tokens."""
-    return x.transpose(0, 1)
+def _rows_first(x: Tensor, batch: int | None = None) -> Tensor:
+    """`[B, T, ...]` -> `[1, B * T, ...]` (or back, given `batch`): the rope/compress kernels take one
+    position per sequence slot, so B rows of T tokens at their own positions run as one sequence."""
+    if batch is None:
+        return x.reshape(1, -1, *x.shape[2:])
+    return x.reshape(batch, -1, *x.shape[2:])
 
 
 class StaticDecoder:
     """B decode rows over `model`, each at its own position; `step` is graph-captured on CUDA.
 
     Rows are filled from prefilled eager states (`load_row`) and written back (`store_row`); their
-    `kv_format` must be the decoder's.
+    `kv_format` must be the decoder's. `max_step_tokens` (tokens a step may feed per row) sizes the
+    ring; `mtp_layers` of the model's MTP blocks get buffers after the main layers' (static_verify.py).
     """
 
     def __init__(self, model: Transformer, batch: int, capacity: int, use_graph: bool | None = None,
-                 page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV) -> None:
+                 page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV, *, max_step_tokens: int = 1,
+                 mtp_layers: int = 0) -> None:
         config = model.config
         check_kv_format(config, kv_format)
         self.kv_format, self.fp8 = kv_format, kv_format == FP8_KV
@@ -100,6 +107,8 @@ class StaticDecoder:
         if config.engram is not None:
             raise StaticDecodeError("static decoding does not run Engram layers yet; use the eager path")
         self.model, self.config, self.batch = model, config, batch
+        self.ring = config.sliding_window + max_step_tokens - 1
+        self._blocks = list(model.layers) + list(model.mtp[:mtp_layers])  # each has a _LayerBuffers
         self.device, self.dtype = model.embed.weight.device, model.embed.weight.dtype
         # Offloaded experts are fetched after a host sync per layer: the step is then a piecewise graph,
         # which needs a cache slot for every (row, expert) pair; with fewer the step runs eagerly.
@@ -117,7 +126,7 @@ class StaticDecoder:
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
         self._rows = torch.arange(batch, device=self.device)
-        self._tables, self._table_of = _rope_tables(model)
+        self._tables, self._table_of = _rope_tables(self._blocks)
         # What every layer of one step derives from the positions alone, computed once per step
         self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
@@ -132,11 +141,11 @@ class StaticDecoder:
         if capacity <= self.capacity:
             return
         old = self.layers
-        self.layers = [self._new_layer(layer, capacity) for layer in range(self.config.num_hidden_layers)]
-        window = self.config.sliding_window
+        self.layers = [self._new_layer(layer, capacity) for layer in range(len(self._blocks))]
+        ring = self.ring
         for new, held in zip(self.layers, old):
             new.kv[:, : held.entries].copy_(held.kv[:, : held.entries])
-            new.kv[:, new.entries : new.entries + window].copy_(held.kv[:, held.entries : held.entries + window])
+            new.kv[:, new.entries : new.entries + ring].copy_(held.kv[:, held.entries : held.entries + ring])
             for name in ("compressor", "indexer"):
                 if getattr(held, name) is not None:
                     getattr(new, name).kv.copy_(getattr(held, name).kv)
@@ -146,22 +155,26 @@ class StaticDecoder:
             if held.index_scales is not None:
                 new.index_scales[:, : held.entries].copy_(held.index_scales[:, : held.entries])
         self.capacity = capacity
-        self._positions = DecodePositions(self.config, self.batch, capacity, self._tables, self._table_of,
-                                          self.device)
+        self._positions = self._decode_positions(1)
         self._graph = None  # buffers moved: capture again
 
+    def _decode_positions(self, tokens: int) -> DecodePositions:
+        """The per-step indices of a step feeding `tokens` per row (allocated anew when buffers grow)."""
+        return DecodePositions(self.config, self.batch, self.capacity, self._tables, self._table_of, self.device,
+                               tokens, self.ring)
+
     def _new_layer(self, layer: int, capacity: int) -> _LayerBuffers:
-        config, batch, window = self.config, self.batch, self.config.sliding_window
+        config, batch, ring = self.config, self.batch, self.ring
         zeros = lambda *shape, kind=self.dtype: torch.zeros(*shape, dtype=kind, device=self.device)  # noqa: E731
         row = (ops.FP8_KV_ROW_BYTES, torch.uint8) if self.fp8 else (config.head_dim, self.dtype)
         attention = config.attention_type(layer)
         table = self._table_of[layer]
         if attention == SLIDING:
-            return _LayerBuffers(zeros(batch, window + 1, row[0], kind=row[1]), table=table)
+            return _LayerBuffers(zeros(batch, ring + 1, row[0], kind=row[1]), table=table)
         rate = config.compress_rates[attention]
         overlap = attention == CSA
         entries = capacity // rate
-        buffers = _LayerBuffers(zeros(batch, entries + window + 1, row[0], kind=row[1]), entries, table,
+        buffers = _LayerBuffers(zeros(batch, entries + ring + 1, row[0], kind=row[1]), entries, table,
                                 self._partial_buffers(rate, config.head_dim, overlap))
         if overlap:
             key_dtype = torch.float8_e4m3fn if self.fp8 else self.dtype
@@ -196,24 +209,28 @@ class StaticDecoder:
         self._check_row(row, state)
         n = state.num_tokens
         self.grow(n + 1)
-        window = self.config.sliding_window
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
-            kept = held.num_window
-            slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % window
-            buffers.kv[row, slots] = self._as_stored(held.window[0, window - kept :])
-            if held.compressor is not None:
-                rate = self.config.compress_rates[self.config.attention_type(layer)]
-                entries = held.compressor.num_entries
-                buffers.kv[row, :entries] = held.compressor.entries[0, :entries]
-                self._load_partial(row, buffers.compressor, held.compressor, rate, n)
-            if held.indexer is not None:
-                entries = held.indexer.num_entries
-                buffers.index_keys[row, :entries] = held.indexer.entries[0, :entries]
-                if held.indexer.entry_scale is not None:
-                    buffers.index_scales[row, :entries] = held.indexer.entry_scale[0, :entries]
-                self._load_partial(row, buffers.indexer, held.indexer, rate, n)
+            self._load_layer(row, layer, buffers, held, n)
         self.lengths[row] = n
         self.positions[row] = n
+
+    def _load_layer(self, row: int, layer: int, buffers: _LayerBuffers, held: LayerState, n: int) -> None:
+        """`held` (a layer's eager state after `n` tokens) into `row` of `buffers`."""
+        window = self.config.sliding_window
+        kept = held.num_window
+        slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % self.ring
+        buffers.kv[row, slots] = self._as_stored(held.window[0, window - kept :])
+        if held.compressor is not None:
+            rate = self.config.compress_rate(layer)
+            entries = held.compressor.num_entries
+            buffers.kv[row, :entries] = held.compressor.entries[0, :entries]
+            self._load_partial(row, buffers.compressor, held.compressor, rate, n)
+        if held.indexer is not None:
+            entries = held.indexer.num_entries
+            buffers.index_keys[row, :entries] = held.indexer.entries[0, :entries]
+            if held.indexer.entry_scale is not None:
+                buffers.index_scales[row, :entries] = held.indexer.entry_scale[0, :entries]
+            self._load_partial(row, buffers.indexer, held.indexer, rate, n)
 
     def store_row(self, row: int, state: DecodeState) -> None:
         """Write `row` back into a single-sequence eager state (which must have room for it)."""
@@ -221,24 +238,28 @@ class StaticDecoder:
         if state.batch != 1 or state.max_tokens < n:
             raise StaticDecodeError(f"the state must be single-sequence with room for {n} tokens")
         self._check_format(state)
-        window = self.config.sliding_window
         for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
-            kept = min(window, n)
-            slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % window
-            held.window[0, window - kept :] = self._as_read(buffers.kv[row, slots])
-            held.num_window = kept
-            if held.compressor is not None:
-                rate = self.config.compress_rates[self.config.attention_type(layer)]
-                entries = n // rate
-                held.compressor.entries[0, :entries] = buffers.kv[row, :entries]
-                self._store_partial(row, buffers.compressor, held.compressor, rate, n)
-            if held.indexer is not None:
-                held.indexer.entries[0, : n // rate] = buffers.index_keys[row, : n // rate]
-                if held.indexer.entry_scale is not None:
-                    held.indexer.entry_scale[0, : n // rate] = buffers.index_scales[row, : n // rate]
-                self._store_partial(row, buffers.indexer, held.indexer, rate, n)
+            self._store_layer(row, layer, buffers, held, n)
         state.num_tokens = n
         state.mtp_pending = None  # the draft head did not follow these tokens
+
+    def _store_layer(self, row: int, layer: int, buffers: _LayerBuffers, held: LayerState, n: int) -> None:
+        """The first `n` tokens of `row` in `buffers` into `held` (a layer's eager state)."""
+        window = self.config.sliding_window
+        kept = min(window, n)
+        slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % self.ring
+        held.window[0, window - kept :] = self._as_read(buffers.kv[row, slots])
+        held.num_window = kept
+        if held.compressor is not None:
+            rate = self.config.compress_rate(layer)
+            entries = n // rate
+            held.compressor.entries[0, :entries] = buffers.kv[row, :entries]
+            self._store_partial(row, buffers.compressor, held.compressor, rate, n)
+        if held.indexer is not None:
+            held.indexer.entries[0, : n // rate] = buffers.index_keys[row, : n // rate]
+            if held.indexer.entry_scale is not None:
+                held.indexer.entry_scale[0, : n // rate] = buffers.index_scales[row, : n // rate]
+            self._store_partial(row, buffers.indexer, held.indexer, rate, n)
 
     def _check_row(self, row: int, state: DecodeState) -> None:
         if not 0 <= row < self.batch:
@@ -338,42 +359,50 @@ class StaticDecoder:
     def capture(self) -> None:
         """Warm up on a side stream (autotuning, lazy init), then capture one step. Replaying the
         current inputs is harmless: every write is idempotent in (token, position)."""
+        self._graph, self._logits = self._capture(self._forward)
+
+    def _capture(self, forward: Callable[[], Tensor]) -> tuple[torch.cuda.CUDAGraph | PiecewiseGraph, Tensor]:
+        """`forward` run twice on a side stream, then captured: the graph and its output tensor."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward()
+                forward()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self.piecewise:
             graph = PiecewiseGraph(self.device, expert_caches(self.model))
-            self._logits = graph.capture(self._forward)
-            self._graph = graph
-            return
+            return graph, graph.capture(forward)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._logits = self._forward()
-        self._graph = graph
+            out = forward()
+        return graph, out
 
     def _forward(self) -> Tensor:
-        model = self.model
         self._positions.update(self.positions, self.active)  # type: ignore[union-attr]
-        ids = self.token_ids[:, None]
+        return self.model.logits(self._main(self.token_ids[:, None], self._positions))[:, 0]
+
+    def _main(self, ids: Tensor, steps: DecodePositions) -> Tensor:
+        """The main layers over `ids` `[B, T]` at the positions `steps` was updated for: the final
+        streams `[B, T, hc, hidden]`."""
+        model = self.model
         streams = model.embed_streams(ids)
         for block, buffers in zip(model.layers, self.layers):
-            streams = block.mix(streams, ids, lambda x, a=block.attn, b=buffers: self._attend(a, x, b))
-        return model.logits(streams)[:, 0]
+            streams = block.mix(streams, ids, lambda x, a=block.attn, b=buffers: self._attend(a, x, b, steps))
+        return streams
 
-    def _attend(self, attn: Attention, x: Tensor, buffers: _LayerBuffers) -> Tensor:
-        """Attention for one token per row (`x` `[B, 1, hidden]`) at `self.positions`."""
-        config, steps, rows = self.config, self._positions, self._rows
-        rope = steps.rope[buffers.table]  # type: ignore[union-attr]
+    def _attend(self, attn: Attention, x: Tensor, buffers: _LayerBuffers, steps: DecodePositions) -> Tensor:
+        """Attention for T tokens per row (`x` `[B, T, hidden]`) at the positions of `steps`: the
+        step's ring writes first (the ring holds window + T - 1), then each query its own window."""
+        config, rows = self.config, self._rows[:, None]
+        batch, tokens = x.shape[:2]
+        rope = steps.rope[buffers.table]
         q_residual = attn.q_norm(attn.wq_a(x))
-        q = attn.wq_b(q_residual).view(self.batch, 1, attn.num_heads, config.head_dim)
-        q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin))
+        q = attn.wq_b(q_residual).view(batch, tokens, attn.num_heads, config.head_dim)
+        q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin), batch)
         kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos, rope.sin)
-        buffers.kv[rows, steps.ring_slot[buffers.entries]] = self._as_stored(kv[0])
+        buffers.kv[rows, steps.ring_slot[buffers.entries]] = self._as_stored(_rows_first(kv, batch))
         if attn.compressor is None:
-            indices = steps.window_indices[buffers.entries][:, None]
+            indices = steps.window_indices[buffers.entries]
         else:
             step = steps.windows[attn.compressor.rate]
             entry = self._compress(attn.compressor, x, buffers.compressor, step, buffers.table)
@@ -385,62 +414,71 @@ class StaticDecoder:
                 indices = step.attention
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
         out = attend(q, buffers.kv, indices, attn.attn_sink, config.head_dim**-0.5)
-        out = _rows_first(ops.apply_rope(_rows_first(out), rope.cos, rope.neg_sin))
-        groups = out.reshape(self.batch, 1, attn.num_groups, -1)
+        out = _rows_first(ops.apply_rope(_rows_first(out), rope.cos, rope.neg_sin), batch)
+        groups = out.reshape(batch, tokens, attn.num_groups, -1)
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
         return out if attn.reduce is None else attn.reduce(out)
 
     def _compress(self, compressor: Compressor, x: Tensor, buffers: _CompressorBuffers, step: WindowStep,
                   table: int) -> Tensor:
-        """Put this token in its partial windows; return its window's entry `[B, dim]` as it stands
-        (exact once the window is full)."""
-        rate, dim, batch = compressor.rate, compressor.dim, self.batch
+        """Put each token in its partial windows; return its window's entry `[B, T, dim]` as it stands
+        (exact once the window is full). The projections run for all tokens at once; each token's write
+        and pooling in order, since a token may start the window whose half the previous one pools."""
+        rate, dim = compressor.rate, compressor.dim
+        batch, tokens = x.shape[:2]
         series = 2 if compressor.overlap else 1
-        new_gate = compressor.wgate(x)[:, 0] + compressor.ape[step.ape_slot]  # float32, as the eager path has it
-        buffers.kv[step.write_rows, step.write_slots] = compressor.wkv(x).view(batch, series, dim)
-        buffers.gate[step.write_rows, step.write_slots] = new_gate.view(batch, series, dim).to(buffers.gate.dtype)
-        if compressor.overlap:
-            kv = buffers.kv.view(-1, 2 * rate, dim)[step.window_rows]
-            gate = buffers.gate.view(-1, 2 * rate, dim)[step.window_rows]
-        else:
-            kv, gate = buffers.kv[:batch], buffers.gate[:batch]
-        if gate.dtype != torch.float32:
-            # Earlier tokens' gates as stored (rounded), this token's still float32: the eager path pools
-            # exactly these values, so bfloat16 decoding matches it too.
-            gate = torch.where(step.current, new_gate[:, None, -dim:], gate)
+        new_kv = compressor.wkv(x).view(batch, tokens, series, dim)
+        new_gate = compressor.wgate(x) + compressor.ape[step.ape_slot]  # float32, as the eager path has it
+        stored_gate = new_gate.view(batch, tokens, series, dim).to(buffers.gate.dtype)
         cos, sin = step.rope[table]
-        entry = ops.compress_windows(kv[None], gate[None], compressor.norm.weight, compressor.norm.eps, cos, sin)
-        return entry[0].to(self.dtype)
+        entries = []
+        for t in range(tokens):
+            buffers.kv[step.write_rows, step.write_slots[:, t]] = new_kv[:, t]
+            buffers.gate[step.write_rows, step.write_slots[:, t]] = stored_gate[:, t]
+            if compressor.overlap:
+                kv = buffers.kv.view(-1, 2 * rate, dim)[step.window_rows[:, t]]
+                gate = buffers.gate.view(-1, 2 * rate, dim)[step.window_rows[:, t]]
+            else:
+                kv, gate = buffers.kv[:batch], buffers.gate[:batch]
+            if gate.dtype != torch.float32:
+                # Earlier tokens' gates as stored (rounded), this token's still float32: the eager path pools
+                # exactly these values, so bfloat16 decoding matches it too.
+                gate = torch.where(step.current[:, t], new_gate[:, t, None, -dim:], gate)
+            entry = ops.compress_windows(kv[None], gate[None], compressor.norm.weight, compressor.norm.eps,
+                                         cos[:, t], sin[:, t])
+            entries.append(entry[0].to(self.dtype))
+        return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
     def _select(self, attn: Attention, x: Tensor, q_residual: Tensor, buffers: _LayerBuffers, rope: Rope,
                 step: WindowStep) -> Tensor:
-        """The lightning indexer over this row's closed entries: `[B, 1, index_topk]` int32, -1 padded."""
-        indexer, config, rows, entries = attn.indexer, self.config, self._rows, buffers.entries
+        """The lightning indexer over each query's closed entries: `[B, T, index_topk]` int32, -1 padded."""
+        indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
+        batch, tokens = x.shape[:2]
         entry = self._compress(indexer.compressor, x, buffers.indexer, step, buffers.table)
         if self.fp8:  # FP8 keys move as bytes: not every backend's index_put takes float8
-            key, key_scale = ops.quantize_index_keys_fp8(entry[:, None])
-            buffers.index_keys.view(torch.uint8)[rows, step.key_slot] = key[:, 0].view(torch.uint8)
-            buffers.index_scales[rows, step.key_slot] = key_scale[:, 0]
+            key, key_scale = ops.quantize_index_keys_fp8(entry)
+            buffers.index_keys.view(torch.uint8)[rows, step.key_slot] = key.view(torch.uint8)
+            buffers.index_scales[rows, step.key_slot] = key_scale
         else:
             buffers.index_keys[rows, step.key_slot] = entry
-        q = indexer.wq_b(q_residual).view(self.batch, 1, config.index_n_heads, -1)
-        q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin))
+        q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)
+        q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
         weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
         keys = buffers.index_keys[:, :entries]
         scales = buffers.index_scales[:, :entries] if self.fp8 else None
-        # a start at which every key counts as closed; each row's own visibility is the mask below
+        # a start at which every key counts as closed; each query's own visibility is the mask below
         scores = ops.indexer_scores(q, weights, keys, entries * indexer.rate, indexer.rate,
                                     config.index_head_dim**-0.5, scales)
         scores = torch.where(step.visible, scores, float("-inf"))
         return ops.topk_indices(scores, config.index_topk)
 
 
-def _rope_tables(model: Transformer) -> tuple[list[Tensor], list[int]]:
-    """The distinct RoPE frequency tables of `model`'s layers (by value) and each layer's table, so
-    layers sharing a table share its angles in a step."""
+def _rope_tables(blocks: list[Block]) -> tuple[list[Tensor], list[int]]:
+    """The distinct RoPE frequency tables of `blocks` (by value) and each block's table, so layers
+    sharing a table share its angles in a step."""
     tables: list[Tensor] = []
     table_of = []
-    for block in model.layers:
+    for block in blocks:
         freqs = block.attn.inv_freq
         same = [i for i, table in enumerate(tables) if table.shape == freqs.shape and torch.equal(table, freqs)]
         if not same:

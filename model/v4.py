@@ -90,8 +90,12 @@ class MTPBlock(Block):
                 embed: nn.Embedding) -> torch.Tensor:
         """streams: the main model's final `[B, S, hc, hidden]` at positions start..; next_ids `[B, S]`:
         the tokens after them -> this block's output streams (read by `logits`)."""
-        x = self.e_proj(self.enorm(embed(next_ids))).unsqueeze(2) + self.h_proj(self.hnorm(streams))
-        return super().forward(x, next_ids, start, state)
+        return super().forward(self.inputs(streams, next_ids, embed), next_ids, start, state)
+
+    def inputs(self, streams: torch.Tensor, next_ids: torch.Tensor, embed: nn.Embedding) -> torch.Tensor:
+        """The block's input streams: the normed main streams and the next tokens' embeddings, projected
+        and added (shared with the static verify step, static_verify.py)."""
+        return self.e_proj(self.enorm(embed(next_ids))).unsqueeze(2) + self.h_proj(self.hnorm(streams))
 
     def logits(self, streams: torch.Tensor, head: nn.Linear) -> torch.Tensor:
         """Logits `[B, S, vocab]` float32 of the tokens two after each position, through the shared head."""

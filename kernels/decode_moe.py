@@ -54,7 +54,8 @@ class ExpertGemvConfig:
     num_warps: int = 4
 
 
-DEFAULT = ExpertGemvConfig()
+DEFAULT = ExpertGemvConfig()  # FP8 experts: the best of the H100 sweep at B = 1 and 8 (decode_gemv_h100.md)
+FP4_DEFAULT = ExpertGemvConfig(16, 1024, 16, 1024, 4)  # FP4: the sweep's best at B = 1 (98.9 us vs 146.8)
 INTERPRET_CONFIG = ExpertGemvConfig(16, 64, 16, 64, 4)
 
 
@@ -228,7 +229,7 @@ def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tens
     num_pairs = num_tokens * topk
     if num_pairs == 0:
         return torch.zeros_like(x)
-    cfg = config or (INTERPRET_CONFIG if interpreting() else DEFAULT)
+    cfg = config or (INTERPRET_CONFIG if interpreting() else FP4_DEFAULT if fmt == FP4 else DEFAULT)
     if fmt == FP8 and max(cfg.gate_up_n, cfg.down_n) > 128:
         raise ValueError("FP8 tiles must lie in one 128-row scale block (block_n <= 128)")
     x = x.contiguous()

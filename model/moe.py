@@ -18,9 +18,10 @@ from . import ops
 from .config import HASH_MOE, V4Config
 
 # At or below this many tokens quantised routed experts run the decode grouped GEMV (kernels/decode_moe.py:
-# each used expert's weights read once, CUDA-core dequantisation), above it the grouped GEMM. At most the
-# kernel's 8; a first guess, to be tuned on the device with benchmarks/bench_decode_gemv.py.
-GEMV_MAX_TOKENS = 8
+# each used expert's weights read once, CUDA-core dequantisation), above it the grouped GEMM. Measured on
+# an H100 (benchmarks/results/decode_gemv_h100.md, V4-Flash experts, top 6): FP8 59 vs 94 us at 1 token
+# and even at 8; FP4 99 vs 122 us at 1 token but 771 vs 657 at 8, so FP4 takes it for one token only.
+GEMV_MAX_TOKENS = {"fp8": 8, "fp4": 1}
 
 
 class RoutedExperts(Protocol):
@@ -145,7 +146,7 @@ class MoE(nn.Module):
         fmt = self.strategy.fmt
         if fmt is None:
             return ops.moe_experts(x, weights, ids, *stacks, self.limit)
-        if x.shape[0] <= GEMV_MAX_TOKENS and ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
+        if x.shape[0] <= GEMV_MAX_TOKENS.get(fmt, 0) and ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
             return ops.moe_experts_gemv(x, weights, ids, fmt, *stacks, self.limit)
         return ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)
 

@@ -27,10 +27,13 @@ from .moe import MoE
 from .weights import Stored, WeightsError, keep_quantized
 
 EXPERT_LEAVES = ("w1", "w2", "w3")
-# At or below this many rows an FP8 projection runs the decode GEMV (kernels/decode_gemv.py: no split-K,
-# one launch for the grouped wo_a), above it the FP8 GEMM. At most the kernel's 8; a first guess, to be
-# tuned on the device with benchmarks/bench_decode_gemv.py (old and new kernels at each M).
-GEMV_MAX_ROWS = 8
+# At or below this many rows an FP8 projection runs the decode GEMV (kernels/decode_gemv.py: no split-K),
+# above it the FP8 GEMM. Measured on an H100 (benchmarks/results/decode_gemv_h100.md, V4-Flash shapes):
+# at 1 row the GEMV takes 4.8 / 3.6 / 7.1 / 6.0 us for wq_a / wkv / shared w1 / w2 against 10.0 / 8.7 /
+# 9.4 / 8.7 and ties on wq_b and wo_b; at 8 rows the GEMM wins (e.g. wo_b 17.7 vs 33+ us). The grouped
+# wo_a (all 8 groups in one launch) wins at both: 16.3 vs 78.6 us at 1 row, 18.5 vs 83.7 at 8.
+GEMV_MAX_ROWS = 1
+GROUPED_GEMV_MAX_ROWS = 8
 
 
 class _Quantized(nn.Module):
@@ -105,12 +108,12 @@ class FP8Linear(_Quantized):
 
     def grouped(self, x: Tensor) -> Tensor:
         """Group g of x `[..., G, in]` through rows [g r, (g+1) r) of the weight -> `[..., G, r]`
-        (attention's grouped wo_a). Up to GEMV_MAX_ROWS rows, the grouped decode GEMV (r even); else one
+        (attention's grouped wo_a). Up to GROUPED_GEMV_MAX_ROWS rows, the grouped decode GEMV (r even); else one
         FP8 GEMM per group when each group's rows have their own scale rows (r a multiple or a divisor
         of 128, as in every V4 config); else the weight is dequantised into a temporary."""
         groups, block = x.shape[-2], quant.FP8_BLOCK
         rows = self.out_features // groups
-        if x.numel() <= GEMV_MAX_ROWS * groups * x.shape[-1] and rows % 2 == 0:
+        if x.numel() <= GROUPED_GEMV_MAX_ROWS * groups * x.shape[-1] and rows % 2 == 0:
             return ops.fp8_gemv_grouped(*_pad_k(x, self.weight), self.scale)  # all groups in one launch
         if rows % block and block % rows:
             weight = self.dequantized(x.dtype).view(groups, rows, -1)

@@ -101,7 +101,7 @@ def test_rejects_what_it_does_not_take() -> None:
 
 
 def test_moe_dispatch_by_token_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MoE._run_experts takes the GEMV up to GEMV_MAX_TOKENS quantised tokens, by shape alone."""
+    """MoE._run_experts takes the GEMV up to GEMV_MAX_TOKENS[fmt] quantised tokens, by shape alone."""
     from v4.model import moe as model_moe
     from v4.model import ops
 
@@ -112,6 +112,7 @@ def test_moe_dispatch_by_token_count(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.nn.Module.__init__(layer)
     layer.strategy, layer.limit = model_moe.ExpertStrategy(fmt="fp4"), LIMIT
     stacks = quantized("fp4", 2, 64, 32, torch.float8_e8m0fnu, seed=0)
-    for tokens in (1, model_moe.GEMV_MAX_TOKENS, model_moe.GEMV_MAX_TOKENS + 1):
+    most = model_moe.GEMV_MAX_TOKENS["fp4"]
+    for tokens in (1, most, most + 1):
         layer._run_experts(torch.zeros(tokens, 64), torch.ones(tokens, 2), torch.zeros(tokens, 2), stacks)
     assert calls == ["gemv", "gemv", "gemm"]

@@ -22,13 +22,6 @@ if [ "$part" = checks ]; then
     tests/model/test_mtp.py tests/model/test_native_quant.py tests/model/test_fp8_state.py tests/model/test_runner.py \
     tests/model/test_scheduler.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"
-  python benchmarks/count_decode_ops.py --device cuda > "$OUT/ops_new.json" 2> "$OUT/ops_new.err"
-  echo "ops new exit $?"
-  if [ -d "$BASE" ]; then
-    cp benchmarks/count_decode_ops.py "$BASE/benchmarks/"
-    (cd "$BASE" && python benchmarks/count_decode_ops.py --device cuda > "$OUT/ops_base.json" 2> "$OUT/ops_base.err")
-    echo "ops base exit $?"
-  fi
   timeout 240 python benchmarks/bench_decode_gemv.py --out "$OUT/decode_gemv" > "$OUT/decode_gemv.log" 2>&1
   echo "gemv exit $?"; tail -25 "$OUT/decode_gemv.log"
   timeout 150 python benchmarks/bench_indexer_fp8.py --out "$OUT/indexer_fp8" > "$OUT/indexer_fp8.log" 2>&1
@@ -36,8 +29,17 @@ if [ "$part" = checks ]; then
 fi
 
 if [ "$part" = perf ]; then
+  # launches per layer, this tree and the tree before (one file: $OUT/ops.txt)
+  python benchmarks/count_decode_ops.py --device cuda > /tmp/ops_new.json 2> /tmp/ops_new.err
+  echo "ops new exit $?"; tail -3 /tmp/ops_new.err
+  if [ -d "$BASE" ]; then
+    cp benchmarks/count_decode_ops.py "$BASE/benchmarks/"
+    (cd "$BASE" && python benchmarks/count_decode_ops.py --device cuda > /tmp/ops_base.json 2> /tmp/ops_base.err)
+    echo "ops base exit $?"; tail -3 /tmp/ops_base.err
+  fi
+  { echo "== new"; cat /tmp/ops_new.json; echo "== base"; cat /tmp/ops_base.json 2>/dev/null; } > "$OUT/ops.txt"
   if [ -f benchmarks/bench_mtp_verify.py ]; then
-    timeout 150 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
+    timeout 200 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
     echo "mtp exit $?"; tail -12 "$OUT/mtp_verify.log"
   fi
   timeout 260 python benchmarks/bench_perf.py --skip-checks --prefill 8192,131072,524288,1048576 --budget-s 150 \

@@ -34,6 +34,8 @@ T = 64K (chunk the prefill to bound it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -314,7 +316,10 @@ def topk_indices(scores: Tensor, k: int, *, out: Tensor | None = None) -> Tensor
 
 
 def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
-                  scale: float, k: int, out: Tensor | None) -> Tensor:
+                  scale: float, k: int, out: Tensor | None, launch_scores: Callable[..., None] | None = None
+                  ) -> Tensor:
+    """Scores (with per-chunk maxima) by `launch_scores` (default: this module's kernel; indexer_fp8's
+    FP8-query kernel takes the same arguments), then the exact top-k selection."""
     _check_inputs(q, weights, keys, key_scale, start, rate)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -326,7 +331,7 @@ def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
     if out.numel():
         scores = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
         maxima = torch.empty(batch, seq_len, triton.cdiv(num_keys, CHUNK), dtype=torch.float32, device=q.device)
-        _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima)
+        (launch_scores or _launch_scores)(q, weights, keys, key_scale, start, rate, scale, scores, maxima)
         launch_select(scores, maxima, k, out)
     return out
 

@@ -44,9 +44,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import interpreting, num_sms, to_e4m3
-from .indexer import (FP8_MAX, _check_inputs, _output, _store_scores, dequantize_index_keys_fp8,
+from .indexer import (FP8_MAX, _check_inputs, _indexer_topk, _output, _store_scores, dequantize_index_keys_fp8,
                       indexer_scores_reference, topk_indices_reference)
-from .indexer_select import CHUNK, launch_select
+from .indexer_select import CHUNK
 
 AMAX_FLOOR = 1e-4  # DeepSeek's act_quant: an all-zero row gets a finite scale (and zero codes)
 MIN_DOT_DIM = 32  # an FP8 tl.dot needs K >= 32 on sm_90
@@ -243,17 +243,4 @@ def indexer_topk_fp8q(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: T
     Returns:
         `[B, S, k]` int32 key indices, ascending, -1 padded.
     """
-    _check_inputs(q, weights, keys_fp8, key_scale, start, rate)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    batch, seq_len = q.shape[:2]
-    num_keys = keys_fp8.shape[1]
-    out = _output(out, (batch, seq_len, k), torch.int32, q.device)
-    if num_keys == 0:
-        return out.fill_(-1)
-    if out.numel():
-        scores = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
-        maxima = torch.empty(batch, seq_len, triton.cdiv(num_keys, CHUNK), dtype=torch.float32, device=q.device)
-        _launch(q, weights, keys_fp8, key_scale, start, rate, scale, scores, maxima)
-        launch_select(scores, maxima, k, out)
-    return out
+    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out, _launch)

@@ -118,10 +118,13 @@ class EmbeddedBackend:
                 tools: Sequence[Tool] = ()) -> PrefillStats:
         """Feed `messages` (no answer) now, so the first question only pays for itself; resumes from the
         store when it holds a prefix. `seconds` counts the rendering and tokenizing too."""
+        started = time.perf_counter()
+        return self._prefill(*self.encode_with_boundaries(messages, False, thinking=thinking, tools=tools), started)
+
+    def _prefill(self, ids: list[int], boundaries: list[int], started: float) -> PrefillStats:
+        """Bring the state to `ids` (from the store when it is cold); `seconds` counted from `started`."""
         from v4.model.runner import RunnerError
 
-        started = time.perf_counter()
-        ids, boundaries = self.encode_with_boundaries(messages, False, thinking=thinking, tools=tools)
         try:
             self.runner.room_after(ids)
         except RunnerError as exc:
@@ -160,16 +163,8 @@ class EmbeddedBackend:
                tools: Sequence[Tool] = ()) -> PrefillStats:
         """Prefill a saved conversation (system message and turns) so its next question pays only for
         itself: from the prefix-state store, where the session that saved it snapshotted it."""
-        from v4.model.runner import RunnerError
-
         started = time.perf_counter()
-        ids, boundaries = self.conversation_ids(messages, thinking=thinking, tools=tools)
-        try:
-            self.runner.room_after(ids)
-        except RunnerError as exc:
-            raise BackendError(str(exc)) from exc
-        _, stats = self.runner.prefill(ids, boundaries)
-        return dataclasses.replace(stats, seconds=time.perf_counter() - started)
+        return self._prefill(*self.conversation_ids(messages, thinking=thinking, tools=tools), started)
 
     def warm(self, messages: Sequence[Message], cancelled: Callable[[], bool] | None = None,
              step_tokens: int | None = None, *, thinking: Thinking | None = None,

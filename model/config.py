@@ -39,7 +39,10 @@ IGNORED_KEYS = frozenset({
     "tokenizer_class", "model_type",
 })
 LEGACY_KEYS = frozenset({"compress_ratios", "compress_rate_csa", "compress_rate_hca", "num_hash_layers",
-                         "qk_rope_head_dim", "rope_scaling"})
+                         "qk_rope_head_dim", "rope_scaling", "topk_method"})
+# V4 routes by the top-k of score + correction bias with no group limit: DeepSeek-V3's "noaux_tc", the
+# value V4-Flash's config.json ships (checked, not silently dropped).
+TOPK_METHOD = "noaux_tc"
 
 
 class ConfigError(ValueError):
@@ -224,6 +227,8 @@ class V4Config:
         if "qk_rope_head_dim" in data and kwargs.get("partial_rotary_factor") is None:
             head_dim = kwargs.get("head_dim", _default("head_dim"))
             kwargs["partial_rotary_factor"] = data["qk_rope_head_dim"] / head_dim
+        if data.get("topk_method", TOPK_METHOD) != TOPK_METHOD:
+            raise ConfigError(f"topk_method must be {TOPK_METHOD!r} (V4's routing), got {data['topk_method']!r}")
         if "rope_scaling" in data and kwargs.get("rope_parameters") is None:
             kwargs["rope_parameters"] = data["rope_scaling"]
         config = cls(**kwargs)

@@ -9,9 +9,14 @@ GitHub) and transformers' `modeling_deepseek_v4.py`:
     shared experts and the MTP blocks' e_proj/h_proj.
   - BF16, no scale: the embedding, the head ("lm_head in the checkpoint is stored in bf16"), the
     compressors' wkv/wgate ("stored in bf16", transformers' `_keep_in_fp32_modules` for the
-    compressor and indexer kv_proj/gate_proj), the indexer's weights_proj (`dtype=torch.bfloat16`)
-    and the router's gate weight (a plain parameter, not a Linear).
-  - F32: norms, mHC (hc_*), attention sinks, ape and the gate bias (`keeps_float32`); tid2eid I32.
+    compressor and indexer kv_proj/gate_proj), the indexer's weights_proj (`dtype=torch.bfloat16`),
+    the router's gate weight (a plain parameter, not a Linear) and every RMSNorm weight ("rmsnorm in
+    the checkpoint is stored in bf16"; held in float32 once loaded, `keeps_float32`).
+  - F32: mHC (hc_*), attention sinks, ape and the gate bias. tid2eid I64 (DeepSeek's `Gate` declares
+    int32; the loader takes either).
+The published V4-Flash headers agree (hebo1221/nano-deepseek-v4 `references/DeepSeek-V4-Flash-validation.
+summary.json`, a scan of all 46 shards): 69,187 tensors, BF16 433, F32 417, F8_E4M3 375, F8_E8M0 34,167
+(every scale), I8 33,792, I64 3; tests/model/test_flash_layout.py checks these rules reproduce the counts.
 Loading (weights.py), quantising a built model (quantized_linear.py), sharding (parallel.py) and building
 random checkpoints (random_checkpoint.py) all ask this module rather than keep their own patterns.
 """
@@ -29,7 +34,7 @@ FP8_QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant
 # A routed expert's tensor under native names: groups (the MoE, the expert id, w1|w2|w3, weight|scale).
 ROUTED_EXPERT = re.compile(r"^((?:layers|mtp)\.\d+\.ffn)\.experts\.(\d+)\.(w[123])\.(weight|scale)$")
 BF16_WEIGHTS = re.compile(r"^(embed|head)\.weight$|\.compressor\.(wkv|wgate)\.weight$"
-                          r"|\.indexer\.weights_proj\.weight$|\.ffn\.gate\.weight$")
+                          r"|\.indexer\.weights_proj\.weight$|\.ffn\.gate\.weight$|norm\.weight$")
 
 # safetensors dtype strings. FP4 is stored two e2m1 codes per byte ("I8"/"U8", the packed shape) or as
 # "F4" (headers giving the unpacked shape).
@@ -61,8 +66,8 @@ def linear_weights(model: nn.Module) -> set[str]:
 
 
 def stored_format(name: str, linear: set[str]) -> str:
-    """How DeepSeek ships tensor `name`: "fp4", "fp8", "bf16" or "as is" (float32 norms, mHC, sinks,
-    ape, gate bias; integer tables)."""
+    """How DeepSeek ships tensor `name`: "fp4", "fp8", "bf16" or "as is" (float32 mHC, sinks, ape,
+    gate bias; integer tables)."""
     match = ROUTED_EXPERT.match(name)
     if match is not None and match.group(4) == "weight":
         return "fp4"

@@ -76,11 +76,8 @@ def init_checkpoint(directory: Path, preset: str, seed: int = 0, tokenizer_json:
     data["layer_types"] = [{0: SLIDING, data["compress_rates"][CSA]: CSA, data["compress_rates"][HCA]: HCA}[r]
                            for r in ratios]
     config = V4Config.from_dict(data)
-    generator = torch.Generator().manual_seed(seed)
     model = Transformer(config)
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        tensors[name] = _random_like(name, tensor, config, generator)
+    tensors = random_state(model, seed)
     if fp8:
         _check_fp4_widths(config)
         tensors = as_shipped(tensors, linear_weights(model))
@@ -108,6 +105,13 @@ def v4_tokenizer(tokenizer_json: Path) -> Tokenizer:
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (V4_BOS, V4_EOS)])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in V4_MARKERS])
     return tokenizer
+
+
+def random_state(model: Transformer, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random value for every tensor of `model`'s state dict (norms one, biases zero, hash tables k
+    distinct experts per token), the same for the same seed: what `init_checkpoint` stores."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: _random_like(name, tensor, model.config, generator) for name, tensor in model.state_dict().items()}
 
 
 def _random_like(name: str, tensor: torch.Tensor, config: V4Config, generator: torch.Generator) -> torch.Tensor:
@@ -139,7 +143,7 @@ def as_shipped(tensors: dict[str, torch.Tensor], linear: set[str]) -> dict[str, 
         elif kind == "bf16":
             shipped[name] = tensor.to(torch.bfloat16)
         elif name.endswith("tid2eid"):
-            shipped[name] = tensor.to(torch.int32)  # DeepSeek's table is int32
+            shipped[name] = tensor.to(torch.int64)  # as V4-Flash's headers have it (formats.py)
         else:
             shipped[name] = tensor
     return shipped

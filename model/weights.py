@@ -23,6 +23,7 @@ from torch import nn
 
 from .formats import DTYPE_BYTES, FP4_DTYPES, PACKED_FP4_DTYPES, is_routed_expert, keeps_float32
 
+INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL")
 # (shard file name, bytes read so far, bytes in the shard): one call per tensor read.
 LoadProgress = Callable[[str, int, int], None]
 
@@ -75,18 +76,29 @@ def native_name(name: str) -> str:
     return name
 
 
+def index_map(path: Path) -> dict[str, str] | None:
+    """The index's weight_map (stored tensor name -> shard file name), or None without an index."""
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{index}: not a safetensors index ({exc})") from exc
+    return weight_map
+
+
 def checkpoint_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory (single file or a sharded index)."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = [path / name for name in sorted(set(weight_map.values()))]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise WeightsError(f"{index}: not a safetensors index ({exc})") from exc
+    weight_map = index_map(path)
+    if weight_map is not None:
+        files = [path / name for name in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.exists()]
         if absent:
-            raise WeightsError(f"{index} names shards that are not there: {', '.join(absent)}")
+            raise WeightsError(f"{path / 'model.safetensors.index.json'} names shards that are not there: "
+                               f"{', '.join(absent)}")
         return files
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -126,6 +138,7 @@ def scan(path: Path) -> dict[str, Stored]:
             raise
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
             raise WeightsError(f"{file}: cannot read safetensors ({exc})") from exc
+    _check_index(path, raw)
     found: dict[str, Stored] = {}
     for name, stored in raw.items():
         if name.endswith(".scale") and name.removesuffix(".scale") + ".weight" in raw:
@@ -139,7 +152,7 @@ def scan(path: Path) -> dict[str, Stored]:
             shape = stored.shape
             if stored.dtype in PACKED_FP4_DTYPES:  # FP4 packed two per byte: the logical rows are twice as wide
                 shape = (*shape[:-1], shape[-1] * 2)
-            _check_scale_shape(name, shape, stored.dtype, scale.shape)
+            _check_scale_shape(name, shape, stored.dtype, scale.shape, scale.dtype)
             stored = Stored(stored.file, stored.key, shape, stored.dtype, stored.nbytes + scale.nbytes, scale=scale)
         fused = FUSED_EXPERTS.match(name)
         if fused is None:
@@ -161,11 +174,32 @@ def scan(path: Path) -> dict[str, Stored]:
     return found
 
 
-def _check_scale_shape(name: str, shape: tuple[int, ...], dtype: str, scale: tuple[int, ...]) -> None:
+def _check_index(path: Path, raw: dict[str, Stored]) -> None:
+    """Every tensor the index lists is in the shard it names (a shard replaced or cut short by a broken
+    download is named with the first tensor it lacks, not found later as a missing parameter)."""
+    weight_map = index_map(path) or {}
+    by_key = {stored.key: stored.file.name for stored in raw.values()}
+    for key, file in weight_map.items():
+        if by_key.get(key) != file:
+            where = f"it is in {by_key[key]}" if key in by_key else "no shard holds it"
+            raise WeightsError(f"tensor {key}: the index lists it in {file}, but {where}")
+
+
+# The stored scale dtypes each quantised format takes (model/quant.py's FP8_SCALE_DTYPES, FP4_SCALE_DTYPES).
+SCALE_DTYPES = {"FP8": ("F8_E8M0", "F32", "BF16"), "FP4": ("F8_E8M0", "F32")}
+
+
+def _check_scale_shape(name: str, shape: tuple[int, ...], dtype: str, scale: tuple[int, ...],
+                       scale_dtype: str) -> None:
     """Scales are checked with the headers, so a bad one stops the load before anything is placed:
-    FP4 has one scale per 1x32 group of a row, FP8 one per 128x128 block."""
+    FP4 has one scale per 1x32 group of a row, FP8 one per 128x128 block, each in the dtypes its
+    format takes."""
     from .quant import FP4_GROUP, FP8_BLOCK
 
+    kind = "FP4" if dtype in FP4_DTYPES else "FP8"
+    if scale_dtype not in SCALE_DTYPES[kind]:
+        raise WeightsError(f"tensor {name}: its scale is {scale_dtype}; a {dtype} weight takes "
+                           f"{' or '.join(SCALE_DTYPES[kind])} scales")
     if len(shape) < 2:
         raise WeightsError(f"tensor {name} has a scale but is not a matrix (shape {shape})")
     *lead, rows, cols = shape
@@ -213,6 +247,10 @@ def match(model: nn.Module, stored: dict[str, Stored], path: Path) -> None:
         if tuple(stored[name].shape) != tuple(tensor.shape):
             raise WeightsError(f"tensor {name} has shape {stored[name].shape}, the model expects "
                                f"{tuple(tensor.shape)}")
+        integer = stored[name].dtype in INTEGER_DTYPES and stored[name].scale is None  # FP4 bytes have a scale
+        if integer == tensor.is_floating_point():
+            raise WeightsError(f"tensor {name} is stored as {stored[name].dtype}, the model expects "
+                               f"{'floating point values' if integer else 'integers (a lookup table)'}")
 
 
 def _listed(names: list[str]) -> str:

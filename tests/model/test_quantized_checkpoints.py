@@ -114,8 +114,9 @@ def test_the_checkpoint_stores_what_deepseek_quantises(fp8_dir: Path, tmp_path: 
         "embed.weight": "BF16", "head.weight": "BF16", "layers.1.ffn.gate.weight": "BF16",
         "layers.1.attn.compressor.wkv.weight": "BF16", "layers.1.attn.indexer.compressor.wgate.weight": "BF16",
         "layers.1.attn.indexer.weights_proj.weight": "BF16",
-        "layers.1.attn.kv_norm.weight": "F32", "layers.1.hc_attn_fn": "F32", "layers.1.attn.attn_sink": "F32",
-        "layers.1.attn.compressor.ape": "F32", "layers.1.ffn.gate.bias": "F32", "layers.0.ffn.gate.tid2eid": "I32",
+        "layers.1.attn.kv_norm.weight": "BF16", "mtp.0.enorm.weight": "BF16", "norm.weight": "BF16",
+        "layers.1.hc_attn_fn": "F32", "layers.1.attn.attn_sink": "F32",
+        "layers.1.attn.compressor.ape": "F32", "layers.1.ffn.gate.bias": "F32", "layers.0.ffn.gate.tid2eid": "I64",
     }
     assert {key: dtypes[key] for key in expected} == expected
     assert "head.scale" not in dtypes and "layers.1.attn.compressor.wkv.scale" not in dtypes

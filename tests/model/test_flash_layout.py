@@ -247,3 +247,19 @@ def test_two_gloo_ranks_give_the_logits_of_one_process(flash_dir: Path, tmp_path
         assert result["greedy"] == single["greedy"]
         experts = {int(key.split(".")[4]) for key, _ in result["read"] if ".ffn.experts." in key}
         assert experts == set(range(4 * rank, 4 * rank + 4))
+
+
+def test_it_loads_kept_quantised_as_a_cuda_engine_would(flash_dir: Path) -> None:
+    """`quantized=True` (the default on CUDA for this config) places the stored FP8/FP4 bytes as they are."""
+    from v4.model.quantized_linear import FP4Linear, FP8Linear
+
+    kept = model.load(flash_dir, device="cpu", dtype="float32", quantized=True)
+    layer = kept.model.layers[3]
+    assert isinstance(layer.attn.wq_a, FP8Linear) and isinstance(layer.ffn.experts[5].w1, FP4Linear)
+    with safe_open(str(flash_dir / _where(flash_dir, "layers.3.ffn.experts.5.w1.weight")), framework="pt") as handle:
+        assert torch.equal(layer.ffn.experts[5].w1.weight, handle.get_tensor("layers.3.ffn.experts.5.w1.weight"))
+    assert kept.forward(PROMPT, kept.new_state()).isfinite().all()
+
+
+def _where(directory: Path, key: str) -> str:
+    return json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"][key]

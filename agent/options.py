@@ -18,6 +18,7 @@ class EngineOptions:
     kv_format: str = "float"  # "float": the model's dtype; "fp8": DeepSeek's layout (1.8x smaller)
     offload_experts: int | None = None  # routed experts per layer cached on the GPU, the rest on the host
     cpu_threads: int | None = None  # torch threads of a CPU engine (None: the engine's choice from the load)
+    parallel: int | None = None  # processes (GPUs) the model runs over (None: every GPU when it does not fit one)
 
     def __post_init__(self) -> None:
         if self.kv_format not in KV_FORMATS:
@@ -26,11 +27,13 @@ class EngineOptions:
             raise ValueError(f"offload_experts must be at least 1, not {self.offload_experts}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be at least 1, not {self.cpu_threads}")
+        if self.parallel is not None and self.parallel < 1:
+            raise ValueError(f"parallel must be at least 1, not {self.parallel}")
 
     def load_options(self) -> dict[str, object]:
         """The keyword arguments of `v4.model.load`."""
         return {"device": self.device, "kv_format": self.kv_format, "offload_experts": self.offload_experts,
-                "cpu_threads": self.cpu_threads}
+                "cpu_threads": self.cpu_threads, "ranks": self.parallel}
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,11 +53,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
                              "than the GPU)")
     parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
                         help="torch threads of an engine on CPU (default: half the cores, no more than are idle)")
+    parser.add_argument("--parallel", type=int, default=None, metavar="N",
+                        help="run the model over N GPUs of this host (experts and attention heads split over "
+                             "them); this process drives N-1 workers it starts (default: every GPU when the "
+                             "model does not fit one, else 1; 1 on CPU)")
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
     """The engine options `add_engine_arguments` parsed."""
-    return EngineOptions(args.device, args.kv_format, args.offload_experts, args.cpu_threads)
+    return EngineOptions(args.device, args.kv_format, args.offload_experts, args.cpu_threads, args.parallel)
 
 
 def backend_options(args: argparse.Namespace) -> BackendOptions:

@@ -79,17 +79,28 @@ def run_model(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     """`v4 generate`: tokens are printed as they come."""
-    from v4.model.config import ConfigError
-    from v4.model.weights import WeightsError
+    from v4.model.parallel_protocol import ParallelError
 
     if args.model is None:
         print("v4 generate: needs --model DIR (or $V4_MODEL)", file=sys.stderr)
         return EXIT_USAGE
     try:
         engine = load_engine(args.model, engine_options(args))
-    except (ConfigError, WeightsError, OSError) as exc:
+    except (ValueError, OSError, ParallelError) as exc:  # config, weights, files, --parallel, a worker
         print(f"v4 generate: {exc}", file=sys.stderr)
         return 1
+    try:
+        return _generate(args, engine)
+    except ParallelError as exc:  # a worker died or failed mid-answer
+        sys.stdout.write("\n")
+        print(f"v4 generate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()  # stops the workers of a --parallel engine
+
+
+def _generate(args: argparse.Namespace, engine: object) -> int:
+    """Stream the completion of `args.text` on stdout."""
     if engine.tokenizer is None:
         print(f"v4 generate: {args.model} has no tokenizer.json", file=sys.stderr)
         return 1

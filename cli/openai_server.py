@@ -377,7 +377,7 @@ def make_server(app: object, host: str, port: int, on_listening: Callable[[str],
                 on_stopped: Callable[[], None] | None = None) -> object:
     """A uvicorn server for `app` that, on SIGTERM or Ctrl-C, stops decoding at once: every open
     request fails (a stream ends with an error event), and what is still open after
-    SHUTDOWN_GRACE_S is dropped. `on_listening` gets its URL (the port bound, for port 0) once it
+    SHUTDOWN_GRACE_S is dropped; `stop()` does the same from any thread. `on_listening` gets its URL (the port bound, for port 0) once it
     accepts connections; `on_stopped` runs once it has shut down (before uvicorn re-raises the
     signal that stopped it)."""
     import uvicorn
@@ -398,6 +398,11 @@ def make_server(app: object, host: str, port: int, on_listening: Callable[[str],
             # In a thread: the signal handler may have interrupted the event loop inside `submit`.
             threading.Thread(target=app.state.runner.close, args=(0.0,), daemon=True).start()
             super().handle_exit(sig, frame)
+
+        def stop(self) -> None:
+            """Stop as SIGTERM stops it, from any thread, with no signal to re-raise (a failed engine)."""
+            threading.Thread(target=app.state.runner.close, args=(0.0,), daemon=True).start()
+            self.should_exit = True
 
     return Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                  timeout_graceful_shutdown=SHUTDOWN_GRACE_S))

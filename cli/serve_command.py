@@ -3,7 +3,8 @@
 It says what it does on stderr: "listening on URL (model NAME, context N tokens)" once it accepts
 connections, one access-log line per request (with its tokens), and a line when it stops.
 
-Exit codes: 0 stopped (SIGTERM or Ctrl-C), 1 the model could not be loaded, 2 bad options.
+Exit codes: 0 stopped (SIGTERM or Ctrl-C), 1 the model could not be loaded or (with `--parallel`) a
+worker died or failed, 2 bad options.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backend_args import add_engine_arguments, engine_options
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .progress import load_engine
+
+if TYPE_CHECKING:
+    from v4.model.engine import Engine
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # On a CPU a request holds at most this many tokens unless --max-model-len says otherwise: a CPU
@@ -43,11 +48,6 @@ def build(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from v4.agent.backends import BackendError, EmbeddedBackend
-    from v4.agent.bootstrap import ANSWER_RESERVE, context_words
-    from v4.agent.chat_format import chat_format_for
-    from .openai_server import ServeConfig, create_app, make_server
-
     if args.model is None:
         return _fail("needs --model DIR (or $V4_MODEL)", EXIT_USAGE)
     if args.max_model_len is not None and args.max_model_len < 2:
@@ -56,6 +56,20 @@ def run(args: argparse.Namespace) -> int:
         engine = load_engine(args.model, engine_options(args))
     except Exception as exc:  # noqa: BLE001 - config, weights or I/O: say which and stop
         return _fail(f"cannot load {args.model}: {exc}", EXIT_FAILED)
+    try:
+        return _serve(args, engine)
+    finally:
+        engine.close()  # stops the workers of a --parallel engine
+
+
+def _serve(args: argparse.Namespace, engine: Engine) -> int:
+    """Serve `engine` until SIGTERM, Ctrl-C or (with --parallel) a worker's failure."""
+    from v4.agent.backends import BackendError, EmbeddedBackend
+    from v4.agent.bootstrap import ANSWER_RESERVE, context_words
+    from v4.agent.chat_format import chat_format_for
+    from v4.model.parallel_driver import DrivenEngine
+    from .openai_server import ServeConfig, create_app, make_server
+
     context = engine.context_length  # the model's, as `v4 model info` reports it
     if args.max_model_len is not None and args.max_model_len > context:
         return _fail(f"--max-model-len {args.max_model_len:,} is over the model's context, {context:,} tokens",
@@ -79,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     def listening(url: str) -> None:
         also = f"; also as {', '.join(names[1:])}" if len(names) > 1 else ""
+        also += f", over {engine.ranks} ranks" if isinstance(engine, DrivenEngine) else ""
         print(f"v4 serve: listening on {url} (model {names[0]}{also}, "
               f"{context_words(context, backend.context_length, 'this server')})", file=sys.stderr, flush=True)
 
@@ -90,11 +105,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"v4 serve: stopped after {served[0]:,} request{'' if served[0] == 1 else 's'}", file=sys.stderr,
               flush=True)
 
+    server = make_server(app, args.host, args.port, listening, stopped)
+    failures: list[Exception] = []
+    if isinstance(engine, DrivenEngine):
+        def worker_failed(error: Exception) -> None:  # from the driver's watching thread
+            failures.append(error)
+            print(f"v4 serve: {error}; stopping", file=sys.stderr, flush=True)
+            server.stop()  # as SIGTERM stops it: open requests fail, then it exits 1
+
+        engine.driver.on_failure(worker_failed)
     try:
-        make_server(app, args.host, args.port, listening, stopped).run()
+        server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the server has stopped cleanly
         pass
-    return EXIT_OK
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:

@@ -25,6 +25,9 @@ Run it:
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
   offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building
+  parallel_driver.py  `load(ranks=N)`: this process drives N-1 workers it spawns; DrivenEngine, the Engine API
+  parallel_protocol.py  what driver and workers say: replayed calls, states synced where the driver changed them
+  parallel_follower.py  a worker: loads its shard, replays the driver's calls, reports its failure
 Keep prefilled prompts (the prefix-state store, not the Engram layer above):
   prefix_store.py  decode states of prefilled prompts in memory and on disk, longest prefix wins; PrefillStats
   prefix_store_files.py  entry names (prefix keys), the files the store owns (its manifest), checksums
@@ -34,7 +37,7 @@ Serve prompts and answers (vLLM's engine core: runner, detokenizer, scheduler):
   detokenizer.py   sampled ids -> streamed text, ended by stop ids and stop strings
   scheduler.py     continuous batching of many requests on the static decoder (`v4 serve`)
 
-`engine = model.load(path)`; `state = engine.new_state()`; `engine.forward(ids, state)` continues a
+`engine = model.load(path)` (`ranks=N`: over N GPUs); `state = engine.new_state()`; `engine.forward(ids, state)` continues a
 sequence; `engine.generate(...)` streams ids. The reference path matches transformers logit for logit.
 """
 
@@ -42,10 +45,12 @@ if __name__ != "v4.model":  # the folder is also reachable from the repository r
     raise ImportError(f"import v4.model, not {__name__} (the packages live in the v4 namespace; see README)")
 
 from .config import ConfigError, EngineConfig, V4Config
-from .engine import Engine, EngineInputError, load, load_transformer
+from .engine import Engine, EngineInputError, load_transformer
+from .parallel_driver import load
+from .parallel_protocol import ParallelError
 from .state import DecodeState
 from .v4 import Transformer
 from .weights import WeightsError
 
-__all__ = ["ConfigError", "DecodeState", "Engine", "EngineConfig", "EngineInputError", "Transformer", "V4Config",
-           "WeightsError", "load", "load_transformer"]
+__all__ = ["ConfigError", "DecodeState", "Engine", "EngineConfig", "EngineInputError", "ParallelError", "Transformer",
+           "V4Config", "WeightsError", "load", "load_transformer"]

@@ -128,6 +128,10 @@ class Engine:
             static = self.device.type == "cuda"
         return static and self.model.config.engram is None and not state.mtp_layers
 
+    def close(self) -> None:
+        """Release what the engine holds beyond its tensors: a driven engine's worker processes
+        (parallel_driver.py); nothing in one process."""
+
     @torch.no_grad()
     def forward(self, token_ids: Sequence[int] | torch.Tensor, state: DecodeState,
                 last_only: bool = False) -> torch.Tensor:
@@ -335,6 +339,7 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
 
     `quantized`: keep the checkpoint's FP8/FP4 weights as stored (model/quantized.py) instead of
     dequantising them to `dtype`; None: on CUDA when config.json has a quantization_config (one process).
+    (`v4.model.load` is parallel_driver.load: this, or the same over several processes with `ranks`.)
     """
     from dataclasses import fields
 

@@ -139,6 +139,12 @@ class VocabParallelHead(nn.Module):
         return self.parallel.all_gather_last(F.linear(x, self.weight), self.vocab_size)
 
 
+def world_of(model: nn.Module) -> int:
+    """The ranks `model` is sharded over (shard_model gave it a VocabParallelEmbedding); 1 for a whole model."""
+    embed = getattr(model, "embed", None)
+    return embed.parallel.world if isinstance(embed, VocabParallelEmbedding) else 1
+
+
 def attention_is_split(config: V4Config, parallel: Parallel) -> bool:
     """Whether attention is tensor parallel at this world size (else it is replicated)."""
     return config.num_attention_heads % parallel.world == 0 and config.o_groups % parallel.world == 0

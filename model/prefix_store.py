@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "FORMAT_VERSION", "PrefillStats", "PrefixStore", "StoreDirectoryError", "StoreError", "Verified",
            "default_store_dir", "model_fingerprint", "prefix_keys"]
 DEFAULT_MAX_BYTES = 20 * 10**9
+OTHER_RANKS = (1, 2, 4, 8)  # rank counts whose states a cold prefill looks for, to say why it does not load them
 
 
 @dataclass(slots=True)
@@ -250,6 +251,8 @@ class PrefixStore:
             if state.num_tokens:  # a restore that failed half-way: start again from an empty state
                 state = engine.new_state(state.max_tokens)
         stats.load_s = time.perf_counter() - started
+        if not reused:
+            self._saved_on_other_ranks(engine, ids, marks)
         stats.reused_tokens, stats.computed_tokens = reused, len(ids) - reused
         started = time.perf_counter()
         at = reused
@@ -261,6 +264,21 @@ class PrefixStore:
         stats.prefill_s = time.perf_counter() - started
         stats.seconds = time.perf_counter() - called
         return state, logits, stats
+
+    def _saved_on_other_ranks(self, engine: Engine, ids: list[int], marks: list[int]) -> None:
+        """Say so when this prompt was prefilled by a run on another number of ranks (`--parallel`),
+        whose states this run does not load (model_fingerprint)."""
+        from .parallel import world_of
+
+        ranks = world_of(engine.model)
+        for other in (n for n in OTHER_RANKS if n != ranks):
+            fingerprint = model_fingerprint(engine, self._digests, ranks=other)
+            keys = prefix_keys(fingerprint, ids, marks)
+            if any(self._path(fingerprint, "snapshots", keys[p]).exists() for p in marks):
+                self._report(f"prefix-state store: this prompt was prefilled on {other} rank{'s' if other > 1 else ''} "
+                             f"(--parallel {other}); this run has {ranks}, so it is computed again (a state is "
+                             "kept per number of ranks: their sums round differently)")
+                return
 
     def save(self, engine: Engine, state: DecodeState, logits: torch.Tensor, ids: Sequence[int]) -> int:
         """Snapshot `state`, which holds exactly `ids` (logits: after the last), at their end: a later

@@ -75,10 +75,15 @@ def file_digest(path: Path, memo: dict[str, str]) -> str:
     return memo[tag]
 
 
-def model_fingerprint(engine: Engine, memo: dict[str, str] | None = None) -> str:
-    """What a state depends on besides the tokens: the config, the weights (file hashes), the dtype and
-    the kv format (FP8 entries are other bytes, and other keys for the layers after them)."""
+def model_fingerprint(engine: Engine, memo: dict[str, str] | None = None, ranks: int | None = None) -> str:
+    """What a state depends on besides the tokens: the config, the weights (file hashes), the dtype,
+    the kv format (FP8 entries are other bytes, and other keys for the layers after them) and the
+    number of ranks the model is sharded over (default: the engine's; their sums round differently, so
+    a state saved on N ranks is kept for N ranks; one rank's keys are those of before issue 28)."""
+    from .parallel import world_of
+
     memo = {} if memo is None else memo
+    ranks = world_of(engine.model) if ranks is None else ranks
     digest = xxhash.xxh3_128()
     digest.update(json.dumps(_config_dict(engine.model.config), sort_keys=True, default=str).encode())
     digest.update(str(engine.dtype).encode())
@@ -89,6 +94,8 @@ def model_fingerprint(engine: Engine, memo: dict[str, str] | None = None) -> str
     for file in sorted(Path(checkpoint).glob("*.safetensors")):
         digest.update(file.name.encode() + file_digest(file, memo).encode())
     digest.update(f"{FORMAT}:{FORMAT_VERSION}:mtp={len(engine.model.mtp)}".encode())
+    if ranks > 1:
+        digest.update(f"ranks={ranks}".encode())
     return digest.hexdigest()
 
 

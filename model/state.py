@@ -68,10 +68,11 @@ class LayerState:
     kv_format: str = FLOAT_KV
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class DecodeState:
     """The whole model's memory of a sequence: `num_tokens` fed so far and one LayerState per layer.
-    `owner` ties it to the engine that made it: a state is meaningless under other weights.
+    `owner` ties it to the engine that made it: a state is meaningless under other weights. (Weakly
+    referable: a driven engine's workers drop their copy when the driver's state is collected.)
 
     With MTP blocks, `mtp_layers` are their layers' states; the MTP block at position t reads the final
     streams at t and token t+1, so it runs one position behind: `mtp_pending` holds the last position's

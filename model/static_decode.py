@@ -47,6 +47,7 @@ from .attention import Attention, Compressor
 from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
 from .decode_positions import DecodePositions, Rope, WindowStep
 from .offload import expert_caches, fewest_slots, has_offload
+from .parallel import world_of
 from .piecewise_graph import PiecewiseGraph
 from .quantized_linear import grouped_linear
 from .state import CompressorState, DecodeState, LayerState, check_kv_format
@@ -118,6 +119,9 @@ class StaticDecoder:
         if use_graph and not fits:
             raise StaticDecodeError(f"a graphed step of {batch} rows may need {batch * config.num_experts_per_tok} "
                                     f"experts per layer; the offload cache holds {slots}")
+        # A model sharded over ranks (parallel.py) selects each rank's expert pairs with a host sync
+        # (nonzero), which a graph cannot hold: its step runs eagerly (issue 28).
+        fits = fits and world_of(model) == 1
         self.use_graph = self.device.type == "cuda" and fits if use_graph is None else use_graph
         self.capacity = 0
         self.layers: list[_LayerBuffers] = []

@@ -1,0 +1,96 @@
+"""`--parallel 2` on the command line (issue 28), on CPU with gloo: `v4 generate` prints what
+`--parallel 1` prints, and only once (the worker says nothing); `v4 serve --parallel 2` answers
+concurrent requests with the completions of a one-process server, and when its worker is killed it
+says which rank died and exits 1 instead of hanging."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_openai_server import CHAT, KEY, _serve, call
+from tests.conftest import tiny_chat_checkpoint
+from v4.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+BODIES = [CHAT | {"max_tokens": 8}, CHAT | {"max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_chat_checkpoint(tmp_path_factory.mktemp("parallel_cli"), seed=4)
+
+
+def test_generate_on_two_ranks_prints_what_one_prints(checkpoint: Path, capfd: pytest.CaptureFixture) -> None:
+    argv = ["generate", "def add(a, b):", "--model", str(checkpoint), "--device", "cpu", "--cpu-threads", "1",
+            "--max-new-tokens", "12"]
+    assert main([*argv, "--parallel", "1"]) == 0
+    one = capfd.readouterr()
+    assert main([*argv, "--parallel", "2"]) == 0
+    two = capfd.readouterr()  # fd-level: the worker's output would land here too
+    assert one.out.strip() and two.out == one.out
+    assert two.err == one.err
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _worker_of(pid: int) -> int:
+    """The spawned worker among the server's children (multiprocessing may also run a resource tracker)."""
+    for child in _children(pid):
+        command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in command:
+            return child
+    raise AssertionError(f"no worker among the children of {pid}: {_children(pid)}")
+
+
+def test_serve_on_two_ranks_answers_as_one_process_and_stops_when_a_worker_dies(checkpoint: Path) -> None:
+    for url, _, _ in _serve(checkpoint, max_batch=8):  # the one-process server, in this process
+        expected = [json.loads(call(f"{url}/v1/chat/completions", body)[1]) for body in BODIES]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "v4.cli.main", "serve", "--model", str(checkpoint),
+                                "--port", str(port), "--api-key", KEY, "--device", "cpu", "--cpu-threads", "1",
+                                "--max-model-len", "4096", "--parallel", "2"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if call(f"{url}/v1/models")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1]
+        with ThreadPoolExecutor(len(BODIES)) as pool:  # at once: the scheduler's batched decoder, replicated
+            answers = list(pool.map(lambda body: json.loads(call(f"{url}/v1/chat/completions", body)[1]), BODIES))
+        for answer, alone in zip(answers, expected):
+            assert answer["choices"][0]["message"] == alone["choices"][0]["message"]
+            assert answer["usage"]["completion_tokens"] == alone["usage"]["completion_tokens"]
+
+        os.kill(_worker_of(process.pid), signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 1, err
+    assert err.count("listening on") == 1 and "over 2 ranks" in err
+    assert "the worker process of rank 1 of 2 (CPU) was killed by SIGKILL" in err and "stopping" in err
+    assert not out

@@ -91,7 +91,7 @@ def _embedded(options: BackendOptions, load_progress: ShardProgress | None,
     progress = {"progress": load_progress} if load_progress is not None else {}
     try:
         engine = model.load(options.model, **options.engine.load_options(), **progress)
-    except (ConfigError, WeightsError, OSError, model.EngineInputError) as exc:
+    except (ConfigError, WeightsError, OSError, ValueError, model.EngineInputError, model.ParallelError) as exc:
         raise BackendError(f"cannot load {options.model}: {exc}") from exc
     limit = engine.context_length  # the model's context, as `v4 model info` reports it
     room = answer_room(limit, answer_tokens)

@@ -125,11 +125,13 @@ class EmbeddedBackend:
         """Bring the state to `ids` (from the store when it is cold); `seconds` counted from `started`."""
         from v4.model.runner import RunnerError
 
+        from v4.model.parallel_protocol import ParallelError
+
         try:
             self.runner.room_after(ids)
-        except RunnerError as exc:
+            _, stats = self.runner.prefill(ids, boundaries)
+        except (RunnerError, ParallelError) as exc:
             raise BackendError(str(exc)) from exc
-        _, stats = self.runner.prefill(ids, boundaries)
         return dataclasses.replace(stats, seconds=time.perf_counter() - started)
 
     def conversation_ids(self, messages: Sequence[Message], *, thinking: Thinking | None = None,
@@ -199,11 +201,12 @@ class EmbeddedBackend:
     def stream_ids(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int = 0, boundaries: Sequence[int] = ()) -> Iterator[str]:
         """The text generated after prompt `ids` (a raw completion; `stream` renders a chat first)."""
+        from v4.model.parallel_protocol import ParallelError
         from v4.model.runner import RunnerError
 
         try:
             yield from self.runner.generate(ids, max_tokens, temperature, top_p, seed, boundaries)
-        except RunnerError as exc:
+        except (RunnerError, ParallelError) as exc:  # ParallelError: a worker of a --parallel engine died
             raise BackendError(str(exc)) from exc
 
 

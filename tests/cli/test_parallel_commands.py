@@ -1,7 +1,8 @@
 """`--parallel 2` on the command line (issue 28), on CPU with gloo: `v4 generate` prints what
 `--parallel 1` prints, and only once (the worker says nothing); `v4 serve --parallel 2` answers
 concurrent requests with the completions of a one-process server, and when its worker is killed it
-says which rank died and exits 1 instead of hanging."""
+says which rank died and exits 1 instead of hanging; `v4 prefill --parallel 2` keeps its state for 2
+ranks (the next 2-rank run loads it, a 1-rank run recomputes and says why)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,20 @@ def test_serve_on_two_ranks_answers_as_one_process_and_stops_when_a_worker_dies(
     assert err.count("listening on") == 1 and "over 2 ranks" in err
     assert "the worker process of rank 1 of 2 (CPU) was killed by SIGKILL" in err and "stopping" in err
     assert not out
+
+
+def test_prefill_on_two_ranks_is_kept_for_two_ranks(checkpoint: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    from tests.conftest import make_repo
+
+    repo = make_repo(tmp_path / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+    argv = ["prefill", str(repo), "--model", str(checkpoint), "--store-dir", str(tmp_path / "store"), "--json",
+            "--device", "cpu", "--cpu-threads", "1"]
+    assert main([*argv, "--parallel", "2"]) == 0  # the driver writes the store
+    first = json.loads(capfd.readouterr().out)
+    assert first["computed_tokens"] == first["tokens"] > 0
+    assert main([*argv, "--parallel", "2"]) == 0
+    assert json.loads(capfd.readouterr().out)["reused_tokens"] == first["tokens"]
+    assert main([*argv, "--parallel", "1"]) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out)["reused_tokens"] == 0
+    assert "prefilled on 2 ranks (--parallel 2); this run has 1" in captured.err

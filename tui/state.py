@@ -37,5 +37,7 @@ class SessionState:
     """What the context panel says until there is a plan (start-up's progress)."""
     reused_tokens = var[int | None](None)
     """Tokens of a continued conversation found prefilled (the prefix-state store) when it resumed."""
+    attached = var[tuple[str, ...]](())
+    """Files this conversation attached in full after the repository, as "path (reason)"."""
     changed = var[tuple[str, ...]](())
     """Files in the context changed since the prefix was cached."""

@@ -164,6 +164,8 @@ async def test_a_file_changed_during_the_session_is_attached_not_replanned(repo:
             handle.write("\n\ndef mul(a, b):\n    return a * b\n")  # the user's edit, after the plan
         await ask(pilot, "I added mul")
         assert "Attached in full after the repository context: calc.py (uncommitted changes)." in chat_text(app)
+        panel = str(app.main.query_one("#context-attached").render())
+        assert "attached after the repository:" in panel and "calc.py (uncommitted changes)" in panel
         request = app.main.services.chat.backend.inner.calls[0][-1].content
         assert "==> calc.py <== (uncommitted changes)" in request and "def mul(a, b):" in request
         await ask(pilot, "anything else?")

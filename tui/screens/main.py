@@ -80,7 +80,7 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
             with ChatLog(id="chat"):
                 yield StartupPanel()
             yield ContextPanel(id="context").data_bind(SessionState.context, SessionState.changed,
-                                                       status=SessionState.context_status)
+                                                       SessionState.attached, status=SessionState.context_status)
         yield Input(placeholder="Ask v4 to change something, or /help", id="prompt",
                     suggester=SuggestFromList(completions(), case_sensitive=False))
         yield StatusBar().data_bind(**{name: getattr(SessionState, name) for name in BOUND})
@@ -190,6 +190,9 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
         chat = self.query_one(ChatLog)
         chat.end_answer()
         self.busy, self.pending_files = False, event.pending_files
+        if event.result.attached:  # the plan's report: what the conversation holds beyond the repository
+            shown = [f"{a['path']} ({a['reason']})" for a in event.result.attached if a["attached"]]
+            self.attached = tuple(dict.fromkeys([*self.attached, *shown]))
         for text, kind in turn_notes(event.result):
             chat.note(text, kind)
         self.check_changes()
@@ -335,6 +338,7 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
             self.query_one(ChatLog).note("Wait for the answer to finish, then clear.", "error")
             return
         self.query_one(ChatLog).clear(keep=tuple(self.query(StartupPanel)))
+        self.attached = ()
         if self.services is not None:
             self.services.chat.clear()
 
@@ -393,6 +397,7 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
             chat.note(f"Could not continue it: {event.error}", "error")
             return
         chat.clear(keep=tuple(self.query(StartupPanel)))
+        self.attached = ()  # another conversation: nothing attached in it yet (attachments.forget)
         self._show_conversation(event.record, event.prefill)
         if event.error:
             chat.note(event.error, "error")

@@ -16,8 +16,9 @@ MODES = {"full": "full", "outline": "outl", "omitted": "omit", "dropped": "drop"
 
 
 class ContextPanel(Vertical):
-    """The budget meter, every file with its mode and tokens (`+` marks /add), and the files changed
-    since the context was cached. `a`/`d` on a row ask to add or drop that file."""
+    """The budget meter, every file with its mode and tokens (`+` marks /add), the files changed
+    since the context was cached, and the files this conversation attached in full after the
+    repository (agent/attachments.py). `a`/`d` on a row ask to add or drop that file."""
 
     BINDINGS = [("a", "force(True)", "Add file"), ("d", "force(False)", "Drop file")]
     DEFAULT_CSS = """
@@ -27,10 +28,12 @@ class ContextPanel(Vertical):
     ContextPanel > #context-meter Bar { width: 1fr; }
     ContextPanel > DataTable { height: 1fr; }
     ContextPanel > #context-changed { height: auto; max-height: 6; color: $text-warning; }
+    ContextPanel > #context-attached { height: auto; max-height: 6; color: $text-muted; }
     """
 
     context: reactive[ContextView | None] = reactive(None)
     changed: reactive[tuple[str, ...]] = reactive(())
+    attached: reactive[tuple[str, ...]] = reactive(())  # "path (reason)", in the order they were attached
     status = reactive("indexing the repository…")  # shown until there is a plan
 
     @dataclass
@@ -47,6 +50,7 @@ class ContextPanel(Vertical):
         yield meter
         yield DataTable(cursor_type="row", zebra_stripes=True, id="context-files")
         yield Label("", id="context-changed")
+        yield Label("", id="context-attached")
 
     def on_resize(self) -> None:
         self.watch_context(self.context)
@@ -83,10 +87,18 @@ class ContextPanel(Vertical):
         text = ("changed since cached:\n" + "\n".join(f" {p}" for p in changed)) if changed else ""
         self.query_one("#context-changed", Label).update(text)
 
+    def watch_attached(self, attached: tuple[str, ...]) -> None:
+        if not self.is_mounted:
+            return
+        label = self.query_one("#context-attached", Label)
+        label.update("attached after the repository:\n" + "\n".join(f" {p}" for p in attached))
+        label.display = bool(attached)  # no empty row for a conversation with nothing attached
+
     def on_mount(self) -> None:
         self.watch_status(self.status)
         self.watch_context(self.context)
         self.watch_changed(self.changed)
+        self.watch_attached(self.attached)
 
     def action_force(self, add: bool) -> None:
         table = self.query_one(DataTable)

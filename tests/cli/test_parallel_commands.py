@@ -112,3 +112,23 @@ def test_prefill_on_two_ranks_is_kept_for_two_ranks(checkpoint: Path, tmp_path: 
     captured = capfd.readouterr()
     assert json.loads(captured.out)["reused_tokens"] == 0
     assert "prefilled on 2 ranks (--parallel 2); this run has 1" in captured.err
+
+
+def test_refactor_on_two_ranks_answers_as_one_rank(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """The agent's path (`v4 refactor`, as the TUI and `v4 watch` open it): the same streamed answer,
+    token for token, whether the engine runs in one process or over two gloo ranks."""
+    import re
+
+    from tests.conftest import make_repo
+
+    outputs = []
+    for ranks in (1, 2):
+        repo = make_repo(tmp_path / f"repo{ranks}", {"calc.py": "def add(a, b):\n    return a + b\n"})
+        code = main(["refactor", "rename add to plus", "--repo", str(repo), "--model", str(checkpoint),
+                     "--device", "cpu", "--cpu-threads", "1", "--max-tokens", "8", "--no-tools", "--no-think",
+                     "--no-store", "--no-save", "--parallel", str(ranks), "--max-reflections", "0"])
+        assert code == 1  # random weights propose no valid edit, on one rank or two
+        err = capsys.readouterr().err
+        outputs.append(re.sub(r"[\d.]+ s\b|\([\d.,]+ tokens/s\)", "", err))  # timings differ, nothing else
+    assert "answer 1: 8 tokens" in outputs[0]
+    assert outputs[1] == outputs[0]

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import interpreting, num_sms
+from .common import interpreting, num_sms, to_e4m3
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 BLOCK = 128  # quantisation block along K (and along N for weights)
@@ -173,19 +173,6 @@ def _check_gemm(a: Tensor, a_scale: Tensor, b: Tensor, b_scale: Tensor, out_dtyp
 
 
 @triton.jit
-def _to_e4m3(y, INTERPRET: tl.constexpr):
-    """float32 |y| <= 448 -> float8e4nv, round to nearest even."""
-    if INTERPRET:
-        # The interpreter's cast truncates; round to the e4m3 grid first so its cast is exact:
-        # ulp = 2^(exponent - 3) (3 mantissa bits), 2^-9 below the normal range (2^-6).
-        bits = y.to(tl.int32, bitcast=True)
-        ulp = ((tl.maximum(((bits >> 23) & 0xFF) - 127, -6) - 3 + 127) << 23).to(tl.float32, bitcast=True)
-        r = ((tl.abs(y) / ulp + 12582912.0) - 12582912.0) * ulp  # + 1.5 * 2^23 rounds to an integer, RTNE
-        y = tl.where(bits < 0, -r, r)  # keeps the sign of values that round to zero
-    return y.to(tl.float8e4nv)
-
-
-@triton.jit
 def _quantize_groups(x, UE8M0: tl.constexpr, INTERPRET: tl.constexpr):
     """x [R, G] float32, one group per row -> (q float8e4nv [R, G], scale float32 [R])."""
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-4)
@@ -199,7 +186,7 @@ def _quantize_groups(x, UE8M0: tl.constexpr, INTERPRET: tl.constexpr):
     else:
         y = tl.math.div_rn(x, scale[:, None])
     y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-    return _to_e4m3(y, INTERPRET), scale
+    return to_e4m3(y, INTERPRET), scale
 
 
 @triton.jit

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -19,6 +20,8 @@ from .speculative import DraftStats, batch_speculative, eager_speculative, stati
 from .state import DecodeState, check_kv_format, mark, new_decode_state, rewind
 from .v4 import Transformer
 from .weights import LoadProgress, load_into, scan
+
+D = TypeVar("D", bound=StaticDecoder)  # a static decoder class: plain, or the drafting one
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -95,22 +98,20 @@ class Engine:
         smallest batch bucket that holds them (vLLM's habit), so a few graph sizes serve every batch;
         rows past `batch` stay inactive. Kept between calls so its graphs are captured once; grown to
         `capacity` tokens per row."""
-        rows = next((bucket for bucket in BATCH_BUCKETS if bucket >= batch), batch)
-        decoder = self._decoders.get(rows)
-        if decoder is None:
-            decoder = self._decoders[rows] = StaticDecoder(self.model, rows, capacity,
-                                                           kv_format=self.config.kv_format)
-        decoder.grow(capacity)
-        return decoder
+        return self._bucketed(self._decoders, StaticDecoder, batch, capacity)
 
     def draft_decoder(self, batch: int, capacity: int) -> DraftDecoder:
         """The engine's speculative static decoder (static_verify.py) for at least `batch` rows, kept
         and bucketed as `static_decoder` keeps its decoders."""
+        return self._bucketed(self._draft_decoders, DraftDecoder, batch, capacity)
+
+    def _bucketed(self, kept: dict[int, D], make: type[D], batch: int, capacity: int) -> D:
+        """The decoder of `make` for the smallest bucket holding `batch` rows, kept in `kept` (its graphs
+        are captured once), grown to `capacity` tokens per row."""
         rows = next((bucket for bucket in BATCH_BUCKETS if bucket >= batch), batch)
-        decoder = self._draft_decoders.get(rows)
+        decoder = kept.get(rows)
         if decoder is None:
-            decoder = self._draft_decoders[rows] = DraftDecoder(self.model, rows, capacity,
-                                                                kv_format=self.config.kv_format)
+            decoder = kept[rows] = make(self.model, rows, capacity, kv_format=self.config.kv_format)
         decoder.grow(capacity)
         return decoder
 

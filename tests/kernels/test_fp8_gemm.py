@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from v4.kernels import fp8_gemm as fp8
+from v4.kernels.common import to_e4m3
 from v4.model.quant import dequantize_fp8, quantize_fp8
 
 from .device import KERNEL_DEVICE, needs_kernel
@@ -181,7 +182,7 @@ def test_act_quant_edge_values_are_bit_exact(poisoned: list) -> None:
 def _cast_kernel(x_ptr, q_ptr, n, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
-    tl.store(q_ptr + offs, fp8._to_e4m3(x, INTERPRET), mask=offs < n)
+    tl.store(q_ptr + offs, to_e4m3(x, INTERPRET), mask=offs < n)  # the one cast every FP8 kernel uses
 
 
 @needs_kernel

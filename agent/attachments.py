@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .tools import MAX_READ_BYTES, read_repository_file
@@ -147,3 +147,8 @@ class Attachments:
             return []
         paths = [entry[3:] for entry in out.split("\0") if len(entry) > 3 and entry[1] != "D" and entry[0] != "D"]
         return [p for p in paths if not p.startswith(".v4/")][:MAX_UNCOMMITTED]
+
+
+def describe(entry: Mapping[str, object]) -> str:
+    """One entry of a turn's `attached` report (`Attachment.to_json`) as the front ends show it."""
+    return f"{entry['path']} ({entry['reason']}" + ("" if entry["attached"] else "; too large, named only") + ")"

@@ -165,8 +165,9 @@ def _print_result(result: TurnResult) -> None:
         print(f"v4: changed {', '.join(result.files)}" + (f"; committed {result.commit[:12]}" if result.commit else
                                                           "; review with `v4 review`, commit with `v4 commit`"))
     if result.attached:  # what the request carried beyond the repository prefix (the plan's report)
-        listed = ", ".join(f"{a['path']} ({a['reason']}" + ("" if a["attached"] else ", too large: named only") + ")"
-                           for a in result.attached)
+        from v4.agent.attachments import describe
+
+        listed = ", ".join(describe(a) for a in result.attached)
         print(f"v4: attached in full after the repository context: {listed}", file=sys.stderr)
     if result.session_error:
         print(f"v4 refactor: {result.session_error}", file=sys.stderr)

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 from textual.message import Message
 
+from v4.agent.attachments import describe
 from v4.agent.session import Session
 from v4.agent.turn import ToolRan, TurnResult
 from v4.agent.warm import ContextWarmer
@@ -94,8 +95,7 @@ def turn_notes(result: TurnResult) -> list[tuple[str, str]]:
     and, for an answer that edits nothing, a word that it proposes no change."""
     notes = []
     if result.attached:  # what the request carried beyond the repository prefix (the plan's report)
-        listed = ", ".join(f"{a['path']} ({a['reason']}" + ("" if a["attached"] else "; too large, named only") + ")"
-                           for a in result.attached)
+        listed = ", ".join(describe(a) for a in result.attached)
         notes.append((f"Attached in full after the repository context: {listed}.", "info"))
     if result.applied:
         notes.append((f"✓ Applied to {', '.join(result.files)} (in the work tree, not committed). "

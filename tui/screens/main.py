@@ -16,6 +16,7 @@ from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
 from v4.agent.watch.ai_comments import AIRequest
+from v4.agent.attachments import describe
 from v4.agent.bootstrap import BackendInfo
 from v4.agent.init_draft import InitError, instruction_target
 from v4.agent.options import AgentOptions, BackendOptions, ConversationOptions
@@ -191,7 +192,7 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
         chat.end_answer()
         self.busy, self.pending_files = False, event.pending_files
         if event.result.attached:  # the plan's report: what the conversation holds beyond the repository
-            shown = [f"{a['path']} ({a['reason']})" for a in event.result.attached if a["attached"]]
+            shown = [describe(a) for a in event.result.attached if a["attached"]]
             self.attached = tuple(dict.fromkeys([*self.attached, *shown]))
         for text, kind in turn_notes(event.result):
             chat.note(text, kind)

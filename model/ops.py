@@ -21,6 +21,7 @@ from v4.kernels import decode_moe as _decode_moe
 from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
 from v4.kernels import indexer_fp8 as _indexer_fp8
+from v4.kernels import kv_write as _kv_write
 from v4.kernels import mhc as _mhc
 from v4.kernels import moe as _moe
 from v4.kernels import moe_route as _moe_route
@@ -156,6 +157,20 @@ def dequantize_kv_fp8(packed: Tensor, dtype: torch.dtype) -> Tensor:
 def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Indexer keys `[B, T, Di]` -> (float8_e4m3fn `[B, T, Di]`, float32 per-key scale `[B, T]`)."""
     return _indexer.quantize_index_keys_fp8(keys)
+
+
+def write_kv_fp8(dest: Tensor, slots: Tensor, kv: Tensor) -> None:
+    """dest[b, slots[b, t]] = quantize_kv_fp8(kv[b, t]) (dest `[R, S, FP8_KV_ROW_BYTES]` uint8, kv `[B, T,
+    FP8_KV_DIM]`): the static decoder's ring and entry writes, one kernel each on CUDA."""
+    fn = _kv_write.write_kv_fp8 if kernels_enabled(kv) else _kv_write.write_kv_fp8_reference
+    fn(dest, slots, kv)
+
+
+def write_index_keys_fp8(keys: Tensor, scales: Tensor, slots: Tensor, src: Tensor) -> None:
+    """keys/scales[b, slots[b, t]] = quantize_index_keys_fp8(src[b, t]) (keys `[R, S, Di]` float8_e4m3fn,
+    scales `[R, S]` float32), one kernel on CUDA."""
+    fn = _kv_write.write_index_keys_fp8 if kernels_enabled(src) else _kv_write.write_index_keys_fp8_reference
+    fn(keys, scales, slots, src)
 
 
 def hc_pre(streams: Tensor, fn: Tensor, base: Tensor, scale: Tensor, rms_eps: float, hc_eps: float,

@@ -201,6 +201,13 @@ class StaticDecoder:
         """K=V rows as `kv` holds them: packed FP8 rows in an FP8 decoder."""
         return ops.quantize_kv_fp8(kv) if self.fp8 else kv
 
+    def _write_kv(self, kv: Tensor, slots: Tensor, rows: Tensor) -> None:
+        """kv[b, slots[b, t]] = rows[b, t] as stored (FP8: quantised and written in one kernel)."""
+        if self.fp8:
+            ops.write_kv_fp8(kv, slots, rows)
+        else:
+            kv[self._rows[:, None], slots] = rows
+
     def _as_read(self, rows: Tensor) -> Tensor:
         """`kv` rows back in the model's dtype (FP8 rows dequantised: the eager path, which rounds its
         window as it reads it, gets the same values back)."""
@@ -397,20 +404,20 @@ class StaticDecoder:
     def _attend(self, attn: Attention, x: Tensor, buffers: _LayerBuffers, steps: DecodePositions) -> Tensor:
         """Attention for T tokens per row (`x` `[B, T, hidden]`) at the positions of `steps`: the
         step's ring writes first (the ring holds window + T - 1), then each query its own window."""
-        config, rows = self.config, self._rows[:, None]
+        config = self.config
         batch, tokens = x.shape[:2]
         rope = steps.rope[buffers.table]
         q_residual = attn.q_norm(attn.wq_a(x))
         q = attn.wq_b(q_residual).view(batch, tokens, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin), batch)
         kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos, rope.sin)
-        buffers.kv[rows, steps.ring_slot[buffers.entries]] = self._as_stored(_rows_first(kv, batch))
+        self._write_kv(buffers.kv, steps.ring_slot[buffers.entries], _rows_first(kv, batch))
         if attn.compressor is None:
             indices = steps.window_indices[buffers.entries]
         else:
             step = steps.windows[attn.compressor.rate]
             entry = self._compress(attn.compressor, x, buffers.compressor, step, buffers.table)
-            buffers.kv[rows, step.entry_slot] = self._as_stored(entry)
+            self._write_kv(buffers.kv, step.entry_slot, entry)
             if attn.indexer is not None:
                 indices = steps.csa_indices
                 indices[:, :, config.sliding_window :] = self._select(attn, x, q_residual, buffers, rope, step)
@@ -459,10 +466,8 @@ class StaticDecoder:
         indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
         batch, tokens = x.shape[:2]
         entry = self._compress(indexer.compressor, x, buffers.indexer, step, buffers.table)
-        if self.fp8:  # FP8 keys move as bytes: not every backend's index_put takes float8
-            key, key_scale = ops.quantize_index_keys_fp8(entry)
-            buffers.index_keys.view(torch.uint8)[rows, step.key_slot] = key.view(torch.uint8)
-            buffers.index_scales[rows, step.key_slot] = key_scale
+        if self.fp8:
+            ops.write_index_keys_fp8(buffers.index_keys, buffers.index_scales, step.key_slot, entry)
         else:
             buffers.index_keys[rows, step.key_slot] = entry
         q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)

@@ -9,7 +9,10 @@ top 512; one CSA and one HCA layer, random weights): transformers' eager Deepsee
 same weights (bf16), ours eager / static-graphed at batch 1 and 8 in bf16 and with FP8 linears + FP4
 experts, achieved GB/s against the bytes a step must move and the measured copy ceiling, prefill
 tokens/s from 8K to 1M tokens, state bytes per token, peak memory. Per-layer numbers are
-extrapolated to V4-Flash's 43 layers as fixed cost + 43/2 x (one CSA + one HCA layer).
+extrapolated to V4-Flash's 43 layers as fixed cost + 43/2 x (one CSA + one HCA layer), where the graphed
+step's cost per layer is measured as a margin: the same step on the model with its layers repeated
+(CSA, HCA, CSA, HCA: the same weights, re-read from HBM, their own state) less the 2-layer step, over 2.
+What is left of the 2-layer step is the fixed cost (embedding, head, the per-step position work).
 
 Results are written after every section (a timeout keeps what finished):
     python benchmarks/bench_perf.py --out $OUT/perf.json
@@ -19,6 +22,8 @@ Results are written after every section (a timeout keeps what finished):
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
 import json
 import math
@@ -157,6 +162,37 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
+def deepened(net: torch.nn.Module, times: int) -> torch.nn.Module:
+    """`net` with its layers repeated `times` (shared weights, which a step reads from HBM again: two
+    layers' weights are far over L2): the graphed step's cost per added layer, apart from its fixed cost."""
+    deep = copy.copy(net)
+    deep._modules = dict(net._modules)
+    deep._modules["layers"] = torch.nn.ModuleList(list(net.layers) * times)
+    config = net.config
+    deep.config = dataclasses.replace(config, num_hidden_layers=config.num_hidden_layers * times,
+                                      layer_types=config.layer_types * times,
+                                      mlp_layer_types=config.mlp_layer_types * times)
+    return deep
+
+
+def graphed_step_ms(net: torch.nn.Module, state, batch: int, capacity: int, kv_format: str, tokens: torch.Tensor,
+                    context: int, repeats: int) -> float:
+    """The CUDA-graphed step of `batch` rows loaded from `state` (its layers repeated to fill a deepened
+    model's), one token each at `context`."""
+    decoder = StaticDecoder(net, batch=batch, capacity=capacity, kv_format=kv_format)
+    rows = dataclasses.replace(state, layers=state.layers * (len(net.layers) // len(state.layers)))
+    for row in range(batch):
+        decoder.load_row(row, rows)
+    decoder.token_ids.copy_(tokens)
+    decoder.positions.fill_(context)
+    decoder.capture()
+    ms = cuda_ms(decoder.replay, repeats)
+    del decoder
+    gc.collect()
+    torch.cuda.empty_cache()
+    return ms
+
+
 def step_bytes(net: torch.nn.Module, batch: int, context: int) -> dict:
     """Bytes one decode step must move: every weight but the routed experts and the embedding, the
     routed experts a batch touches (expected distinct experts of batch x top-6 uniform picks), the
@@ -272,27 +308,31 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
         timings["head_ms"] = cuda_ms(lambda: net.logits(streams), repeats)
         hidden = torch.randn(1, net.config.hidden_size, device="cuda", dtype=torch.bfloat16)
         timings["head_matmul_only_ms"] = cuda_ms(lambda: net.head(hidden), repeats)
+        deep = deepened(net, 2)
         for batch in (1, 8):
-            decoder = StaticDecoder(net, batch=batch, capacity=context + 256, kv_format=engine.config.kv_format)
-            for row in range(batch):
-                decoder.load_row(row, state)
             # each row its own token: rows with one token would route to the same 6 experts, and the
             # step would move a sixth of the expert bytes that step_bytes counts for B rows
             tokens = torch.tensor([prompt[-1 - row] for row in range(batch)], dtype=torch.long, device="cuda")
-            decoder.token_ids.copy_(tokens)
-            decoder.positions.fill_(context)
-            decoder.capture()
-            ms = cuda_ms(decoder.replay, repeats * 4)
+            timed = lambda model: graphed_step_ms(model, state, batch, context + 256, engine.config.kv_format,  # noqa: E731
+                                                  tokens, context, repeats * 4)
+            ms, deep_ms = timed(net), timed(deep)
+            ms = min(ms, timed(net))  # the 2-layer step again, after the 4-layer one: drift shows as a margin
             moved = step_bytes(net, batch, context)
-            fixed = timings["head_ms"]
+            per_layer = (deep_ms - ms) / layers
+            fixed = ms - layers * per_layer
+            layer_bytes = (moved["total"] - module_bytes(net.head)) / layers
             timings[f"graph_ms_b{batch}"] = ms
+            timings[f"graph_ms_b{batch}_{2 * layers}_layers"] = deep_ms
             timings[f"graph_gbs_b{batch}"] = moved["total"] / (ms / 1e3) / 1e9
             timings[f"bytes_b{batch}"] = moved
-            timings[f"graph_ms_b{batch}_43_layers"] = fixed + 43 / layers * (ms - fixed)
+            timings[f"per_layer_ms_b{batch}"] = per_layer
+            timings[f"per_layer_gbs_b{batch}"] = layer_bytes / (per_layer / 1e3) / 1e9
+            timings[f"fixed_ms_b{batch}"] = fixed
+            timings[f"graph_ms_b{batch}_43_layers"] = fixed + 43 * per_layer
             timings[f"tokens_per_s_b{batch}_43_layers"] = batch * 1e3 / timings[f"graph_ms_b{batch}_43_layers"]
-            del decoder
-            gc.collect()
-            torch.cuda.empty_cache()
+            # the earlier method (head timed alone as the only fixed cost), kept for comparison
+            timings[f"graph_ms_b{batch}_43_layers_head_only_fixed"] = (timings["head_ms"] + 43 / layers
+                                                                       * (ms - timings["head_ms"]))
         timings["eager_ms_b1_43_layers"] = timings["head_ms"] + 43 / layers * (timings["eager_ms_b1"] - timings["head_ms"])
         if "transformers_decode_ms_b1" in section:
             timings["speedup_graph_vs_transformers_b1"] = section["transformers_decode_ms_b1"] / timings["graph_ms_b1"]

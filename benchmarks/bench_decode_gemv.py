@@ -88,12 +88,12 @@ def sweep(row: dict, make, configs: list, calls: int, rep: int, ceiling: float) 
                        "share": row["bytes"] / best[0] / 1e3 / ceiling, "config": repr(best[1])}
 
 
-def projections(result: dict, quick: bool, rep: int, save) -> None:
+def projections(result: dict, quick: bool, rep: int, save, rows_list: tuple[int, ...] = (1, 8)) -> None:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     for name, (n, k, groups) in PROJECTIONS.items():
         sets = [quantize_fp8(torch.randn(n, k, device="cuda") * k**-0.5, ue8m0=True)
                 for _ in range(max(2, min(32, -(-4 * l2 // (n * k)))))]
-        for m in (1, 8):
+        for m in rows_list:
             x = torch.randn(m, groups, k, device="cuda").bfloat16()
             if groups == 1:
                 x = x[:, 0]
@@ -128,7 +128,7 @@ def projections(result: dict, quick: bool, rep: int, save) -> None:
         torch.cuda.empty_cache()
 
 
-def experts(result: dict, quick: bool, rep: int, save) -> None:
+def experts(result: dict, quick: bool, rep: int, save, rows_list: tuple[int, ...] = (1, 8)) -> None:
     for kind in ("fp4", "fp8"):
         stacks = []
         for rows, cols in ((INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)):
@@ -144,7 +144,7 @@ def experts(result: dict, quick: bool, rep: int, save) -> None:
         old = moe.moe_experts_fp4 if kind == "fp4" else moe.moe_experts_fp8
         ref = moe.moe_experts_fp4_reference if kind == "fp4" else moe.moe_experts_fp8_reference
         per_expert = sum(stacks[i][0].numel() * stacks[i].element_size() for i in range(0, 6))
-        for tokens in (1, 8):
+        for tokens in rows_list:
             x = torch.randn(tokens, HIDDEN, device="cuda").bfloat16()
             routes = []
             for _ in range(8):  # distinct expert choices per call: the weights stream from memory
@@ -196,6 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")) / "decode_gemv")
     parser.add_argument("--quick", action="store_true", help="no launch sweep, shorter timing")
+    parser.add_argument("--rows", default="1,8", help="comma-separated rows (tokens) per call, e.g. 2 for a verify step")
     parser.add_argument("--sections", default="projections,experts", help="comma-separated: projections, experts")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -224,7 +225,7 @@ def main() -> int:
             continue
         print(f"== {section.__name__}", flush=True)
         try:
-            section(result, args.quick, rep, save)
+            section(result, args.quick, rep, save, tuple(int(r) for r in args.rows.split(",")))
         except Exception as exc:  # noqa: BLE001 - recorded; the next section still runs
             import traceback
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from v4.kernels import common as _common
+from v4.kernels import compress_step as _compress_step
 from v4.kernels import compressor as _compressor
 from v4.kernels import decode_gemv as _decode_gemv
 from v4.kernels import decode_moe as _decode_moe
@@ -157,6 +158,16 @@ def dequantize_kv_fp8(packed: Tensor, dtype: torch.dtype) -> Tensor:
 def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
     """Indexer keys `[B, T, Di]` -> (float8_e4m3fn `[B, T, Di]`, float32 per-key scale `[B, T]`)."""
     return _indexer.quantize_index_keys_fp8(keys)
+
+
+def compress_step(kv_new: Tensor, gate_new: Tensor, ape: Tensor, slot: Tensor, buf_kv: Tensor, buf_gate: Tensor,
+                  write_rows: Tensor, write_slots: Tensor, window_rows: Tensor | None, norm_weight: Tensor,
+                  eps: float, cos: Tensor, sin: Tensor) -> Tensor:
+    """One decode token per row into a compressor's partial windows and its window's entry `[B, dim]`
+    (kernels/compress_step.py: one kernel on CUDA)."""
+    fn = _compress_step.compress_step if kernels_enabled(kv_new) else _compress_step.compress_step_reference
+    return fn(kv_new, gate_new, ape, slot, buf_kv, buf_gate, write_rows, write_slots, window_rows, norm_weight, eps,
+              cos, sin)
 
 
 def write_kv_fp8(dest: Tensor, slots: Tensor, kv: Tensor) -> None:

@@ -434,30 +434,16 @@ class StaticDecoder:
                   table: int) -> Tensor:
         """Put each token in its partial windows; return its window's entry `[B, T, dim]` as it stands
         (exact once the window is full). The projections run for all tokens at once; each token's write
-        and pooling in order, since a token may start the window whose half the previous one pools."""
-        rate, dim = compressor.rate, compressor.dim
-        batch, tokens = x.shape[:2]
-        series = 2 if compressor.overlap else 1
-        new_kv = compressor.wkv(x).view(batch, tokens, series, dim)
-        new_gate = compressor.wgate(x) + compressor.ape[step.ape_slot]  # float32, as the eager path has it
-        stored_gate = new_gate.view(batch, tokens, series, dim).to(buffers.gate.dtype)
+        and pooling in order (ops.compress_step), since a token may start the window whose half the
+        previous one pools."""
+        tokens = x.shape[1]
+        new_kv, new_gate = compressor.wkv(x), compressor.wgate(x)
         cos, sin = step.rope[table]
-        entries = []
-        for t in range(tokens):
-            buffers.kv[step.write_rows, step.write_slots[:, t]] = new_kv[:, t]
-            buffers.gate[step.write_rows, step.write_slots[:, t]] = stored_gate[:, t]
-            if compressor.overlap:
-                kv = buffers.kv.view(-1, 2 * rate, dim)[step.window_rows[:, t]]
-                gate = buffers.gate.view(-1, 2 * rate, dim)[step.window_rows[:, t]]
-            else:
-                kv, gate = buffers.kv[:batch], buffers.gate[:batch]
-            if gate.dtype != torch.float32:
-                # Earlier tokens' gates as stored (rounded), this token's still float32: the eager path pools
-                # exactly these values, so bfloat16 decoding matches it too.
-                gate = torch.where(step.current[:, t], new_gate[:, t, None, -dim:], gate)
-            entry = ops.compress_windows(kv[None], gate[None], compressor.norm.weight, compressor.norm.eps,
-                                         cos[:, t], sin[:, t])
-            entries.append(entry[0].to(self.dtype))
+        rows = step.window_rows
+        entries = [ops.compress_step(new_kv[:, t], new_gate[:, t], compressor.ape, step.ape_slot[:, t], buffers.kv,
+                                     buffers.gate, step.write_rows[:, 0], step.write_slots[:, t],
+                                     None if rows is None else rows[:, t], compressor.norm.weight,
+                                     compressor.norm.eps, cos[:, t], sin[:, t]) for t in range(tokens)]
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
     def _select(self, attn: Attention, x: Tensor, q_residual: Tensor, buffers: _LayerBuffers, rope: Rope,

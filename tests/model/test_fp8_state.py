@@ -334,6 +334,36 @@ def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
         assert torch.allclose(kernel[finite], reference[finite], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not interpreting(), reason="runs the kernels on CPU under the interpreter")
+def test_the_static_step_on_the_fused_write_and_compressor_kernels(monkeypatch, fp8) -> None:
+    """The decode step's fused kernels (kernels/kv_write.py, kernels/compress_step.py), interpreted, give
+    the step on their references: two rows, one idle for a step, across window and compression
+    boundaries (the CSA rate's windows close twice, the sliding window wraps)."""
+    from v4.kernels import compress_step, kv_write
+
+    ids = _ids(60, seed=12)
+    state = fp8.new_state(64, draft=False)
+    fp8.forward(ids[:21], state)
+    decoders = [StaticDecoder(fp8.model, batch=2, capacity=64, use_graph=False, page_tokens=PAGE, kv_format="fp8")
+                for _ in range(2)]
+    for decoder in decoders:
+        decoder.load_row(0, state)
+        decoder.load_row(1, state)
+    kernels = {"write_kv_fp8": kv_write.write_kv_fp8, "write_index_keys_fp8": kv_write.write_index_keys_fp8,
+               "compress_step": compress_step.compress_step}
+    for step, token in enumerate(ids[21:33]):
+        active = [True, step != 3]
+        reference = decoders[0].step([token, ids[step]], active)
+        with monkeypatch.context() as patched:
+            for name, kernel in kernels.items():
+                patched.setattr(ops, name, kernel)
+            fused = decoders[1].step([token, ids[step]], active)
+        assert _relative_error(fused[0], reference[0]) < 1e-4
+        if active[1]:
+            assert _relative_error(fused[1], reference[1]) < 1e-4
+    assert decoders[0].lengths == decoders[1].lengths == [33, 32]
+
+
 # ----------------------------------------------------------------------------- prefix-state store
 
 

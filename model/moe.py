@@ -76,9 +76,7 @@ class Expert(nn.Module):
         self.w3 = nn.Linear(hidden_size, intermediate_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.w1(x).clamp(max=self.limit)
-        up = self.w3(x).clamp(min=-self.limit, max=self.limit)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(ops.clamped_swiglu(self.w1(x), self.w3(x), self.limit))
 
 
 class Gate(nn.Module):

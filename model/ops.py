@@ -28,6 +28,7 @@ from v4.kernels import moe as _moe
 from v4.kernels import moe_route as _moe_route
 from v4.kernels import norm_rope as _norm_rope
 from v4.kernels import sparse_attention as _attention
+from v4.kernels import swiglu as _swiglu
 
 
 # DeepSeek's FP8 rows for compressed KV entries: e4m3 codes of the non-RoPE dims in blocks with ue8m0
@@ -168,6 +169,12 @@ def compress_step(kv_new: Tensor, gate_new: Tensor, ape: Tensor, slot: Tensor, b
     fn = _compress_step.compress_step if kernels_enabled(kv_new) else _compress_step.compress_step_reference
     return fn(kv_new, gate_new, ape, slot, buf_kv, buf_gate, write_rows, write_slots, window_rows, norm_weight, eps,
               cos, sin)
+
+
+def clamped_swiglu(gate: Tensor, up: Tensor, limit: float) -> Tensor:
+    """`silu(min(gate, limit)) * clamp(up, +-limit)`: one kernel on CUDA instead of four."""
+    fn = _swiglu.clamped_swiglu if kernels_enabled(gate) else _swiglu.clamped_swiglu_reference
+    return fn(gate, up, limit)
 
 
 def write_kv_fp8(dest: Tensor, slots: Tensor, kv: Tensor) -> None:

@@ -21,7 +21,8 @@ Run it:
   static_decode.py shape-static batched decoding, captured once as a CUDA graph
   decode_positions.py  what a static step derives from the positions (slots, indices, RoPE), once for all layers
   static_verify.py  DraftDecoder: MTP drafts verified two tokens per row in one graphed step, rollback free
-  speculative.py   greedy speculative generation (eager and static, one sequence or a batch); DraftStats
+  sampling.py      ids from logits: nucleus sampling, and speculative sampling's rejection rule
+  speculative.py   speculative generation, greedy or sampled, eager or static (and greedy batches); DraftStats
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
   offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building

@@ -14,6 +14,7 @@ from .config import EngineConfig, V4Config, context_length
 from .offload import offload_experts as offload_experts_to_host
 from .parallel import Parallel
 from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
+from .sampling import Sampling, sample
 from .static_decode import StaticDecoder
 from .static_verify import DraftDecoder
 from .speculative import DraftStats, batch_speculative, eager_speculative, static_speculative
@@ -215,23 +216,25 @@ class Engine:
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, stop: Sequence[int] = (), state: DecodeState | None = None,
                  seed: int | None = None, speculative: bool = False, static: bool | None = None) -> Iterator[int]:
-        """Stream up to `max_new_tokens` ids after `prompt_ids` (greedy at temperature 0); a stop id ends
-        the stream after it is yielded. `state`, if given, is continued and left holding the prompt and
-        every yielded id but the last. `speculative` (greedy only) drafts each second token with the MTP
-        head and verifies it in the same forward: the same ids, fewer sequential steps when drafts hold.
-        `static` decodes with the shape-static (CUDA-graphed) decoder after an eager prefill: default on
-        CUDA for states without MTP layers (speculative: with them); the same ids either way."""
+        """Stream up to `max_new_tokens` ids after `prompt_ids` (greedy at temperature 0, else nucleus
+        sampling seeded by `seed`); a stop id ends the stream after it is yielded. `state`, if given, is
+        continued and left holding the prompt and every yielded id but the last. `speculative` drafts
+        each second token with the MTP head and verifies it in the same forward, fewer sequential steps
+        when drafts hold: greedy, the same ids; sampling, drafts kept or replaced by the rejection rule
+        (sampling.py), so the ids follow plain sampling's distribution exactly (the same seed gives the
+        same ids on either path, not plain sampling's ids past the first). `static` decodes with the
+        shape-static (CUDA-graphed) decoder after an eager prefill: default on CUDA for states without
+        MTP layers (speculative: with them); the same ids either way."""
         state = state or self.new_state(draft=speculative)
         if speculative:
-            if temperature > 0:
-                raise EngineInputError("speculative decoding is greedy only (temperature 0)")
+            sampling = self._sampling(temperature, top_p, seed)
             if self.static_speculation(static, state):
                 if state.num_tokens + len(prompt_ids) + max_new_tokens - 1 > state.max_tokens:
                     raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used "
                                            f"and {len(prompt_ids)} + up to {max_new_tokens - 1} more would be fed")
-                yield from static_speculative(self, prompt_ids, max_new_tokens, stop, state)
+                yield from static_speculative(self, prompt_ids, max_new_tokens, stop, state, sampling)
             else:
-                yield from eager_speculative(self, prompt_ids, max_new_tokens, stop, state)
+                yield from eager_speculative(self, prompt_ids, max_new_tokens, stop, state, sampling)
             return
         generator = torch.Generator(device=self.device)
         if seed is not None:
@@ -246,6 +249,17 @@ class Engine:
             if token in stop or produced == max_new_tokens:
                 return
             logits = self.forward([token], state)[-1]
+
+    @staticmethod
+    def _sampling(temperature: float, top_p: float, seed: int | None) -> Sampling | None:
+        """Speculative sampling's settings (None: greedy). Unseeded, the noise starts where an unseeded
+        torch.Generator starts, as plain sampling's does."""
+        if temperature <= 0:
+            return None
+        try:
+            return Sampling(temperature, top_p, torch.Generator().initial_seed() if seed is None else seed)
+        except ValueError as exc:
+            raise EngineInputError(str(exc)) from None
 
     def _generate_static(self, logits: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
                          stop: Sequence[int], state: DecodeState, generator: torch.Generator) -> Iterator[int]:
@@ -297,18 +311,6 @@ class Engine:
                     outputs[row].append(chosen[row])
                     active[row] = chosen[row] not in stop and len(outputs[row]) < max_new_tokens
         return outputs
-
-
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One token id from `logits` `[vocab]`: argmax at temperature 0, else nucleus sampling."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # the smallest prefix reaching top_p
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def default_cpu_threads() -> int:

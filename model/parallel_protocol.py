@@ -32,7 +32,8 @@ ENGINE = "engine"  # the target of engine calls; decoders are named by `decoder_
 # Engine and decoder methods a worker replays: those that run the model (collectives) or change what
 # a later one reads. Anything else the driver does alone.
 ENGINE_CALLS = frozenset({"forward", "prefill", "draft", "static_decoder", "draft_decoder"})
-DECODER_CALLS = frozenset({"grow", "load_row", "store_row", "step", "start", "settle", "verify"})
+DECODER_CALLS = frozenset({"grow", "load_row", "store_row", "step", "start", "first_drafts", "settle", "verify",
+                           "set_sampling"})
 ALIGN = 16  # bytes: every part of a packed broadcast starts aligned, so it can be viewed as its dtype
 
 Counters = tuple  # counters(state): what a replayed call or an out-of-band change moves

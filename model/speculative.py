@@ -1,11 +1,15 @@
-"""Greedy speculative generation with the MTP draft head: each step verifies one drafted token beside
-the token before it, so a held draft yields two ids for one step's weight reads.
+"""Speculative generation with the MTP draft head: each step verifies one drafted token beside the
+token before it, so a held draft yields two ids for one step's weight reads.
 
-Two paths give the ids plain greedy decoding gives: the eager one (Engine.forward on two tokens, the
-state marked and rewound on a rejected draft) and the static one (static_verify.py's DraftDecoder: one
-CUDA-graphed verify step per draft, rollback free by construction), for one sequence or a batch whose
-rows accept independently. Either leaves a given state as plain decoding would: holding the prompt and
-every yielded id but the last, its MTP layer following it.
+Greedy, it yields the ids plain greedy decoding yields; sampling (a `Sampling`), it draws drafts from
+the MTP block's processed distribution q and keeps or replaces them by the rejection rule
+(sampling.py), so the ids are distributed exactly as plain sampling's. Two paths: the eager one
+(Engine.forward on two tokens, the state marked and rewound on a rejected draft) and the static one
+(static_verify.py's DraftDecoder: one CUDA-graphed verify step per draft, rollback free by
+construction), for one sequence or (greedy) a batch whose rows accept independently. Sampling, both
+draw the same noise from the same seeded streams in the same order, so they yield the same ids. Either
+leaves a given state as plain decoding would: holding the prompt and every yielded id but the last, its
+MTP layer following it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from .sampling import FIRST_STREAM, STEP_STREAM, Sampling, StepNoise, accept_or_resample, draw, processed, sample
 from .state import DecodeState, mark, rewind
 from .static_verify import DraftDecoder
 
@@ -40,14 +45,75 @@ class SpeculativeEngine(Protocol):
     def draft_decoder(self, batch: int, capacity: int) -> DraftDecoder: ...
     def new_state(self, max_tokens: int | None = None, draft: bool = True) -> DecodeState: ...
 
+    @property
+    def device(self) -> torch.device: ...
+
+
+class _Greedy:
+    """The eager path's choices at temperature 0: argmax everywhere, a draft holds iff it is the argmax."""
+
+    def plain(self, logits: torch.Tensor) -> int:
+        """The id after `logits` `[vocab]` (a step without a draft)."""
+        return int(logits.argmax())
+
+    def draft(self, logits: torch.Tensor) -> int:
+        """The draft from the MTP block's `logits` `[vocab]`."""
+        return int(logits.argmax())
+
+    def verify(self, logits: torch.Tensor, draft: int) -> tuple[bool, int, int]:
+        """From `logits` `[2, vocab]` of [token, draft]: whether `draft` holds, the id after the token,
+        and the id after the draft (meant only where it held)."""
+        settled = int(logits[0].argmax())
+        return settled == draft, settled, int(logits[1].argmax())
+
+
+class _Sampled(_Greedy):
+    """The eager path's choices when sampling: the same draws, from the same streams in the same order,
+    as the draft decoder's (`set_sampling`, `first_drafts`, `verify`)."""
+
+    def __init__(self, sampling: Sampling, device: torch.device) -> None:
+        self.sampling, self.device = sampling, device
+        self._plain = sampling.generator(device, FIRST_STREAM)
+        self._steps = sampling.generator(device, STEP_STREAM)
+        self._draft_noise: torch.Tensor | None = None  # drawn with each step's noise (the first on its own)
+        self._draft_probs: torch.Tensor | None = None  # q of the last draft
+
+    def plain(self, logits: torch.Tensor) -> int:
+        return sample(logits, self.sampling.temperature, self.sampling.top_p, self._plain)
+
+    def draft(self, logits: torch.Tensor) -> int:
+        if self._draft_noise is None:
+            self._draft_noise = torch.empty(1, logits.shape[-1], device=self.device).exponential_(generator=self._steps)
+        self._draft_probs = self._processed(logits[None])
+        return int(draw(self._draft_probs, self._draft_noise)[0])
+
+    def verify(self, logits: torch.Tensor, draft: int) -> tuple[bool, int, int]:
+        noise = StepNoise.empty(1, logits.shape[-1], self.device)
+        noise.draw(self._steps)
+        target = self._processed(logits)
+        drafted = torch.tensor([draft], device=self.device)
+        assert self._draft_probs is not None, "verify follows draft"
+        accepted, settled = accept_or_resample(target[:1], self._draft_probs, drafted, noise.uniform, noise.target)
+        self._draft_noise = noise.draft
+        return bool(accepted[0]), int(settled[0]), int(draw(target[1], noise.target[0]))
+
+    def _processed(self, logits: torch.Tensor) -> torch.Tensor:
+        return processed(logits, self.sampling.temperature, self.sampling.top_p)
+
+
+def _choices(sampling: Sampling | None, device: torch.device) -> _Greedy:
+    """The eager path's choices: greedy, or sampling by the rejection rule."""
+    return _Greedy() if sampling is None else _Sampled(sampling, device)
+
 
 def eager_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[int],
-                      state: DecodeState) -> Iterator[int]:
+                      state: DecodeState, sampling: Sampling | None = None) -> Iterator[int]:
     """Draft with Engine.draft, verify with one two-token Engine.forward, rewind a rejected draft."""
     if max_new_tokens <= 0:
         return
     engine.draft_stats = DraftStats()
-    token = int(engine.prefill(prompt_ids, state).argmax())
+    picks = _choices(sampling, engine.device)
+    token = picks.plain(engine.prefill(prompt_ids, state))
     produced = 0
     while True:
         yield token
@@ -55,17 +121,17 @@ def eager_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_
         if token in stop or produced == max_new_tokens:
             return
         if state.num_tokens + 2 > state.max_tokens or not engine.has_draft_head:
-            token = int(engine.forward([token], state)[-1].argmax())
+            token = picks.plain(engine.forward([token], state)[-1])
             continue
-        drafted = int(engine.draft(state, token).argmax())
+        drafted = picks.draft(engine.draft(state, token))
         before = mark(state)
         logits = engine.forward([token, drafted], state)
-        verified = int(logits[0].argmax())
+        accepted, settled, bonus = picks.verify(logits, drafted)
         engine.draft_stats.drafted += 1
-        if verified != drafted:  # undo the draft: the state must hold only what was yielded
+        if not accepted:  # undo the draft: the state must hold only what was yielded
             rewind(state, before)
             engine.forward([token], state)
-            token = verified
+            token = settled
             continue
         engine.draft_stats.accepted += 1
         yield drafted
@@ -74,22 +140,23 @@ def eager_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_
             rewind(state, before)  # leave the state as plain decoding would: without the last id
             engine.forward([token], state)
             return
-        token = int(logits[1].argmax())
+        token = bonus
 
 
 def static_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[int],
-                       state: DecodeState) -> Iterator[int]:
+                       state: DecodeState, sampling: Sampling | None = None) -> Iterator[int]:
     """Verify steps on the engine's draft decoder (1 or 2 ids each) after an eager prefill; the state
     gets the tokens back even when the caller stops early. The caller checks that `state` has room
     for the prompt and `max_new_tokens - 1` more."""
     if max_new_tokens <= 0:
         return
     engine.draft_stats = DraftStats()
-    token = int(engine.prefill(prompt_ids, state).argmax())
+    token = _choices(sampling, engine.device).plain(engine.prefill(prompt_ids, state))
     yield token
     if token in stop or max_new_tokens == 1:
         return
     decoder = engine.draft_decoder(1, state.num_tokens + max_new_tokens)
+    decoder.set_sampling(sampling)
     pair = (token, decoder.start(0, state, token))
     produced = 1
     try:
@@ -115,6 +182,7 @@ def batch_speculative(engine: SpeculativeEngine, prompts: Sequence[Sequence[int]
     accepting its own drafts (so rows drift apart in position); a row that stops idles."""
     longest = max(len(p) for p in prompts)
     decoder = engine.draft_decoder(len(prompts), longest + max_new_tokens)
+    decoder.set_sampling(None)  # the engine's decoder may have sampled last
     engine.draft_stats = DraftStats()
     outputs: list[list[int]] = []
     pairs: list[tuple[int, int]] = []

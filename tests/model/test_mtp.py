@@ -106,8 +106,8 @@ def test_draft_errors_are_clear(engine: model.Engine, hf_checkpoint) -> None:
     engine.forward([1, 2, 3], state)
     with pytest.raises(EngineInputError, match="out of range"):
         engine.draft(state, 10**9)
-    with pytest.raises(EngineInputError, match="greedy only"):
-        list(engine.generate([1, 2], 3, temperature=0.7, speculative=True))
+    with pytest.raises(EngineInputError, match="top_p must be in"):
+        list(engine.generate([1, 2], 3, temperature=0.7, top_p=0.0, speculative=True))
     without = model.load(hf_checkpoint[0], device="cpu", dtype="float32")  # transformers' saves drop mtp.*
     assert not without.has_draft_head
     with pytest.raises(EngineInputError, match="no MTP block"):

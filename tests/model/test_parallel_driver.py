@@ -44,6 +44,8 @@ def test_two_ranks_generate_the_tokens_of_one_process(engines) -> None:
     assert two.has_draft_head
     speculative = list(two.generate(PROMPT, 8, speculative=True))  # drafts, rewinds of rejected ones
     assert speculative == list(one.generate(PROMPT, 8))
+    sampled = {"temperature": 0.8, "top_p": 0.9, "seed": 3, "speculative": True, "static": True}
+    assert list(two.generate(PROMPT, 8, **sampled)) == list(one.generate(PROMPT, 8, **sampled))  # seeded alike
     ours, theirs = two.forward(PROMPT, two.new_state()), one.forward(PROMPT, one.new_state())
     assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-5
 

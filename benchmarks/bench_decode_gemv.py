@@ -63,8 +63,8 @@ def copy_ceiling() -> float:
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * src.numel() * 4 / ms / 1e6
 
-MX_SWEEP = [decode_moe_mx.MxConfig(n, k, n, k, w, st) for n in (64, 128) for k in (128, 256, 512) for w in (4, 8)
-            for st in (2, 3) if n * k <= 32768]
+MX_SWEEP = [decode_moe_mx.MxConfig(n, k, n, k, w, st) for n, k, w in ((64, 128, 4), (64, 256, 4), (128, 128, 4),
+                                                                      (128, 256, 8), (64, 512, 4)) for st in (2, 4)]
 
 
 def timed(row: dict, name: str, fn, calls: int, rep: int, ceiling: float) -> None:

@@ -31,6 +31,7 @@ from v4.model.config import EngineConfig, V4Config  # noqa: E402
 from v4.model.quantized_linear import quantize_model  # noqa: E402
 from v4.model.random_checkpoint import init_checkpoint  # noqa: E402
 from v4.model.static_decode import StaticDecoder  # noqa: E402
+from v4.model.sampling import Sampling  # noqa: E402
 from v4.model.static_verify import DraftDecoder  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
 
@@ -97,6 +98,16 @@ def timings(engine: model.Engine, context: int, batch: int, repeats: int) -> dic
     spec.positions.fill_(context)
     spec.pairs.copy_(torch.tensor(pairs))
     out = {"plain_ms": cuda_ms(plain.replay, repeats), "verify_ms": cuda_ms(spec.replay_verify, repeats)}
+    # the same verify step sampling by the rejection rule (temperature 0.7): its own graph
+    sampled = DraftDecoder(net, batch, capacity)
+    sampled.set_sampling(Sampling(0.7))
+    drawn = []
+    for row in range(batch):
+        drawn.append((pairs[row][0], sampled.start(row, state, pairs[row][0])))
+    sampled.verify(drawn)
+    sampled.positions.fill_(context)
+    out["verify_sampling_ms"] = cuda_ms(sampled.replay_verify, repeats)
+    del sampled
     device, dtype = net.embed.weight.device, net.embed.weight.dtype
     streams = torch.randn(batch, 2, net.config.hc_mult, net.config.hidden_size, device=device, dtype=dtype)
     one = streams[:, :1].contiguous()  # the head and the MTP block alone, graphed as in the steps

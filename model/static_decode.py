@@ -46,6 +46,7 @@ from . import ops
 from .attention import Attention, Compressor
 from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
 from .decode_positions import DecodePositions, Rope, WindowStep
+from .fused_inputs import attention_inputs
 from .offload import expert_caches, fewest_slots, has_offload
 from .parallel import world_of
 from .piecewise_graph import PiecewiseGraph
@@ -131,6 +132,8 @@ class StaticDecoder:
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
         self._rows = torch.arange(batch, device=self.device)
         self._tables, self._table_of = _rope_tables(self._blocks)
+        # each layer's plain projections of its input in one GEMM (fused_inputs.py; shared by decoders)
+        self._inputs = {id(block.attn): attention_inputs(block.attn) for block in self._blocks}
         # What every layer of one step derives from the positions alone, computed once per step
         self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
@@ -407,20 +410,32 @@ class StaticDecoder:
         config = self.config
         batch, tokens = x.shape[:2]
         rope = steps.rope[buffers.table]
-        q_residual = attn.q_norm(attn.wq_a(x))
+        fused = self._inputs[id(attn)]
+        outs = fused(x) if fused is not None else {}
+        project = lambda name, linear: outs[name] if name in outs else linear(x)  # noqa: E731
+        q_residual = attn.q_norm(project("wq_a", attn.wq_a))
         q = attn.wq_b(q_residual).view(batch, tokens, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin), batch)
-        kv = ops.rms_norm_rope(_rows_first(attn.wkv(x)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos, rope.sin)
+        kv = ops.rms_norm_rope(_rows_first(project("wkv", attn.wkv)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos,
+                               rope.sin)
         self._write_kv(buffers.kv, steps.ring_slot[buffers.entries], _rows_first(kv, batch))
         if attn.compressor is None:
             indices = steps.window_indices[buffers.entries]
         else:
             step = steps.windows[attn.compressor.rate]
-            entry = self._compress(attn.compressor, x, buffers.compressor, step, buffers.table)
+            compressor = attn.compressor
+            entry = self._compress(compressor, project("kv", compressor.wkv), project("gate", compressor.wgate),
+                                   buffers.compressor, step, buffers.table)
             self._write_kv(buffers.kv, step.entry_slot, entry)
             if attn.indexer is not None:
                 indices = steps.csa_indices
-                indices[:, :, config.sliding_window :] = self._select(attn, x, q_residual, buffers, rope, step)
+                indexer = attn.indexer
+                keys = self._compress(indexer.compressor, project("index_kv", indexer.compressor.wkv),
+                                      project("index_gate", indexer.compressor.wgate), buffers.indexer, step,
+                                      buffers.table)
+                weights = project("index_weights", indexer.weights_proj)
+                indices[:, :, config.sliding_window :] = self._select(attn, keys, weights, q_residual, buffers, rope,
+                                                                      step)
             else:
                 indices = step.attention
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
@@ -430,14 +445,13 @@ class StaticDecoder:
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
         return out if attn.reduce is None else attn.reduce(out)
 
-    def _compress(self, compressor: Compressor, x: Tensor, buffers: _CompressorBuffers, step: WindowStep,
-                  table: int) -> Tensor:
-        """Put each token in its partial windows; return its window's entry `[B, T, dim]` as it stands
-        (exact once the window is full). The projections run for all tokens at once; each token's write
-        and pooling in order (ops.compress_step), since a token may start the window whose half the
-        previous one pools."""
-        tokens = x.shape[1]
-        new_kv, new_gate = compressor.wkv(x), compressor.wgate(x)
+    def _compress(self, compressor: Compressor, new_kv: Tensor, new_gate: Tensor, buffers: _CompressorBuffers,
+                  step: WindowStep, table: int) -> Tensor:
+        """Put each token (its projections `new_kv`, `new_gate` `[B, T, width]`) in its partial windows;
+        return its window's entry `[B, T, dim]` as it stands (exact once the window is full). Each
+        token's write and pooling in order (ops.compress_step): a token may start the window whose half
+        the previous one pools."""
+        tokens = new_kv.shape[1]
         cos, sin = step.rope[table]
         rows = step.window_rows
         entries = [ops.compress_step(new_kv[:, t], new_gate[:, t], compressor.ape, step.ape_slot[:, t], buffers.kv,
@@ -446,19 +460,19 @@ class StaticDecoder:
                                      compressor.norm.eps, cos[:, t], sin[:, t]) for t in range(tokens)]
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
-    def _select(self, attn: Attention, x: Tensor, q_residual: Tensor, buffers: _LayerBuffers, rope: Rope,
-                step: WindowStep) -> Tensor:
-        """The lightning indexer over each query's closed entries: `[B, T, index_topk]` int32, -1 padded."""
+    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q_residual: Tensor, buffers: _LayerBuffers,
+                rope: Rope, step: WindowStep) -> Tensor:
+        """The lightning indexer over each query's closed entries, its key `entry` `[B, T, index_head_dim]`
+        just compressed, `weights` its weights_proj output: `[B, T, index_topk]` int32, -1 padded."""
         indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
-        batch, tokens = x.shape[:2]
-        entry = self._compress(indexer.compressor, x, buffers.indexer, step, buffers.table)
+        batch, tokens = entry.shape[:2]
         if self.fp8:
             ops.write_index_keys_fp8(buffers.index_keys, buffers.index_scales, step.key_slot, entry)
         else:
             buffers.index_keys[rows, step.key_slot] = entry
         q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
-        weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
+        weights = weights.float() * config.index_n_heads**-0.5
         keys = buffers.index_keys[:, :entries]
         scales = buffers.index_scales[:, :entries] if self.fp8 else None
         # a start at which every key counts as closed; each query's own visibility is the mask below
@@ -480,3 +494,4 @@ def _rope_tables(blocks: list[Block]) -> tuple[list[Tensor], list[int]]:
             tables.append(freqs)
         table_of.append(same[0] if same else len(tables) - 1)
     return tables, table_of
+

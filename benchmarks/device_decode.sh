@@ -21,7 +21,8 @@ if [ "$part" = checks ]; then
     tests/kernels/test_swiglu.py tests/kernels/test_decode_moe_mx.py tests/kernels/test_decode_moe.py \
     tests/kernels/test_decode_gemv.py tests/model/test_static_decode.py tests/model/test_static_verify.py \
     tests/model/test_mtp.py tests/model/test_sampling.py tests/model/test_speculative_sampling.py \
-    tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py > "$OUT/checks.txt" 2>&1
+    tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py \
+    tests/model/test_fused_inputs.py tests/model/test_engine.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
   timeout 200 python benchmarks/bench_decode_gemv.py --sections experts --rows 1,2,8 --quick --out "$OUT/experts" \
     > "$OUT/experts.log" 2>&1

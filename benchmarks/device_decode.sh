@@ -17,17 +17,17 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | t
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [ "$part" = checks ]; then
-  timeout 300 python -m pytest -q -p no:cacheprovider tests/kernels/test_kv_write.py tests/kernels/test_compress_step.py \
+  timeout 240 python -m pytest -q -p no:cacheprovider tests/kernels/test_kv_write.py tests/kernels/test_compress_step.py \
     tests/kernels/test_swiglu.py tests/kernels/test_decode_moe_mx.py tests/kernels/test_decode_moe.py \
     tests/kernels/test_decode_gemv.py tests/model/test_static_decode.py tests/model/test_static_verify.py \
     tests/model/test_mtp.py tests/model/test_sampling.py tests/model/test_speculative_sampling.py \
     tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py \
     tests/model/test_fused_inputs.py tests/model/test_engine.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
-  timeout 200 python benchmarks/bench_decode_gemv.py --sections experts --rows 1,2,8 --quick --out "$OUT/experts" \
+  timeout 180 python benchmarks/bench_decode_gemv.py --sections experts --rows 1,2,8 --quick --out "$OUT/experts" \
     > "$OUT/experts.log" 2>&1
   echo "experts exit $?"; grep "^|" "$OUT/experts.md"
-  timeout 90 python benchmarks/bench_decode_gemv.py --sections projections --rows 2 --quick --out "$OUT/projections2" \
+  timeout 80 python benchmarks/bench_decode_gemv.py --sections projections --rows 2 --quick --out "$OUT/projections2" \
     > "$OUT/projections2.log" 2>&1
   echo "projections exit $?"; grep "^|" "$OUT/projections2.md" | cut -c1-150
 fi

@@ -19,6 +19,7 @@ class EngineOptions:
     offload_experts: int | None = None  # routed experts per layer cached on the GPU, the rest on the host
     cpu_threads: int | None = None  # torch threads of a CPU engine (None: the engine's choice from the load)
     parallel: int | None = None  # processes (GPUs) the model runs over (None: every GPU when it does not fit one)
+    gpu_memory_gb: float | None = None  # GPU memory the engine may use; weights placed to fit (None: what is free)
 
     def __post_init__(self) -> None:
         if self.kv_format not in KV_FORMATS:
@@ -29,11 +30,15 @@ class EngineOptions:
             raise ValueError(f"cpu_threads must be at least 1, not {self.cpu_threads}")
         if self.parallel is not None and self.parallel < 1:
             raise ValueError(f"parallel must be at least 1, not {self.parallel}")
+        if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
+            raise ValueError(f"gpu_memory_gb must be positive, not {self.gpu_memory_gb}")
+        if self.gpu_memory_gb is not None and self.offload_experts is not None:
+            raise ValueError("--gpu-memory plans the experts on the GPU and --offload-experts fixes them: give one")
 
     def load_options(self) -> dict[str, object]:
         """The keyword arguments of `v4.model.load`."""
         return {"device": self.device, "kv_format": self.kv_format, "offload_experts": self.offload_experts,
-                "cpu_threads": self.cpu_threads, "ranks": self.parallel}
+                "cpu_threads": self.cpu_threads, "ranks": self.parallel, "gpu_memory_gb": self.gpu_memory_gb}
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--device", default=None, help="embedded engine device (default: cuda if present)")
     parser.add_argument("--kv-format", choices=KV_FORMATS, default="float",
                         help="decode-state format: the model's dtype, or DeepSeek's FP8 layout (1.8x smaller)")
-    parser.add_argument("--offload-experts", type=int, default=None, metavar="N",
-                        help="keep routed experts in host memory, N per layer cached on the GPU (models larger "
-                             "than the GPU)")
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument("--gpu-memory", type=float, default=None, metavar="GB",
+                           help="GPU memory (GiB) the engine may use: attention, shared experts, head and as many "
+                                "routed experts per layer as fit go there, the rest in host memory (default: what "
+                                "is free on a CUDA device)")
+    placement.add_argument("--offload-experts", type=int, default=None, metavar="N",
+                           help="keep routed experts in host memory, N per layer cached on the GPU (instead of "
+                                "the number --gpu-memory plans)")
     parser.add_argument("--cpu-threads", type=int, default=None, metavar="N",
                         help="torch threads of an engine on CPU (default: half the cores, no more than are idle)")
     parser.add_argument("--parallel", type=int, default=None, metavar="N",
@@ -61,7 +66,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
     """The engine options `add_engine_arguments` parsed."""
-    return EngineOptions(args.device, args.kv_format, args.offload_experts, args.cpu_threads, args.parallel)
+    return EngineOptions(args.device, args.kv_format, args.offload_experts, args.cpu_threads, args.parallel,
+                         args.gpu_memory)
 
 
 def backend_options(args: argparse.Namespace) -> BackendOptions:

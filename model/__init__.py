@@ -25,6 +25,7 @@ Run it:
   sampling.py      ids from logits: nucleus sampling, and speculative sampling's rejection rule
   speculative.py   speculative generation, greedy or sampled, eager or static (and greedy batches); DraftStats
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
+  offload_plan.py  where the weights go for a GPU budget: dense on the GPU, expert slots, pinned or mmap host
   offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building
   parallel_driver.py  `load(ranks=N)`: this process drives N-1 workers it spawns; DrivenEngine, the Engine API

@@ -323,6 +323,8 @@ class EngineConfig:
     # e4m3 + bf16 RoPE rows, e4m3 indexer keys with a scale each), ~1.8x smaller, keys FP8-rounded
     kv_format: str = FLOAT_KV
     offload_experts: int | None = None  # routed experts in host memory, this many per layer cached on `device`
+    # GPU memory (GiB) the engine may use: weights placed by model/offload_plan.py (None: what is free, on CUDA)
+    gpu_memory_gb: float | None = None
     # torch threads of a CPU engine (None: `default_cpu_threads()`); CUDA engines leave torch's setting alone
     cpu_threads: int | None = None
 
@@ -338,6 +340,11 @@ class EngineConfig:
             raise ConfigError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.offload_experts is not None and self.offload_experts < 2:
             raise ConfigError(f"offload_experts is the GPU slots per MoE layer (at least 2), got {self.offload_experts}")
+        if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
+            raise ConfigError(f"gpu_memory_gb is the GPU memory the engine may use (GiB > 0), got {self.gpu_memory_gb}")
+        if self.gpu_memory_gb is not None and self.offload_experts is not None:
+            raise ConfigError("offload_experts fixes the experts per layer on the GPU and gpu_memory_gb plans them: "
+                              "give one")
 
 
 def context_length(config: V4Config, engine: EngineConfig | None = None) -> int:

@@ -12,6 +12,7 @@ import torch
 
 from .config import EngineConfig, V4Config, context_length
 from .offload import offload_experts as offload_experts_to_host
+from .offload_plan import OffloadPlan, plan_checkpoint
 from .parallel import Parallel
 from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
 from .sampling import Sampling, sample
@@ -57,12 +58,13 @@ class Engine:
     """The model, its engine settings and tokenizer; states continue sequences token by token."""
 
     def __init__(self, model: Transformer, config: EngineConfig, tokenizer: object | None = None,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, plan: OffloadPlan | None = None) -> None:
         check_kv_format(model.config, config.kv_format)  # at load, not at the first new_state
         self.model = model
         self.config = config
         self.tokenizer = tokenizer
         self.checkpoint = checkpoint  # where the weights came from: the prefix-state store fingerprints it
+        self.plan = plan  # where the weights were placed (model/offload_plan.py); None: not planned
         self.id = uuid.uuid4().hex
         self.draft_stats = DraftStats()
         self._decoders: dict[int, StaticDecoder] = {}
@@ -366,27 +368,50 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
     if config.device == "cpu":  # torch's default (every core) stalls on a machine doing other work too
         torch.set_num_threads(config.cpu_threads or default_cpu_threads())
+    plan = None if parallel is not None else _plan(path, config, quantized)
+    slots = config.offload_experts if plan is None else plan.slots
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
-                             parallel, quantized, config.offload_experts)
-    return Engine(model, config, _tokenizer(path), path.resolve())
+                             parallel, quantized, slots, map_experts=plan is not None and plan.host == "mmap")
+    return Engine(model, config, _tokenizer(path), path.resolve(), plan)
+
+
+def _plan(path: Path, config: EngineConfig, quantized: bool | None) -> OffloadPlan | None:
+    """Where the weights go (model/offload_plan.py): planned for a GPU-memory budget (`gpu_memory_gb`, by
+    default what is free on a CUDA device), or around `offload_experts` per layer; None on a CPU engine
+    given neither (nothing to plan: the weights are in host memory already)."""
+    device = torch.device(config.device)
+    if config.offload_experts is None and config.gpu_memory_gb is None and device.type != "cuda":
+        return None
+    if quantized is None:
+        quantized = default_quantized(V4Config.from_json(path), device)
+    budget = None if config.gpu_memory_gb is None else int(config.gpu_memory_gb * 2**30)
+    return plan_checkpoint(path, DTYPES[config.dtype], quantized, device, config.offload_experts, budget,
+                           fp8_state=config.kv_format == "fp8")
+
+
+def default_quantized(config: V4Config, device: str | torch.device, parallel: Parallel | None = None) -> bool:
+    """`load(quantized=None)`: keep FP8/FP4 weights as stored on CUDA for a checkpoint whose config has a
+    quantization_config, in one process."""
+    return str(device).startswith("cuda") and bool(config.quantization_config) and parallel is None
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                      progress: LoadProgress | None = None, table_device: str | None = None,
                      parallel: Parallel | None = None, quantized: bool | None = False,
-                     offload_experts: int | None = None) -> Transformer:
+                     offload_experts: int | None = None, map_experts: bool = False) -> Transformer:
     """The model of the checkpoint at `path`, built on the meta device and filled from its safetensors
     (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
     With `parallel`, only this rank's shard (model/parallel.py) is built and read. With `quantized`, the
     weights stored with a scale are placed as stored, in FP8Linear/FP4Linear modules (None: on CUDA
     for a checkpoint whose config has a quantization_config, without `parallel`). With `offload_experts`
     the routed experts are read into host memory and that many per layer are cached on `device`
-    (model/offload.py): for models larger than the GPU."""
+    (model/offload.py): for models larger than the GPU; `map_experts` leaves them memory-mapped from the
+    checkpoint files rather than copied (a host whose memory cannot hold them)."""
     path = Path(path)
     config = V4Config.from_json(path)
     stored = scan(path)
     if quantized is None:
-        quantized = str(device).startswith("cuda") and bool(config.quantization_config) and parallel is None
+        quantized = default_quantized(config, device, parallel)
     if quantized and parallel is not None:
         raise NotImplementedError("quantised weights load in one process for now (tensor-parallel slices would cut "
                                   "FP8 scale blocks): load with quantized=False")
@@ -402,10 +427,11 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     if offload_experts is not None and parallel is not None:
         raise NotImplementedError("expert offload runs in one process; expert parallelism already splits the experts")
     load_into(model, path, dtype, device, progress, stored, table_device, as_stored,
-              experts_on_host=offload_experts is not None)
-    stack_quantized_experts(model)
+              experts_on_host=offload_experts is not None, map_experts=map_experts and offload_experts is not None)
+    if offload_experts is None or not map_experts:  # mapped experts stay as the files hold them, unstacked
+        stack_quantized_experts(model)
     if offload_experts is not None:
-        offload_experts_to_host(model, offload_experts, device)
+        offload_experts_to_host(model, offload_experts, device, mapped=map_experts)
     return model.eval()
 
 

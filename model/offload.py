@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -33,6 +33,7 @@ from .moe import MoE
 from .piecewise_graph import PiecewiseGraph
 
 RunExperts = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor]
+HostExperts = tuple[Tensor | Sequence[Tensor], ...]  # per projection leaf: a stack [E, ...] or E tensors
 
 
 class OffloadError(ValueError):
@@ -57,17 +58,19 @@ class OffloadStats:
 
 
 class ExpertCache:
-    """One MoE's routed experts: `host` stacks `[E, ...]` (w1, w3, w2 or with their scales) in host
-    memory and `slots` of them resident on `device`, in stacks `[slots, ...]` the grouped kernel reads."""
+    """One MoE's routed experts: `host` holds, for w1, w3, w2 (or each with its scale), every expert's
+    tensor in host memory (a stack `[E, ...]`, or a list of E tensors: views of the memory-mapped
+    checkpoint) and `slots` of them are resident on `device`, in stacks `[slots, ...]` the grouped
+    kernel reads."""
 
-    def __init__(self, host: tuple[Tensor, ...], slots: int, device: torch.device | str) -> None:
-        num_experts = host[0].shape[0]
+    def __init__(self, host: HostExperts, slots: int, device: torch.device | str) -> None:
+        num_experts = len(host[0])
         if slots < 2:
             raise OffloadError(f"expert offload needs at least 2 GPU slots per layer, got {slots}")
         self.host, self.num_experts, self.slots = host, num_experts, min(slots, num_experts)
         self.device = torch.device(device)
-        self.cache = tuple(torch.empty((self.slots, *t.shape[1:]), dtype=t.dtype, device=self.device) for t in host)
-        self.expert_bytes = sum(t[0].numel() * t.element_size() for t in host)
+        self.cache = tuple(torch.empty((self.slots, *t[0].shape), dtype=t[0].dtype, device=self.device) for t in host)
+        self.expert_bytes = sum(t[0].numel() * t[0].element_size() for t in host)
         self.slot_of = torch.full((num_experts,), -1, dtype=torch.long)  # host table: expert -> slot
         self.expert_in = [-1] * self.slots
         self.recent: OrderedDict[int, None] = OrderedDict()  # resident experts, least recently used first
@@ -256,10 +259,13 @@ def to_host(tensor: Tensor, pin: bool) -> Tensor:
     return tensor.to("cpu", copy=True)
 
 
-def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | str | None = None) -> list[ExpertCache]:
+def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | str | None = None,
+                    mapped: bool = False) -> list[ExpertCache]:
     """Move every MoE's routed experts of `model` to host memory and give each MoE a cache of `slots`
     experts on `device` (default: where the model's embedding is). The experts' parameters become
     views of the host stacks, so their GPU memory is freed and `state_dict` still names them.
+    `mapped`: the experts already are host tensors the cache reads as they are (weights.py's memory
+    maps of the checkpoint, `load_into(map_experts=True)`): nothing is stacked or copied.
     Returns the caches (their `stats` say how the cache did)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     pin = device.type == "cuda"
@@ -269,9 +275,13 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
             continue
         if moe.strategy.shard is not None:
             raise OffloadError(f"{name}: expert offload and expert parallelism do not combine; use one")
-        stacks = moe.stacked_quantized() if moe.strategy.fmt is not None else moe.stacked_weights()
-        host = tuple(to_host(t, pin) for t in stacks)
-        moe.hold_stacks(host)
+        if mapped:
+            host: HostExperts = tuple([getattr(getattr(expert, proj), leaf).data for expert in moe.experts]
+                                      for proj in ("w1", "w3", "w2") for leaf in moe.strategy.leaves)
+        else:
+            stacks = moe.stacked_quantized() if moe.strategy.fmt is not None else moe.stacked_weights()
+            host = tuple(to_host(t, pin) for t in stacks)
+            moe.hold_stacks(host)
         cache = ExpertCache(host, slots, device)
         moe.strategy = replace(moe.strategy, offload=cache)
         caches.append(cache)

@@ -60,18 +60,20 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     if ranks is not None and ranks < 1:
         raise ValueError(f"ranks must be at least 1, got {ranks}")
     if ranks != 1 and parallel in (None, False):
-        count = default_ranks(path, device, engine_options.get("offload_experts")) if ranks is None else ranks  # type: ignore[arg-type]
+        planned = engine_options.get("offload_experts") or engine_options.get("gpu_memory_gb")
+        count = default_ranks(path, device, planned) if ranks is None else ranks  # type: ignore[arg-type]
         if count > 1:
             return load_driven(path, count, device, dtype, progress, quantized, **engine_options)
     return engine_load(path, device, dtype, progress, parallel, quantized, **engine_options)
 
 
-def default_ranks(path: str | Path, device: str | None = None, offload_experts: int | None = None) -> int:
+def default_ranks(path: str | Path, device: str | None = None, offload: float | None = None) -> int:
     """The default of `--parallel`: every visible GPU (as many as split the routed experts evenly) when
     the checkpoint's files do not fit in FITS_ONE_GPU of GPU 0's free memory, else 1; always 1 on CPU,
-    on a named GPU (`cuda:K`) and with expert offload (the other answer to a model larger than a GPU)."""
+    on a named GPU (`cuda:K`) and with expert offload asked for (`offload`: --offload-experts or
+    --gpu-memory, the other answer to a model larger than a GPU)."""
     cuda = torch.cuda.is_available() if device is None else str(device) == "cuda"
-    if not cuda or offload_experts is not None or torch.cuda.device_count() < 2:
+    if not cuda or offload is not None or torch.cuda.device_count() < 2:
         return 1
     stored = sum(file.stat().st_size for file in Path(path).glob("*.safetensors"))
     if stored <= FITS_ONE_GPU * torch.cuda.mem_get_info(0)[0]:
@@ -100,8 +102,9 @@ def load_driven(path: str | Path, ranks: int, device: str | None = None, dtype: 
         raise ValueError(f"--parallel puts rank r on GPU r: name the device cuda (or cpu), not {device}")
     if cuda and ranks > torch.cuda.device_count():
         raise ValueError(f"--parallel {ranks} needs {ranks} GPUs; {torch.cuda.device_count()} are visible")
-    if engine_options.get("offload_experts") is not None:
-        raise ValueError("expert offload runs in one process: --offload-experts and --parallel do not combine")
+    if engine_options.get("offload_experts") is not None or engine_options.get("gpu_memory_gb") is not None:
+        raise ValueError("expert offload runs in one process: --offload-experts or --gpu-memory and --parallel "
+                         "do not combine")
     if cuda:
         for key, value in NO_MULTICAST.items():
             os.environ.setdefault(key, value)  # inherited by the workers; read when NCCL starts

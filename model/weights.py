@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .formats import DTYPE_BYTES, FP4_DTYPES, PACKED_FP4_DTYPES, is_routed_expert, keeps_float32
+from .formats import DTYPE_BYTES, FP4_DTYPES, PACKED_FP4_DTYPES, STORED_DTYPES, is_routed_expert, keeps_float32
 
 INTEGER_DTYPES = ("I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL")
 # (shard file name, bytes read so far, bytes in the shard): one call per tensor read.
@@ -286,6 +286,36 @@ def read(stored: Stored, handles: dict[Path, object]) -> torch.Tensor:
     return tensor
 
 
+def mappable(stored: Stored, quantized: bool, dtype: torch.dtype) -> bool:
+    """Whether tensor `stored` (as `scan` gives it) can be placed as a memory map of its file: a whole
+    stored tensor (not one expert of a fused one), kept quantised (`quantized`) or stored in `dtype`."""
+    if stored.expert is not None or stored.narrow is not None:
+        return False
+    return quantized if stored.scale is not None else STORED_DTYPES.get(stored.dtype) == dtype
+
+
+def mapped(stored: Stored, files: dict[Path, tuple[torch.Tensor, int, dict]]) -> torch.Tensor:
+    """Tensor `stored` exactly as stored (no scale: `keep_quantized` splits those), as a view of its file
+    memory-mapped copy-on-write: pages are read when first touched and the kernel may drop them again,
+    so host memory need not hold the checkpoint. `files` caches each file's map (file, data start, header).
+    """
+    if stored.file not in files:
+        with open(stored.file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        storage = torch.UntypedStorage.from_file(str(stored.file), shared=False, nbytes=stored.file.stat().st_size)
+        files[stored.file] = (torch.empty(0, dtype=torch.uint8).set_(storage), 8 + size, header)
+    data, start, header = files[stored.file]
+    begin, end = header[stored.key]["data_offsets"]
+    dtype = STORED_DTYPES.get(stored.dtype)
+    if dtype is None or stored.scale is not None or stored.expert is not None or stored.narrow is not None:
+        raise WeightsError(f"tensor {stored.key} ({stored.dtype}) cannot be placed as a map of {stored.file.name}")
+    try:
+        return data[start + begin : start + end].view(dtype).view(stored.shape)
+    except RuntimeError as exc:  # an offset the dtype cannot view (a writer that does not align)
+        raise WeightsError(f"tensor {stored.key} cannot be mapped from {stored.file.name} ({exc})") from exc
+
+
 def _open_all(stack: ExitStack, stored: dict[str, Stored]) -> dict[Path, object]:
     files = {s.file for s in stored.values()} | {s.scale.file for s in stored.values() if s.scale is not None}
     return {file: stack.enter_context(safe_open(str(file), framework="pt")) for file in sorted(files)}
@@ -294,7 +324,7 @@ def _open_all(stack: ExitStack, stored: dict[str, Stored]) -> dict[Path, object]
 def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.device | str = "cpu",
               progress: LoadProgress | None = None, stored: dict[str, Stored] | None = None,
               table_device: torch.device | str | None = None, as_stored: Collection[str] = (),
-              experts_on_host: bool = False) -> None:
+              experts_on_host: bool = False, map_experts: bool = False) -> None:
     """Fill every parameter and persistent buffer of `model` (which may live on the meta device) from
     the checkpoint at `path`, tensor by tensor, onto `device`.
 
@@ -303,27 +333,33 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
     Engram tables go straight to `table_device` (host memory) when given, never through `device`.
     Tensors named in `as_stored` (quantised weights and their scales, see `keep_quantized`) are placed
     with their stored dtype and bytes. With `experts_on_host` the routed experts' tensors stay in host
-    memory (model/offload.py then caches some of them on `device`), so a model larger than the GPU loads.
+    memory (model/offload.py then caches some of them on `device`), so a model larger than the GPU loads;
+    with `map_experts` too, they are views of the memory-mapped files (`mapped`) instead of copies, for a
+    host whose memory cannot hold them (model/offload_plan.py says when).
     """
     stored = scan(path) if stored is None else stored
     match(model, stored, path)
     by_file: dict[Path, list[str]] = {}
     for name in model.state_dict():
         by_file.setdefault(stored[name].file, []).append(name)
+    maps: dict[Path, tuple[torch.Tensor, int, dict]] = {}
     with ExitStack() as stack:
         handles = _open_all(stack, stored)
         for file, names in by_file.items():
             total, done = sum(stored[n].nbytes for n in names), 0
             for name in names:
-                tensor = read(stored[name], handles)
-                if name in as_stored:
-                    tensor = tensor.view(torch.int8) if tensor.dtype == torch.float4_e2m1fn_x2 else tensor
-                elif tensor.is_floating_point():
-                    tensor = tensor.to(torch.float32 if keeps_float32(name) else dtype)
-                on_table_device = table_device is not None and name.endswith(".engram.embed.weight")
-                target = table_device if on_table_device else "cpu" if experts_on_host and \
-                    is_routed_expert(name) else device
-                _assign(model, name, tensor.to(target))
+                if map_experts and is_routed_expert(name):
+                    _assign(model, name, _mapped_as_placed(name, stored[name], maps, name in as_stored, dtype))
+                else:
+                    tensor = read(stored[name], handles)
+                    if name in as_stored:
+                        tensor = tensor.view(torch.int8) if tensor.dtype == torch.float4_e2m1fn_x2 else tensor
+                    elif tensor.is_floating_point():
+                        tensor = tensor.to(torch.float32 if keeps_float32(name) else dtype)
+                    on_table_device = table_device is not None and name.endswith(".engram.embed.weight")
+                    target = table_device if on_table_device else "cpu" if experts_on_host and \
+                        is_routed_expert(name) else device
+                    _assign(model, name, tensor.to(target))
                 done += stored[name].nbytes
                 if progress is not None:
                     progress(file.name, done, total)
@@ -333,6 +369,16 @@ def load_into(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.de
         for module in model.modules():
             if hasattr(module, "place_tables"):
                 module.place_tables(table_device)
+
+
+def _mapped_as_placed(name: str, stored: Stored, maps: dict[Path, tuple[torch.Tensor, int, dict]], as_stored: bool,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """`mapped`, for a tensor the loader would place in the dtype it is stored in (else a WeightsError)."""
+    placed = STORED_DTYPES.get(stored.dtype)
+    if not as_stored and placed != dtype:
+        raise WeightsError(f"tensor {name} is stored as {stored.dtype} but would be held as {dtype}: only tensors "
+                           "placed as stored can stay memory-mapped (load the quantised checkpoint quantized)")
+    return mapped(stored, maps)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

@@ -1,13 +1,14 @@
 """Expert offload: a MoE model larger than the GPU still runs. Each MoE's routed experts live in host
 memory (pinned, so copies are DMA at PCIe speed); the GPU keeps the attention, the shared experts, the
-embedding and head, plus a cache of `slots` routed experts per layer (the hot ones: least recently used
-goes first). KTransformers is the anchor for the split; unlike it we copy missing experts to the GPU
+embedding and head, plus a cache of `slots` routed experts per layer (the hot ones: each layer counts
+how often its router picks each expert, with decay, and the coldest resident expert goes first; the
+counts and the hit rate are in `OffloadStats`). KTransformers is the anchor for the split; unlike it we copy missing experts to the GPU
 rather than computing them on the CPU, because the grouped FP4/FP8 kernel then runs unchanged and a
 copy of an FP4 expert (12.75 MiB at V4-Flash shapes) costs less than the CPU's GEMV on it.
 
 Per MoE call the routing is read on the host (one sync: the price of deciding what to copy):
 - every expert the call needs fits in the cache (decode, short chunks): the missing ones are copied on
-  a side stream into the least recently used slots not needed now, the shared expert runs on the
+  a side stream into the slots of the coldest experts not needed now, the shared expert runs on the
   compute stream meanwhile, and the grouped kernel runs once on the cache with ids mapped to slots;
 - more experts than slots (prefill): the needed experts stream through the two halves of the cache,
   the copy of group g+1 overlapping the grouped kernel on group g, and each (token, slot) pair's output
@@ -22,9 +23,8 @@ the host reads the routing.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -40,16 +40,21 @@ class OffloadError(ValueError):
     """An offload request the model cannot take (bad slot count, expert-parallel MoE)."""
 
 
+HEAT_HALF_LIFE = 64  # MoE calls (decode tokens) after which an expert's use counts half as much
+
+
 @dataclass(slots=True)
 class OffloadStats:
     """Counters since the cache was made: expert lookups that hit / missed the GPU cache, bytes copied
-    host -> GPU, MoE calls, and the calls that streamed (needed more experts than slots)."""
+    host -> GPU, MoE calls, the calls that streamed (needed more experts than slots), and how often the
+    router chose each expert (`selections[e]`: (token, expert) pairs, all calls)."""
 
     hits: int = 0
     misses: int = 0
     bytes_copied: int = 0
     calls: int = 0
     streamed_calls: int = 0
+    selections: list[int] = field(default_factory=list)
 
     @property
     def hit_rate(self) -> float:
@@ -73,10 +78,16 @@ class ExpertCache:
         self.expert_bytes = sum(t[0].numel() * t[0].element_size() for t in host)
         self.slot_of = torch.full((num_experts,), -1, dtype=torch.long)  # host table: expert -> slot
         self.expert_in = [-1] * self.slots
-        self.recent: OrderedDict[int, None] = OrderedDict()  # resident experts, least recently used first
+        # Which experts stay: decayed use counts (`heat`), the coldest resident expert not needed now
+        # evicted first, ties by the least recently used. A burst of one-off experts (a prompt's odd
+        # tokens) then passes through without pushing out the layer's steady favourites, as LRU would.
+        self.heat = torch.zeros(num_experts, dtype=torch.float64)
+        self.decay = 0.5 ** (1 / HEAT_HALF_LIFE)
+        self.last_used = [0] * num_experts
+        self.clock = 0
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
-        self.stats = OffloadStats()
+        self.stats = OffloadStats(selections=[0] * num_experts)
         self.capturing: PiecewiseGraph | None = None  # set by PiecewiseGraph.capture while it runs
 
     def routed(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
@@ -89,7 +100,7 @@ class ExpertCache:
             return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
         self.stats.calls += 1
         host_ids = ids.cpu()  # the one sync: which experts to fetch
-        needed = torch.unique(host_ids).tolist()
+        needed = self._observe(host_ids)
         if len(needed) <= self.slots:
             ready = self._fetch(needed)
             other = meanwhile()
@@ -112,7 +123,7 @@ class ExpertCache:
         def fetch() -> None:
             self.stats.calls += 1
             host_ids = ids.cpu()
-            self._wait(self._fetch(torch.unique(host_ids).tolist()))
+            self._wait(self._fetch(self._observe(host_ids)))
             slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))
 
         capture.split(fetch)
@@ -120,20 +131,33 @@ class ExpertCache:
 
     # ------------------------------------------------------------------ the cache
 
+    def _observe(self, host_ids: Tensor) -> list[int]:
+        """Count a call's routing (`host_ids` [N, k]): each expert's heat decays by one call and grows
+        by its (token, expert) pairs. Returns the experts the call needs, ascending."""
+        counts = torch.bincount(host_ids.reshape(-1), minlength=self.num_experts)
+        self.heat.mul_(self.decay).add_(counts)
+        self.clock += 1
+        needed = counts.nonzero().squeeze(1).tolist()
+        for expert in needed:
+            self.stats.selections[expert] += int(counts[expert])
+            self.last_used[expert] = self.clock
+        return needed
+
+    def coldest(self, keep: set[int]) -> list[int]:
+        """The resident experts outside `keep`, coldest first: the order they are evicted in."""
+        resident = [e for e in self.expert_in if e >= 0 and e not in keep]
+        return sorted(resident, key=lambda e: (float(self.heat[e]), self.last_used[e], e))
+
     def _fetch(self, needed: list[int]) -> torch.cuda.Event | None:
-        """Make every expert of `needed` resident (least recently used others evicted); the copies
-        are issued on the side stream, returned as the event that marks them done."""
+        """Make every expert of `needed` resident (the coldest others evicted); the copies are issued
+        on the side stream, returned as the event that marks them done."""
         missing = [e for e in needed if self.slot_of[e] < 0]
         self.stats.hits += len(needed) - len(missing)
         self.stats.misses += len(missing)
-        for expert in needed:
-            if expert in self.recent:
-                self.recent.move_to_end(expert)
         if not missing:
             return None
-        keep = set(needed)
         free = [s for s, e in enumerate(self.expert_in) if e < 0]
-        victims = (e for e in list(self.recent) if e not in keep)
+        victims = iter(self.coldest(set(needed)))
         slots = []
         for _ in missing:
             if free:
@@ -176,13 +200,11 @@ class ExpertCache:
             self._forget(self.expert_in[slot])
         self.slot_of[expert] = slot
         self.expert_in[slot] = expert
-        self.recent[expert] = None
 
     def _forget(self, expert: int) -> None:
         slot = int(self.slot_of[expert])
         self.slot_of[expert] = -1
         self.expert_in[slot] = -1
-        self.recent.pop(expert, None)
 
     # ------------------------------------------------------------------ more experts than slots
 
@@ -190,9 +212,10 @@ class ExpertCache:
                 meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         """The needed experts in groups of half the cache, alternating halves: group g+1 is copied while
         group g computes. Resident experts are copied again only if their slot is in the way (simple,
-        and prefill touches every expert anyway)."""
+        and prefill touches every expert anyway). The hottest go last, so they are what stays."""
         self.stats.streamed_calls += 1
         self.stats.misses += len(needed)
+        needed = sorted(needed, key=lambda e: (float(self.heat[e]), e))
         half = self.slots // 2
         groups = [needed[i : i + half] for i in range(0, len(needed), half)]
         num_tokens, k = host_ids.shape

@@ -27,6 +27,7 @@ Run it:
   piecewise_graph.py  a CUDA graph cut where the host acts between pieces (expert offload)
   offload_plan.py  where the weights go for a GPU budget: dense on the GPU, expert slots, pinned or mmap host
   offload.py       routed experts in host memory with a GPU cache, set in each MoE's ExpertStrategy
+  cpu_experts.py   an offload miss computed on the CPU (tiled FP8/FP4 dequantise + matmul); ExpertCosts
   parallel.py      one model over the ranks of one host (torch.distributed), applied after building
   parallel_driver.py  `load(ranks=N)`: this process drives N-1 workers it spawns; DrivenEngine, the Engine API
   parallel_protocol.py  what driver and workers say: replayed calls, states synced where the driver changed them

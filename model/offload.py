@@ -1,10 +1,14 @@
 """Expert offload: a MoE model larger than the GPU still runs. Each MoE's routed experts live in host
-memory (pinned, so copies are DMA at PCIe speed); the GPU keeps the attention, the shared experts, the
+memory (pinned, so copies are DMA at PCIe speed; or memory-mapped from the checkpoint when host memory
+is short, model/offload_plan.py); the GPU keeps the attention, the shared experts, the
 embedding and head, plus a cache of `slots` routed experts per layer (the hot ones: each layer counts
 how often its router picks each expert, with decay, and the coldest resident expert goes first; the
-counts and the hit rate are in `OffloadStats`). KTransformers is the anchor for the split; unlike it we copy missing experts to the GPU
-rather than computing them on the CPU, because the grouped FP4/FP8 kernel then runs unchanged and a
-copy of an FP4 expert (12.75 MiB at V4-Flash shapes) costs less than the CPU's GEMV on it.
+counts and the hit rate are in `OffloadStats`). KTransformers is the anchor
+for the split. A missing expert is copied to the GPU, so the grouped FP4/FP8 kernel runs unchanged;
+or, when `ExpertCosts` (measured at load: the copy against the CPU's tiled GEMV, model/cpu_experts.py)
+say the CPU is cheaper for its few tokens and it is no hotter than the coldest resident expert, it is
+computed on the CPU from its host copy while the GPU runs the rest (eager calls only: a graphed decode
+step always copies).
 
 Per MoE call the routing is read on the host (one sync: the price of deciding what to copy):
 - every expert the call needs fits in the cache (decode, short chunks): the missing ones are copied on
@@ -23,12 +27,14 @@ the host reads the routing.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from .cpu_experts import ExpertCosts, cpu_expert, measure_costs
 from .moe import MoE
 from .piecewise_graph import PiecewiseGraph
 
@@ -54,6 +60,7 @@ class OffloadStats:
     bytes_copied: int = 0
     calls: int = 0
     streamed_calls: int = 0
+    cpu_experts: int = 0  # misses computed on the CPU from the host copy instead of copied (cpu_experts.py)
     selections: list[int] = field(default_factory=list)
 
     @property
@@ -68,7 +75,8 @@ class ExpertCache:
     checkpoint) and `slots` of them are resident on `device`, in stacks `[slots, ...]` the grouped
     kernel reads."""
 
-    def __init__(self, host: HostExperts, slots: int, device: torch.device | str) -> None:
+    def __init__(self, host: HostExperts, slots: int, device: torch.device | str, fmt: str | None = None,
+                 limit: float = math.inf) -> None:
         num_experts = len(host[0])
         if slots < 2:
             raise OffloadError(f"expert offload needs at least 2 GPU slots per layer, got {slots}")
@@ -85,6 +93,10 @@ class ExpertCache:
         self.decay = 0.5 ** (1 / HEAT_HALF_LIFE)
         self.last_used = [0] * num_experts
         self.clock = 0
+        # A miss may be computed on the CPU instead of copied (cpu_experts.py) when `costs` say it is
+        # cheaper; None: always copied. `fmt` and `limit` are the MoE's, for that computation.
+        self.costs: ExpertCosts | None = None
+        self.fmt, self.limit = fmt, limit
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.stats = OffloadStats(selections=[0] * num_experts)
@@ -100,8 +112,11 @@ class ExpertCache:
             return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
         self.stats.calls += 1
         host_ids = ids.cpu()  # the one sync: which experts to fetch
-        needed = self._observe(host_ids)
+        needed, counts = self._observe(host_ids)
         if len(needed) <= self.slots:
+            on_cpu = self._cpu_cheaper(needed, counts)
+            if on_cpu:
+                return self._routed_split(x, weights, host_ids, needed, on_cpu, run, meanwhile)
             ready = self._fetch(needed)
             other = meanwhile()
             self._wait(ready)
@@ -123,7 +138,7 @@ class ExpertCache:
         def fetch() -> None:
             self.stats.calls += 1
             host_ids = ids.cpu()
-            self._wait(self._fetch(self._observe(host_ids)))
+            self._wait(self._fetch(self._observe(host_ids)[0]))
             slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))
 
         capture.split(fetch)
@@ -131,9 +146,10 @@ class ExpertCache:
 
     # ------------------------------------------------------------------ the cache
 
-    def _observe(self, host_ids: Tensor) -> list[int]:
+    def _observe(self, host_ids: Tensor) -> tuple[list[int], Tensor]:
         """Count a call's routing (`host_ids` [N, k]): each expert's heat decays by one call and grows
-        by its (token, expert) pairs. Returns the experts the call needs, ascending."""
+        by its (token, expert) pairs. Returns the experts the call needs, ascending, and the pairs per
+        expert `[E]`."""
         counts = torch.bincount(host_ids.reshape(-1), minlength=self.num_experts)
         self.heat.mul_(self.decay).add_(counts)
         self.clock += 1
@@ -141,7 +157,7 @@ class ExpertCache:
         for expert in needed:
             self.stats.selections[expert] += int(counts[expert])
             self.last_used[expert] = self.clock
-        return needed
+        return needed, counts
 
     def coldest(self, keep: set[int]) -> list[int]:
         """The resident experts outside `keep`, coldest first: the order they are evicted in."""
@@ -205,6 +221,60 @@ class ExpertCache:
         slot = int(self.slot_of[expert])
         self.slot_of[expert] = -1
         self.expert_in[slot] = -1
+
+    # ------------------------------------------------------------------ misses computed on the CPU
+
+    def _cpu_cheaper(self, needed: list[int], counts: Tensor) -> list[int]:
+        """The missing experts of `needed` to compute on the CPU: those `costs` say are cheaper there for
+        their token count, unless a free slot waits or the expert is hotter than the coldest resident one
+        it would replace (then it is copied: re-placed, as later calls will want it). Decided in the
+        order `_fetch` fills slots, so the copies it then makes are exactly the others."""
+        costs = self.costs
+        missing = sorted((e for e in needed if self.slot_of[e] < 0), key=lambda e: (-float(self.heat[e]), e))
+        if costs is None or not missing:
+            return []
+        free = sum(1 for e in self.expert_in if e < 0)
+        evictable = self.coldest(set(needed))
+        on_cpu = []
+        for expert in missing:
+            if free:
+                free -= 1
+            elif float(self.heat[expert]) > float(self.heat[evictable[0]]) or not costs.cpu_faster(int(counts[expert])):
+                evictable.pop(0)
+            else:
+                on_cpu.append(expert)
+        return sorted(on_cpu)
+
+    def _routed_split(self, x: Tensor, weights: Tensor, host_ids: Tensor, needed: list[int], on_cpu: list[int],
+                      run: RunExperts, meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+        """Experts `on_cpu` computed on the CPU from their host copies while the GPU runs the shared
+        expert and the grouped kernel on the others; each (token, slot) pair's output lands in its own
+        row before the per-token sum over slots, as in `_stream`. The inputs the CPU needs are read
+        before any GPU work is queued, so reading them waits for nothing new."""
+        num_tokens, k = host_ids.shape
+        flat = host_ids.reshape(-1)
+        on_host = torch.isin(flat, torch.tensor(on_cpu))
+        cpu_pairs, gpu_pairs = on_host.nonzero().squeeze(1), (~on_host).nonzero().squeeze(1)
+        host_x = x[(cpu_pairs // k).to(x.device)].cpu()
+        host_weights = weights.reshape(-1)[cpu_pairs.to(x.device)].float().cpu()
+        self.stats.cpu_experts += len(on_cpu)
+        self.stats.misses += len(on_cpu)
+        ready = self._fetch([e for e in needed if e not in on_cpu])
+        other = meanwhile()
+        out = torch.zeros(num_tokens * k, x.shape[-1], dtype=torch.float32, device=x.device)
+        self._wait(ready)
+        if gpu_pairs.numel():
+            here = gpu_pairs.to(x.device)
+            slot_ids = self.slot_of[flat[gpu_pairs]][:, None].to(x.device)
+            out[here] = run(x[here // k], weights.reshape(-1)[here, None], slot_ids, self.cache).float()
+        host_out = torch.empty(len(cpu_pairs), x.shape[-1], dtype=torch.float32)
+        pair_experts = flat[cpu_pairs]
+        for expert in on_cpu:
+            rows = (pair_experts == expert).nonzero().squeeze(1)
+            y = cpu_expert(host_x[rows], [held[expert] for held in self.host], self.fmt, self.limit)
+            host_out[rows] = y * host_weights[rows, None]
+        out[cpu_pairs.to(x.device)] = host_out.to(x.device)
+        return out.view(num_tokens, k, -1).sum(1).to(x.dtype), other
 
     # ------------------------------------------------------------------ more experts than slots
 
@@ -305,11 +375,15 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
             stacks = moe.stacked_quantized() if moe.strategy.fmt is not None else moe.stacked_weights()
             host = tuple(to_host(t, pin) for t in stacks)
             moe.hold_stacks(host)
-        cache = ExpertCache(host, slots, device)
+        cache = ExpertCache(host, slots, device, moe.strategy.fmt, moe.limit)
         moe.strategy = replace(moe.strategy, offload=cache)
         caches.append(cache)
     if not caches:
         raise OffloadError("the model has no MoE layers to offload")
     if device.type == "cuda":
         torch.cuda.empty_cache()
+        first = caches[0]  # every layer's experts have one shape: measured once
+        costs = measure_costs(first.host, first.cache, first.fmt, first.limit)
+        for cache in caches:
+            cache.costs = costs
     return caches

@@ -33,7 +33,7 @@ class RoutedExperts(Protocol):
 
     def routed(self, x: Tensor, weights: Tensor, ids: Tensor,
                run: Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor],
-               meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]: ...
+               meanwhile: Callable[[], Tensor], token_ids: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ class MoE(nn.Module):
         strategy = self.strategy
         if strategy.offload is not None:
             routed, shared = strategy.offload.routed(flat, weights, indices, self._run_experts,
-                                                     lambda: self.shared_experts(flat))
+                                                     lambda: self.shared_experts(flat), token_ids.reshape(-1))
             return (routed + shared).view_as(x)
         if strategy.shard is not None:
             routed = self._local_routed(flat, weights, indices, strategy.shard)

@@ -39,6 +39,7 @@ from .moe import MoE
 from .piecewise_graph import PiecewiseGraph
 
 RunExperts = Callable[[Tensor, Tensor, Tensor, tuple[Tensor, ...]], Tensor]
+Router = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # moe.Gate: (x [N, H], token ids [N]) -> (weights, ids)
 HostExperts = tuple[Tensor | Sequence[Tensor], ...]  # per projection leaf: a stack [E, ...] or E tensors
 
 
@@ -61,6 +62,8 @@ class OffloadStats:
     calls: int = 0
     streamed_calls: int = 0
     cpu_experts: int = 0  # misses computed on the CPU from the host copy instead of copied (cpu_experts.py)
+    prefetched: int = 0  # experts copied ahead of the call, predicted by the layer before (`ExpertCache.next`)
+    prefetch_hits: int = 0  # of those, the ones the call then needed (each also counts as a hit)
     selections: list[int] = field(default_factory=list)
 
     @property
@@ -97,48 +100,61 @@ class ExpertCache:
         # cheaper; None: always copied. `fmt` and `limit` are the MoE's, for that computation.
         self.costs: ExpertCosts | None = None
         self.fmt, self.limit = fmt, limit
+        # The next MoE layer's cache and router (linked by offload_experts): its likely experts are copied
+        # while this layer computes (`_predict`); that cache waits for them (`pending`) and counts its hits.
+        self.next: tuple[ExpertCache, Router] | None = None
+        self.prefetched: set[int] = set()
+        self.pending: torch.cuda.Event | None = None
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.stats = OffloadStats(selections=[0] * num_experts)
         self.capturing: PiecewiseGraph | None = None  # set by PiecewiseGraph.capture while it runs
 
-    def routed(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
-               meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    def routed(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts, meanwhile: Callable[[], Tensor],
+               token_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(the routed experts' weighted sum `[N, hidden]`, `meanwhile()`): `run(x, weights, slot_ids,
         cache stacks)` is the MoE's grouped kernel call; `meanwhile` (the shared expert) runs on the
-        compute stream while the first copies are in flight."""
+        compute stream while the first copies are in flight. `token_ids` `[N]`: for a hash-routed next
+        layer's prediction."""
         capture = self.capturing
         if capture is not None and torch.cuda.is_current_stream_capturing():  # counted at each replay instead
-            return self._routed_in_graph(x, weights, ids, run, meanwhile, capture)
+            return self._routed_in_graph(x, weights, ids, run, meanwhile, capture, token_ids)
         self.stats.calls += 1
-        host_ids = ids.cpu()  # the one sync: which experts to fetch
+        predicted = self._predict(x, ids, token_ids)
+        both = (ids if predicted is None else torch.cat([ids, predicted])).cpu()  # the one sync: what to fetch
+        host_ids = both[: ids.shape[0]]
         needed, counts = self._observe(host_ids)
         if len(needed) <= self.slots:
             on_cpu = self._cpu_cheaper(needed, counts)
+            ready = self._fetch([e for e in needed if e not in on_cpu])
+            self._prefetch_next(both[ids.shape[0]:])
             if on_cpu:
-                return self._routed_split(x, weights, host_ids, needed, on_cpu, run, meanwhile)
-            ready = self._fetch(needed)
+                return self._routed_split(x, weights, host_ids, on_cpu, ready, run, meanwhile)
             other = meanwhile()
             self._wait(ready)
             slot_ids = self.slot_of[host_ids].to(self.device, non_blocking=True)
             return run(x, weights, slot_ids, self.cache), other
         return self._stream(x, weights, host_ids, needed, run, meanwhile)
 
-    def _routed_in_graph(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts,
-                         meanwhile: Callable[[], Tensor], capture: PiecewiseGraph) -> tuple[Tensor, Tensor]:
+    def _routed_in_graph(self, x: Tensor, weights: Tensor, ids: Tensor, run: RunExperts, meanwhile: Callable[[], Tensor],
+                         capture: PiecewiseGraph, token_ids: Tensor | None) -> tuple[Tensor, Tensor]:
         """Under a piecewise capture (model/piecewise_graph.py): the shared expert ends this piece;
         at replay the host then fetches the experts `ids` name and writes their slots into a buffer
         the next piece's grouped kernel reads. A decode batch needs at most N*k experts: they must fit."""
         if ids.numel() > self.slots:
             raise OffloadError(f"a graphed decode step may need {ids.numel()} experts per layer but the cache "
                                f"holds {self.slots}: use more slots or decode without graphs")
+        predicted = self._predict(x, ids, token_ids)
         other = meanwhile()
         slot_ids = torch.zeros_like(ids)
 
         def fetch() -> None:
             self.stats.calls += 1
             host_ids = ids.cpu()
-            self._wait(self._fetch(self._observe(host_ids)[0]))
+            ready = self._fetch(self._observe(host_ids)[0])
+            if predicted is not None:
+                self._prefetch_next(predicted.cpu())
+            self._wait(ready)
             slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))
 
         capture.split(fetch)
@@ -166,24 +182,65 @@ class ExpertCache:
 
     def _fetch(self, needed: list[int]) -> torch.cuda.Event | None:
         """Make every expert of `needed` resident (the coldest others evicted); the copies are issued
-        on the side stream, returned as the event that marks them done."""
+        on the side stream, returned as the event that marks them done (after any prefetch's)."""
+        self._settle_prefetch(needed)
         missing = [e for e in needed if self.slot_of[e] < 0]
         self.stats.hits += len(needed) - len(missing)
         self.stats.misses += len(missing)
         if not missing:
             return None
+        return self._copy(self._make_room(missing, set(needed)))
+
+    def _make_room(self, missing: list[int], keep: set[int]) -> list[tuple[int, int]]:
+        """A slot for each of `missing`: free ones first, then those of the coldest experts outside `keep`
+        (forgotten now). Returns the (expert, slot) moves."""
         free = [s for s, e in enumerate(self.expert_in) if e < 0]
-        victims = iter(self.coldest(set(needed)))
+        victims = iter(self.coldest(keep))
         slots = []
         for _ in missing:
             if free:
                 slots.append(free.pop(0))
                 continue
             victim = next(victims)
-            slot = int(self.slot_of[victim])
+            slots.append(int(self.slot_of[victim]))
             self._forget(victim)
-            slots.append(slot)
-        return self._copy(list(zip(missing, slots)))
+        return list(zip(missing, slots))
+
+    # ------------------------------------------------------------------ prefetch for the next layer
+
+    def _predict(self, x: Tensor, ids: Tensor, token_ids: Tensor | None) -> Tensor | None:
+        """The next MoE layer's likely routing `[N, k]` on the device: its router applied to this layer's
+        input. The residual stream changes little from one layer to the next (Pre-gated MoE, Hwang et
+        al. 2024), so this names per token what use counts cannot (the hot experts are resident anyway);
+        a hash-routed next layer is predicted exactly (its table needs only the token ids). None without
+        a next layer, or for a call the next cache could not hold (a prefill streams anyway)."""
+        if self.next is None or ids.numel() > self.next[0].slots:
+            return None
+        router = self.next[1]
+        if getattr(router, "hashed", False) and token_ids is None:
+            return None
+        return router(x, token_ids)[1].to(ids.dtype)
+
+    def _prefetch_next(self, predicted: Tensor) -> None:
+        if self.next is not None and predicted.numel():
+            self.next[0].prefetch(torch.unique(predicted).tolist())
+
+    def prefetch(self, experts: list[int]) -> None:
+        """Start copying `experts` (what the next call will likely need) into the slots of the coldest
+        others, on the side stream; the next call waits for the copies and counts the ones it uses."""
+        missing = [e for e in experts if self.slot_of[e] < 0][: self.slots]
+        if not missing:
+            return
+        self.pending = self._copy(self._make_room(missing, set(experts)))
+        self.prefetched.update(missing)
+        self.stats.prefetched += len(missing)
+
+    def _settle_prefetch(self, needed: list[int]) -> None:
+        """Before a call uses its slots: wait for the prefetch copies and count those it needs."""
+        self._wait(self.pending)
+        self.pending = None
+        self.stats.prefetch_hits += sum(1 for e in needed if e in self.prefetched and self.slot_of[e] >= 0)
+        self.prefetched.clear()
 
     def _copy(self, moves: list[tuple[int, int]], after: torch.cuda.Event | None = None) -> torch.cuda.Event | None:
         """Copy expert e's tensors into slot s for each (e, s) on the side stream, which first waits for
@@ -245,12 +302,14 @@ class ExpertCache:
                 on_cpu.append(expert)
         return sorted(on_cpu)
 
-    def _routed_split(self, x: Tensor, weights: Tensor, host_ids: Tensor, needed: list[int], on_cpu: list[int],
-                      run: RunExperts, meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    def _routed_split(self, x: Tensor, weights: Tensor, host_ids: Tensor, on_cpu: list[int],
+                      ready: torch.cuda.Event | None, run: RunExperts,
+                      meanwhile: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
         """Experts `on_cpu` computed on the CPU from their host copies while the GPU runs the shared
-        expert and the grouped kernel on the others; each (token, slot) pair's output lands in its own
-        row before the per-token sum over slots, as in `_stream`. The inputs the CPU needs are read
-        before any GPU work is queued, so reading them waits for nothing new."""
+        expert and the grouped kernel on the others (fetched: `ready`); each (token, slot) pair's output
+        lands in its own row before the per-token sum over slots, as in `_stream`. The inputs the CPU
+        needs are read before any compute is queued (copies run on the side stream), so reading them
+        waits for nothing new."""
         num_tokens, k = host_ids.shape
         flat = host_ids.reshape(-1)
         on_host = torch.isin(flat, torch.tensor(on_cpu))
@@ -259,7 +318,6 @@ class ExpertCache:
         host_weights = weights.reshape(-1)[cpu_pairs.to(x.device)].float().cpu()
         self.stats.cpu_experts += len(on_cpu)
         self.stats.misses += len(on_cpu)
-        ready = self._fetch([e for e in needed if e not in on_cpu])
         other = meanwhile()
         out = torch.zeros(num_tokens * k, x.shape[-1], dtype=torch.float32, device=x.device)
         self._wait(ready)
@@ -284,6 +342,7 @@ class ExpertCache:
         group g computes. Resident experts are copied again only if their slot is in the way (simple,
         and prefill touches every expert anyway). The hottest go last, so they are what stays."""
         self.stats.streamed_calls += 1
+        self._settle_prefetch([])
         self.stats.misses += len(needed)
         needed = sorted(needed, key=lambda e: (float(self.heat[e]), e))
         half = self.slots // 2
@@ -359,10 +418,12 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
     views of the host stacks, so their GPU memory is freed and `state_dict` still names them.
     `mapped`: the experts already are host tensors the cache reads as they are (weights.py's memory
     maps of the checkpoint, `load_into(map_experts=True)`): nothing is stacked or copied.
+    Each main layer's cache prefetches the next layer's likely experts (`ExpertCache.next`); on CUDA the
+    caches get `ExpertCosts` measured now, so a miss may be computed on the CPU.
     Returns the caches (their `stats` say how the cache did)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     pin = device.type == "cuda"
-    caches = []
+    caches, chain = [], []
     for name, moe in model.named_modules():
         if not isinstance(moe, MoE):
             continue
@@ -378,6 +439,10 @@ def offload_experts(model: torch.nn.Module, slots: int, device: torch.device | s
         cache = ExpertCache(host, slots, device, moe.strategy.fmt, moe.limit)
         moe.strategy = replace(moe.strategy, offload=cache)
         caches.append(cache)
+        if name.startswith("layers."):  # the main layers in order (not the MTP block): each prefetches the next's
+            chain.append((cache, moe.gate))
+    for (cache, _), following in zip(chain, chain[1:]):
+        cache.next = following
     if not caches:
         raise OffloadError("the model has no MoE layers to offload")
     if device.type == "cuda":

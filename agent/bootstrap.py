@@ -140,6 +140,7 @@ class BackendInfo:
     state_bytes_per_token: float | None  # decode-state bytes each token adds (embedded engine only)
     session_length: int | None = None  # tokens this session holds, when fewer on purpose (a CPU's state)
     context_note: str | None = None  # what was assumed (an endpoint that does not give its context)
+    offload: dict[str, object] | None = None  # where the weights live, when experts are offloaded (embedded only)
 
     def context_text(self) -> str:
         """The context in the words every front end uses: "context 65,536 tokens; this session uses 24,576"."""
@@ -158,10 +159,28 @@ def context_words(context_length: int, used: int | None = None, user: str = "thi
     return words + (f"; {user} uses {used:,}" if used is not None and used < context_length else "")
 
 
+def offload_words(report: dict[str, object] | None) -> str:
+    """An offload report (`Engine.offload_report`) in the status bar's words: "GPU 19.9G · experts
+    21/256 per layer · host 140G pinned · hit 87%"; empty without offload."""
+    if not report:
+        return ""
+    gib = 2**30
+    parts = [f"experts {report['experts_per_layer_on_gpu']}/{report['experts_per_layer']} per layer"]
+    if report.get("gpu_bytes") is not None:
+        parts.insert(0, f"GPU {report['gpu_bytes'] / gib:.3g}G")
+    host = [f"{report[key] / gib:.3g}G {place}" for key, place in (("pinned_bytes", "pinned"), ("mmap_bytes", "mmap"))
+            if report.get(key)]
+    if host:
+        parts.append("host " + ", ".join(host))
+    rate = report.get("hit_rate")
+    parts.append("hit " + ("—" if rate is None else f"{100 * rate:.0f}%"))
+    return " · ".join(parts)
+
+
 def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendInfo:
     """Name the backend `open_backend` chose; the engine's state size per token if embedded."""
     backend = chosen.backend
-    per_token, context = None, backend.context_length
+    per_token, context, offload = None, backend.context_length, None
     if options.replay:
         model = Path(options.replay).name
     elif options.endpoint:
@@ -177,10 +196,11 @@ def describe_backend(chosen: ChosenBackend, options: BackendOptions) -> BackendI
                 per_token = state_bytes_per_token(config, fp8=True)
             else:  # counted in bf16 (2 bytes a value); the engine keeps its state in its own dtype
                 per_token = state_bytes_per_token(config, fp8=False) / 2 * engine.dtype.itemsize
+            offload = backend.offload_report()
     random_weights = bool(options.model) and has_random_weights(options.model)
     note = backend.context_note if isinstance(backend, HttpBackend) else None
     return BackendInfo(backend.name, model, random_weights, chosen.budget, context, per_token,
-                       backend.context_length if backend.context_length < context else None, note)
+                       backend.context_length if backend.context_length < context else None, note, offload)
 
 
 def answer_tokens(options: BackendOptions, requested: int | None, thinking: bool = False) -> int:

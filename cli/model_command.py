@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from importlib import resources
@@ -35,6 +36,9 @@ def build_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 samples greedily (default 0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"text", "new_tokens", "offload"} once done instead of streaming the text '
+                             "(offload: where the weights live and the expert hit rate, null without offload)")
     add_engine_arguments(parser)
 
 
@@ -100,7 +104,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, engine: object) -> int:
-    """Stream the completion of `args.text` on stdout."""
+    """Stream the completion of `args.text` on stdout (or print it as JSON with the offload report)."""
     if engine.tokenizer is None:
         print(f"v4 generate: {args.model} has no tokenizer.json", file=sys.stderr)
         return 1
@@ -114,9 +118,15 @@ def _generate(args: argparse.Namespace, engine: object) -> int:
     for token in engine.generate(prompt, args.max_new_tokens, args.temperature, args.top_p, state=state,
                                  seed=args.seed):
         generated.append(token)
+        if args.json:
+            continue
         text = engine.tokenizer.decode(generated)  # decode the whole tail: byte-level tokens split characters
         sys.stdout.write(text[len(printed):])
         sys.stdout.flush()
         printed = text
+    if args.json:
+        print(json.dumps({"text": engine.tokenizer.decode(generated), "new_tokens": len(generated),
+                          "offload": engine.offload_report()}, indent=1))
+        return 0
     sys.stdout.write("\n")
     return 0

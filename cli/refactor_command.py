@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     document |= describe_backend(chosen, options).context_json()  # the model's context, as `v4 model info` says
     if opened.record is not None:
         document["session"] = {"id": opened.record.id, "resumed": opened.resumed, "turns": opened.record.turn_count}
+    offload = getattr(chosen.backend, "offload_report", None)  # the embedded engine's, when experts are offloaded
+    if offload is not None and offload() is not None:
+        document["offload"] = offload()
     prefill = getattr(chosen.backend, "last_prefill", None)
     if prefill is not None:  # how much of the prompt came from the prefix-state store
         document["prefix_store"] = prefill.to_json()

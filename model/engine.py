@@ -11,8 +11,9 @@ from typing import TypeVar
 import torch
 
 from .config import EngineConfig, V4Config, context_length
+from .offload import expert_caches
 from .offload import offload_experts as offload_experts_to_host
-from .offload_plan import OffloadPlan, plan_checkpoint
+from .offload_plan import OffloadPlan, offload_report, plan_checkpoint
 from .parallel import Parallel
 from .quantized_linear import quantize_for_checkpoint, stack_quantized_experts
 from .sampling import Sampling, sample
@@ -77,6 +78,11 @@ class Engine:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed.weight.dtype
+
+    def offload_report(self) -> dict[str, object] | None:
+        """Where the weights live (GiB on the GPU, pinned, memory-mapped; experts per layer resident) and
+        the expert caches' hit rate (model/offload_plan.py); None when no expert is offloaded."""
+        return offload_report(self.plan, expert_caches(self.model))
 
     @property
     def context_length(self) -> int:

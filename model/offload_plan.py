@@ -34,7 +34,7 @@ import torch
 from .checkpoint import state_bytes_per_token
 from .config import V4Config
 from .formats import ROUTED_EXPERT, is_routed_expert, keeps_float32, linear_weights, stored_format
-from .offload import OffloadError
+from .offload import ExpertCache, OffloadError
 from .weights import INTEGER_DTYPES, Stored, mappable, scan
 
 GIB = 2**30
@@ -162,15 +162,14 @@ class OffloadPlan:
         """Routed experts' bytes held on the host (all of them, under offload; none without)."""
         return 0 if self.slots is None else self.num_moe_layers * self.num_experts * self.expert_bytes
 
-    def placement(self) -> dict[str, float | int | str | None]:
-        """GiB per place and experts per layer: what `--json` and the TUI report."""
-        host = self.host_expert_bytes / GIB
-        return {"gpu_gib": round(self.gpu_weight_bytes / GIB, 2),
-                "pinned_gib": round(host, 2) if self.host == "pinned" else 0.0,
-                "mmap_gib": round(host, 2) if self.host == "mmap" else 0.0,
+    def placement(self) -> dict[str, int | None]:
+        """Bytes per place (weights on the GPU, experts pinned or memory-mapped on the host) and experts
+        per layer: what `--json` and the TUI report."""
+        host = self.host_expert_bytes
+        return {"gpu_bytes": self.gpu_weight_bytes, "pinned_bytes": host if self.host == "pinned" else 0,
+                "mmap_bytes": host if self.host == "mmap" else 0,
                 "experts_per_layer_on_gpu": self.experts_on_gpu, "experts_per_layer": self.num_experts,
-                "reserve_gib": round(self.reserve.total / GIB, 2),
-                "budget_gib": None if self.gpu_bytes is None else round(self.gpu_bytes / GIB, 2)}
+                "reserve_bytes": self.reserve.total, "budget_bytes": self.gpu_bytes}
 
     def describe(self) -> str:
         """One line for people: where the weights live."""
@@ -233,6 +232,21 @@ def plan_offload(sizes: dict[str, int], gpu_bytes: int | None, reserve: Reserve,
                                f"{_gib(available)} are available; they could be memory-mapped from the "
                                "checkpoint only if loaded as stored (quantized)")
     return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, len(layers), slots, host)
+
+
+def offload_report(plan: OffloadPlan | None, caches: list[ExpertCache]) -> dict[str, object] | None:
+    """Where the weights live and how the expert caches did, summed over the layers (None: nothing is
+    offloaded): what `v4 generate --json`, `v4 refactor --json` and the TUI's status bar report."""
+    if not caches:
+        return None
+    stats = [cache.stats for cache in caches]
+    hits, misses = sum(s.hits for s in stats), sum(s.misses for s in stats)
+    placement = plan.placement() if plan is not None else {"experts_per_layer_on_gpu": caches[0].slots,
+                                                           "experts_per_layer": caches[0].num_experts}
+    return {**placement, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "hits": hits, "misses": misses, "cpu_experts": sum(s.cpu_experts for s in stats),
+            "prefetched": sum(s.prefetched for s in stats), "prefetch_hits": sum(s.prefetch_hits for s in stats),
+            "copied_bytes": sum(s.bytes_copied for s in stats)}
 
 
 def plan_checkpoint(path: Path, dtype: torch.dtype, quantized: bool, device: torch.device | str,

@@ -156,6 +156,7 @@ class AnswerMetrics(Message):
     ttft_s: float | None
     tokens_per_s: float | None
     context_tokens: int  # prompt + answer tokens now in the backend's state
+    offload: dict[str, object] | None = None  # the engine's offload report after the answer (embedded only)
 
 
 @dataclass

@@ -37,6 +37,8 @@ class SessionState:
     """What the context panel says until there is a plan (start-up's progress)."""
     reused_tokens = var[int | None](None)
     """Tokens of a continued conversation found prefilled (the prefix-state store) when it resumed."""
+    offload = var("")
+    """Where the weights live and the expert caches' hit rate, when experts are offloaded (embedded only)."""
     attached = var[tuple[str, ...]](())
     """Files this conversation attached in full after the repository, as "path (reason)"."""
     changed = var[tuple[str, ...]](())

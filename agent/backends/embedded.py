@@ -75,6 +75,10 @@ class EmbeddedBackend:
     def last_prefill(self, stats: PrefillStats | None) -> None:
         self.runner.last_prefill = stats
 
+    def offload_report(self) -> dict[str, object] | None:
+        """Where the engine's weights live and its expert caches' hit rate; None without offload."""
+        return self.engine.offload_report()
+
     def count_tokens(self, text: str) -> int | None:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 

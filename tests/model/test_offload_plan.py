@@ -59,14 +59,14 @@ def test_flash_plans_for_24_48_and_80_gib(flash_sizes: dict[str, int], flash_res
     assert plan.gpu_weight_bytes == plan.dense_bytes + 44 * slots * plan.expert_bytes <= budget_gib * GIB
     assert plan.host_expert_bytes == 44 * 256 * 12.75 * MIB  # 140.25 GiB: every expert has its host copy
     placed = plan.placement()
-    assert placed["experts_per_layer_on_gpu"] == slots and placed["pinned_gib"] == 140.25
-    assert placed["mmap_gib"] == 0.0 and f"{slots} of 256 routed experts per layer" in plan.describe()
+    assert placed["experts_per_layer_on_gpu"] == slots and placed["pinned_bytes"] == 140.25 * GIB
+    assert placed["mmap_bytes"] == 0 and f"{slots} of 256 routed experts per layer" in plan.describe()
 
 
 def test_flash_experts_are_memory_mapped_when_host_memory_is_short(flash_sizes: dict[str, int],
                                                                    flash_reserve: offload_plan.Reserve) -> None:
     plan = plan_offload(flash_sizes, 24 * GIB, flash_reserve, host_bytes=100 * GIB)
-    assert plan.host == "mmap" and plan.placement()["mmap_gib"] == 140.25
+    assert plan.host == "mmap" and plan.placement()["mmap_bytes"] == 140.25 * GIB
     with pytest.raises(OffloadPlanError, match=r"140 GiB of host memory and 100 GiB are available"):
         plan_offload(flash_sizes, 24 * GIB, flash_reserve, host_bytes=100 * GIB, mappable=False)
 

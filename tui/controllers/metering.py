@@ -87,5 +87,6 @@ class MeteredBackend:
         rate = None
         if first is not None and ended - first > 1e-3 and usage.completion_tokens > 1:
             rate = (usage.completion_tokens - 1) / (ended - first)  # tokens after the first, over their time
+        offload = getattr(self.inner, "offload_report", None)  # the embedded engine's, if it offloads
         self._post(AnswerMetrics(None if first is None else first - started, rate,
-                                 usage.prompt_tokens + usage.completion_tokens))
+                                 usage.prompt_tokens + usage.completion_tokens, offload() if offload else None))

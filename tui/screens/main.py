@@ -17,7 +17,7 @@ from textual.worker import Worker, WorkerState
 
 from v4.agent.watch.ai_comments import AIRequest
 from v4.agent.attachments import describe
-from v4.agent.bootstrap import BackendInfo
+from v4.agent.bootstrap import BackendInfo, offload_words
 from v4.agent.init_draft import InitError, instruction_target
 from v4.agent.options import AgentOptions, BackendOptions, ConversationOptions
 from v4.agent.sessions import SessionRecord
@@ -43,7 +43,7 @@ from .watching import WatchHandlers
 
 CHANGE_POLL_S = 3.0  # how often "changed since cached" is checked while watch mode is off
 BOUND = ("backend", "model", "random_weights", "tokens_per_s", "ttft_s", "kv_bytes", "watching", "pending_files",
-         "busy", "reused_tokens")  # SessionState vars the status bar shows
+         "busy", "reused_tokens", "offload")  # SessionState vars the status bar shows
 
 
 class MainScreen(SessionState, WatchHandlers, Screen[None]):
@@ -110,6 +110,7 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
     def on_startup_ready(self, event: m.StartupReady) -> None:
         self.services, self.info = event.services, event.info
         self.backend, self.model, self.random_weights = event.info.kind, event.info.model, event.info.random_weights
+        self.offload = offload_words(event.info.offload)
         self.context, self.pending_files, self.ready = event.context, event.pending_files, True
         if event.prefill is not None:
             self._set_kv(event.prefill.tokens)
@@ -176,6 +177,8 @@ class MainScreen(SessionState, WatchHandlers, Screen[None]):
 
     def on_answer_metrics(self, event: m.AnswerMetrics) -> None:
         self.ttft_s, self.tokens_per_s = event.ttft_s, event.tokens_per_s
+        if event.offload is not None:
+            self.offload = offload_words(event.offload)
         self._set_kv(event.context_tokens)
         self.query_one(ChatLog).end_thinking()  # the answer is over: its thinking too, whatever followed it
 

@@ -9,7 +9,8 @@ from textual.widget import Widget
 
 class StatusBar(Widget):
     """Backend and model (with a warning for random weights), tokens/s, time to first token, the
-    engine's decode-state size, watch on/off, a continued conversation's reused tokens and pending changes. Values are bound from SessionState."""
+    engine's decode-state size, watch on/off, where offloaded weights live with the expert hit rate, a
+    continued conversation's reused tokens and pending changes. Values are bound from SessionState."""
 
     COMPONENT_CLASSES = {"status-bar--warning", "status-bar--dim"}
     DEFAULT_CSS = """
@@ -28,6 +29,7 @@ class StatusBar(Widget):
     pending_files = reactive(0)
     busy = reactive(False)
     reused_tokens: reactive[int | None] = reactive(None)
+    offload = reactive("")  # where the weights live and the hit rate, when experts are offloaded
 
     def render(self) -> Content:
         warning = self.get_visual_style("status-bar--warning")
@@ -42,6 +44,8 @@ class StatusBar(Widget):
                   "TTFT " + ("—" if self.ttft_s is None else f"{self.ttft_s:.2f}s"), separator,
                   "KV " + ("n/a" if self.kv_bytes is None else _size(self.kv_bytes)), separator,
                   "watch " + ("on" if self.watching else "off")]
+        if self.offload:
+            parts += [separator, f"offload: {self.offload}"]
         if self.reused_tokens is not None:
             parts += [separator, f"resumed: {self.reused_tokens:,} tokens reused"]
         if self.busy:

@@ -228,10 +228,12 @@ class ExpertCache:
     def prefetch(self, experts: list[int]) -> None:
         """Start copying `experts` (what the next call will likely need) into the slots of the coldest
         others, on the side stream; the next call waits for the copies and counts the ones it uses."""
-        missing = [e for e in experts if self.slot_of[e] < 0][: self.slots]
+        keep = set(experts)
+        room = sum(1 for e in self.expert_in if e < 0) + len(self.coldest(keep))
+        missing = [e for e in experts if self.slot_of[e] < 0][:room]
         if not missing:
             return
-        self.pending = self._copy(self._make_room(missing, set(experts)))
+        self.pending = self._copy(self._make_room(missing, keep))
         self.prefetched.update(missing)
         self.stats.prefetched += len(missing)
 

@@ -191,19 +191,9 @@ def plan_offload(sizes: dict[str, int], gpu_bytes: int | None, reserve: Reserve,
         OffloadPlanError: the dense weights, or `MIN_SLOTS` experts per layer, do not fit the budget;
             or the experts fit neither host memory nor (`mappable` False) an mmap of the checkpoint.
     """
-    dense, experts = 0, {}
-    for name, size in sizes.items():
-        match = ROUTED_EXPERT.match(name)  # (the MoE, the expert id, w1|w2|w3, weight|scale)
-        if match is None:
-            dense += size
-        else:
-            key = (match.group(1), int(match.group(2)))
-            experts[key] = experts.get(key, 0) + size
-    layers = sorted({moe for moe, _ in experts})
-    if not layers:
+    dense, expert_bytes, num_experts, num_layers = _split(sizes)
+    if not num_layers:
         raise OffloadPlanError("the model has no routed experts to place")
-    num_experts = len(experts) // len(layers)
-    expert_bytes = max(experts.values())
     if gpu_bytes is None and slots is None:
         raise OffloadPlanError("a plan needs a GPU budget or a number of experts per layer")
     free = (gpu_bytes or 0) - reserve.total - dense
@@ -215,23 +205,46 @@ def plan_offload(sizes: dict[str, int], gpu_bytes: int | None, reserve: Reserve,
     if slots is not None:
         slots = min(slots, num_experts)  # asked for: offloaded even when all fit (the cache then holds all)
     else:
-        fitting = free // (len(layers) * expert_bytes)
+        fitting = free // (num_layers * expert_bytes)
         if fitting < MIN_SLOTS:
-            per_layer = MIN_SLOTS * len(layers) * expert_bytes
+            per_layer = MIN_SLOTS * num_layers * expert_bytes
             raise OffloadPlanError(f"{budget} leaves {_gib(free)} beside the other weights "
-                                   f"({_gib(dense)}); {MIN_SLOTS} routed experts in each of {len(layers)} "
+                                   f"({_gib(dense)}); {MIN_SLOTS} routed experts in each of {num_layers} "
                                    f"MoE layers need {_gib(per_layer)}")
         if fitting >= num_experts:
-            return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, len(layers), None, None)
+            return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, num_layers, None, None)
         slots = int(fitting)
-    host_total = len(layers) * num_experts * expert_bytes
+    host_total = num_layers * num_experts * expert_bytes
     available = available_host_bytes() if host_bytes is None else host_bytes
     host = "pinned" if host_total <= available else "mmap"
     if host == "mmap" and not mappable:
         raise OffloadPlanError(f"the routed experts need {_gib(host_total)} of host memory and "
                                f"{_gib(available)} are available; they could be memory-mapped from the "
                                "checkpoint only if loaded as stored (quantized)")
-    return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, len(layers), slots, host)
+    return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, num_layers, slots, host)
+
+
+def whole_plan(sizes: dict[str, int], gpu_bytes: int, reserve: Reserve) -> OffloadPlan:
+    """Every tensor of `sizes` on the GPU, unchecked: no offload."""
+    dense, expert_bytes, num_experts, num_layers = _split(sizes)
+    return OffloadPlan(gpu_bytes, reserve, dense, expert_bytes, num_experts, num_layers, None, None)
+
+
+def _split(sizes: dict[str, int]) -> tuple[int, int, int, int]:
+    """(bytes of everything but the routed experts, one routed expert's bytes, experts per MoE layer,
+    MoE layers with routed experts) of `sizes`."""
+    dense, experts = 0, {}
+    for name, size in sizes.items():
+        match = ROUTED_EXPERT.match(name)  # (the MoE, the expert id, w1|w2|w3, weight|scale)
+        if match is None:
+            dense += size
+        else:
+            key = (match.group(1), int(match.group(2)))
+            experts[key] = experts.get(key, 0) + size
+    layers = {moe for moe, _ in experts}
+    if not layers:
+        return dense, 0, 0, 0
+    return dense, max(experts.values()), len(experts) // len(layers), len(layers)
 
 
 def offload_report(plan: OffloadPlan | None, caches: list[ExpertCache]) -> dict[str, object] | None:
@@ -254,14 +267,19 @@ def plan_checkpoint(path: Path, dtype: torch.dtype, quantized: bool, device: tor
                     host_bytes: int | None = None) -> OffloadPlan:
     """`plan_offload` for the checkpoint at `path` loaded in `dtype` (`quantized`: FP8/FP4 kept as
     stored), from its config.json and safetensors headers. The budget: `gpu_bytes`; else, unless
-    `slots` fixes the experts per layer, what is free on `device` now."""
+    `slots` fixes the experts per layer, what is free on `device` now, and then a model whose weights
+    fit there is loaded whole, as before there was a planner (the reserve is an estimate: it decides
+    how many experts fit, never refuses a model that fits)."""
     config = V4Config.from_json(path)
     stored = scan(path)
+    sizes = sizes_from_stored(stored, quantized, dtype)
+    reserve = runtime_reserve(config, dtype.itemsize, fp8_state)
     if gpu_bytes is None and slots is None:
         gpu_bytes = free_gpu_bytes(device)
+        if sum(sizes.values()) <= gpu_bytes:
+            return whole_plan(sizes, gpu_bytes, reserve)
     experts = [item for name, item in stored.items() if is_routed_expert(name)]
-    return plan_offload(sizes_from_stored(stored, quantized, dtype), gpu_bytes,
-                        runtime_reserve(config, dtype.itemsize, fp8_state), host_bytes, slots,
+    return plan_offload(sizes, gpu_bytes, reserve, host_bytes, slots,
                         mappable=all(mappable(item, quantized, dtype) for item in experts))
 
 
@@ -279,6 +297,9 @@ def available_host_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 
 def free_gpu_bytes(device: torch.device | str) -> int:
-    """What is free on `device` now (the default budget)."""
-    return torch.cuda.mem_get_info(torch.device(device))[0]
+    """What this process could use on `device` now (the default budget): the driver's free memory and
+    what torch's allocator holds cached but unused (an earlier engine's, freed)."""
+    device = torch.device(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
 

@@ -173,3 +173,16 @@ def test_available_host_memory_keeps_a_margin(tmp_path: Path) -> None:
     assert available_host_bytes(meminfo) == available - int(0.1 * available)
     meminfo.write_text("MemAvailable:   4000000 kB\n")
     assert available_host_bytes(meminfo) == 0  # less than the 8 GiB margin
+
+
+def test_the_default_budget_never_offloads_a_model_that_fits(tiny: tuple[Path, bool],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default budget (what is free on the GPU) loads a model whose weights fit whole, as before
+    there was a planner, whatever the reserve's estimate; only a model that does not fit is planned."""
+    path, quantized = tiny
+    total = sum(sizes_from_stored(scan(path), quantized, torch.float32).values())
+    monkeypatch.setattr(offload_plan, "free_gpu_bytes", lambda device: total)
+    assert not plan_checkpoint(path, torch.float32, quantized, "cuda").offload  # the reserve would not fit
+    monkeypatch.setattr(offload_plan, "free_gpu_bytes", lambda device: total - 1)
+    with pytest.raises(OffloadPlanError, match="kept for the decode state"):  # planned: here, 1 GiB short
+        plan_checkpoint(path, torch.float32, quantized, "cuda")

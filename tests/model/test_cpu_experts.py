@@ -71,7 +71,8 @@ def _route(cache: ExpertCache, stacks: tuple[torch.Tensor, ...], ids: list[list[
     x = torch.randn(len(ids), 64, generator=torch.Generator().manual_seed(len(ids) + sum(map(sum, ids))))
     weights = torch.rand(ids_t.shape, generator=torch.Generator().manual_seed(3))
 
-    def run(x: torch.Tensor, weights: torch.Tensor, slot_ids: torch.Tensor, held: tuple[torch.Tensor, ...]):
+    def run(x: torch.Tensor, weights: torch.Tensor, slot_ids: torch.Tensor, held: tuple[torch.Tensor, ...]
+            ) -> torch.Tensor:
         return _reference(x, weights, slot_ids, cache.fmt, held)
 
     routed, _ = cache.routed(x, weights, ids_t, run, lambda: torch.zeros(1))

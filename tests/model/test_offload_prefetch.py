@@ -5,6 +5,7 @@ that the next call counts the prefetched experts it needs as hits; outputs stay 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from v4.model.random_checkpoint import init_checkpoint
 from .test_offload import _call, _numbered_cache
 
 
-def _router(ids: list[list[int]]):
+def _router(ids: list[list[int]]) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]:
     """A stand-in router that always picks `ids` (and says it is not hash-routed)."""
     def route(x: torch.Tensor, token_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ones(len(ids), len(ids[0])), torch.tensor(ids)

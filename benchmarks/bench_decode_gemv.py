@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from v4.kernels import decode_gemv, decode_moe, decode_moe_mx, fp8_gemm, moe  # noqa: E402
+from v4.kernels import decode_gemv, decode_moe, fp8_gemm, moe  # noqa: E402
 from v4.model.quant import quantize_fp4, quantize_fp8  # noqa: E402
 
 PROJECTIONS = {  # name: (N, K, groups); wo_a is 8 groups of 1024 rows, each group's x 4096 wide
@@ -62,9 +62,6 @@ def copy_ceiling() -> float:
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * src.numel() * 4 / ms / 1e6
-
-MX_SWEEP = [decode_moe_mx.MxConfig(n, k, n, k, w, st) for n, k, w in ((64, 128, 4), (64, 256, 4), (128, 128, 4),
-                                                                      (128, 256, 8), (64, 512, 4)) for st in (2, 4)]
 
 
 def timed(row: dict, name: str, fn, calls: int, rep: int, ceiling: float) -> None:
@@ -170,15 +167,6 @@ def experts(result: dict, quick: bool, rep: int, save, rows_list: tuple[int, ...
                 if not quick:
                     sweep(row, lambda cfg: lambda: [new(x, w, i, *stacks, 10.0, config=cfg) for w, i in routes],
                           MOE_SWEEP, len(routes), rep, ceiling)
-                if kind == "fp4" and decode_moe_mx.supports(x, stacks[1], stacks[0]):
-                    # the tensor-core kernel (tl.dot_scaled): its default, then its own sweep
-                    mx = decode_moe_mx.moe_experts_mx_fp4
-                    row["err_mx"] = rel(mx(x, w, ids, *stacks, 10.0), expected)
-                    timed(row, "mx", lambda: [mx(x, w, i, *stacks, 10.0) for w, i in routes], len(routes), rep, ceiling)
-                    mx_row = {"bytes": row["bytes"]}
-                    sweep(mx_row, lambda cfg: lambda: [mx(x, w, i, *stacks, 10.0, config=cfg) for w, i in routes],
-                          MX_SWEEP, len(routes), rep, ceiling)
-                    row["mx_best"] = mx_row.get("best")
             result["experts"].append(row)
             save(row)
         stacks.clear()
@@ -189,9 +177,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Decode GEMVs on {result['device']}", "",
              f"Copy ceiling measured in the same run: {result['copy_GBps']:.0f} GB/s (read + write). Times: CUDA-graph "
              "replays over weights that stream past L2, per call.", "",
-             "| case | MB | err new / old | old us (GB/s, share) | new us (GB/s, share) | best us (share) | best launch "
-             "| tensor-core (mx) us (GB/s, share) | mx best us (share) | mx best launch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | MB | err new / old | old us (GB/s, share) | new us (GB/s, share) | best us (share) | best launch |",
+             "|---|---|---|---|---|---|---|"]
 
     def cell(t: dict | None) -> str:
         return f"{t['us']:.1f} ({t['GBps']:.0f}, {t['share']:.0%})" if t else ""
@@ -201,9 +188,7 @@ def markdown(result: dict) -> str:
         best_cell = "{:.1f} ({:.0%})".format(best["us"], best["share"]) if best else ""
         lines.append(f"| {r['case']} | {r['bytes'] / 1e6:.1f} | {r['err_new']:.1e} / {r['err_old']:.1e} | "
                      f"{cell(r.get('old'))} | {cell(r.get('new'))} | {best_cell} | "
-                     f"{best['config'] if best else r.get('error', '')} | {cell(r.get('mx'))} | "
-                     + ("{:.1f} ({:.0%}) | {} |".format(r["mx_best"]["us"], r["mx_best"]["share"], r["mx_best"]["config"])
-                        if r.get("mx_best") else " | |"))
+                     f"{best['config'] if best else r.get('error', '')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -244,8 +244,7 @@ def transformers_decode(hf, prompt: list[int], section: dict) -> torch.Tensor | 
 
 
 def flash(work: Path, results: Results, context: int, repeats: int, prefill_lengths: list[int],
-          chunk: int, deadline: float, kv_format: str = "float", prefill_only: bool = False,
-          compare_mx: bool = False) -> None:
+          chunk: int, deadline: float, kv_format: str = "float", prefill_only: bool = False) -> None:
     import transformers
 
     layers = 2
@@ -283,13 +282,7 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
         quantize_model(net, linears="fp8", experts="fp4")
         gc.collect()
         torch.cuda.empty_cache()
-    from v4.model import moe as moe_module
-
-    variants = ("bf16", "fp8_fp4") + (("fp8_fp4_mx",) if compare_mx else ())
-    mx_tokens = getattr(moe_module, "MX_MAX_TOKENS", 0)  # the tree's own dispatch for the other variants
-    for variant in () if prefill_only else variants:
-        # fp8_fp4_mx: the same FP4 experts on tensor cores (kernels/decode_moe_mx.py) up to 8 tokens
-        moe_module.MX_MAX_TOKENS = 8 if variant == "fp8_fp4_mx" else mx_tokens
+    for variant in () if prefill_only else ("bf16", "fp8_fp4"):
         if variant == "fp8_fp4":
             bf16_logits = engine.forward(prompt[:256], engine.new_state(512, draft=False))
             quantize_model(net, linears="fp8", experts="fp4")
@@ -402,8 +395,6 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540, help="stop starting prefill lengths after this")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--prefill-only", action="store_true", help="skip transformers and the decode timings")
-    parser.add_argument("--compare-mx", action="store_true",
-                        help="also time the FP8/FP4 step with the FP4 experts on tensor cores (decode_moe_mx.py)")
     parser.add_argument("--kv-format", default="float", choices=("float", "fp8"),
                         help="the decode state's format: the model dtype, or DeepSeek's FP8 layout")
     args = parser.parse_args()
@@ -416,7 +407,7 @@ def main() -> None:
             results.put("checks", checks(work))
         with torch.no_grad():
             flash(work, results, args.context, args.repeats, [int(n) for n in args.prefill.split(",")],
-                  args.chunk, started + args.budget_s, args.kv_format, args.prefill_only, args.compare_mx)
+                  args.chunk, started + args.budget_s, args.kv_format, args.prefill_only)
     results.put("wall_s", time.perf_counter() - started)
 
 

@@ -14,8 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-VARIANTS = (("bf16", "bf16"), ("fp8_fp4", "FP8 linears + FP4 experts"),
-            ("fp8_fp4_mx", "FP8 + FP4 experts on tensor cores"))
+VARIANTS = (("bf16", "bf16"), ("fp8_fp4", "FP8 linears + FP4 experts"))
 
 
 def rows(path: Path) -> tuple[dict, list[dict]]:

@@ -105,7 +105,9 @@ def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
     """`[B, T, Di]` -> (float8_e4m3fn `[B, T, Di]`, float32 scale `[B, T]` = per-key amax / 448); an
     all-zero key gets scale 0 (it dequantises to 0)."""
     keys = keys.float()
-    key_scale = keys.abs().amax(dim=-1) / FP8_MAX
+    # times the float32 reciprocal, not divided: PyTorch on CUDA divides by a scalar that way, so this is
+    # the same on every device and in kernels/kv_write.py
+    key_scale = keys.abs().amax(dim=-1) * (1.0 / FP8_MAX)
     divisor = torch.where(key_scale > 0, key_scale, torch.ones_like(key_scale))
     keys_fp8 = (keys / divisor.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return keys_fp8, key_scale

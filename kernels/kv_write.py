@@ -7,8 +7,9 @@ about 15 small kernels of ~2 us each, ~30 per CSA layer (issue 27's profile). He
 quantises its row in registers and stores the bytes at its slot.
 
 The bytes are those of `sparse_attention.quantize_kv_fp8` and `indexer.quantize_index_keys_fp8`,
-bit for bit (the tests compare them): power-of-two block scales chosen from the exponent bits as frexp
-does, IEEE divisions (`div_rn`), round-to-nearest-even casts (common.to_e4m3 / round_to).
+bit for bit (the tests compare them, on CUDA too): power-of-two block scales chosen from the exponent
+bits as frexp does, amax times the float32 reciprocal of 448 (as the references compute it), the keys'
+IEEE division (`div_rn`), round-to-nearest-even casts (common.to_e4m3 / round_to).
 
 Both take `slots` `[B, T]` (token t of row b goes to `dest[b, slots[b, t]]`; a scratch slot for rows
 that must not change) and sources `[B, T, dim]`.
@@ -42,7 +43,7 @@ def _write_kv_fp8_kernel(src_ptr, slots_ptr, dest_ptr, dest16_ptr, T, stride_src
     x = tl.load(src + blocks * BLOCK + cols, mask=in_nope, other=0.0).to(tl.float32)
     # 2^e >= amax / 448 with e tight: frexp's exponent, less one where the mantissa is exactly 0.5
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), 448.0 * 1.1754943508222875e-38)
-    bits = tl.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32)).to(tl.int32, bitcast=True)
+    bits = (amax * (1.0 / 448.0)).to(tl.int32, bitcast=True)  # the references' float32 reciprocal
     exponent = ((bits >> 23) & 0xFF) - 126 - ((bits & 0x7FFFFF) == 0).to(tl.int32)  # [8]
     inverse = ((127 - exponent) << 23).to(tl.float32, bitcast=True)  # 2^-e, exact
     y = tl.minimum(tl.maximum(x * inverse[:, None], -448.0), 448.0)
@@ -65,8 +66,7 @@ def _write_index_keys_kernel(src_ptr, slots_ptr, keys_ptr, scales_ptr, T, D, str
     d = tl.arange(0, BLOCK_D)
     ok = d < D
     x = tl.load(src_ptr + n.to(tl.int64) * stride_src + d, mask=ok, other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=0)
-    scale = tl.div_rn(amax, tl.zeros_like(amax) + 448.0)
+    scale = tl.max(tl.abs(x), axis=0) * (1.0 / 448.0)
     divisor = tl.where(scale > 0, scale, 1.0)
     y = tl.div_rn(x, tl.zeros_like(x) + divisor)
     y = tl.minimum(tl.maximum(y, -448.0), 448.0)

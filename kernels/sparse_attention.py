@@ -96,7 +96,7 @@ def quantize_kv_fp8(kv: Tensor, rope_dim: int = ROPE_DIM) -> Tensor:
         raise ValueError(f"quantize_kv_fp8 needs a float tensor, got {kv.dtype}")
     nope = kv[..., :NOPE_DIM].float().unflatten(-1, (-1, SCALE_BLOCK))  # [..., 7, 64]
     amax = nope.abs().amax(dim=-1, keepdim=True).clamp(min=FP8_MAX * 2.0**-126)
-    mantissa, exponent = torch.frexp(amax / FP8_MAX)
+    mantissa, exponent = torch.frexp(amax * (1.0 / FP8_MAX))  # the float32 reciprocal on every device
     exponent = torch.where(mantissa == 0.5, exponent - 1, exponent)  # 2**exponent >= amax / 448, tight
     codes = (nope * torch.exp2(-exponent.float())).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     rope = kv[..., NOPE_DIM:].to(torch.bfloat16).contiguous().view(torch.uint8)

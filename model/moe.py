@@ -22,9 +22,6 @@ from .config import HASH_MOE, V4Config
 # an H100 (benchmarks/results/decode_gemv_h100.md, V4-Flash experts, top 6): FP8 59 vs 94 us at 1 token
 # and even at 8; FP4 99 vs 122 us at 1 token but 771 vs 657 at 8, so FP4 takes it for one token only.
 GEMV_MAX_TOKENS = {"fp8": 8, "fp4": 1}
-# At or below this many tokens FP4 experts with ue8m0 scales run on tensor cores instead
-# (kernels/decode_moe_mx.py: Triton's MX dot), taking precedence over the GEMV; 0 = never.
-MX_MAX_TOKENS = 0
 
 
 class RoutedExperts(Protocol):
@@ -147,8 +144,6 @@ class MoE(nn.Module):
         fmt = self.strategy.fmt
         if fmt is None:
             return ops.moe_experts(x, weights, ids, *stacks, self.limit)
-        if fmt == "fp4" and x.shape[0] <= MX_MAX_TOKENS and ops.moe_experts_mx_supported(x, stacks[1], stacks[0]):
-            return ops.moe_experts_mx_fp4(x, weights, ids, *stacks, self.limit)
         if x.shape[0] <= GEMV_MAX_TOKENS.get(fmt, 0) and ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
             return ops.moe_experts_gemv(x, weights, ids, fmt, *stacks, self.limit)
         return ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)

@@ -19,7 +19,6 @@ from v4.kernels import compress_step as _compress_step
 from v4.kernels import compressor as _compressor
 from v4.kernels import decode_gemv as _decode_gemv
 from v4.kernels import decode_moe as _decode_moe
-from v4.kernels import decode_moe_mx as _decode_moe_mx
 from v4.kernels import fp8_gemm as _fp8_gemm
 from v4.kernels import indexer as _indexer
 from v4.kernels import indexer_fp8 as _indexer_fp8
@@ -259,19 +258,6 @@ def fp8_gemv_grouped(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
     -> `[..., G, R]`, all groups in one launch (attention's grouped wo_a)."""
     impl = _decode_gemv.fp8_gemv_grouped if kernels_enabled(x) else _decode_gemv.fp8_gemv_grouped_reference
     return impl(x, weight, scale)
-
-
-def moe_experts_mx_supported(x: Tensor, s1: Tensor, w1: Tensor) -> bool:
-    """Whether `moe_experts_mx_fp4` takes these: at most 8 bf16 tokens, ue8m0 scales, whole 32-groups."""
-    return _decode_moe_mx.supports(x, s1, w1)
-
-
-def moe_experts_mx_fp4(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, s1: Tensor, w3: Tensor, s3: Tensor,
-                       w2: Tensor, s2: Tensor, limit: float) -> Tensor:
-    """FP4 routed experts for a few tokens on tensor cores (kernels/decode_moe_mx.py, tl.dot_scaled)."""
-    if kernels_enabled(x):
-        return _decode_moe_mx.moe_experts_mx_fp4(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
-    return _moe.moe_experts_fp4_reference(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
 
 
 def moe_experts_gemv_supported(x: Tensor, fmt: str, w1: Tensor) -> bool:

@@ -33,6 +33,10 @@ EXPERT_LEAVES = ("w1", "w2", "w3")
 # 9.4 / 8.7 and ties on wq_b and wo_b; at 8 rows the GEMM wins (e.g. wo_b 17.7 vs 33+ us). The grouped
 # wo_a (all 8 groups in one launch) wins at both: 16.3 vs 78.6 us at 1 row, 18.5 vs 83.7 at 8.
 GEMV_MAX_ROWS = 1
+# At 2 rows (the MTP verify step) the GEMV still wins on the small weights and loses on the large ones
+# (decode_gemv_h100.md, rows 2): wq_a 8.4 vs 10.2 us, wkv 4.8 vs 9.0, shared w2 8.6 vs 9.2, w1 10.2 vs 9.9;
+# wq_b 21.2 vs 15.6, wo_b 24.2 vs 17.8. So 2 rows take it up to this many weights (an 8.4 MB FP8 matrix).
+GEMV_TWO_ROWS_MAX_WEIGHTS = 4096 * 2048
 GROUPED_GEMV_MAX_ROWS = 8
 
 
@@ -158,9 +162,11 @@ def _pad_k(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def fp8_linear(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
-    """`ops.fp8_linear` for any K; up to GEMV_MAX_ROWS rows (decode) the decode GEMV, same function."""
+    """`ops.fp8_linear` for any K; up to GEMV_MAX_ROWS rows (decode), and 2 rows of a small weight (the
+    verify step), the decode GEMV: the same function."""
     x, weight = _pad_k(x, weight)
-    if x.numel() <= GEMV_MAX_ROWS * x.shape[-1]:
+    rows = x.numel() // x.shape[-1]
+    if rows <= GEMV_MAX_ROWS or (rows == 2 and weight.numel() <= GEMV_TWO_ROWS_MAX_WEIGHTS):
         return ops.fp8_gemv(x, weight, scale)
     return ops.fp8_linear(x, weight, scale)
 

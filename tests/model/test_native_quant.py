@@ -290,3 +290,18 @@ def test_the_kernels_run_the_quantised_model_as_the_references(
     monkeypatch.setenv("V4_KERNELS", "interpret")
     assert ops.kernels_enabled(torch.zeros(1))
     assert _relative_error(_logits(quantised, token_ids[:8]), reference) < 1e-5
+
+
+def test_the_decode_gemv_takes_one_row_and_two_rows_of_a_small_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which FP8 path a few rows take (quantized_linear.py, measured on the H100): the GEMV for one row,
+    and for two rows only up to GEMV_TWO_ROWS_MAX_WEIGHTS weights; the GEMM otherwise."""
+    from v4.model import quantized_linear
+
+    calls: list[str] = []
+    monkeypatch.setattr(ops, "fp8_gemv", lambda *a: calls.append("gemv") or _float_matmul(*a))
+    monkeypatch.setattr(ops, "fp8_linear", lambda *a: calls.append("gemm") or _float_matmul(*a))
+    monkeypatch.setattr(quantized_linear, "GEMV_TWO_ROWS_MAX_WEIGHTS", 256 * 256)
+    small, large = (quant.quantize_fp8(torch.randn(n, 256) * 0.05, ue8m0=True) for n in (256, 512))
+    for rows, (weight, scale) in ((1, large), (2, small), (2, large), (3, small)):
+        quantized_linear.fp8_linear(torch.randn(rows, 256), weight, scale)
+    assert calls == ["gemv", "gemv", "gemm", "gemm"]

@@ -348,8 +348,9 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     WORLD_SIZE > 1, i.e. a torchrun launch; otherwise one process, as always) or False (one process).
     Each rank reads only its share; on CUDA, rank r runs on GPU LOCAL_RANK.
 
-    `quantized`: keep the checkpoint's FP8/FP4 weights as stored (model/quantized.py) instead of
-    dequantising them to `dtype`; None: on CUDA when config.json has a quantization_config (one process).
+    `quantized`: keep the checkpoint's FP8/FP4 weights as stored (model/quantized_linear.py) instead of
+    dequantising them to `dtype`; None: on CUDA when config.json has a quantization_config (each rank
+    then holds its share as stored).
     (`v4.model.load` is parallel_driver.load: this, or the same over several processes with `ranks`.)
     """
     from dataclasses import fields
@@ -395,10 +396,10 @@ def _plan(path: Path, config: EngineConfig, quantized: bool | None) -> OffloadPl
                            fp8_state=config.kv_format == "fp8")
 
 
-def default_quantized(config: V4Config, device: str | torch.device, parallel: Parallel | None = None) -> bool:
+def default_quantized(config: V4Config, device: str | torch.device) -> bool:
     """`load(quantized=None)`: keep FP8/FP4 weights as stored on CUDA for a checkpoint whose config has a
-    quantization_config, in one process."""
-    return str(device).startswith("cuda") and bool(config.quantization_config) and parallel is None
+    quantization_config (in one process or on each rank of several)."""
+    return str(device).startswith("cuda") and bool(config.quantization_config)
 
 
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -409,7 +410,9 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
     With `parallel`, only this rank's shard (model/parallel.py) is built and read. With `quantized`, the
     weights stored with a scale are placed as stored, in FP8Linear/FP4Linear modules (None: on CUDA
-    for a checkpoint whose config has a quantization_config, without `parallel`). With `offload_experts`
+    for a checkpoint whose config has a quantization_config); under `parallel` each rank holds its
+    experts and its slices so, a slice that would cut FP8 scale blocks being dequantised instead
+    (quantized_linear.quantize_for_checkpoint). With `offload_experts`
     the routed experts are read into host memory and that many per layer are cached on `device`
     (model/offload.py): for models larger than the GPU; `map_experts` leaves them memory-mapped from the
     checkpoint files rather than copied (a host whose memory cannot hold them)."""
@@ -417,10 +420,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     config = V4Config.from_json(path)
     stored = scan(path)
     if quantized is None:
-        quantized = default_quantized(config, device, parallel)
-    if quantized and parallel is not None:
-        raise NotImplementedError("quantised weights load in one process for now (tensor-parallel slices would cut "
-                                  "FP8 scale blocks): load with quantized=False")
+        quantized = default_quantized(config, device)
     with torch.device("meta"):
         model = Transformer(config, with_mtp=any(name.startswith("mtp.") for name in stored))
     if parallel is not None:

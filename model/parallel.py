@@ -16,7 +16,9 @@ What is sharded (W ranks, this rank r):
     the embedding looks up the ids in its range, zeros elsewhere, all_reduce; the head computes its
     logits slice and an all_gather assembles the whole vocabulary on every rank.
 Everything else (norms, mHC, gates, Engram) is replicated. Every rank ends with the same logits, so
-sampling (same seed) picks the same tokens everywhere.
+sampling (same seed) picks the same tokens everywhere. Weights kept quantised shard alike: whole FP4/FP8
+experts, and FP8 slices with their rows or columns of 128x128 block scales (weights.scale_slice); a
+slice that would cut a scale block (test-sized models only) is dequantised on its rank.
 
 World size 1 is the single-process engine: nothing here is called and no module changes.
 """

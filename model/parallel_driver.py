@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, EngineInputError
+from .config import V4Config
+from .engine import Engine, EngineInputError, default_quantized
 from .engine import load as engine_load
 from .parallel import NO_MULTICAST, Parallel
 from .parallel_follower import follow
@@ -78,8 +79,6 @@ def default_ranks(path: str | Path, device: str | None = None, offload: float | 
     stored = sum(file.stat().st_size for file in Path(path).glob("*.safetensors"))
     if stored <= FITS_ONE_GPU * torch.cuda.mem_get_info(0)[0]:
         return 1
-    from .config import V4Config
-
     experts = V4Config.from_json(path).n_routed_experts
     return max(n for n in range(1, torch.cuda.device_count() + 1) if experts % n == 0)
 
@@ -111,6 +110,8 @@ def load_driven(path: str | Path, ranks: int, device: str | None = None, dtype: 
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
+    if quantized is None:  # decided once, here, so every rank holds the weights alike
+        quantized = default_quantized(V4Config.from_json(path), device)
     store = dist.TCPStore("127.0.0.1", 0, ranks, is_master=True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
     options = {"device": device, "dtype": dtype, "quantized": quantized, **engine_options}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import ops, quant
 from .formats import FP4_DTYPES, STORED_DTYPES, linear_weights, stored_format
 from .moe import MoE
-from .weights import Stored, WeightsError, keep_quantized
+from .weights import Stored, WeightsError, keep_quantized, scale_slice
 
 EXPERT_LEAVES = ("w1", "w2", "w3")
 # At or below this many rows an FP8 projection runs the decode GEMV (kernels/decode_gemv.py: no split-K),
@@ -221,6 +221,11 @@ def quantize_for_checkpoint(model: nn.Module, stored: dict[str, Stored]) -> tupl
     an FP8Linear or FP4Linear with the stored dtypes. Returns the checkpoint map reading those weights
     as stored (weights.keep_quantized) and the names the loader places as they are (weights and scales).
 
+    A weight this rank reads a slice of (model/parallel.py's tensor-parallel attention) is kept too when
+    the slice cuts no scale block (weights.scale_slice: at V4-Flash's sizes every slice is whole 128-row
+    or 128-column blocks); one that would cut blocks (test-sized models) stays an nn.Linear, read by
+    dequantising the whole weight and slicing it, rather than refusing the load.
+
     Raises QuantError (a scale dtype the format does not take) or WeightsError (a MoE whose routed
     experts are stored in mixed formats) naming the tensor, before anything is read.
     """
@@ -229,6 +234,8 @@ def quantize_for_checkpoint(model: nn.Module, stored: dict[str, Stored]) -> tupl
         owner = name.removesuffix(".weight")
         if item.scale is None or owner == name or not isinstance(_submodule(model, owner), nn.Linear):
             continue  # not quantised, or not a Linear of this model (match() names what does not fit)
+        if scale_slice(item) is None:
+            continue  # a rank's slice that cuts scale blocks: dequantised as it is read
         cls = FP8Linear if item.dtype == "F8_E4M3" else FP4Linear if item.dtype in FP4_DTYPES else None
         weight_dtype, scale_dtype = STORED_DTYPES.get(item.dtype), STORED_DTYPES.get(item.scale.dtype)
         if cls is None or weight_dtype is None or scale_dtype is None:

@@ -212,19 +212,49 @@ def _check_scale_shape(name: str, shape: tuple[int, ...], dtype: str, scale: tup
                            f"{shape} needs {expected}")
 
 
+def scale_slice(item: Stored) -> Stored | None:
+    """The scale of quantised weight `item` cut as `item.narrow` cuts the weight (one rank's slice,
+    model/parallel.py), or None when the slice would cut a scale block, which has to be dequantised
+    whole instead. A slice that starts and ends on block boundaries (128 for FP8; FP4's 1x32 groups are
+    cut along rows only) takes whole scale blocks, each row keeping its block's scale. Under an even
+    split that is every rank or none (the width decides), so the ranks hold such a weight alike."""
+    from .quant import FP8_BLOCK
+
+    if item.scale is None or item.narrow is None:
+        return item.scale
+    dim, start, end = item.narrow
+    fp4, last = item.dtype in FP4_DTYPES, len(item.shape) - 1
+    if fp4 and dim == last:
+        return None  # packed columns: read() would cut the stored bytes at logical indices
+    block = FP8_BLOCK if not fp4 and dim >= last - 1 else 1  # leading (stacked) dims have a scale each
+    if start % block or end % block:
+        return None
+    shape = list(item.scale.shape)
+    shape[dim] = (end - start) // block
+    return replace(item.scale, shape=tuple(shape), narrow=(dim, start // block, end // block),
+                   nbytes=math.ceil(math.prod(shape) * DTYPE_BYTES.get(item.scale.dtype, 1)))
+
+
 def keep_quantized(stored: dict[str, Stored], names: Collection[str]) -> dict[str, Stored]:
     """`stored` with the quantised weights `names` read as stored, not dequantised: each takes its packed
-    shape and gives its scale back as an entry of its own, `X.scale` (the name DeepSeek ships it under)."""
+    shape and gives its scale back as an entry of its own, `X.scale` (the name DeepSeek ships it under).
+    A weight one rank reads a slice of (`narrow`) takes the matching slice of its scale (`scale_slice`)."""
     out = dict(stored)
     for name in names:
         item = stored[name]
         if item.scale is None or not name.endswith(".weight"):
             raise WeightsError(f"tensor {name} is not stored with a scale, so it cannot be kept quantised")
+        scale = scale_slice(item)
+        if scale is None:
+            raise WeightsError(f"tensor {name}: the slice {item.narrow} (dim, start, end) cuts its scale blocks, "
+                               "so it cannot be kept quantised")
         shape = item.shape
-        if item.dtype in FP4_DTYPES:  # logical shapes count unpacked columns
+        if item.dtype in FP4_DTYPES:  # logical shapes count unpacked columns; each packed element is a byte
             shape = (*shape[:-1], shape[-1] // 2)
-        out[name] = replace(item, shape=shape, nbytes=item.nbytes - item.scale.nbytes, scale=None)
-        out[name.removesuffix("weight") + "scale"] = item.scale
+        weight_bytes = item.nbytes - item.scale.nbytes if item.narrow is None else \
+            math.ceil(math.prod(shape) * (1 if item.dtype in FP4_DTYPES else DTYPE_BYTES.get(item.dtype, 1)))
+        out[name] = replace(item, shape=shape, nbytes=weight_bytes, scale=None)
+        out[name.removesuffix("weight") + "scale"] = scale
     return out
 
 

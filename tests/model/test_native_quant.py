@@ -276,8 +276,11 @@ def test_a_pair_that_does_not_fit_is_refused() -> None:
 
 def test_cpu_loads_stay_dequantised_unless_asked(fp8_dir: Path) -> None:
     assert not _held_quantised(load_transformer(fp8_dir, quantized=None))
-    with pytest.raises(NotImplementedError, match="one process"):
-        load_transformer(fp8_dir, quantized=True, parallel=Parallel(0, 2))
+    assert not _held_quantised(load_transformer(fp8_dir, quantized=None, parallel=Parallel(0, 2)))
+    held = _held_quantised(load_transformer(fp8_dir, quantized=True, parallel=Parallel(0, 2)))  # one rank's share
+    assert "layers.0.attn.wq_a" in held and "layers.0.ffn.experts.0.w1" in held
+    assert "layers.0.ffn.experts.4.w1" not in held  # rank 1's expert
+    assert "layers.0.attn.wq_b" not in held  # 2 heads of 32 rows: the slice would cut a 128-row scale block
 
 
 @pytest.mark.skipif(not interpreting(), reason="the CPU model runs kernels only interpreted")

@@ -1,8 +1,9 @@
 """One rank of tests/model/test_parallel.py, launched by torchrun (gloo, CPU): loads each checkpoint
 given sharded over the ranks, runs the checks' forwards and writes what the test compares to
-`OUT/rank{r}.pt`. Not a test module itself (torchrun runs it as a script).
+`OUT/rank{r}.pt`. Not a test module itself (torchrun runs it as a script). A checkpoint after
+`--quantized` loads with its FP8/FP4 weights kept as stored (as on CUDA), one before it dequantised.
 
-    python -m torch.distributed.run --nproc-per-node 2 tests/model/parallel_worker.py OUT CKPT...
+    python -m torch.distributed.run --nproc-per-node 2 tests/model/parallel_worker.py OUT CKPT... [--quantized CKPT...]
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from v4 import model  # noqa: E402
 from v4.model import weights  # noqa: E402
 
 PROMPT_SEED, PROMPT_LEN, CHUNKS, NEW_TOKENS = 5, 40, (23, 1, 1, 15), 8
+# Ranks against one process with FP8 linears: activations are rounded to e4m3 per 1x128 group, so a
+# sharded float32 sum one ulp off can land one value on the next e4m3 step (1e-5 holds otherwise).
+FP8_TOLERANCE = 1e-4
 
 
 def prompt(vocab: int) -> list[int]:
@@ -38,14 +42,44 @@ def run_checks(engine: model.Engine) -> dict:
     result = {"whole": whole, "chunked": torch.cat(parts),
               "greedy": list(engine.generate(ids, NEW_TOKENS)),
               "parameters": sum(p.numel() for p in engine.model.parameters()),
-              "names": sorted(engine.model.state_dict())}
+              "names": sorted(engine.model.state_dict()), **holdings(engine.model)}
     if engine.has_draft_head:
         result["draft"] = engine.draft(state, int(parts[-1][-1].argmax()))
     return result
 
 
+def holdings(transformer: torch.nn.Module) -> dict:
+    """How the model holds its projections: `kinds` (module name -> Linear, FP8Linear or FP4Linear),
+    `quantized` (the quantised modules' weights and scales by state_dict name) and `bytes` (all of its
+    tensors)."""
+    from v4.model.quantized_linear import FP4Linear, FP8Linear
+
+    kinds, quantized = {}, {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, (torch.nn.Linear, FP8Linear, FP4Linear)):
+            kinds[name] = type(module).__name__
+        if isinstance(module, (FP8Linear, FP4Linear)):
+            quantized.update({f"{name}.weight": module.weight.detach().clone(),
+                              f"{name}.scale": module.scale.detach().clone()})
+    held = transformer.state_dict().values()
+    return {"kinds": kinds, "quantized": quantized, "bytes": sum(t.nbytes for t in held)}
+
+
+def dequantize_modules(transformer: torch.nn.Module, names: set[str]) -> None:
+    """Replace the quantised modules `names` by nn.Linear holding their dequantised weights: how a rank
+    holds a slice that would cut scale blocks, so one process can be compared with the ranks."""
+    for name in names:
+        module = transformer.get_submodule(name)
+        linear = torch.nn.Linear(module.in_features, module.out_features, bias=False)
+        linear.weight = torch.nn.Parameter(module.dequantized(torch.float32), requires_grad=False)
+        owner, _, leaf = name.rpartition(".")
+        setattr(transformer.get_submodule(owner), leaf, linear)
+
+
 def main() -> None:
-    out, checkpoints = Path(sys.argv[1]), sys.argv[2:]
+    out = Path(sys.argv[1])
+    checkpoints = [(path, "--quantized" in sys.argv[2:i]) for i, path in enumerate(sys.argv[2:], 2)
+                   if path != "--quantized"]
     rank = int(os.environ["RANK"])
     read_keys: list[tuple[str, int | None]] = []
     original = weights.read
@@ -56,9 +90,10 @@ def main() -> None:
 
     weights.read = recording_read
     results = []
-    for path in checkpoints:
+    for path, quantized in checkpoints:
         read_keys.clear()
-        engine = model.load(path, device="cpu", dtype="float32")  # torchrun's env: sharded over the ranks
+        # torchrun's env: sharded over the ranks
+        engine = model.load(path, device="cpu", dtype="float32", quantized=quantized)
         result = run_checks(engine)
         result["read"] = list(read_keys)
         result["world"] = torch.distributed.get_world_size()

@@ -42,6 +42,35 @@ def test_generate_on_two_ranks_prints_what_one_prints(checkpoint: Path, capfd: p
     assert two.err == one.err
 
 
+def test_generate_on_two_ranks_keeps_fp8_weights_and_prints_what_one_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """A quantised checkpoint as a CUDA engine holds it (the default there, forced here): each rank keeps
+    its FP8 slices and FP4 experts as stored, and the driver tells the worker so."""
+    from tests.conftest import TOKENIZER_JSON
+    from tests.model.test_parallel_quantized import ALIGNED
+    from v4.model import engine, parallel_driver
+    from v4.model.random_checkpoint import init_checkpoint
+
+    quantised = init_checkpoint(tmp_path / "fp8", "tiny", seed=4, tokenizer_json=TOKENIZER_JSON, fp8=True,
+                                overrides=ALIGNED)
+    asked: list[str] = []
+
+    def as_on_cuda(config: object, device: object) -> bool:
+        asked.append(str(device))
+        return True
+
+    monkeypatch.setattr(engine, "default_quantized", as_on_cuda)
+    monkeypatch.setattr(parallel_driver, "default_quantized", as_on_cuda)
+    argv = ["generate", "def add(a, b):", "--model", str(quantised), "--device", "cpu", "--cpu-threads", "1",
+            "--max-new-tokens", "8"]
+    assert main([*argv, "--parallel", "1"]) == 0
+    one = capfd.readouterr()
+    assert main([*argv, "--parallel", "2"]) == 0
+    two = capfd.readouterr()
+    assert asked == ["cpu", "cpu"]  # one process, then the driver deciding for both ranks
+    assert one.out.strip() and two.out == one.out and two.err == one.err
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -6,7 +6,8 @@ token it writes the token's kv and gate (each series at its slot), then pools th
 to that window's entry, exact once the window is full. In PyTorch that is the gate's `ape` added, two
 index_puts, two gathers of the window, a `where` for the token's exact float32 gate and the pooling
 kernel: about eight launches per compressor and token (three compressors per CSA + HCA layer pair).
-Here one program per row does all of it:
+Here one launch does all of it (a program per row, or per row and block of channels for HCA's long
+windows, whose norm and RoPE then take one more launch):
 - the writes go out as stores; the pooled window is read from the buffers with the token's own slot
   taken from registers instead (so no store is read back within the launch: no ordering needed, and the
   pool sees the float32 gate the eager path pools, not its rounded stored copy);
@@ -28,9 +29,10 @@ from torch import Tensor
 
 from .common import check_device, round_to
 from .compressor import _pool, compress_windows_reference
-from .norm_rope import rms_normalize, rotate_pairs
+from .norm_rope import rms_norm_rope, rms_normalize, rotate_pairs
 
 TILE_ELEMENTS = 4096  # slots x channels per loaded tile
+SPLIT_D = 32  # channels per program for windows over one tile (HCA's 512 channels: 16 programs a row)
 
 
 @triton.jit
@@ -54,9 +56,9 @@ def _compress_step_kernel(kv_new_ptr, gate_new_ptr, ape_ptr, slot_ptr, buf_kv_pt
                           write_slots_ptr, window_rows_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
                           rate, num_slots, dim, first_pair, half_rope, eps, s_new, s_cos, s_out,
                           SERIES: tl.constexpr, OVERLAP: tl.constexpr, BLOCK_L: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
+                          BLOCK_D: tl.constexpr, FUSED: tl.constexpr):
     b = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_D)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < dim
     slot = tl.load(slot_ptr + b)
     row = tl.load(write_rows_ptr + b).to(tl.int64)
@@ -93,13 +95,14 @@ def _compress_step_kernel(kv_new_ptr, gate_new_ptr, ape_ptr, slot_ptr, buf_kv_pt
                              dim, BLOCK_L)
         pooled += _pool(kv, g, top, total)
     y = tl.expand_dims(round_to(tl.where(col_ok, pooled, 0.0), out_ptr.dtype.element_ty, True), 0)
-    y = rms_normalize(y, tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32), dim, eps, True)
-    pair = tl.arange(0, BLOCK_D // 2) - first_pair
-    active = tl.expand_dims((pair >= 0) & (pair < half_rope), 0)
-    cos = tl.load(cos_ptr + b * s_cos + pair[None, :], mask=active, other=1.0)
-    sin = tl.load(sin_ptr + b * s_cos + pair[None, :], mask=active, other=0.0)
-    y = rotate_pairs(y, cos, sin, active, 1, BLOCK_D)
-    tl.store(out_ptr + b * s_out + cols[None, :], y, mask=col_ok[None, :])
+    if FUSED:  # the whole row is here: norm and rotate it before the one store
+        y = rms_normalize(y, tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32), dim, eps, True)
+        pair = tl.arange(0, BLOCK_D // 2) - first_pair
+        active = tl.expand_dims((pair >= 0) & (pair < half_rope), 0)
+        cos = tl.load(cos_ptr + b * s_cos + pair[None, :], mask=active, other=1.0)
+        sin = tl.load(sin_ptr + b * s_cos + pair[None, :], mask=active, other=0.0)
+        y = rotate_pairs(y, cos, sin, active, 1, BLOCK_D)
+    tl.store(out_ptr + b * s_out + cols[None, :], y, mask=col_ok[None, :])  # else the pooled slice
 
 
 def _check(kv_new: Tensor, gate_new: Tensor, ape: Tensor, slot: Tensor, buf_kv: Tensor, buf_gate: Tensor,
@@ -139,17 +142,33 @@ def compress_step(kv_new: Tensor, gate_new: Tensor, ape: Tensor, slot: Tensor, b
     batch, series, dim = _check(kv_new, gate_new, ape, slot, buf_kv, buf_gate, write_rows, write_slots, window_rows)
     check_device(kv_new, gate_new, ape, slot, buf_kv, buf_gate, write_rows, write_slots, norm_weight, cos, sin)
     out = torch.empty(batch, dim, dtype=kv_new.dtype, device=kv_new.device)
-    block_d = triton.next_power_of_2(dim)
-    block_l = max(2, min(triton.next_power_of_2(buf_kv.shape[1]), TILE_ELEMENTS // block_d))
+    window = ape.shape[0] * (2 if window_rows is not None else 1)
+    block_d, block_l = _plan(window, dim)
+    fused = block_d >= dim
+    pooled = out if fused else torch.empty_like(out)
     kv_new, gate_new, cos, sin = kv_new.contiguous(), gate_new.contiguous(), cos.contiguous(), sin.contiguous()
     rows = write_rows if window_rows is None else window_rows
-    _compress_step_kernel[(batch,)](
+    _compress_step_kernel[(batch, triton.cdiv(dim, block_d))](
         kv_new, gate_new, ape.contiguous(), slot.contiguous(), buf_kv, buf_gate, write_rows.contiguous(),
-        write_slots.contiguous(), rows.contiguous(), norm_weight, cos, sin, out, ape.shape[0], buf_kv.shape[1], dim,
-        dim // 2 - cos.shape[1], cos.shape[1], float(eps), kv_new.stride(0), cos.stride(0), out.stride(0),
-        SERIES=series, OVERLAP=window_rows is not None, BLOCK_L=block_l, BLOCK_D=block_d,
+        write_slots.contiguous(), rows.contiguous(), norm_weight, cos, sin, pooled, ape.shape[0], buf_kv.shape[1],
+        dim, dim // 2 - cos.shape[1], cos.shape[1], float(eps), kv_new.stride(0), cos.stride(0), pooled.stride(0),
+        SERIES=series, OVERLAP=window_rows is not None, BLOCK_L=block_l, BLOCK_D=block_d, FUSED=fused,
         num_warps=max(4, min(8, block_l * block_d // 512)))
+    if not fused:
+        rms_norm_rope(pooled[None], norm_weight, eps, cos, sin, out=out[None])
     return out
+
+
+def _plan(window: int, dim: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_L): whole rows (norm and RoPE in the same program) when the window fits one tile
+    at full width (CSA's 8 slots); otherwise (HCA's 128) channel blocks of `SPLIT_D`, each program one
+    tile of the whole window, and the norm and RoPE in one more launch: one program looping over a
+    128-slot window alone was measured at ~130 us on the H100 (issue 27)."""
+    whole = triton.next_power_of_2(dim)
+    if window * whole <= TILE_ELEMENTS:
+        return whole, max(2, triton.next_power_of_2(window))
+    block_d = min(whole, SPLIT_D)
+    return block_d, max(2, min(triton.next_power_of_2(window), TILE_ELEMENTS // block_d))
 
 
 def compress_step_reference(kv_new: Tensor, gate_new: Tensor, ape: Tensor, slot: Tensor, buf_kv: Tensor,

@@ -20,6 +20,8 @@ Pipeline (no host sync, grid fixed by shapes, so the decode step can be CUDA-gra
      the others exit. h[pair] = silu(min(x w1^T, limit)) * clamp(x w3^T, +-limit), rounded to x's dtype.
   2. `_down_kernel`, grid (H blocks, pairs), the same way: y[pair] = weight * (h[pair] @ w2^T).
   3. out = y.view(N, k, H).sum(1) (float32 accumulation), as moe.py does.
+A pair whose id is NO_EXPERT (-1, moe.py) leads nothing and reads no weights: its own program of the
+down kernel writes its row of y as zeros.
 """
 
 from __future__ import annotations
@@ -66,14 +68,15 @@ INTERPRET_CONFIG = ExpertGemvConfig(16, 64, 16, 64, 4)
 def _expert_rows(ids_ptr, P, TOPK, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr):
     """(leads, expert, count, pairs [BLOCK_R], tokens [BLOCK_R]) for program_id(1)'s pair p: whether p
     leads a chunk of its expert's pairs (the first, or every BLOCK_R-th: a token routed twice to one
-    expert makes more pairs than tokens), the expert (int64), and the chunk's pairs from p on, in order."""
+    expert makes more pairs than tokens), the expert (int64), and the chunk's pairs from p on, in order.
+    A NO_EXPERT pair (negative id) leads nothing."""
     p = tl.program_id(1)
     idx = tl.arange(0, BLOCK_P)
     ids = tl.load(ids_ptr + idx, mask=idx < P, other=-1)
     expert = tl.load(ids_ptr + p)
     same = (ids == expert) & (idx < P)
     rank = tl.sum((same & (idx < p)).to(tl.int32), axis=0)
-    leads = rank % BLOCK_R == 0
+    leads = (rank % BLOCK_R == 0) & (expert >= 0)
     count = tl.minimum(tl.sum(same.to(tl.int32), axis=0) - rank, BLOCK_R)
     r = tl.arange(0, BLOCK_R)
     pairs = tl.zeros((BLOCK_R,), tl.int32)
@@ -192,8 +195,12 @@ def _down_kernel(h_ptr, ids_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, P, TOPK, H, I, s
                  stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, ROUND_W: tl.constexpr,
                  INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr):
-    """y[pair, n] = routing weight * (h[pair] @ w2^T)[n] for the rows of one expert."""
+    """y[pair, n] = routing weight * (h[pair] @ w2^T)[n] for the rows of one expert; 0 for a NO_EXPERT pair."""
     leads, expert, count, pairs, tokens = _expert_rows(ids_ptr, P, TOPK, BLOCK_P, BLOCK_R)
+    if expert < 0:  # this program's own pair: no expert, a zero row
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(y_ptr + tl.program_id(1).to(tl.int64) * H + cols, tl.zeros((BLOCK_N,), y_ptr.dtype.element_ty),
+                 mask=cols < H)
     if leads:
         n0 = tl.program_id(0) * BLOCK_N
         acc = _rows_dot(h_ptr, pairs.to(tl.int64) * I, count, w2_ptr + expert * stride_we, s2_ptr + expert * stride_se,

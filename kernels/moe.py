@@ -8,7 +8,7 @@ bound for FP8/FP4 weights and near the ridge for bf16 ones, so prefill tiles are
 Pipeline, with no host sync (a decode step can be CUDA-graphed; the grid never depends on the data):
   1. plan: torch.sort(ids, stable) groups the pairs by expert; `_tiles_kernel` (one program) binary-
      searches each expert's range and writes a table of BLOCK_M-row tiles (expert, first, end row),
-     T_MAX = P // BLOCK_M + min(E, P) long, an upper bound on the tiles any routing needs: no padding
+     T_MAX = P // BLOCK_M + min(E + 1, P) long, an upper bound on the tiles any routing needs: no padding
      copies, and unused table entries make their programs exit at once.
   2. `_gate_up_kernel`, grid (tile, I block), I block fastest so the programs that share a tile's
      gathered x rows and an expert's weight rows run together (L2 reuse): w1 x and w3 x in two
@@ -23,6 +23,10 @@ nibble is moved into e4m3 bit positions (e2m1 is e4m3 with the top exponent bits
 the hardware fp8 conversion decodes it, subnormal 0.5 included; the 2^6 goes into the group scale.
 Activations stay in x's dtype (bf16 in the engine): nothing is quantised on the activation side.
 
+A pair whose id is NO_EXPERT (-1; expert parallel gives it to the pairs of another rank's experts, so
+the shapes never depend on the routing) gets no expert tile and reads no weights: it sorts first, and
+the table gives its rows tiles of expert -1 that the down kernel only fills with zeros. Its output is
+exactly zero; the references skip it the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from torch import Tensor
 from .common import interpreting, round_to
 
 PLAIN, FP8, FP4 = 0, 1, 2
+NO_EXPERT = -1  # an id for a pair that runs no expert here: its output row is zero
 FP8_BLOCK, FP4_GROUP = 128, 32
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -72,9 +77,12 @@ def dequantize_fp4_reference(weight: Tensor, scale: Tensor) -> Tensor:
 
 def _expert_loop(x: Tensor, weights: Tensor, ids: Tensor, expert: Callable[[int], tuple[Tensor, Tensor, Tensor]],
                  limit: float) -> Tensor:
-    """MoE.forward's routed part: loop over the used experts, index_add in x's dtype."""
+    """MoE.forward's routed part: loop over the used experts, index_add in x's dtype (NO_EXPERT pairs add
+    nothing)."""
     out = torch.zeros_like(x)
     for e in torch.unique(ids).tolist():
+        if e < 0:
+            continue
         token, slot = torch.where(ids == e)
         w1, w3, w2 = expert(e)
         xe = x[token]
@@ -89,7 +97,8 @@ def moe_experts_reference(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, w
                           limit: float) -> Tensor:
     """sum_j weights[n, j] * expert_{ids[n, j]}(x[n]), expert(x) = w2 (silu(clamp(w1 x)) * clamp(w3 x)).
 
-    Args: x [N, H]; weights [N, k] float32; ids [N, k]; w1, w3 [E, I, H]; w2 [E, H, I] (x's dtype).
+    Args: x [N, H]; weights [N, k] float32; ids [N, k] (NO_EXPERT: the pair adds 0); w1, w3 [E, I, H];
+    w2 [E, H, I] (x's dtype).
     Returns: [N, H] in x's dtype.
     """
     return _expert_loop(x, weights, ids, lambda e: (w1[e], w3[e], w2[e]), limit)
@@ -135,13 +144,16 @@ def _lower_bound(sorted_ptr, P, target, steps):
 @triton.jit
 def _tiles_kernel(sorted_ptr, tiles_ptr, P, E, T_MAX, steps,
                   BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_T: tl.constexpr):
-    """tiles [3, T_MAX]: expert, first and end sorted row of each BLOCK_M-row tile; (-1, 0, 0) past the end."""
+    """tiles [3, T_MAX]: expert, first and end sorted row of each BLOCK_M-row tile; (-1, 0, 0) past the end.
+    The NO_EXPERT rows (sorted first) come first, in tiles of expert -1 with their rows."""
     experts = tl.arange(0, BLOCK_E)
     starts = _lower_bound(sorted_ptr, P, experts, steps)
     ends = _lower_bound(sorted_ptr, P, experts + 1, steps)
     counts = tl.where(experts < E, ends - starts, 0)
     num_tiles = (counts + BLOCK_M - 1) // BLOCK_M
-    last = tl.cumsum(num_tiles, 0)  # tiles of experts <= e
+    skipped = tl.sum(tl.where(experts == 0, starts, 0), axis=0)  # rows with a negative id
+    num_skip = (skipped + BLOCK_M - 1) // BLOCK_M
+    last = tl.cumsum(num_tiles, 0) + num_skip  # tiles of experts <= e
     first = last - num_tiles
     for t0 in range(0, T_MAX, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -150,10 +162,13 @@ def _tiles_kernel(sorted_ptr, tiles_ptr, P, E, T_MAX, steps,
         expert = tl.sum(tl.where(inside, experts[None, :], 0), axis=1)
         row0 = tl.sum(tl.where(inside, starts[None, :] + (t[:, None] - first[None, :]) * BLOCK_M, 0), axis=1)
         row1 = tl.minimum(row0 + BLOCK_M, tl.sum(tl.where(inside, ends[None, :], 0), axis=1))
+        skip = t < num_skip
+        row0 = tl.where(skip, t * BLOCK_M, tl.where(valid, row0, 0))
+        row1 = tl.where(skip, tl.minimum(t * BLOCK_M + BLOCK_M, skipped), tl.where(valid, row1, 0))
         tmask = t < T_MAX
         tl.store(tiles_ptr + t, tl.where(valid, expert, -1), mask=tmask)
-        tl.store(tiles_ptr + T_MAX + t, tl.where(valid, row0, 0), mask=tmask)
-        tl.store(tiles_ptr + 2 * T_MAX + t, tl.where(valid, row1, 0), mask=tmask)
+        tl.store(tiles_ptr + T_MAX + t, row0, mask=tmask)
+        tl.store(tiles_ptr + 2 * T_MAX + t, row1, mask=tmask)
 
 
 @triton.jit
@@ -205,12 +220,13 @@ def _weight_tile(w_ptr, s_ptr, n0, k0, n_rows, n_cols, stride_wn, stride_sn, FMT
 
 @triton.jit
 def _tile_rows(tiles_ptr, tile, T_MAX, BLOCK_M: tl.constexpr):
-    """(expert as int64, sorted row ids [BLOCK_M], their mask) of one tile; an unused tile masks all rows."""
+    """(expert as int64, sorted row ids [BLOCK_M], their mask, whether the tile has rows, whether they run
+    an expert) of one tile; an unused tile masks all rows, a NO_EXPERT tile has rows but no expert."""
     expert = tl.load(tiles_ptr + tile)
     row0 = tl.load(tiles_ptr + T_MAX + tile)
     row1 = tl.load(tiles_ptr + 2 * T_MAX + tile)
     rows = row0 + tl.arange(0, BLOCK_M)
-    return tl.maximum(expert, 0).to(tl.int64), rows, rows < row1, row0 < row1
+    return tl.maximum(expert, 0).to(tl.int64), rows, rows < row1, row0 < row1, expert >= 0
 
 
 @triton.jit
@@ -221,8 +237,8 @@ def _gate_up_kernel(x_ptr, order_ptr, tiles_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr,
     """h[rows, n] = silu(min(x w1^T, limit)) * clamp(x w3^T, +-limit) for one (tile, I block)."""
     pid = tl.program_id(0)
     num_n = tl.cdiv(I, BLOCK_N)
-    expert, rows, rmask, used = _tile_rows(tiles_ptr, pid // num_n, T_MAX, BLOCK_M)
-    if used:
+    expert, rows, rmask, used, routed = _tile_rows(tiles_ptr, pid // num_n, T_MAX, BLOCK_M)
+    if used & routed:  # NO_EXPERT rows get no h: the down kernel writes their y as zeros
         n0 = (pid % num_n) * BLOCK_N
         pairs = tl.load(order_ptr + rows, mask=rmask, other=0)
         x_rows = x_ptr + (pairs // TOPK)[:, None] * H
@@ -260,24 +276,25 @@ def _down_kernel(h_ptr, order_ptr, tiles_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, H, 
     """y[pair, n] = routing weight * (h[rows] @ w2^T)[:, n] for one (tile, H block)."""
     pid = tl.program_id(0)
     num_n = tl.cdiv(H, BLOCK_N)
-    expert, rows, rmask, used = _tile_rows(tiles_ptr, pid // num_n, T_MAX, BLOCK_M)
+    expert, rows, rmask, used, routed = _tile_rows(tiles_ptr, pid // num_n, T_MAX, BLOCK_M)
     if used:
         n0 = (pid % num_n) * BLOCK_N
-        h_rows = h_ptr + rows.to(tl.int64)[:, None] * I
-        w2_ptr += expert * stride_we
-        s2_ptr += expert * stride_se
-        dtype = h_ptr.dtype.element_ty
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, I, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(h_rows + cols[None, :], mask=rmask[:, None] & (cols < I)[None, :], other=0.0)
-            if INTERPRET:
-                a = a.to(tl.float32)
-            b = _weight_tile(w2_ptr, s2_ptr, n0, k0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype, INTERPRET,
-                             BLOCK_N, BLOCK_K)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
         pairs = tl.load(order_ptr + rows, mask=rmask, other=0)
-        acc *= tl.load(rw_ptr + pairs, mask=rmask, other=0.0)[:, None]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        if routed:  # a NO_EXPERT tile reads no weights and writes zeros
+            h_rows = h_ptr + rows.to(tl.int64)[:, None] * I
+            w2_ptr += expert * stride_we
+            s2_ptr += expert * stride_se
+            dtype = h_ptr.dtype.element_ty
+            for k0 in range(0, I, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                a = tl.load(h_rows + cols[None, :], mask=rmask[:, None] & (cols < I)[None, :], other=0.0)
+                if INTERPRET:
+                    a = a.to(tl.float32)
+                b = _weight_tile(w2_ptr, s2_ptr, n0, k0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, dtype,
+                                 INTERPRET, BLOCK_N, BLOCK_K)
+                acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
+            acc *= tl.load(rw_ptr + pairs, mask=rmask, other=0.0)[:, None]
         cols_n = n0 + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + pairs[:, None] * H + cols_n[None, :], round_to(acc, y_ptr.dtype.element_ty, INTERPRET),
                  mask=rmask[:, None] & (cols_n < H)[None, :])
@@ -335,7 +352,7 @@ def _plan(ids: Tensor, num_experts: int, block_m: int) -> tuple[Tensor, Tensor, 
     """(pair ids sorted by expert [P] int64, tile table [3, T_MAX] int32, T_MAX); no host sync."""
     sorted_ids, order = torch.sort(ids.reshape(-1), stable=True)
     num_pairs = sorted_ids.numel()
-    t_max = num_pairs // block_m + min(num_experts, num_pairs)
+    t_max = num_pairs // block_m + min(num_experts + 1, num_pairs)  # the NO_EXPERT rows' tiles may be one more
     tiles = _alloc((3, t_max), torch.int32, ids.device)
     block_e = triton.next_power_of_2(num_experts)
     block_t = max(1, min(triton.next_power_of_2(t_max), 8192 // block_e))

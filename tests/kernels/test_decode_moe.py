@@ -12,7 +12,7 @@ import torch
 from v4.kernels import decode_moe, moe
 
 from .device import KERNEL_DEVICE, needs_kernel
-from .test_moe import LIMIT, TOL, quantized, rel_error, routed
+from .test_moe import LIMIT, TOL, poison, quantized, rel_error, routed
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +69,29 @@ def test_a_token_routed_twice_to_one_expert() -> None:
     ids = torch.tensor([[1, 1, 1], [1, 0, 1]])
     weights = torch.rand(2, 3, generator=torch.Generator().manual_seed(2))
     out, ref = run("fp4", ids, weights, 64, 32, 3, torch.float8_e8m0fnu, torch.float32)
+    assert rel_error(out, ref) < TOL[torch.float32]
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind,ids", [
+    ("fp4", [[-1], [0], [-1], [2], [0], [-1]]),  # expert parallel's layout: one pair per row
+    ("fp8", [[-1], [0], [-1], [2], [0], [-1]]),
+    ("fp4", [[0, -1, 2], [-1, -1, -1], [2, 0, -1]]),  # NO_EXPERT slots; token 1 has none left
+])
+def test_no_expert_pairs_are_zero_and_read_no_weights(kind: str, ids: list) -> None:
+    """From NaN-poisoned h and y, NO_EXPERT pairs add exact zeros; experts 1 and 3, which no pair uses,
+    and the memory before expert 0 have NaN scales, so reading them would show."""
+    ids = torch.tensor(ids)
+    weights = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) + 0.5
+    x = torch.randn(ids.shape[0], 64, generator=torch.Generator().manual_seed(4)).to(KERNEL_DEVICE)
+    w = quantized(kind, 4, 64, 32, torch.float8_e8m0fnu, seed=5)
+    w = poison(kind, w, [1, 3])
+    kernel, reference = ((decode_moe.moe_experts_gemv_fp4, moe.moe_experts_fp4_reference) if kind == "fp4" else
+                         (decode_moe.moe_experts_gemv_fp8, moe.moe_experts_fp8_reference))
+    ids, weights = ids.to(KERNEL_DEVICE), weights.to(KERNEL_DEVICE)
+    out, ref = kernel(x, weights, ids, *w, LIMIT), reference(x, weights, ids, *w, LIMIT)
+    skipped = (ids == moe.NO_EXPERT).all(1)
+    assert (out[skipped] == 0).all() and (ref[skipped] == 0).all()
     assert rel_error(out, ref) < TOL[torch.float32]
 
 

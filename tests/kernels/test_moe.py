@@ -190,8 +190,20 @@ def test_plan_covers_every_pair_once() -> None:
             seen[pairs] += 1
         else:
             assert e == -1
-    assert (seen == 1).all() and t_max == ids.numel() // 16 + 6
+    assert (seen == 1).all() and t_max == ids.numel() // 16 + 7
     assert torch.equal(experts[experts >= 0], torch.tensor([0, 1, 3, 3, 5]))  # 14, 14, 28, 14 pairs
+
+
+@needs_kernel
+def test_plan_gives_no_expert_rows_their_own_tiles_first() -> None:
+    """35 NO_EXPERT pairs: three tiles of expert -1 covering exactly their rows, then the experts' tiles."""
+    ids = torch.tensor([[3, -1], [-1, 0], [5, -1], [-1, 1], [0, -1]] * 7, device=KERNEL_DEVICE)
+    order, tiles, t_max = moe._plan(ids, 6, block_m=16)
+    experts, first, end = tiles.cpu().long()
+    assert experts[:3].tolist() == [-1] * 3 and first[:3].tolist() == [0, 16, 32] and end[:3].tolist() == [16, 32, 35]
+    assert (ids.cpu().reshape(-1)[order.cpu()[:35]] == moe.NO_EXPERT).all()
+    assert experts[3:7].tolist() == [0, 1, 3, 5] and first[3].item() == 35 and end[6].item() == 70
+    assert (end[7:] == first[7:]).all() and t_max == 70 // 16 + 7
 
 
 # ------------------------------------------------------------------------------------------ expert GEMMs
@@ -279,6 +291,70 @@ def test_other_block_shapes(kind: str) -> None:
         w = w[0::2]
     out = moe._experts(x, weights, ids, tuple(w), scales, LIMIT, fmt, config=cfg)
     assert rel_error(out, ref) < TOL[torch.bfloat16]
+
+
+def poison(kind: str, w: list, experts: list[int]) -> list:
+    """`w` with NaN in the weights (plain) or the scales (quantised) of `experts` and of one more expert
+    just before expert 0 in memory (each stack a view past it), where an id of -1 would point a kernel:
+    a kernel reading any of them shows."""
+    out = []
+    for i, t in enumerate(w):
+        t = torch.cat([t[:1], t])
+        if kind == "plain" or i % 2:
+            rows = t.view(torch.uint8) if t.dtype == torch.float8_e8m0fnu else t
+            rows[[0] + [e + 1 for e in experts]] = 255 if t.dtype == torch.float8_e8m0fnu else float("nan")
+        out.append(t[1:])
+    return out
+
+
+def launch(kind: str, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w: list
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grouped GEMM, reference) for `kind` "plain", "fp8" or "fp4"."""
+    kernel, reference = {"plain": (moe.moe_experts, moe.moe_experts_reference),
+                         "fp8": (moe.moe_experts_fp8, moe.moe_experts_fp8_reference),
+                         "fp4": (moe.moe_experts_fp4, moe.moe_experts_fp4_reference)}[kind]
+    return kernel(x, weights, ids, *w, LIMIT), reference(x, weights, ids, *w, LIMIT)
+
+
+def experts_of(kind: str, experts: int, hidden: int, inter: int, dtype: torch.dtype, seed: int) -> list:
+    """Plain stacks in `dtype`, or quantised ones (FP8 with float32 scales, FP4 with e8m0) as `quantized`."""
+    if kind == "plain":
+        return [t.to(dtype).to(KERNEL_DEVICE) for t in expert_weights(experts, hidden, inter, seed)]
+    scale_dtype = torch.float32 if kind == "fp8" else torch.float8_e8m0fnu
+    return quantized(kind, experts, hidden, inter, scale_dtype, seed)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["plain", "fp8", "fp4"])
+def test_no_expert_rows_are_zero_and_read_no_weights(kind: str) -> None:
+    """Expert parallel's layout (one pair per row, k = 1; 24 of 40 rows NO_EXPERT, two tiles of them):
+    from NaN-poisoned buffers their rows come back exact zeros, and the experts no row uses hold NaN, as
+    does the memory before expert 0, so reading them would show."""
+    ids = torch.tensor([-1, 0, -1, 1, -1] * 8, device=KERNEL_DEVICE)[:, None]
+    weights = (torch.rand(40, 1, generator=torch.Generator().manual_seed(3)) + 0.5).to(KERNEL_DEVICE)
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(4)).bfloat16().to(KERNEL_DEVICE)
+    w = experts_of(kind, 4, 64, 64, torch.bfloat16, seed=5)
+    w = poison(kind, w, [2, 3])
+    out, ref = launch(kind, x, weights, ids, w)
+    skipped = (ids[:, 0] == moe.NO_EXPERT).cpu()
+    assert (out.cpu()[skipped] == 0).all() and (ref.cpu()[skipped] == 0).all()
+    assert rel_error(out[~skipped.to(out.device)], ref[~skipped.to(out.device)]) < TOL[torch.bfloat16]
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["plain", "fp4"])
+def test_no_expert_slots_add_nothing(kind: str) -> None:
+    """k = 3 with NO_EXPERT slots mixed in (token 2 has none left: a zero row); all of them NO_EXPERT
+    gives zeros."""
+    ids = torch.tensor([[0, -1, 2], [-1, 1, 0], [-1, -1, -1], [2, 1, -1], [1, -1, 0]], device=KERNEL_DEVICE)
+    weights = (torch.rand(5, 3, generator=torch.Generator().manual_seed(6)) + 0.5).to(KERNEL_DEVICE)
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(7)).float().to(KERNEL_DEVICE)
+    w = experts_of(kind, 4, 32, 32, torch.float32, seed=8)
+    w = poison(kind, w, [3])
+    out, ref = launch(kind, x, weights, ids, w)
+    assert (out[2] == 0).all() and rel_error(out, ref) < TOL[torch.float32]
+    none, _ = launch(kind, x, weights, torch.full_like(ids, moe.NO_EXPERT), w)
+    assert (none == 0).all()
 
 
 @needs_kernel

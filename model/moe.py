@@ -2,7 +2,10 @@
 in the first `num_hash_layers`, by a fixed token-id -> experts table; clamped SwiGLU everywhere.
 
 How the routed experts run (float or quantised weights, all here or this rank's share, on the device or
-from host memory) is one `ExpertStrategy` per MoE, which the modules that change it replace whole."""
+from host memory) is one `ExpertStrategy` per MoE, which the modules that change it replace whole. On
+CUDA only the offload path reads anything back to the host: no shape depends on the routing (under
+expert parallel, pairs of another rank's experts run as `ops.NO_EXPERT` rows, zero), so a step can be
+CUDA-graphed."""
 
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ class RoutedExperts(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ExpertShard:
-    """Expert parallel (model/parallel.py): this rank holds experts [start, end) only, and `reduce`
-    sums the ranks' routed outputs."""
+    """Expert parallel (model/parallel.py): this rank holds experts [start, end) only (a pair routed
+    elsewhere runs as `ops.NO_EXPERT`, a zero row), and `reduce` sums the ranks' routed outputs."""
 
     start: int
     end: int
@@ -150,18 +153,17 @@ class MoE(nn.Module):
 
     def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                       shard: ExpertShard) -> torch.Tensor:
-        """Expert parallel: the (token, slot) pairs routed to this rank's experts through the same
-        grouped GEMM, each pair's output put back in its slot, summed over slots in float32 and then over
-        ranks (all_reduce); every rank gets the full routed sum in x's dtype."""
-        start, end = shard.start, shard.end
-        num_tokens, k = indices.shape
-        pairs = ((indices >= start) & (indices < end)).reshape(-1).nonzero().squeeze(1)
-        out = torch.zeros(num_tokens * k, flat.shape[-1], dtype=torch.float32, device=flat.device)
-        if pairs.numel():
-            tokens = pairs // k
-            ids = (indices.reshape(-1)[pairs] - start)[:, None]
-            out[pairs] = self._routed(flat[tokens], weights.reshape(-1)[pairs, None], ids).float()
-        return shard.reduce(out.view(num_tokens, k, -1).sum(1)).to(flat.dtype)
+        """Expert parallel: every (token, slot) pair as a row of its own through the same kernels, a pair
+        routed to another rank's expert given `ops.NO_EXPERT` (a zero row, no weights read), so no shape
+        depends on the routing: no host sync, and a graphed step could hold it. The rows are summed over
+        slots in float32 and then over ranks (all_reduce); every rank gets the full routed sum in x's dtype.
+        The kernel is chosen by rows, N k here: the FP8 decode GEMV takes one token of top 6, FP4's none."""
+        (num_tokens, k), hidden = indices.shape, flat.shape[-1]
+        local = (indices >= shard.start) & (indices < shard.end)
+        ids = torch.where(local, indices - shard.start, ops.NO_EXPERT).reshape(-1, 1)
+        rows = flat[:, None].expand(num_tokens, k, hidden).reshape(num_tokens * k, hidden)
+        out = self._routed(rows, weights.reshape(-1, 1), ids).float()  # [N k, hidden], zero where not local
+        return shard.reduce(out.view(num_tokens, k, hidden).sum(1)).to(flat.dtype)
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The routed experts' w1, w3 `[E, I, H]` and w2 `[E, H, I]` as single tensors, for the grouped

@@ -35,6 +35,10 @@ from v4.kernels import swiglu as _swiglu
 # scales, the RoPE dims in bf16; the layout is fixed at these sizes.
 FP8_KV_DIM, FP8_KV_ROPE_DIM, FP8_KV_ROW_BYTES = _attention.KV_DIM, _attention.ROPE_DIM, _attention.PACKED_DIM
 
+# The expert id of a (token, slot) pair that runs no expert here (expert parallel: another rank's
+# expert): every routed-expert kernel and reference reads no weights for it and gives it a zero row.
+NO_EXPERT = _moe.NO_EXPERT
+
 # The indexer over FP8 keys rounds its queries to FP8 too, one scale per head row (as DeepSeek does),
 # whatever the number of queries, so a query selects the same keys in a prefill chunk, alone, in a
 # decode or a verify step: the state stays chunking-proof. From this many queries per call on, the

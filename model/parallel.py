@@ -6,7 +6,9 @@ What is sharded (W ranks, this rank r):
   - routed experts (expert parallel): rank r holds experts [r E/W, (r+1) E/W). Routing is replicated
     (every rank sees every token and the same gate), each rank sums the weighted outputs of the pairs
     routed to its experts, and an all_reduce(sum) in float32 combines them; the shared expert is
-    replicated and added once, after the reduce.
+    replicated and added once, after the reduce. Every (token, slot) pair keeps its row on every rank,
+    those of other ranks' experts as NO_EXPERT (the kernels give them zero rows, reading no weights),
+    so selecting a rank's pairs needs no host sync (moe.py `_local_routed`).
   - attention (tensor parallel, when heads % W == 0 and o_groups % W == 0): wq_b's rows and the sinks
     of the local heads, the attention core over them, wo_a's rows of the local head groups, wo_b's
     input columns of those groups, then all_reduce(sum). wq_a, wkv, the compressor and the indexer

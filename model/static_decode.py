@@ -120,8 +120,8 @@ class StaticDecoder:
         if use_graph and not fits:
             raise StaticDecodeError(f"a graphed step of {batch} rows may need {batch * config.num_experts_per_tok} "
                                     f"experts per layer; the offload cache holds {slots}")
-        # A model sharded over ranks (parallel.py) selects each rank's expert pairs with a host sync
-        # (nonzero), which a graph cannot hold: its step runs eagerly (issue 28).
+        # A model sharded over ranks (parallel.py) runs the same sync-free step (moe.py gives other ranks'
+        # pairs NO_EXPERT) but stays eager unless asked: NCCL collectives in a graph are untried (no GPUs here).
         fits = fits and world_of(model) == 1
         self.use_graph = self.device.type == "cuda" and fits if use_graph is None else use_graph
         self.capacity = 0

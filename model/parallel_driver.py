@@ -240,12 +240,13 @@ class Driver:
         return f"{who} {what}; the engine on {self.world} ranks has stopped"
 
     def _fail(self, message: str) -> None:
-        """Stop the engine: the first failure is kept; collectives are aborted, workers ended."""
+        """Stop the engine: the first failure is kept; collectives are aborted, workers ended, the
+        callbacks told, and only then is the failure signalled to calls waiting for it, so a caller that
+        sees the error can count on its callbacks having heard it."""
         with self._fail_lock:
             if self.failure is not None:
                 return
             self.failure = ParallelError(message)
-        self._failed.set()
         abort = getattr(self.group, "abort", None)
         if abort is not None:
             try:
@@ -255,8 +256,11 @@ class Driver:
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
-        for callback in self._callbacks:
-            callback(self.failure)
+        try:
+            for callback in self._callbacks:
+                callback(self.failure)
+        finally:
+            self._failed.set()
 
     # -- calls
     def adopt(self, state: DecodeState, message: NewState) -> None:

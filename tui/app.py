@@ -51,6 +51,16 @@ class V4App(App[str | None]):
         self.root = root
         self.review = ReviewController(workspace=workspace)
         self.main = MainScreen(root, options, self.review, agent or AgentOptions(), conversation)
+        self.spawns_workers = options.embedded and options.engine.parallel != 1
+
+    def on_load(self) -> None:
+        """Before Textual captures stderr (issue 28): the first process multiprocessing spawns (a
+        --parallel engine's worker) starts its resource tracker, handing it `sys.stderr.fileno()`,
+        which is -1 under Textual ("bad value(s) in fds_to_keep"), so the tracker starts here."""
+        if self.spawns_workers:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
 
     def on_mount(self) -> None:
         self.push_screen(self.main)  # pushed, not the default screen: pushing loads its CSS_PATH

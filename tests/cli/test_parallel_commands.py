@@ -2,7 +2,8 @@
 `--parallel 1` prints, and only once (the worker says nothing); `v4 serve --parallel 2` answers
 concurrent requests with the completions of a one-process server, and when its worker is killed it
 says which rank died and exits 1 instead of hanging; `v4 prefill --parallel 2` keeps its state for 2
-ranks (the next 2-rank run loads it, a 1-rank run recomputes and says why)."""
+ranks (the next 2-rank run loads it, a 1-rank run recomputes and says why); `v4 refactor` and `v4 watch`
+give one process's answers, and the watcher's worker ends when Ctrl+C stops it (the TUI: tests/tui/)."""
 
 from __future__ import annotations
 
@@ -161,3 +162,52 @@ def test_refactor_on_two_ranks_answers_as_one_rank(checkpoint: Path, tmp_path: P
         outputs.append(re.sub(r"[\d.]+ s\b|\([\d.,]+ tokens/s\)", "", err))  # timings differ, nothing else
     assert "answer 1: 8 tokens" in outputs[0]
     assert outputs[1] == outputs[0]
+
+
+def _watch_turn(checkpoint: Path, repo: Path, ranks: int, errors: Path) -> tuple[list[dict], list[int]]:
+    """`v4 watch --json` on `repo` over `ranks` processes, one AI? comment answered, stopped with Ctrl+C:
+    its JSON lines and the pids of the workers it spawned (asked for while they ran)."""
+    from tests.agent.watch.test_loop import ASK, _reader, _until
+
+    with open(errors, "w") as stderr:  # a file, not a pipe nobody reads: it cannot fill up
+        process = subprocess.Popen([sys.executable, "-m", "v4.cli.main", "watch", "--repo", str(repo), "--model",
+                                    str(checkpoint), "--device", "cpu", "--cpu-threads", "1", "--no-store",
+                                    "--no-think", "--no-tools", "--max-tokens", "8", "--json", "--debounce", "0.2",
+                                    "--parallel", str(ranks)],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+        try:
+            lines, seen = _reader(process), []
+            _until(lines, "ready", seen, 120)
+            workers = [_worker_of(process.pid)] if ranks > 1 else []
+            (repo / "calc.py").write_text(f"def add(a, b):\n    return a + b  # what does add return {ASK}\n")
+            _until(lines, "agent", seen, 120)
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 0, errors.read_text()
+            _until(lines, "stopped", seen, 5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    return seen, workers
+
+
+def test_watch_on_two_ranks_answers_an_ai_comment_as_one_rank(checkpoint: Path, tmp_path: Path) -> None:
+    """`v4 watch --parallel 2` (the TUI's watch mode runs the same loop): an AI? comment gets the
+    answer one process gives, the worker prints nothing, and Ctrl+C ends the worker too."""
+    from tests.conftest import make_repo
+
+    runs = {}
+    for ranks in (1, 2):
+        repo = make_repo(tmp_path / str(ranks) / "repo", {"calc.py": "def add(a, b):\n    return a + b\n"})
+        runs[ranks] = _watch_turn(checkpoint, repo, ranks, tmp_path / f"stderr{ranks}.txt")
+    (one, _), (two, workers) = runs[1], runs[2]
+    [answered] = [e for e in one if e["event"] == "agent"]
+    assert answered["outcome"] == "answered" and answered["answer"].strip()
+    agent_events = [[{k: v for k, v in e.items() if k != "seconds"} for e in run if e["event"].startswith("agent")]
+                    for run in (one, two)]
+    assert agent_events[1] == agent_events[0]  # the same question, answered token for token
+    for run in (one, two):  # every line on stdout is the driver's JSON (a worker's print would break one)
+        assert [e["event"] for e in run].count("ready") == 1 and run[-1] == {"event": "stopped"}
+    assert (tmp_path / "stderr2.txt").read_text() == (tmp_path / "stderr1.txt").read_text()  # and on stderr
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)

@@ -9,6 +9,7 @@ given sharded over the ranks, runs the checks' forwards and writes what the test
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -24,6 +25,18 @@ PROMPT_SEED, PROMPT_LEN, CHUNKS, NEW_TOKENS = 5, 40, (23, 1, 1, 15), 8
 # Ranks against one process with FP8 linears: activations are rounded to e4m3 per 1x128 group, so a
 # sharded float32 sum one ulp off can land one value on the next e4m3 step (1e-5 holds otherwise).
 FP8_TOLERANCE = 1e-4
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a torchrun rendezvous the tests start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """max |ours - theirs| / max |theirs|: how the ranks' logits are compared with one process's."""
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 def prompt(vocab: int) -> list[int]:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -30,7 +29,7 @@ from v4.model.v4 import Transformer
 from .flash_layout import (FLASH_CONFIG, NUM_SHARDS, PUBLISHED_DTYPE_COUNTS, PUBLISHED_INFERENCE_CONFIG,
                            PUBLISHED_MTP_TENSOR_COUNT, PUBLISHED_TENSOR_COUNT, inference_config, shard_name,
                            shipped_dtypes, write_flash_checkpoint)
-from .parallel_worker import FP8_TOLERANCE, dequantize_modules, run_checks
+from .parallel_worker import FP8_TOLERANCE, dequantize_modules, free_port, relative_error, run_checks
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("parallel_worker.py")  # one rank of a torchrun launch (gloo on CPU)
@@ -52,16 +51,6 @@ def engine(flash_dir: Path) -> model.Engine:
 @pytest.fixture(scope="module")
 def logits(engine: model.Engine) -> torch.Tensor:
     return engine.forward(PROMPT, engine.new_state())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 def _headers(directory: Path) -> dict[str, tuple[str, str, tuple[int, ...]]]:
@@ -237,7 +226,7 @@ def test_two_gloo_ranks_give_the_logits_of_one_process(flash_dir: Path, tmp_path
     so those are dequantised on the ranks and compared with one process holding them so)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "V4_KERNELS": "0"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(WORKER), str(tmp_path), str(flash_dir),
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(WORKER), str(tmp_path), str(flash_dir),
                "--quantized", str(flash_dir)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -252,9 +241,9 @@ def test_two_gloo_ranks_give_the_logits_of_one_process(flash_dir: Path, tmp_path
         # apart, see FP8_TOLERANCE), under 7e-7 everywhere else
         for result, alone, tolerance in ((dequantised, single, 1e-5), (quantised, alone_kept, FP8_TOLERANCE)):
             assert result["world"] == 2
-            assert _relative_error(result["whole"], alone["whole"]) < tolerance
-            assert _relative_error(result["chunked"], alone["chunked"]) < tolerance
-            assert _relative_error(result["draft"], alone["draft"]) < tolerance
+            assert relative_error(result["whole"], alone["whole"]) < tolerance
+            assert relative_error(result["chunked"], alone["chunked"]) < tolerance
+            assert relative_error(result["draft"], alone["draft"]) < tolerance
             assert result["greedy"] == alone["greedy"]
             experts = {int(key.split(".")[4]) for key, _ in result["read"] if ".ffn.experts." in key}
             assert experts == set(range(4 * rank, 4 * rank + 4))

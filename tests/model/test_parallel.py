@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,22 +18,12 @@ from v4.model.parallel import Parallel, shard_model
 from v4.model.random_checkpoint import init_checkpoint
 from v4.model.weights import native_name
 
-from .parallel_worker import run_checks
+from .parallel_worker import free_port, relative_error, run_checks
 
 WORLD = 2
 WORKER = Path(__file__).with_name("parallel_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 EXPERT = re.compile(r"\.experts\.(\d+)\.")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +39,7 @@ def runs(hf_checkpoint, native_fp8_checkpoint, tmp_path_factory) -> list[tuple[P
     out = tmp_path_factory.mktemp("parallel_out")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "V4_KERNELS": "0"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--nnodes=1",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(WORKER), str(out), *map(str, paths)]
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(WORKER), str(out), *map(str, paths)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
@@ -62,11 +51,11 @@ def test_two_ranks_give_the_logits_and_tokens_of_one_process(runs) -> None:
     for path, single, ranks in runs:
         for result in ranks:
             assert result["world"] == WORLD
-            assert _relative_error(result["whole"], single["whole"]) < 1e-5, path
-            assert _relative_error(result["chunked"], single["chunked"]) < 1e-5, path
+            assert relative_error(result["whole"], single["whole"]) < 1e-5, path
+            assert relative_error(result["chunked"], single["chunked"]) < 1e-5, path
             assert result["greedy"] == single["greedy"], path
             if "draft" in single:
-                assert _relative_error(result["draft"], single["draft"]) < 1e-5, path
+                assert relative_error(result["draft"], single["draft"]) < 1e-5, path
         assert torch.equal(ranks[0]["whole"], ranks[1]["whole"])  # every rank samples from the same logits
     assert any("draft" in single for _, single, _ in runs)  # the MTP block ran sharded too
 

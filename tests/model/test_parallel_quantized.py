@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from v4.model.parallel import Parallel
 from v4.model.random_checkpoint import init_checkpoint
 from v4.model.weights import Stored, scale_slice
 
-from .parallel_worker import FP8_TOLERANCE, dequantize_modules, run_checks
+from .parallel_worker import FP8_TOLERANCE, dequantize_modules, free_port, relative_error, run_checks
 
 WORLD = 2
 WORKER = Path(__file__).with_name("parallel_worker.py")
@@ -31,16 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 ALIGNED = {"head_dim": 512, "qk_rope_head_dim": 64, "index_head_dim": 64, "o_lora_rank": 128}
 SPLIT = re.compile(r"\.attn\.(wq_b|wo_a|wo_b)$")  # the tensor-parallel projections
 EXPERT = re.compile(r"\.experts\.(\d+)\.w[123]$")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def ranks(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("parallel_quantized_out")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "V4_KERNELS": "0"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--nnodes=1",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(WORKER), str(out), "--quantized",
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(WORKER), str(out), "--quantized",
                *map(str, checkpoints.values())]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -75,7 +64,7 @@ def _assert_same_logits(ranks: list[dict], single: dict) -> None:
         assert result["world"] == WORLD
         for key in ("whole", "chunked", "draft"):
             if key in single:
-                assert _relative_error(result[key], single[key]) < FP8_TOLERANCE, key
+                assert relative_error(result[key], single[key]) < FP8_TOLERANCE, key
         assert result["greedy"] == single["greedy"]
     assert torch.equal(ranks[0]["whole"], ranks[1]["whole"])
 

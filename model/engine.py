@@ -375,25 +375,28 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
     if config.device == "cpu":  # torch's default (every core) stalls on a machine doing other work too
         torch.set_num_threads(config.cpu_threads or default_cpu_threads())
-    plan = None if parallel is not None else _plan(path, config, quantized)
+    plan, stored = (None, None) if parallel is not None else _plan(path, config, quantized)
     slots = config.offload_experts if plan is None else plan.slots
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
-                             parallel, quantized, slots, map_experts=plan is not None and plan.host == "mmap")
+                             parallel, quantized, slots, map_experts=plan is not None and plan.host == "mmap",
+                             stored=stored)
     return Engine(model, config, _tokenizer(path), path.resolve(), plan)
 
 
-def _plan(path: Path, config: EngineConfig, quantized: bool | None) -> OffloadPlan | None:
+def _plan(path: Path, config: EngineConfig, quantized: bool | None) -> tuple[OffloadPlan | None, dict | None]:
     """Where the weights go (model/offload_plan.py): planned for a GPU-memory budget (`gpu_memory_gb`, by
     default what is free on a CUDA device), or around `offload_experts` per layer; None on a CPU engine
-    given neither (nothing to plan: the weights are in host memory already)."""
+    given neither (nothing to plan: the weights are in host memory already). With it, the checkpoint's
+    map the plan read (weights.scan), for the loader to use rather than read the headers again."""
     device = torch.device(config.device)
     if config.offload_experts is None and config.gpu_memory_gb is None and device.type != "cuda":
-        return None
+        return None, None
+    stored = scan(path)
     if quantized is None:
         quantized = default_quantized(V4Config.from_json(path), device)
     budget = None if config.gpu_memory_gb is None else int(config.gpu_memory_gb * 2**30)
     return plan_checkpoint(path, DTYPES[config.dtype], quantized, device, config.offload_experts, budget,
-                           fp8_state=config.kv_format == "fp8")
+                           fp8_state=config.kv_format == "fp8", stored=stored), stored
 
 
 def default_quantized(config: V4Config, device: str | torch.device) -> bool:
@@ -405,7 +408,8 @@ def default_quantized(config: V4Config, device: str | torch.device) -> bool:
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                      progress: LoadProgress | None = None, table_device: str | None = None,
                      parallel: Parallel | None = None, quantized: bool | None = False,
-                     offload_experts: int | None = None, map_experts: bool = False) -> Transformer:
+                     offload_experts: int | None = None, map_experts: bool = False,
+                     stored: dict | None = None) -> Transformer:
     """The model of the checkpoint at `path`, built on the meta device and filled from its safetensors
     (with its MTP blocks when the checkpoint ships them); Engram tables go to `table_device` if given.
     With `parallel`, only this rank's shard (model/parallel.py) is built and read. With `quantized`, the
@@ -418,7 +422,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32, devic
     checkpoint files rather than copied (a host whose memory cannot hold them)."""
     path = Path(path)
     config = V4Config.from_json(path)
-    stored = scan(path)
+    stored = scan(path) if stored is None else stored  # `load` passes the map it read for the plan
     if quantized is None:
         quantized = default_quantized(config, device)
     with torch.device("meta"):

@@ -264,14 +264,15 @@ def offload_report(plan: OffloadPlan | None, caches: list[ExpertCache]) -> dict[
 
 def plan_checkpoint(path: Path, dtype: torch.dtype, quantized: bool, device: torch.device | str,
                     slots: int | None = None, gpu_bytes: int | None = None, fp8_state: bool = False,
-                    host_bytes: int | None = None) -> OffloadPlan:
+                    host_bytes: int | None = None, stored: dict | None = None) -> OffloadPlan:
     """`plan_offload` for the checkpoint at `path` loaded in `dtype` (`quantized`: FP8/FP4 kept as
     stored), from its config.json and safetensors headers. The budget: `gpu_bytes`; else, unless
     `slots` fixes the experts per layer, what is free on `device` now, and then a model whose weights
     fit there is loaded whole, as before there was a planner (the reserve is an estimate: it decides
-    how many experts fit, never refuses a model that fits)."""
+    how many experts fit, never refuses a model that fits). `stored`: the checkpoint's map (weights.scan)
+    when the caller has it already (the loader reads it next)."""
     config = V4Config.from_json(path)
-    stored = scan(path)
+    stored = scan(path) if stored is None else stored
     sizes = sizes_from_stored(stored, quantized, dtype)
     reserve = runtime_reserve(config, dtype.itemsize, fp8_state)
     if gpu_bytes is None and slots is None:

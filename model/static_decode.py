@@ -14,7 +14,8 @@ device tensor, and per layer the state lives in buffers sized for `capacity` tok
 
 decode_positions.py owns this layout and computes, once per step for all layers, every index the
 positions decide (slots, window indices, visibility, attention indices, RoPE angles), so a layer's
-bookkeeping is one index_put per write and one gather per pooled window (issue 27).
+bookkeeping is one launch per write (kernels/kv_write.py, or an index_put in a float decoder) and one
+per compressor and token (kernels/compress_step.py) (issue 27).
 
 Every step writes the entry of the window its position is in, complete or not; an entry only becomes
 visible to queries once its window has closed, by which time the last write made it exact. Every

@@ -102,7 +102,8 @@ def random_fp4_experts(moe: MoE, slots: int, generator: torch.Generator) -> None
         for proj_index, proj in enumerate(("w1", "w3", "w2")):
             weight, scale = host[2 * proj_index][expert_index], host[2 * proj_index + 1][expert_index]
             setattr(expert, proj, FP4Linear.from_quantized(weight, scale))
-    moe.strategy = ExpertStrategy(fmt="fp4", offload=ExpertCache(tuple(host), slots, "cuda") if slots else None)
+    cache = ExpertCache(tuple(host), slots, "cuda", "fp4", moe.limit) if slots else None
+    moe.strategy = ExpertStrategy(fmt="fp4", offload=cache)
     moe.hold_stacks(tuple(host))
 
 
@@ -151,7 +152,7 @@ def resize(net: Transformer, slots: int) -> None:
             moe.strategy = replace(moe.strategy, offload=None)
             gc.collect()
             torch.cuda.empty_cache()
-            moe.strategy = replace(moe.strategy, offload=ExpertCache(host, slots, "cuda"))
+            moe.strategy = replace(moe.strategy, offload=ExpertCache(host, slots, "cuda", moe.strategy.fmt, moe.limit))
 
 
 def totals(net: Transformer) -> dict:

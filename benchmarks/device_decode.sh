@@ -24,6 +24,10 @@ if [ "$part" = checks ]; then
     tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py \
     tests/model/test_fused_inputs.py tests/model/test_engine.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/kernels/test_moe.py tests/model/test_offload.py \
+    tests/model/test_offload_policy.py tests/model/test_offload_prefetch.py tests/model/test_cpu_experts.py \
+    > "$OUT/checks_offload.txt" 2>&1
+  echo "offload checks exit $?: $(tail -1 "$OUT/checks_offload.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks_offload.txt" | head -10
   timeout 180 python benchmarks/bench_decode_gemv.py --sections experts --rows 1,2,8 --quick --out "$OUT/experts" \
     > "$OUT/experts.log" 2>&1
   echo "experts exit $?"; grep "^|" "$OUT/experts.md"

@@ -140,25 +140,36 @@ class ExpertCache:
                          capture: PiecewiseGraph, token_ids: Tensor | None) -> tuple[Tensor, Tensor]:
         """Under a piecewise capture (model/piecewise_graph.py): the shared expert ends this piece;
         at replay the host then fetches the experts `ids` name and writes their slots into a buffer
-        the next piece's grouped kernel reads. A decode batch needs at most N*k experts: they must fit."""
+        the next piece's grouped kernel reads. A decode batch needs at most N*k experts: they must fit.
+        With `costs`, misses the CPU serves better are computed there while the others' copies run: their
+        pairs get NO_EXPERT slots (the kernel skips them) and their weighted sum lands in a buffer the
+        next piece adds."""
         if ids.numel() > self.slots:
             raise OffloadError(f"a graphed decode step may need {ids.numel()} experts per layer but the cache "
                                f"holds {self.slots}: use more slots or decode without graphs")
         predicted = self._predict(x, ids, token_ids)
         other = meanwhile()
         slot_ids = torch.zeros_like(ids)
+        from_cpu = None if self.costs is None else torch.zeros(x.shape, dtype=torch.float32, device=x.device)
 
         def fetch() -> None:
             self.stats.calls += 1
             host_ids = ids.cpu()
-            ready = self._fetch(self._observe(host_ids)[0])
+            needed, counts = self._observe(host_ids)
+            on_cpu = self._cpu_cheaper(needed, counts) if from_cpu is not None else []
+            ready = self._fetch([e for e in needed if e not in on_cpu])
             if predicted is not None:
                 self._prefetch_next(predicted.cpu())
+            if from_cpu is not None:
+                from_cpu.copy_(self._cpu_sums(x, weights, host_ids, on_cpu))
             self._wait(ready)
-            slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))
+            slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))  # an expert on the CPU: -1, NO_EXPERT
 
         capture.split(fetch)
-        return run(x, weights, slot_ids, self.cache), other
+        routed = run(x, weights, slot_ids, self.cache)
+        if from_cpu is not None:
+            routed = (routed.float() + from_cpu).to(routed.dtype)
+        return routed, other
 
     # ------------------------------------------------------------------ the cache
 
@@ -316,10 +327,7 @@ class ExpertCache:
         flat = host_ids.reshape(-1)
         on_host = torch.isin(flat, torch.tensor(on_cpu))
         cpu_pairs, gpu_pairs = on_host.nonzero().squeeze(1), (~on_host).nonzero().squeeze(1)
-        host_x = x[(cpu_pairs // k).to(x.device)].cpu()
-        host_weights = weights.reshape(-1)[cpu_pairs.to(x.device)].float().cpu()
-        self.stats.cpu_experts += len(on_cpu)
-        self.stats.misses += len(on_cpu)
+        host_x, host_weights = self._cpu_inputs(x, weights, cpu_pairs, k)
         other = meanwhile()
         out = torch.zeros(num_tokens * k, x.shape[-1], dtype=torch.float32, device=x.device)
         self._wait(ready)
@@ -327,14 +335,38 @@ class ExpertCache:
             here = gpu_pairs.to(x.device)
             slot_ids = self.slot_of[flat[gpu_pairs]][:, None].to(x.device)
             out[here] = run(x[here // k], weights.reshape(-1)[here, None], slot_ids, self.cache).float()
-        host_out = torch.empty(len(cpu_pairs), x.shape[-1], dtype=torch.float32)
-        pair_experts = flat[cpu_pairs]
+        out[cpu_pairs.to(x.device)] = self._cpu_pairs(host_x, host_weights, flat[cpu_pairs], on_cpu).to(x.device)
+        return out.view(num_tokens, k, -1).sum(1).to(x.dtype), other
+
+    def _cpu_sums(self, x: Tensor, weights: Tensor, host_ids: Tensor, on_cpu: list[int]) -> Tensor:
+        """Per token `[N, hidden]` float32 (host): the weighted sum of its pairs whose expert is `on_cpu`
+        (zero rows when none is)."""
+        num_tokens, k = host_ids.shape
+        out = torch.zeros(num_tokens, x.shape[-1], dtype=torch.float32)
+        if not on_cpu:
+            return out
+        flat = host_ids.reshape(-1)
+        cpu_pairs = torch.isin(flat, torch.tensor(on_cpu)).nonzero().squeeze(1)
+        host_x, host_weights = self._cpu_inputs(x, weights, cpu_pairs, k)
+        return out.index_add_(0, cpu_pairs // k, self._cpu_pairs(host_x, host_weights, flat[cpu_pairs], on_cpu))
+
+    @staticmethod
+    def _cpu_inputs(x: Tensor, weights: Tensor, cpu_pairs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """The tokens and routing weights of `cpu_pairs` (flat pair indices), on the host."""
+        return (x[(cpu_pairs // k).to(x.device)].cpu(),
+                weights.reshape(-1)[cpu_pairs.to(x.device)].float().cpu())
+
+    def _cpu_pairs(self, host_x: Tensor, host_weights: Tensor, pair_experts: Tensor, on_cpu: list[int]) -> Tensor:
+        """Each pair's expert output times its routing weight `[pairs, hidden]` float32, computed on the
+        CPU (cpu_experts.py) one expert of `on_cpu` at a time; counted as misses served there."""
+        self.stats.cpu_experts += len(on_cpu)
+        self.stats.misses += len(on_cpu)
+        out = torch.empty(len(pair_experts), host_x.shape[-1], dtype=torch.float32)
         for expert in on_cpu:
             rows = (pair_experts == expert).nonzero().squeeze(1)
             y = cpu_expert(host_x[rows], [held[expert] for held in self.host], self.fmt, self.limit)
-            host_out[rows] = y * host_weights[rows, None]
-        out[cpu_pairs.to(x.device)] = host_out.to(x.device)
-        return out.view(num_tokens, k, -1).sum(1).to(x.dtype), other
+            out[rows] = y * host_weights[rows, None]
+        return out
 
     # ------------------------------------------------------------------ more experts than slots
 

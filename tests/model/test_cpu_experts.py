@@ -65,8 +65,17 @@ def _cache(fmt: str | None, slots: int, num_experts: int = 16) -> tuple[ExpertCa
     return cache, stacks
 
 
-def _route(cache: ExpertCache, stacks: tuple[torch.Tensor, ...], ids: list[list[int]]) -> None:
-    """One MoE call through the cache, checked against all experts resident."""
+class _Replay:
+    """A stand-in for a piecewise graph being replayed: the host callback between two pieces runs as
+    the piece before it ends, so `ExpertCache._routed_in_graph` computes what a replay would."""
+
+    def split(self, callback) -> None:
+        callback()
+
+
+def _route(cache: ExpertCache, stacks: tuple[torch.Tensor, ...], ids: list[list[int]], graphed: bool = False) -> None:
+    """One MoE call through the cache (eager, or as the graphed step does it), checked against all
+    experts resident."""
     ids_t = torch.tensor(ids)
     x = torch.randn(len(ids), 64, generator=torch.Generator().manual_seed(len(ids) + sum(map(sum, ids))))
     weights = torch.rand(ids_t.shape, generator=torch.Generator().manual_seed(3))
@@ -75,26 +84,31 @@ def _route(cache: ExpertCache, stacks: tuple[torch.Tensor, ...], ids: list[list[
             ) -> torch.Tensor:
         return _reference(x, weights, slot_ids, cache.fmt, held)
 
-    routed, _ = cache.routed(x, weights, ids_t, run, lambda: torch.zeros(1))
+    if graphed:
+        routed, _ = cache._routed_in_graph(x, weights, ids_t, run, lambda: torch.zeros(1), _Replay(), None)
+    else:
+        routed, _ = cache.routed(x, weights, ids_t, run, lambda: torch.zeros(1))
     assert torch.allclose(routed, _reference(x, weights, ids_t, cache.fmt, stacks), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", [None, "fp4"], ids=["float", "fp4"])
-def test_misses_go_to_the_cpu_until_the_expert_is_hot_enough_to_re_place(fmt: str | None) -> None:
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed"])
+def test_misses_go_to_the_cpu_until_the_expert_is_hot_enough_to_re_place(fmt: str | None, graphed: bool) -> None:
+    """Graphed: the CPU's pairs reach the kernel as NO_EXPERT slots and their sum is added after it."""
     cache, stacks = _cache(fmt, slots=4)
     for _ in range(5):  # free slots fill first: 0..3 copied and hot
-        _route(cache, stacks, [[0, 1], [2, 3]])
+        _route(cache, stacks, [[0, 1], [2, 3]], graphed)
     assert cache.stats.cpu_experts == 0 and sorted(cache.expert_in) == [0, 1, 2, 3]
-    _route(cache, stacks, [[4, 0]])  # 4 is colder than every resident expert: computed on the CPU
+    _route(cache, stacks, [[4, 0]], graphed)  # 4 is colder than every resident expert: computed on the CPU
     assert cache.stats.cpu_experts == 1 and 4 not in cache.expert_in
     calls = 1
     while 4 not in cache.expert_in:  # 1..3 cool down while 4 warms up, until 4 replaces the coldest
-        _route(cache, stacks, [[4, 0]])
+        _route(cache, stacks, [[4, 0]], graphed)
         calls += 1
         assert calls < 20
     assert cache.stats.cpu_experts == calls - 1 and 0 in cache.expert_in
     cache.costs = COPY_CHEAPER
-    _route(cache, stacks, [[5, 6]])  # a copy is cheaper: copied, whatever the heat
+    _route(cache, stacks, [[5, 6]], graphed)  # a copy is cheaper: copied, whatever the heat
     assert {5, 6} <= set(cache.expert_in) and cache.stats.cpu_experts == calls - 1
 
 
@@ -125,4 +139,34 @@ def test_a_model_computing_misses_on_the_cpu_equals_resident(checkpoint: tuple[P
     assert torch.allclose(resident.forward(ids[:8], a_state), offloaded.forward(ids[:8], b_state), atol=1e-5)
     for token in ids[8:]:
         assert torch.allclose(resident.forward([token], a_state), offloaded.forward([token], b_state), atol=1e-5)
+    assert sum(c.stats.cpu_experts for c in caches) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_graphed_decode_step_computes_misses_on_the_cpu(checkpoint: tuple[Path, bool]) -> None:
+    """On CUDA the piecewise graph's host callbacks compute the misses on the CPU (each row's pairs
+    there skipped by the kernel as NO_EXPERT): every step's logits equal the resident engine's."""
+    from v4.model.static_decode import StaticDecoder
+
+    path, quantized = checkpoint
+    resident = model.load(path, device="cuda", dtype="float32", quantized=quantized)
+    offloaded = model.load(path, device="cuda", dtype="float32", quantized=quantized, offload_experts=4)
+    caches = [m.strategy.offload for m in offloaded.model.modules() if isinstance(m, MoE)]
+    for cache in caches:
+        cache.costs = CPU_CHEAPER
+    decoder = StaticDecoder(offloaded.model, batch=2, capacity=32, use_graph=True)
+    assert decoder.use_graph
+    generator = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, 32000, (n,), generator=generator).tolist() for n in (7, 11)]
+    states = []
+    for row, prompt in enumerate(prompts):
+        state = resident.new_state(64, draft=False)
+        resident.forward(prompt, state)
+        decoder.load_row(row, state)
+        states.append(state)
+    for _ in range(8):
+        tokens = torch.randint(0, 32000, (2,), generator=generator).tolist()
+        logits = decoder.step(tokens)
+        for row in range(2):
+            assert torch.allclose(logits[row], resident.forward([tokens[row]], states[row])[-1], atol=1e-4, rtol=1e-4)
     assert sum(c.stats.cpu_experts for c in caches) > 0

@@ -1,0 +1,60 @@
+"""The markdown table of bench_offload_budgets.py's JSON (issue 28's budgets), printed for the README.
+
+    python benchmarks/summarize_offload.py benchmarks/results/offload_budgets_h100.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MODES = (("b1_cache", "B=1, cache only"), ("b1_prefetch", "B=1, + prefetch"),
+         ("b1_cpu_policy", "B=1, + prefetch + CPU when cheaper (eager)"),
+         ("b1_cpu_forced", "B=1, every miss on the CPU (eager)"),
+         ("b8_cache", "B=8, cache only"), ("b8_prefetch", "B=8, + prefetch"))
+
+
+def cell(run: dict | None) -> str:
+    if not run:
+        return "-"
+    graph = "graph" if run.get("graph") else "eager"
+    return (f"{run['tokens_per_s_43_layers']:.1f} tok/s ({run['ms_43_layers']:.0f} ms, hit {run['hit_rate']:.0%}, "
+            f"{run['copied_gib_per_token_43_layers']:.2f} GiB/tok, {graph})")
+
+
+def table(data: dict) -> str:
+    budgets = sorted((k for k in data if k.startswith("budget_")), key=lambda k: float(k.split("_")[1]))
+    head = "| 43 layers | " + " | ".join(f"{data[b]['budget_gib']:.0f} GiB: {data[b]['slots']}/256 per layer"
+                                          for b in budgets) + " |"
+    lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    for key, label in MODES:
+        lines.append(f"| {label} | " + " | ".join(cell(data[b].get(key)) if "error" not in data[b]
+                                                   else data[b]["error"][:60] for b in budgets) + " |")
+    lines.append("| prefill tok/s | " + " | ".join(
+        f"{data[b]['prefill']['tokens_per_s_43_layers']:.0f}" if "prefill" in data[b] else "-" for b in budgets) + " |")
+    for key, label in (("pcie_tokens_per_s", "bound: PCIe (copies of the best B=1 run)"),
+                       ("cpu_misses_tokens_per_s", "bound: misses on the CPU at memory speed"),
+                       ("cpu_all_routed_tokens_per_s", "bound: every routed expert on the CPU")):
+        lines.append(f"| {label} | " + " | ".join(
+            f"{data[b]['bounds_b1_43_layers'].get(key, float('nan')):.1f}" for b in budgets) + " |")
+    resident = data.get("resident", {})
+    if resident:
+        lines.append("")
+        lines.append(f"Every expert resident (same layers, 43-layer extrapolation): B=1 "
+                     f"{resident['b1']['tokens_per_s_43_layers']:.1f} tok/s, B=8 "
+                     f"{resident['b8']['tokens_per_s_43_layers']:.1f} tok/s.")
+    ceilings, costs = data.get("ceilings", {}), data.get("expert_costs", {})
+    if ceilings and costs:
+        lines.append(f"Pinned H2D {ceilings['pinned_h2d_gbs']:.1f} GB/s; host read {ceilings['cpu_read_gbs']:.1f} GB/s "
+                     f"({ceilings['cpu_threads']} threads). One FP4 expert ({costs['expert_mib']:.2f} MiB): copy "
+                     f"{costs['copy_ms']:.2f} ms, CPU {costs['cpu_fixed_ms']:.2f} ms + {costs['cpu_token_ms']:.2f} ms/token.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(table(json.loads(Path(sys.argv[1]).read_text())))
+
+
+if __name__ == "__main__":
+    main()

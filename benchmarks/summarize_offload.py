@@ -11,7 +11,7 @@ from pathlib import Path
 
 MODES = (("b1_cache", "B=1, cache only"), ("b1_prefetch", "B=1, + prefetch"),
          ("b1_cpu_policy", "B=1, + prefetch + CPU when cheaper (eager)"),
-         ("b1_cpu_forced", "B=1, every miss on the CPU (eager)"),
+         ("b1_cpu_forced", "B=1, CPU taken as cheaper for every miss (eager)"),
          ("b8_cache", "B=8, cache only"), ("b8_prefetch", "B=8, + prefetch"))
 
 

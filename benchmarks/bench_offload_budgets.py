@@ -17,7 +17,8 @@ Modes (each a fresh StaticDecoder continuing one prefilled state):
   - cache: experts copied on a miss, no prefetch; prefetch: layer L's copies of layer L+1's predicted
     experts (model/offload.py); both in the piecewise CUDA graph (B=8 needs 48 slots, else eager).
   - cpu policy: eager, prefetch on and `ExpertCosts` (measured at start) choosing per miss between a copy
-    and the CPU; cpu forced: eager, every miss computed on the CPU: its rate.
+    and the CPU; cpu forced: eager, the CPU taken as cheaper for every miss (one hotter than the
+    coldest resident expert is still re-placed): the CPU path's rate.
   - resident: every expert on the GPU (no budget): the compute floor of these layers.
 Bounds, for 43 layers at B=1: PCIe = pinned H2D GB/s / bytes copied per token; CPU = the host's read
 GB/s / the missed experts' bytes per token (each miss computed on the CPU at memory speed); CPU-all =

@@ -16,8 +16,8 @@ How a budget is made real on one 80 GB card:
 Modes (each a fresh StaticDecoder continuing one prefilled state):
   - cache: experts copied on a miss, no prefetch; prefetch: layer L's copies of layer L+1's predicted
     experts (model/offload.py); both in the piecewise CUDA graph (B=8 needs 48 slots, else eager).
-  - cpu policy: eager, prefetch on and `ExpertCosts` (measured at start) choosing per miss between a copy
-    and the CPU; cpu forced: eager, the CPU taken as cheaper for every miss (one hotter than the
+  - cpu policy: graphed, prefetch on and `ExpertCosts` (measured at start) choosing per miss between a copy
+    and the CPU; cpu forced: graphed, the CPU taken as cheaper for every miss (one hotter than the
     coldest resident expert is still re-placed): the CPU path's rate.
   - resident: every expert on the GPU (no budget): the compute floor of these layers.
 Bounds, for 43 layers at B=1: PCIe = pinned H2D GB/s / bytes copied per token; CPU = the host's read
@@ -155,11 +155,11 @@ def run_budget(net: Transformer, engine: Engine, budget_gib: float, costs: Exper
             run = decode(net, state, batch, steps if graph else max(6, steps // 3), graph=graph)
             out[name] = extrapolate({**run, "graph": graph}, head_ms, layers, batch)
         configure(net, prefetch=True, costs=costs)
-        out["b1_cpu_policy"] = extrapolate({**decode(net, state, 1, max(6, steps // 3), graph=False),
-                                            "graph": False}, head_ms, layers, 1)
+        out["b1_cpu_policy"] = extrapolate({**decode(net, state, 1, steps, graph=True), "graph": True},
+                                           head_ms, layers, 1)
         configure(net, prefetch=False, costs=FORCE_CPU)
-        out["b1_cpu_forced"] = extrapolate({**decode(net, state, 1, args.cpu_steps, graph=False),
-                                            "graph": False}, head_ms, layers, 1)
+        out["b1_cpu_forced"] = extrapolate({**decode(net, state, 1, args.cpu_steps, graph=True), "graph": True},
+                                           head_ms, layers, 1)
         out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
     except torch.OutOfMemoryError as error:
         out["error"] = f"out of memory under the {budget / GIB:.1f} GiB cap: {str(error).splitlines()[0]}"
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--decode-steps", type=int, default=24)
-    parser.add_argument("--cpu-steps", type=int, default=4)
+    parser.add_argument("--cpu-steps", type=int, default=6)
     args = parser.parse_args()
     started = time.perf_counter()
     results = Results(args.out)

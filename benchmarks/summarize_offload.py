@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 MODES = (("b1_cache", "B=1, cache only"), ("b1_prefetch", "B=1, + prefetch"),
-         ("b1_cpu_policy", "B=1, + prefetch + CPU when cheaper (eager)"),
-         ("b1_cpu_forced", "B=1, CPU taken as cheaper for every miss (eager)"),
+         ("b1_cpu_policy", "B=1, + prefetch + CPU when cheaper"),
+         ("b1_cpu_forced", "B=1, CPU taken as cheaper for every miss"),
          ("b8_cache", "B=8, cache only"), ("b8_prefetch", "B=8, + prefetch"))
 
 

@@ -57,6 +57,23 @@ def cpu_expert(x: Tensor, tensors: Sequence[Tensor], fmt: str | None, limit: flo
     return tiled_linear(hidden, w2, s2, fmt)
 
 
+def pair_inputs(x: Tensor, weights: Tensor, pairs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The tokens `[P, hidden]` and routing weights `[P]` float32 of `pairs` (flat (token, slot) indices
+    into a call's `[N, k]` routing), copied to the host."""
+    return x[(pairs // k).to(x.device)].cpu(), weights.reshape(-1)[pairs.to(x.device)].float().cpu()
+
+
+def weighted_pairs(host: Sequence[Sequence[Tensor]], fmt: str | None, limit: float, x: Tensor, weights: Tensor,
+                   pair_experts: Tensor, experts: list[int]) -> Tensor:
+    """Each pair's expert output times its routing weight `[P, hidden]` float32, on the CPU, one expert
+    of `experts` at a time (every pair's expert is one of them); `host` as an offload cache holds them."""
+    out = torch.empty(len(pair_experts), x.shape[-1], dtype=torch.float32)
+    for expert in experts:
+        rows = (pair_experts == expert).nonzero().squeeze(1)
+        out[rows] = cpu_expert(x[rows], [held[expert] for held in host], fmt, limit) * weights[rows, None]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ExpertCosts:
     """What serving one expert costs: `copy_s` to copy it to the GPU, `cpu_fixed_s + tokens x

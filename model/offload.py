@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .cpu_experts import ExpertCosts, cpu_expert, measure_costs
+from .cpu_experts import ExpertCosts, measure_costs, pair_inputs, weighted_pairs
 from .moe import MoE
 from .piecewise_graph import PiecewiseGraph
 
@@ -48,6 +48,11 @@ class OffloadError(ValueError):
 
 
 HEAT_HALF_LIFE = 64  # MoE calls (decode tokens) after which an expert's use counts half as much
+# Prefetch copies only while this share of the experts the layer before predicts is then used
+# (decayed like heat). A wrong guess costs a copy's bandwidth and may evict a useful expert: on the
+# H100 with random weights (~25% right) prefetching cost 7-11% of decode speed.
+PREFETCH_MIN_PRECISION = 0.5
+PREFETCH_WARMUP = 8.0  # predicted experts counted before the precision decides
 
 
 @dataclass(slots=True)
@@ -104,6 +109,9 @@ class ExpertCache:
         # while this layer computes (`_predict`); that cache waits for them (`pending`) and counts its hits.
         self.next: tuple[ExpertCache, Router] | None = None
         self.prefetched: set[int] = set()
+        # What the layer before predicted for the next call, copied or not, and how often it was right.
+        self.predicted: list[int] | None = None
+        self.predictions = self.predictions_right = 0.0
         self.pending: torch.cuda.Event | None = None
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
@@ -181,6 +189,10 @@ class ExpertCache:
         self.heat.mul_(self.decay).add_(counts)
         self.clock += 1
         needed = counts.nonzero().squeeze(1).tolist()
+        if self.predicted is not None:
+            self.predictions = self.decay * self.predictions + len(self.predicted)
+            self.predictions_right = self.decay * self.predictions_right + sum(1 for e in self.predicted if counts[e])
+            self.predicted = None
         for expert in needed:
             self.stats.selections[expert] += int(counts[expert])
             self.last_used[expert] = self.clock
@@ -234,7 +246,17 @@ class ExpertCache:
 
     def _prefetch_next(self, predicted: Tensor) -> None:
         if self.next is not None and predicted.numel():
-            self.next[0].prefetch(torch.unique(predicted).tolist())
+            following = self.next[0]
+            following.predicted = torch.unique(predicted).tolist()
+            if following.prefetch_pays():
+                following.prefetch(following.predicted)
+
+    def prefetch_pays(self) -> bool:
+        """Whether the predictions for this cache have been right often enough to copy on them; they
+        are scored whether copied or not, so a layer whose guesses improve starts prefetching again."""
+        if self.predictions < PREFETCH_WARMUP:
+            return True
+        return self.predictions_right >= PREFETCH_MIN_PRECISION * self.predictions
 
     def prefetch(self, experts: list[int]) -> None:
         """Start copying `experts` (what the next call will likely need) into the slots of the coldest
@@ -327,7 +349,7 @@ class ExpertCache:
         flat = host_ids.reshape(-1)
         on_host = torch.isin(flat, torch.tensor(on_cpu))
         cpu_pairs, gpu_pairs = on_host.nonzero().squeeze(1), (~on_host).nonzero().squeeze(1)
-        host_x, host_weights = self._cpu_inputs(x, weights, cpu_pairs, k)
+        host_x, host_weights = pair_inputs(x, weights, cpu_pairs, k)
         other = meanwhile()
         out = torch.zeros(num_tokens * k, x.shape[-1], dtype=torch.float32, device=x.device)
         self._wait(ready)
@@ -347,26 +369,14 @@ class ExpertCache:
             return out
         flat = host_ids.reshape(-1)
         cpu_pairs = torch.isin(flat, torch.tensor(on_cpu)).nonzero().squeeze(1)
-        host_x, host_weights = self._cpu_inputs(x, weights, cpu_pairs, k)
+        host_x, host_weights = pair_inputs(x, weights, cpu_pairs, k)
         return out.index_add_(0, cpu_pairs // k, self._cpu_pairs(host_x, host_weights, flat[cpu_pairs], on_cpu))
 
-    @staticmethod
-    def _cpu_inputs(x: Tensor, weights: Tensor, cpu_pairs: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """The tokens and routing weights of `cpu_pairs` (flat pair indices), on the host."""
-        return (x[(cpu_pairs // k).to(x.device)].cpu(),
-                weights.reshape(-1)[cpu_pairs.to(x.device)].float().cpu())
-
     def _cpu_pairs(self, host_x: Tensor, host_weights: Tensor, pair_experts: Tensor, on_cpu: list[int]) -> Tensor:
-        """Each pair's expert output times its routing weight `[pairs, hidden]` float32, computed on the
-        CPU (cpu_experts.py) one expert of `on_cpu` at a time; counted as misses served there."""
+        """`weighted_pairs` on this cache's host experts, counted as misses served on the CPU."""
         self.stats.cpu_experts += len(on_cpu)
         self.stats.misses += len(on_cpu)
-        out = torch.empty(len(pair_experts), host_x.shape[-1], dtype=torch.float32)
-        for expert in on_cpu:
-            rows = (pair_experts == expert).nonzero().squeeze(1)
-            y = cpu_expert(host_x[rows], [held[expert] for held in self.host], self.fmt, self.limit)
-            out[rows] = y * host_weights[rows, None]
-        return out
+        return weighted_pairs(self.host, self.fmt, self.limit, host_x, host_weights, pair_experts, on_cpu)
 
     # ------------------------------------------------------------------ more experts than slots
 

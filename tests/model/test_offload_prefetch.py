@@ -46,6 +46,33 @@ def test_nothing_is_predicted_for_a_call_larger_than_the_next_cache() -> None:
     assert following.stats.prefetched == 0
 
 
+def test_prefetch_stops_while_the_guesses_are_wrong_and_resumes_when_they_improve() -> None:
+    """Predictions are scored whether copied or not: below half right (after the warm-up count),
+    nothing is copied on them; once they are right again, copying resumes."""
+    layer, following = _numbered_cache(num_experts=16, slots=4), _numbered_cache(num_experts=16, slots=4)
+    layer.next = (following, _router([[5, 6]]))
+    calls = 0
+    while following.prefetch_pays():  # 5 and 6 predicted every time, 1 and 2 needed
+        _call(layer, [[0, 1]])
+        _call(following, [[1, 2]])
+        calls += 1
+        assert calls < 20
+    assert following.predictions >= 8 and following.predictions_right == 0
+    copied = following.stats.prefetched
+    _call(layer, [[0, 1]])
+    assert following.stats.prefetched == copied  # wrong guesses: no longer copied
+    _call(following, [[5, 6]])  # ...but still scored
+    while not following.prefetch_pays():
+        _call(layer, [[0, 1]])
+        _call(following, [[5, 6]])
+        calls += 1
+        assert calls < 60
+    layer.next = (following, _router([[7, 8]]))  # right often enough again: a new guess is copied
+    before = following.stats.prefetched
+    _call(layer, [[0, 1]])
+    assert following.stats.prefetched == before + 2 and {7, 8} <= set(following.expert_in)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Layers 0 and 1 hash-routed (layer 1's experts follow from the token ids), 2 and 3 score-routed."""

@@ -15,12 +15,16 @@ MODES = (("b1_cache", "B=1, cache only"), ("b1_prefetch", "B=1, + prefetch"),
          ("b8_cache", "B=8, cache only"), ("b8_prefetch", "B=8, + prefetch"))
 
 
-def cell(run: dict | None) -> str:
+def cell(run: dict | None, h2d_gbs: float) -> str:
+    """tok/s at 43 layers, then in brackets: the hit rate, GiB copied per token and the tok/s those
+    copies alone would allow at the pinned ceiling (the PCIe bound of that run)."""
     if not run:
         return "-"
-    graph = "graph" if run.get("graph") else "eager"
-    return (f"{run['tokens_per_s_43_layers']:.1f} tok/s ({run['ms_43_layers']:.0f} ms, hit {run['hit_rate']:.0%}, "
-            f"{run['copied_gib_per_token_43_layers']:.2f} GiB/tok, {graph})")
+    graph = "" if run.get("graph") else ", eager"
+    copied = run["copied_gib_per_token_43_layers"]
+    bound = f"{h2d_gbs / (copied * 2**30 / 1e9):.0f}" if copied else "inf"
+    return (f"**{run['tokens_per_s_43_layers']:.1f}** (hit {run['hit_rate']:.0%}, {copied:.2f} GiB/tok, "
+            f"PCIe bound {bound}{graph})")
 
 
 def table(data: dict) -> str:
@@ -28,13 +32,13 @@ def table(data: dict) -> str:
     head = "| 43 layers | " + " | ".join(f"{data[b]['budget_gib']:.0f} GiB: {data[b]['slots']}/256 per layer"
                                           for b in budgets) + " |"
     lines = [head, "|---" * (len(budgets) + 1) + "|"]
+    h2d = data["ceilings"]["pinned_h2d_gbs"]
     for key, label in MODES:
-        lines.append(f"| {label} | " + " | ".join(cell(data[b].get(key)) if "error" not in data[b]
-                                                   else data[b]["error"][:60] for b in budgets) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(data[b].get(key), h2d) if "error" not in data[b]
+                                                   else "out of GPU memory under the cap" for b in budgets) + " |")
     lines.append("| prefill tok/s | " + " | ".join(
         f"{data[b]['prefill']['tokens_per_s_43_layers']:.0f}" if "prefill" in data[b] else "-" for b in budgets) + " |")
-    for key, label in (("pcie_tokens_per_s", "bound: PCIe (copies of the best B=1 run)"),
-                       ("cpu_misses_tokens_per_s", "bound: misses on the CPU at memory speed"),
+    for key, label in (("cpu_misses_tokens_per_s", "bound: B=1 cache-only misses on the CPU at memory speed"),
                        ("cpu_all_routed_tokens_per_s", "bound: every routed expert on the CPU")):
         lines.append(f"| {label} | " + " | ".join(
             f"{data[b]['bounds_b1_43_layers'].get(key, float('nan')):.1f}" for b in budgets) + " |")

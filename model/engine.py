@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
@@ -375,6 +376,8 @@ def load(path: str | Path, device: str | None = None, dtype: str | torch.dtype |
     config = EngineConfig(dtype=dtype_name, device=str(device), **engine_options)  # type: ignore[arg-type]
     if config.device == "cpu":  # torch's default (every core) stalls on a machine doing other work too
         torch.set_num_threads(config.cpu_threads or default_cpu_threads())
+    else:
+        prefer_expandable_segments()
     plan, stored = (None, None) if parallel is not None else _plan(path, config, quantized)
     slots = config.offload_experts if plan is None else plan.slots
     model = load_transformer(path, DTYPES[config.dtype], config.device, progress, config.engram_table_device,
@@ -397,6 +400,19 @@ def _plan(path: Path, config: EngineConfig, quantized: bool | None) -> tuple[Off
     budget = None if config.gpu_memory_gb is None else int(config.gpu_memory_gb * 2**30)
     return plan_checkpoint(path, DTYPES[config.dtype], quantized, device, config.offload_experts, budget,
                            fp8_state=config.kv_format == "fp8", stored=stored), stored
+
+
+def prefer_expandable_segments() -> None:
+    """Let the CUDA allocator grow segments in place (expandable_segments) unless the user's allocator
+    settings say otherwise. With fixed segments, an offloaded 24 GiB budget ran out of memory on the H100
+    with 4.5 GiB reserved but unusable (benchmarks/results/offload_budgets_h100_run1.json); vLLM turns
+    this on by default for the same reason. Set through torch's allocator API, so the order of imports
+    does not matter; a torch without it keeps its default."""
+    if any("expandable_segments" in os.environ.get(name, "") for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+        return
+    setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    if setter is not None:
+        setter("expandable_segments:True")
 
 
 def default_quantized(config: V4Config, device: str | torch.device) -> bool:

@@ -49,7 +49,7 @@ from bench_perf import GIB, Results, cuda_ms, timed_prefill  # noqa: E402
 from tests.model.flash_layout import FLASH_CONFIG  # noqa: E402
 from v4.model.config import EngineConfig, V4Config  # noqa: E402
 from v4.model.cpu_experts import ExpertCosts, measure_costs  # noqa: E402
-from v4.model.engine import Engine  # noqa: E402
+from v4.model.engine import Engine, prefer_expandable_segments  # noqa: E402
 from v4.model.moe import MoE  # noqa: E402
 from v4.model.offload_plan import OffloadPlan, plan_offload, runtime_reserve, sizes_from_config  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--cpu-steps", type=int, default=6)
     args = parser.parse_args()
     started = time.perf_counter()
+    prefer_expandable_segments()  # as model.load does on CUDA
     results = Results(args.out)
     h2d = pinned_copy_gbs()
     cpu = cpu_read_gbs()

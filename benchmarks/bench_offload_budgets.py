@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--decode-steps", type=int, default=24)
     parser.add_argument("--cpu-steps", type=int, default=6)
+    parser.add_argument("--skip-resident", action="store_true", help="skip the every-expert-resident floor")
     args = parser.parse_args()
     started = time.perf_counter()
     prefer_expandable_segments()  # as model.load does on CUDA
@@ -214,15 +215,16 @@ def main() -> None:
                                      "copy_gbs": expert_bytes / costs.copy_s / 1e9,
                                      "cpu_gbs": expert_bytes / max(costs.cpu_fixed_s, 1e-9) / 1e9})
         results.put("check_cpu_experts", check_cpu_experts(net))
-        resize(net, net.config.n_routed_experts)  # every expert on the GPU: the compute floor
-        state, seconds = prefilled(engine, net, args.prefill, args.chunk)
-        streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
-        head_ms = cuda_ms(lambda: net.logits(streams), 10)
-        results.put("resident", {"prefill_tokens_per_s": args.prefill / seconds, "head_ms": head_ms,
-                                 **{f"b{b}": extrapolate(decode(net, state, b, args.decode_steps, graph=True),
-                                                         head_ms, args.layers, b) for b in (1, 8)}})
-        del state
-        gc.collect()
+        if not args.skip_resident:
+            resize(net, net.config.n_routed_experts)  # every expert on the GPU: the compute floor
+            state, seconds = prefilled(engine, net, args.prefill, args.chunk)
+            streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
+            head_ms = cuda_ms(lambda: net.logits(streams), 10)
+            results.put("resident", {"prefill_tokens_per_s": args.prefill / seconds, "head_ms": head_ms,
+                                     **{f"b{b}": extrapolate(decode(net, state, b, args.decode_steps, graph=True),
+                                                             head_ms, args.layers, b) for b in (1, 8)}})
+            del state
+            gc.collect()
         for budget in args.budgets.split(","):
             out = run_budget(net, engine, float(budget), costs, args)
             out["bounds_b1_43_layers"] = bounds(out, expert_bytes, h2d, cpu)

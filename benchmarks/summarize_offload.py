@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+FLASH_LAYERS, TOP_K = 43, 6
+
 MODES = (("b1_cache", "B=1, cache only"), ("b1_prefetch", "B=1, + prefetch"),
          ("b1_cpu_policy", "B=1, + prefetch + CPU when cheaper"),
          ("b1_cpu_forced", "B=1, CPU taken as cheaper for every miss"),
@@ -38,10 +40,13 @@ def table(data: dict) -> str:
                                                    else "out of GPU memory under the cap" for b in budgets) + " |")
     lines.append("| prefill tok/s | " + " | ".join(
         f"{data[b]['prefill']['tokens_per_s_43_layers']:.0f}" if "prefill" in data[b] else "-" for b in budgets) + " |")
-    for key, label in (("cpu_misses_tokens_per_s", "bound: B=1 cache-only misses on the CPU at memory speed"),
-                       ("cpu_all_routed_tokens_per_s", "bound: every routed expert on the CPU")):
-        lines.append(f"| {label} | " + " | ".join(
-            f"{data[b]['bounds_b1_43_layers'].get(key, float('nan')):.1f}" for b in budgets) + " |")
+    cpu_gbs, expert = data["ceilings"]["cpu_read_gbs"] * 1e9, data["expert_costs"]["expert_mib"] * 2**20
+    per_token = FLASH_LAYERS * TOP_K * expert  # routed-expert bytes a token reads at 43 layers
+    misses = [data[b]["b1_cache"]["hit_rate"] if "b1_cache" in data[b] else None for b in budgets]
+    lines.append("| bound: the B=1 cache-only misses on the CPU at memory speed | " + " | ".join(
+        "-" if hit is None else f"{cpu_gbs / (per_token * (1 - hit)):.1f}" for hit in misses) + " |")
+    lines.append("| bound: every routed expert on the CPU at memory speed | " + " | ".join(
+        f"{cpu_gbs / per_token:.1f}" for _ in budgets) + " |")
     resident = data.get("resident", {})
     if resident:
         lines.append("")

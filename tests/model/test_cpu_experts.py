@@ -127,13 +127,20 @@ def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return path, request.param
 
 
-def test_a_model_computing_misses_on_the_cpu_equals_resident(checkpoint: tuple[Path, bool]) -> None:
+def _resident_and_offloaded(checkpoint: tuple[Path, bool], device: str, slots: int
+                            ) -> tuple[model.Engine, model.Engine, list[ExpertCache]]:
+    """The checkpoint loaded whole and with `slots` experts per layer cached, its misses computed on the CPU."""
     path, quantized = checkpoint
-    resident = model.load(path, device="cpu", dtype="float32", quantized=quantized)
-    offloaded = model.load(path, device="cpu", dtype="float32", quantized=quantized, offload_experts=3)
+    resident = model.load(path, device=device, dtype="float32", quantized=quantized)
+    offloaded = model.load(path, device=device, dtype="float32", quantized=quantized, offload_experts=slots)
     caches = [m.strategy.offload for m in offloaded.model.modules() if isinstance(m, MoE)]
     for cache in caches:
         cache.costs = CPU_CHEAPER
+    return resident, offloaded, caches
+
+
+def test_a_model_computing_misses_on_the_cpu_equals_resident(checkpoint: tuple[Path, bool]) -> None:
+    resident, offloaded, caches = _resident_and_offloaded(checkpoint, "cpu", slots=3)
     ids = torch.randint(0, 32000, (24,), generator=torch.Generator().manual_seed(6)).tolist()
     a_state, b_state = resident.new_state(64), offloaded.new_state(64)
     assert torch.allclose(resident.forward(ids[:8], a_state), offloaded.forward(ids[:8], b_state), atol=1e-5)
@@ -148,12 +155,7 @@ def test_the_graphed_decode_step_computes_misses_on_the_cpu(checkpoint: tuple[Pa
     there skipped by the kernel as NO_EXPERT): every step's logits equal the resident engine's."""
     from v4.model.static_decode import StaticDecoder
 
-    path, quantized = checkpoint
-    resident = model.load(path, device="cuda", dtype="float32", quantized=quantized)
-    offloaded = model.load(path, device="cuda", dtype="float32", quantized=quantized, offload_experts=4)
-    caches = [m.strategy.offload for m in offloaded.model.modules() if isinstance(m, MoE)]
-    for cache in caches:
-        cache.costs = CPU_CHEAPER
+    resident, offloaded, caches = _resident_and_offloaded(checkpoint, "cuda", slots=4)
     decoder = StaticDecoder(offloaded.model, batch=2, capacity=32, use_graph=True)
     assert decoder.use_graph
     generator = torch.Generator().manual_seed(8)

@@ -1,14 +1,11 @@
 """Expert offload: a MoE model larger than the GPU still runs. Each MoE's routed experts live in host
 memory (pinned, so copies are DMA at PCIe speed; or memory-mapped from the checkpoint when host memory
-is short, model/offload_plan.py); the GPU keeps the attention, the shared experts, the
-embedding and head, plus a cache of `slots` routed experts per layer (the hot ones: each layer counts
-how often its router picks each expert, with decay, and the coldest resident expert goes first; the
-counts and the hit rate are in `OffloadStats`). KTransformers is the anchor
-for the split. A missing expert is copied to the GPU, so the grouped FP4/FP8 kernel runs unchanged;
-or, when `ExpertCosts` (measured at load: the copy against the CPU's tiled GEMV, model/cpu_experts.py)
+is short, model/offload_plan.py); the GPU keeps the attention, shared experts, embedding and head, plus
+a cache of `slots` routed experts per layer: the hot ones, by use counts with decay (`OffloadStats`).
+KTransformers is the anchor for the split. A missing expert is copied, so the grouped FP4/FP8 kernel
+runs unchanged; or, when `ExpertCosts` (the copy against the CPU's tiled GEMV, model/cpu_experts.py)
 say the CPU is cheaper for its few tokens and it is no hotter than the coldest resident expert, it is
-computed on the CPU from its host copy while the GPU runs the rest (eager calls only: a graphed decode
-step always copies).
+computed on the CPU from its host copy while the GPU runs the rest (in graphed steps too).
 
 Per MoE call the routing is read on the host (one sync: the price of deciding what to copy):
 - every expert the call needs fits in the cache (decode, short chunks): the missing ones are copied on
@@ -18,10 +15,9 @@ Per MoE call the routing is read on the host (one sync: the price of deciding wh
   the copy of group g+1 overlapping the grouped kernel on group g, and each (token, slot) pair's output
   lands in its own row before the per-token sum over slots: the same result, in the same order, as
   running all experts at once.
-On the CPU (tests) "host" and "cache" are both host memory and the copies are plain copies: the same
-logic runs, so it is tested without a GPU. One CUDA graph cannot hold the host sync, so a model with
-offloaded experts decodes in a piecewise graph (model/piecewise_graph.py): a piece per layer, cut where
-the host reads the routing.
+On the CPU (tests) "host" and "cache" are both host memory and copies are plain copies: the same logic,
+tested without a GPU. One CUDA graph cannot hold the host sync, so offloaded decoding is a piecewise
+graph (model/piecewise_graph.py): a piece per layer, cut where the host reads the routing.
 """
 
 from __future__ import annotations
@@ -48,11 +44,9 @@ class OffloadError(ValueError):
 
 
 HEAT_HALF_LIFE = 64  # MoE calls (decode tokens) after which an expert's use counts half as much
-# Prefetch copies only while this share of the experts the layer before predicts is then used
-# (decayed like heat). A wrong guess costs a copy's bandwidth and may evict a useful expert: on the
-# H100 with random weights (~25% right) prefetching cost 7-11% of decode speed.
-PREFETCH_MIN_PRECISION = 0.5
-PREFETCH_WARMUP = 8.0  # predicted experts counted before the precision decides
+# Prefetch copies only while this share of the layer before's guesses is then used (decayed like heat):
+# a wrong guess costs a copy and may evict a useful expert (H100, random weights: ~25% right, -7-11%).
+PREFETCH_MIN_PRECISION, PREFETCH_WARMUP = 0.5, 8.0  # the latter: guesses counted before it decides
 
 
 @dataclass(slots=True)
@@ -92,7 +86,8 @@ class ExpertCache:
         self.device = torch.device(device)
         self.cache = tuple(torch.empty((self.slots, *t[0].shape), dtype=t[0].dtype, device=self.device) for t in host)
         self.expert_bytes = sum(t[0].numel() * t[0].element_size() for t in host)
-        self.slot_of = torch.full((num_experts,), -1, dtype=torch.long)  # host table: expert -> slot
+        self._slot = [-1] * num_experts  # host table: expert -> slot (a list: a tensor write costs ~2 us)
+        self._slot_tensor: Tensor | None = None  # the same as a tensor, made again after a change
         self.expert_in = [-1] * self.slots
         # Which experts stay: decayed use counts (`heat`), the coldest resident expert not needed now
         # evicted first, ties by the least recently used. A burst of one-off experts (a prompt's odd
@@ -193,21 +188,23 @@ class ExpertCache:
             self.predictions = self.decay * self.predictions + len(self.predicted)
             self.predictions_right = self.decay * self.predictions_right + sum(1 for e in self.predicted if counts[e])
             self.predicted = None
+        per_expert = counts.tolist()
         for expert in needed:
-            self.stats.selections[expert] += int(counts[expert])
+            self.stats.selections[expert] += per_expert[expert]
             self.last_used[expert] = self.clock
         return needed, counts
 
     def coldest(self, keep: set[int]) -> list[int]:
         """The resident experts outside `keep`, coldest first: the order they are evicted in."""
         resident = [e for e in self.expert_in if e >= 0 and e not in keep]
-        return sorted(resident, key=lambda e: (float(self.heat[e]), self.last_used[e], e))
+        heat = self.heat.tolist()  # one conversion, not one tensor read per comparison
+        return sorted(resident, key=lambda e: (heat[e], self.last_used[e], e))
 
     def _fetch(self, needed: list[int]) -> torch.cuda.Event | None:
         """Make every expert of `needed` resident (the coldest others evicted); the copies are issued
         on the side stream, returned as the event that marks them done (after any prefetch's)."""
         self._settle_prefetch(needed)
-        missing = [e for e in needed if self.slot_of[e] < 0]
+        missing = [e for e in needed if self._slot[e] < 0]
         self.stats.hits += len(needed) - len(missing)
         self.stats.misses += len(missing)
         if not missing:
@@ -218,14 +215,14 @@ class ExpertCache:
         """A slot for each of `missing`: free ones first, then those of the coldest experts outside `keep`
         (forgotten now). Returns the (expert, slot) moves."""
         free = [s for s, e in enumerate(self.expert_in) if e < 0]
-        victims = iter(self.coldest(keep))
+        victims = iter(self.coldest(keep) if len(missing) > len(free) else ())
         slots = []
         for _ in missing:
             if free:
                 slots.append(free.pop(0))
                 continue
             victim = next(victims)
-            slots.append(int(self.slot_of[victim]))
+            slots.append(self._slot[victim])
             self._forget(victim)
         return list(zip(missing, slots))
 
@@ -263,7 +260,7 @@ class ExpertCache:
         others, on the side stream; the next call waits for the copies and counts the ones it uses."""
         keep = set(experts)
         room = sum(1 for e in self.expert_in if e < 0) + len(self.coldest(keep))
-        missing = [e for e in experts if self.slot_of[e] < 0][:room]
+        missing = [e for e in experts if self._slot[e] < 0][:room]
         if not missing:
             return
         self.pending = self._copy(self._make_room(missing, keep))
@@ -274,7 +271,7 @@ class ExpertCache:
         """Before a call uses its slots: wait for the prefetch copies and count those it needs."""
         self._wait(self.pending)
         self.pending = None
-        self.stats.prefetch_hits += sum(1 for e in needed if e in self.prefetched and self.slot_of[e] >= 0)
+        self.stats.prefetch_hits += sum(1 for e in needed if e in self.prefetched and self._slot[e] >= 0)
         self.prefetched.clear()
 
     def _copy(self, moves: list[tuple[int, int]], after: torch.cuda.Event | None = None) -> torch.cuda.Event | None:
@@ -303,16 +300,20 @@ class ExpertCache:
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
 
+    @property
+    def slot_of(self) -> Tensor:
+        """expert -> slot (-1: not on the GPU) `[E]`, to gather a call's slots in one operation."""
+        if self._slot_tensor is None:
+            self._slot_tensor = torch.tensor(self._slot, dtype=torch.long)
+        return self._slot_tensor
+
     def _remember(self, expert: int, slot: int) -> None:
         if self.expert_in[slot] >= 0:
             self._forget(self.expert_in[slot])
-        self.slot_of[expert] = slot
-        self.expert_in[slot] = expert
+        self._slot[expert], self.expert_in[slot], self._slot_tensor = slot, expert, None
 
     def _forget(self, expert: int) -> None:
-        slot = int(self.slot_of[expert])
-        self.slot_of[expert] = -1
-        self.expert_in[slot] = -1
+        self.expert_in[self._slot[expert]], self._slot[expert], self._slot_tensor = -1, -1, None
 
     # ------------------------------------------------------------------ misses computed on the CPU
 
@@ -322,7 +323,8 @@ class ExpertCache:
         it would replace (then it is copied: re-placed, as later calls will want it). Decided in the
         order `_fetch` fills slots, so the copies it then makes are exactly the others."""
         costs = self.costs
-        missing = sorted((e for e in needed if self.slot_of[e] < 0), key=lambda e: (-float(self.heat[e]), e))
+        heat = self.heat.tolist()
+        missing = sorted((e for e in needed if self._slot[e] < 0), key=lambda e: (-heat[e], e))
         if costs is None or not missing:
             return []
         free = sum(1 for e in self.expert_in if e < 0)
@@ -331,7 +333,7 @@ class ExpertCache:
         for expert in missing:
             if free:
                 free -= 1
-            elif float(self.heat[expert]) > float(self.heat[evictable[0]]) or not costs.cpu_faster(int(counts[expert])):
+            elif heat[expert] > heat[evictable[0]] or not costs.cpu_faster(int(counts[expert])):
                 evictable.pop(0)
             else:
                 on_cpu.append(expert)
@@ -388,7 +390,8 @@ class ExpertCache:
         self.stats.streamed_calls += 1
         self._settle_prefetch([])
         self.stats.misses += len(needed)
-        needed = sorted(needed, key=lambda e: (float(self.heat[e]), e))
+        heat = self.heat.tolist()
+        needed = sorted(needed, key=lambda e: (heat[e], e))
         half = self.slots // 2
         groups = [needed[i : i + half] for i in range(0, len(needed), half)]
         num_tokens, k = host_ids.shape
@@ -419,7 +422,7 @@ class ExpertCache:
             if self.expert_in[slot] >= 0:
                 self._forget(self.expert_in[slot])
         for expert in group:
-            if self.slot_of[expert] >= 0:
+            if self._slot[expert] >= 0:
                 self._forget(expert)
         return [(expert, base + i) for i, expert in enumerate(group)]
 
@@ -437,10 +440,8 @@ def has_offload(model: torch.nn.Module) -> bool:
 
 
 def fewest_slots(model: torch.nn.Module) -> int | None:
-    """The smallest expert cache of `model`'s offloaded MoEs (None: nothing offloaded). A graphed
-    decode step of B rows needs B x top-k slots per layer: a step may route every pair apart."""
-    slots = [cache.slots for cache in expert_caches(model)]
-    return min(slots) if slots else None
+    """The smallest expert cache of `model`'s offloaded MoEs (None: none); a graphed B-row step needs B x top-k."""
+    return min((cache.slots for cache in expert_caches(model)), default=None)
 
 
 def to_host(tensor: Tensor, pin: bool) -> Tensor:

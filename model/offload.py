@@ -87,7 +87,6 @@ class ExpertCache:
         self.cache = tuple(torch.empty((self.slots, *t[0].shape), dtype=t[0].dtype, device=self.device) for t in host)
         self.expert_bytes = sum(t[0].numel() * t[0].element_size() for t in host)
         self._slot = [-1] * num_experts  # host table: expert -> slot (a list: a tensor write costs ~2 us)
-        self._slot_tensor: Tensor | None = None  # the same as a tensor, made again after a change
         self.expert_in = [-1] * self.slots
         # Which experts stay: decayed use counts (`heat`), the coldest resident expert not needed now
         # evicted first, ties by the least recently used. A burst of one-off experts (a prompt's odd
@@ -135,7 +134,7 @@ class ExpertCache:
                 return self._routed_split(x, weights, host_ids, on_cpu, ready, run, meanwhile)
             other = meanwhile()
             self._wait(ready)
-            slot_ids = self.slot_of[host_ids].to(self.device, non_blocking=True)
+            slot_ids = self.slots_of(host_ids).to(self.device, non_blocking=True)
             return run(x, weights, slot_ids, self.cache), other
         return self._stream(x, weights, host_ids, needed, run, meanwhile)
 
@@ -166,7 +165,7 @@ class ExpertCache:
             if from_cpu is not None:
                 from_cpu.copy_(self._cpu_sums(x, weights, host_ids, on_cpu))
             self._wait(ready)
-            slot_ids.copy_(self.slot_of[host_ids].to(slot_ids.dtype))  # an expert on the CPU: -1, NO_EXPERT
+            slot_ids.copy_(self.slots_of(host_ids))  # an expert on the CPU: -1, NO_EXPERT
 
         capture.split(fetch)
         routed = run(x, weights, slot_ids, self.cache)
@@ -300,20 +299,20 @@ class ExpertCache:
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
 
-    @property
-    def slot_of(self) -> Tensor:
-        """expert -> slot (-1: not on the GPU) `[E]`, to gather a call's slots in one operation."""
-        if self._slot_tensor is None:
-            self._slot_tensor = torch.tensor(self._slot, dtype=torch.long)
-        return self._slot_tensor
+    slot_of = property(lambda self: torch.tensor(self._slot, dtype=torch.long), doc="expert -> slot `[E]` (-1: none)")
+
+    def slots_of(self, host_ids: Tensor) -> Tensor:
+        """The slot of each expert id in `host_ids` (host, any shape; -1: not on the GPU), as int64."""
+        slots = [self._slot[e] for e in host_ids.reshape(-1).tolist()]
+        return torch.tensor(slots, dtype=torch.long).view(host_ids.shape)
 
     def _remember(self, expert: int, slot: int) -> None:
         if self.expert_in[slot] >= 0:
             self._forget(self.expert_in[slot])
-        self._slot[expert], self.expert_in[slot], self._slot_tensor = slot, expert, None
+        self._slot[expert], self.expert_in[slot] = slot, expert
 
     def _forget(self, expert: int) -> None:
-        self.expert_in[self._slot[expert]], self._slot[expert], self._slot_tensor = -1, -1, None
+        self.expert_in[self._slot[expert]], self._slot[expert] = -1, -1
 
     # ------------------------------------------------------------------ misses computed on the CPU
 
@@ -357,7 +356,7 @@ class ExpertCache:
         self._wait(ready)
         if gpu_pairs.numel():
             here = gpu_pairs.to(x.device)
-            slot_ids = self.slot_of[flat[gpu_pairs]][:, None].to(x.device)
+            slot_ids = self.slots_of(flat[gpu_pairs])[:, None].to(x.device)
             out[here] = run(x[here // k], weights.reshape(-1)[here, None], slot_ids, self.cache).float()
         out[cpu_pairs.to(x.device)] = self._cpu_pairs(host_x, host_weights, flat[cpu_pairs], on_cpu).to(x.device)
         return out.view(num_tokens, k, -1).sum(1).to(x.dtype), other
@@ -404,7 +403,7 @@ class ExpertCache:
         for g, group in enumerate(groups):
             self._wait(copied[g])
             pairs = torch.isin(flat_ids, torch.tensor(group)).nonzero().squeeze(1)
-            slot_ids = self.slot_of[flat_ids[pairs]][:, None].to(x.device)
+            slot_ids = self.slots_of(flat_ids[pairs])[:, None].to(x.device)
             pairs_here = pairs.to(x.device)
             out[pairs_here] = run(x[pairs_here // k], weights.reshape(-1)[pairs_here, None], slot_ids,
                                   self.cache).float()

@@ -162,7 +162,7 @@ class ExpertCache:
             ready = self._fetch([e for e in needed if e not in on_cpu])
             if predicted is not None:
                 self._prefetch_next(predicted.cpu())
-            if from_cpu is not None:
+            if on_cpu:  # else the zeros this piece wrote stand: no copy on the hot path
                 from_cpu.copy_(self._cpu_sums(x, weights, host_ids, on_cpu))
             self._wait(ready)
             slot_ids.copy_(self.slots_of(host_ids))  # an expert on the CPU: -1, NO_EXPERT
@@ -183,11 +183,11 @@ class ExpertCache:
         self.heat.mul_(self.decay).add_(counts)
         self.clock += 1
         needed = counts.nonzero().squeeze(1).tolist()
+        per_expert = counts.tolist()
         if self.predicted is not None:
             self.predictions = self.decay * self.predictions + len(self.predicted)
-            self.predictions_right = self.decay * self.predictions_right + sum(1 for e in self.predicted if counts[e])
+            self.predictions_right = self.decay * self.predictions_right + sum(1 for e in self.predicted if per_expert[e])
             self.predicted = None
-        per_expert = counts.tolist()
         for expert in needed:
             self.stats.selections[expert] += per_expert[expert]
             self.last_used[expert] = self.clock
@@ -258,7 +258,7 @@ class ExpertCache:
         """Start copying `experts` (what the next call will likely need) into the slots of the coldest
         others, on the side stream; the next call waits for the copies and counts the ones it uses."""
         keep = set(experts)
-        room = sum(1 for e in self.expert_in if e < 0) + len(self.coldest(keep))
+        room = sum(1 for e in self.expert_in if e < 0 or e not in keep)  # free, or evictable for these
         missing = [e for e in experts if self._slot[e] < 0][:room]
         if not missing:
             return

@@ -153,19 +153,13 @@ def test_a_model_computing_misses_on_the_cpu_equals_resident(checkpoint: tuple[P
 def test_the_graphed_decode_step_computes_misses_on_the_cpu(checkpoint: tuple[Path, bool]) -> None:
     """On CUDA the piecewise graph's host callbacks compute the misses on the CPU (each row's pairs
     there skipped by the kernel as NO_EXPERT): every step's logits equal the resident engine's."""
-    from v4.model.static_decode import StaticDecoder
+    from .test_offload import _decoder_with_rows
 
     resident, offloaded, caches = _resident_and_offloaded(checkpoint, "cuda", slots=4)
-    decoder = StaticDecoder(offloaded.model, batch=2, capacity=32, use_graph=True)
-    assert decoder.use_graph
     generator = torch.Generator().manual_seed(8)
     prompts = [torch.randint(0, 32000, (n,), generator=generator).tolist() for n in (7, 11)]
-    states = []
-    for row, prompt in enumerate(prompts):
-        state = resident.new_state(64, draft=False)
-        resident.forward(prompt, state)
-        decoder.load_row(row, state)
-        states.append(state)
+    decoder, states = _decoder_with_rows(resident, prompts, use_graph=True, decode_model=offloaded.model)
+    assert decoder.use_graph
     for _ in range(8):
         tokens = torch.randint(0, 32000, (2,), generator=generator).tolist()
         logits = decoder.step(tokens)

@@ -93,8 +93,10 @@ def test_experts_live_on_the_host_under_their_names(checkpoint: tuple[Path, bool
     assert moe.strategy.offload.cache[0].shape[0] == 3 and has_offload(engine.model)
 
 
-def _decoder_with_rows(engine: model.Engine, prompts: list[list[int]], use_graph: bool) -> tuple[StaticDecoder, list]:
-    decoder = StaticDecoder(engine.model, batch=len(prompts), capacity=32, use_graph=use_graph)
+def _decoder_with_rows(engine: model.Engine, prompts: list[list[int]], use_graph: bool,
+                       decode_model: torch.nn.Module | None = None) -> tuple[StaticDecoder, list]:
+    """A decoder (on `decode_model`, default the engine's) with a row per prompt, each prefilled by `engine`."""
+    decoder = StaticDecoder(decode_model or engine.model, batch=len(prompts), capacity=32, use_graph=use_graph)
     states = []
     for row, prompt in enumerate(prompts):
         state = engine.new_state(64, draft=False)

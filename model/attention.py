@@ -34,7 +34,7 @@ class Compressor(nn.Module):
         width = 2 * dim if overlap else dim
         self.wkv = nn.Linear(config.hidden_size, width, bias=False)
         self.wgate = nn.Linear(config.hidden_size, width, bias=False)
-        self.ape = nn.Parameter(torch.zeros(rate, width))
+        self.ape = nn.Parameter(torch.zeros(rate, width, dtype=torch.float32))  # float32 in any model dtype, as loaded
         self.norm = RMSNorm(dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, start: int, state: CompressorState, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -407,10 +407,12 @@ def prefer_expandable_segments() -> None:
     settings say otherwise. With fixed segments, an offloaded 24 GiB budget ran out of memory on the H100
     with 4.5 GiB reserved but unusable (benchmarks/results/offload_budgets_h100_run1.json); vLLM turns
     this on by default for the same reason. Set through torch's allocator API, so the order of imports
-    does not matter; a torch without it keeps its default."""
+    does not matter; a torch without it keeps its default. (torch 2.11 deprecates the CUDA-only setter
+    for the accelerator-wide one, which it then calls: the newer is tried first.)"""
     if any("expandable_segments" in os.environ.get(name, "") for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
         return
-    setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or \
+        getattr(torch.cuda.memory, "_set_allocator_settings", None)
     if setter is not None:
         setter("expandable_segments:True")
 

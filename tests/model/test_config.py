@@ -104,3 +104,26 @@ def test_engine_config_is_checked() -> None:
         EngineConfig(dtype="int8")
     with pytest.raises(ConfigError, match="positive"):
         EngineConfig(max_seq_len=0)
+
+
+def test_a_model_built_in_bf16_keeps_v4s_float32_parameters_float32() -> None:
+    """Norms, mHC, sinks, the gate bias and every compressor's `ape` are float32 whatever the default
+    dtype at construction, as a loaded checkpoint has them: the decode kernels take them so."""
+    import torch
+
+    from tests.model.conftest import TINY
+    from v4.model.formats import keeps_float32
+    from v4.model.v4 import Transformer
+
+    config = V4Config.from_dict({**TINY, "model_type": "deepseek_v4"})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            net = Transformer(config)
+    finally:
+        torch.set_default_dtype(previous)
+    kept = {name: p.dtype for name, p in net.named_parameters() if keeps_float32(name)}
+    assert any(name.endswith("ape") for name in kept)
+    assert {name: dtype for name, dtype in kept.items() if dtype != torch.float32} == {}
+    assert net.embed.weight.dtype == torch.bfloat16

@@ -7,6 +7,8 @@
 #                                            #   bench_perf's graphed step on the tree before (benchmarks/.work/base,
 #                                            #   made by `git archive BASE | tar -x -C benchmarks/.work/base` and
 #                                            #   carried) and on this tree, side by side on one machine
+#   bash benchmarks/device_decode.sh verify  # ~5 min: the MTP verify step against a 1-token step, then
+#                                            #   the prefill sweep 8K..1M (FP8 state) with growth per doubling
 # The last lines printed are a summary.
 set -u
 OUT=${OUT:-$PWD/out}
@@ -51,4 +53,14 @@ if [ "$part" = perf ]; then
     echo "perf base exit $?"
   fi
   python benchmarks/summarize_decode.py "$OUT/perf_base.json" "$OUT/perf_new.json"
+fi
+
+if [ "$part" = verify ]; then
+  timeout 170 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
+  echo "mtp exit $?"; grep "^|" "$OUT/mtp_verify/mtp_verify.md"
+  timeout 260 python benchmarks/bench_perf.py --prefill-only --kv-format fp8 --budget-s 200 \
+    --out "$OUT/prefill_fp8.json" > "$OUT/prefill.log" 2>&1
+  echo "prefill exit $?"
+  python -c "import json, sys; p = json.load(open(sys.argv[1]))['flash_prefill']; print(json.dumps(p, indent=1))" \
+    "$OUT/prefill_fp8.json" | head -40
 fi

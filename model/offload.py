@@ -152,7 +152,10 @@ class ExpertCache:
         predicted = self._predict(x, ids, token_ids)
         other = meanwhile()
         slot_ids = torch.zeros_like(ids)
-        from_cpu = None if self.costs is None else torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        # The CPU's buffer (a fill and an add per layer and step) only where a miss could go there: the
+        # CPU's cost only grows with tokens, so one it cannot win at one token it never wins.
+        on_cpu_possible = self.costs is not None and self.costs.cpu_faster(1)
+        from_cpu = torch.zeros(x.shape, dtype=torch.float32, device=x.device) if on_cpu_possible else None
 
         def fetch() -> None:
             self.stats.calls += 1
@@ -363,11 +366,9 @@ class ExpertCache:
 
     def _cpu_sums(self, x: Tensor, weights: Tensor, host_ids: Tensor, on_cpu: list[int]) -> Tensor:
         """Per token `[N, hidden]` float32 (host): the weighted sum of its pairs whose expert is `on_cpu`
-        (zero rows when none is)."""
+        (zero rows for a token with none)."""
         num_tokens, k = host_ids.shape
         out = torch.zeros(num_tokens, x.shape[-1], dtype=torch.float32)
-        if not on_cpu:
-            return out
         flat = host_ids.reshape(-1)
         cpu_pairs = torch.isin(flat, torch.tensor(on_cpu)).nonzero().squeeze(1)
         host_x, host_weights = pair_inputs(x, weights, cpu_pairs, k)

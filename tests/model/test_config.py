@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.model.conftest import TINY
 from v4.model.config import CSA, HCA, SLIDING, ConfigError, EngineConfig, V4Config
+from v4.model.formats import keeps_float32
+from v4.model.v4 import Transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -109,12 +113,6 @@ def test_engine_config_is_checked() -> None:
 def test_a_model_built_in_bf16_keeps_v4s_float32_parameters_float32() -> None:
     """Norms, mHC, sinks, the gate bias and every compressor's `ape` are float32 whatever the default
     dtype at construction, as a loaded checkpoint has them: the decode kernels take them so."""
-    import torch
-
-    from tests.model.conftest import TINY
-    from v4.model.formats import keeps_float32
-    from v4.model.v4 import Transformer
-
     config = V4Config.from_dict({**TINY, "model_type": "deepseek_v4"})
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)

@@ -104,12 +104,14 @@ def check_cpu_experts(net: Transformer) -> dict:
             "relative": (on_cpu - resident).abs().max().item() / scale}
 
 
-def gpu_bytes_held() -> int:
-    return torch.cuda.memory_allocated()
+def head_ms(net: Transformer) -> float:
+    """The head's ms per decode step (final mHC, norm, the vocabulary GEMV): the fixed cost per step."""
+    streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
+    return cuda_ms(lambda: net.logits(streams), 10)
 
 
-def extrapolate(run: dict, head_ms: float, layers: int, batch: int) -> dict:
-    ms = head_ms + FLASH_LAYERS * (run["ms_per_step"] - head_ms) / layers
+def extrapolate(run: dict, head: float, layers: int, batch: int) -> dict:
+    ms = head + FLASH_LAYERS * (run["ms_per_step"] - head) / layers
     return {**run, "ms_43_layers": ms, "tokens_per_s_43_layers": batch * 1e3 / ms,
             "copied_gib_per_token_43_layers": run["copied_mib_per_step"] / 1024 * FLASH_LAYERS / layers / batch}
 
@@ -127,7 +129,7 @@ def run_budget(net: Transformer, engine: Engine, budget_gib: float, costs: Exper
     """Every mode at one budget, the process capped at it with the missing layers' weights as filler."""
     total = torch.cuda.get_device_properties(0).total_memory
     free, _ = torch.cuda.mem_get_info()
-    held = gpu_bytes_held()
+    held = torch.cuda.memory_allocated()
     budget = min(int(budget_gib * GIB), free + held)  # an "80 GB" card: what it has free
     plan = flash_plan(budget)
     slots = plan.experts_on_gpu
@@ -135,7 +137,7 @@ def run_budget(net: Transformer, engine: Engine, budget_gib: float, costs: Exper
     resize(net, slots)
     out: dict = {"budget_gib": budget / GIB, "plan": plan.placement(), "plan_line": plan.describe(),
                  "slots": slots}
-    filler_bytes = plan.gpu_weight_bytes - gpu_bytes_held()
+    filler_bytes = plan.gpu_weight_bytes - torch.cuda.memory_allocated()
     out["filler_gib"] = filler_bytes / GIB
     filler = torch.empty(max(0, filler_bytes), dtype=torch.uint8, device="cuda")
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total))
@@ -144,22 +146,20 @@ def run_budget(net: Transformer, engine: Engine, budget_gib: float, costs: Exper
         state, seconds = prefilled(engine, net, args.prefill, args.chunk)
         out["prefill"] = {"tokens": args.prefill, "chunk": args.chunk, "tokens_per_s": args.prefill / seconds,
                           "tokens_per_s_43_layers": args.prefill / seconds * layers / FLASH_LAYERS}
-        streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
-        head_ms = cuda_ms(lambda: net.logits(streams), 10)
-        out["head_ms"] = head_ms
+        out["head_ms"] = head = head_ms(net)
         steps = args.decode_steps
         for name, prefetch, batch, graph in (("b1_cache", False, 1, True), ("b1_prefetch", True, 1, True),
                                              ("b8_cache", False, 8, True), ("b8_prefetch", True, 8, True)):
             graph = graph and slots >= batch * TOP_K
             configure(net, prefetch=prefetch, costs=None)
             run = decode(net, state, batch, steps if graph else max(6, steps // 3), graph=graph)
-            out[name] = extrapolate({**run, "graph": graph}, head_ms, layers, batch)
+            out[name] = extrapolate({**run, "graph": graph}, head, layers, batch)
         configure(net, prefetch=True, costs=costs)
         out["b1_cpu_policy"] = extrapolate({**decode(net, state, 1, steps, graph=True), "graph": True},
-                                           head_ms, layers, 1)
+                                           head, layers, 1)
         configure(net, prefetch=False, costs=FORCE_CPU)
         out["b1_cpu_forced"] = extrapolate({**decode(net, state, 1, args.cpu_steps, graph=True), "graph": True},
-                                           head_ms, layers, 1)
+                                           head, layers, 1)
         out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
     except torch.OutOfMemoryError as error:
         out["error"] = f"out of memory under the {budget / GIB:.1f} GiB cap: {str(error).splitlines()[0]}"
@@ -218,11 +218,10 @@ def main() -> None:
         if not args.skip_resident:
             resize(net, net.config.n_routed_experts)  # every expert on the GPU: the compute floor
             state, seconds = prefilled(engine, net, args.prefill, args.chunk)
-            streams = net.embed_streams(torch.tensor([[1]], device="cuda"))
-            head_ms = cuda_ms(lambda: net.logits(streams), 10)
-            results.put("resident", {"prefill_tokens_per_s": args.prefill / seconds, "head_ms": head_ms,
+            head = head_ms(net)
+            results.put("resident", {"prefill_tokens_per_s": args.prefill / seconds, "head_ms": head,
                                      **{f"b{b}": extrapolate(decode(net, state, b, args.decode_steps, graph=True),
-                                                             head_ms, args.layers, b) for b in (1, 8)}})
+                                                             head, args.layers, b) for b in (1, 8)}})
             del state
             gc.collect()
         for budget in args.budgets.split(","):

@@ -377,11 +377,11 @@ def flash(work: Path, results: Results, context: int, repeats: int, prefill_leng
 
 
 def _state_tensors(layer) -> list[torch.Tensor]:
-    tensors = [layer.window]
+    """Every tensor a layer's state holds (state.py): entries and ring, partial windows, indexer keys."""
+    tensors = [layer.kv] + [t for t in (layer.index_keys, layer.index_scales) if t is not None]
     for comp in (layer.compressor, layer.indexer):
         if comp is not None:
-            tensors += [t for t in (comp.entries, comp.entry_scale, comp.partial_kv, comp.partial_gate,
-                                    comp.overlap_kv, comp.overlap_gate) if t is not None]
+            tensors += [comp.partial_kv, comp.partial_gate]
     return tensors
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Decode work on the device in two calls (each under the 10-minute limit), results to $OUT (or ./out):
-#   bash benchmarks/device_decode.sh checks  # ~6 min: CUDA parity tests of every decode path, the decode
+#   bash benchmarks/device_decode.sh checks  # ~7 min: CUDA parity tests of every decode path, the state
+#                                            #   handoff around an answer (bench_state_handoff.py, on
+#                                            #   benchmarks/.work/base too when carried), the decode
 #                                            #   kernels against their bytes (experts at 1, 2, 8 tokens,
 #                                            #   projections at 2 rows)
 #   bash benchmarks/device_decode.sh perf    # ~8 min: launches per layer, the MTP verify step, and
@@ -24,8 +26,16 @@ if [ "$part" = checks ]; then
     tests/kernels/test_decode_gemv.py tests/model/test_static_decode.py tests/model/test_static_verify.py \
     tests/model/test_mtp.py tests/model/test_sampling.py tests/model/test_speculative_sampling.py \
     tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py \
-    tests/model/test_fused_inputs.py tests/model/test_engine.py > "$OUT/checks.txt" 2>&1
+    tests/model/test_fused_inputs.py tests/model/test_engine.py tests/model/test_state_layout.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+  timeout 100 python benchmarks/bench_state_handoff.py --out "$OUT/handoff_new.json" > "$OUT/handoff_new.log" 2>&1
+  echo "handoff new exit $?"; cat "$OUT/handoff_new.log" | tail -3
+  if [ -d "$BASE" ]; then
+    cp benchmarks/bench_state_handoff.py "$BASE/benchmarks/"
+    (cd "$BASE" && timeout 100 python benchmarks/bench_state_handoff.py --out "$OUT/handoff_base.json" \
+      > "$OUT/handoff_base.log" 2>&1)
+    echo "handoff base exit $?"; tail -3 "$OUT/handoff_base.log"
+  fi
   timeout 150 python -m pytest -q -p no:cacheprovider tests/kernels/test_moe.py tests/model/test_offload.py \
     tests/model/test_offload_policy.py tests/model/test_offload_prefetch.py tests/model/test_cpu_experts.py \
     > "$OUT/checks_offload.txt" 2>&1

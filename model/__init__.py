@@ -16,7 +16,7 @@ The network, built on the meta device:
   engram.py        the Engram layer: conditional memory by hashed n-gram lookup
   v4.py            Transformer: embedding -> blocks (attention + MoE in mHC) -> head
 Run it:
-  state.py         DecodeState: what each layer remembers, plain tensors the store can copy
+  state.py         DecodeState: what each layer remembers, in the one layout eager and static paths share
   engine.py        Engine: `new_state`, `forward`, `generate` (the API other packages use)
   static_decode.py shape-static batched decoding, captured once as a CUDA graph
   decode_positions.py  what a static step derives from the positions (slots, indices, RoPE), once for all layers

@@ -16,7 +16,7 @@ from . import ops
 from .config import CSA, FP8_KV, SLIDING, V4Config
 from .layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 from .quantized_linear import grouped_linear
-from .state import CompressorState, LayerState
+from .state import CompressorState, LayerState, read_partial, write_partial
 
 
 class StateOverflowError(ValueError):
@@ -41,58 +41,56 @@ class Compressor(nn.Module):
         """Feed `x` (`[B, S, hidden]`, positions start..start+S-1); returns all entries so far `[B, T, dim]`
         (as stored: packed FP8 rows or e4m3 keys in an FP8 state)."""
         rate = self.rate
-        slots = (torch.arange(x.shape[1], device=x.device) + start) % rate  # windows start at multiples of rate
-        kv = torch.cat([state.partial_kv[:, : state.num_partial], self.wkv(x)], dim=1)
-        gate = torch.cat([state.partial_gate[:, : state.num_partial], self.wgate(x) + self.ape[slots]], dim=1)
+        batch, seq_len = x.shape[:2]
+        slots = (torch.arange(seq_len, device=x.device) + start) % rate  # windows start at multiples of rate
+        held_kv, held_gate, carried = read_partial(state, start, batch)
+        kv = torch.cat([held_kv, self.wkv(x)], dim=1)
+        gate = torch.cat([held_gate, self.wgate(x) + self.ape[slots]], dim=1)
         windows = kv.shape[1] // rate
         usable = windows * rate
+        first = start // rate
         if windows:
-            if state.num_entries + windows > state.entries.shape[1]:
+            if first + windows > state.entries.shape[1]:
                 raise StateOverflowError(f"the decode state holds {state.entries.shape[1] * rate} tokens; "
                                          "allocate it with a larger max_tokens")
             chunk_kv = kv[:, :usable].unflatten(1, (windows, rate))
             chunk_gate = gate[:, :usable].unflatten(1, (windows, rate))
             if self.overlap:
-                chunk_kv, chunk_gate = self._overlap(chunk_kv, chunk_gate, state)
-            first = state.num_entries
+                chunk_kv, chunk_gate, carried = self._overlap(chunk_kv, chunk_gate, carried)
             cos, sin = rope_cos_sin(inv_freq, (torch.arange(windows, device=x.device) + first) * rate)
             pooled = ops.compress_windows(chunk_kv, chunk_gate, self.norm.weight, self.norm.eps, cos, sin)
             store_entries(state, first, pooled.to(state.partial_kv.dtype))
-            state.num_entries += windows
-        rest = kv.shape[1] - usable
-        state.partial_kv[:, :rest] = kv[:, usable:]
-        state.partial_gate[:, :rest] = gate[:, usable:]
-        state.num_partial = rest
-        return state.entries[:, : state.num_entries]
+        write_partial(state, start + seq_len, kv[:, usable:], gate[:, usable:], carried if windows else None)
+        return state.entries[:batch, : first + windows]
 
-    def _overlap(self, kv: torch.Tensor, gate: torch.Tensor, state: CompressorState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots [0, rate): the previous window's first series (from the state for the first window;
-        masked out before any); slots [rate, 2 rate): this window's second series."""
+    def _overlap(self, kv: torch.Tensor, gate: torch.Tensor, carried: tuple[torch.Tensor, torch.Tensor] | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Slots [0, rate): the previous window's first series (`carried` for the first window; masked
+        out before any); slots [rate, 2 rate): this window's second series. Also returns the last
+        window's first series, which the next window pools."""
         first_kv, second_kv = kv[..., : self.dim], kv[..., self.dim :]
         first_gate, second_gate = gate[..., : self.dim], gate[..., self.dim :]
-        if state.has_overlap:
-            carried_kv, carried_gate = state.overlap_kv[:, None], state.overlap_gate[:, None]
+        if carried is not None:
+            carried_kv, carried_gate = carried[0][:, None], carried[1][:, None]
         else:
             carried_kv = torch.zeros_like(first_kv[:, :1])
             carried_gate = torch.full_like(first_gate[:, :1], float("-inf"))
         previous_kv = torch.cat([carried_kv, first_kv[:, :-1]], dim=1)
         previous_gate = torch.cat([carried_gate, first_gate[:, :-1]], dim=1)
-        state.overlap_kv.copy_(first_kv[:, -1])
-        state.overlap_gate.copy_(first_gate[:, -1])
-        state.has_overlap = True
-        return torch.cat([previous_kv, second_kv], dim=2), torch.cat([previous_gate, second_gate], dim=2)
+        assembled = torch.cat([previous_kv, second_kv], dim=2), torch.cat([previous_gate, second_gate], dim=2)
+        return *assembled, (first_kv[:, -1], first_gate[:, -1])
 
 
 def store_entries(state: CompressorState, first: int, entries: torch.Tensor) -> None:
     """Write `entries` `[B, W, dim]` (model dtype) at `first`, quantised when the state keeps FP8: the
     rounding happens once, where the entry is made, so every later read sees the same key."""
-    end = first + entries.shape[1]
+    rows, end = entries.shape[0], first + entries.shape[1]
     if state.entry_scale is not None:
-        state.entries[:, first:end], state.entry_scale[:, first:end] = ops.quantize_index_keys_fp8(entries)
+        state.entries[:rows, first:end], state.entry_scale[:rows, first:end] = ops.quantize_index_keys_fp8(entries)
     elif state.entries.dtype == torch.uint8:
-        state.entries[:, first:end] = ops.quantize_kv_fp8(entries)
+        state.entries[:rows, first:end] = ops.quantize_kv_fp8(entries)
     else:
-        state.entries[:, first:end] = entries
+        state.entries[:rows, first:end] = entries
 
 
 def compressed_visibility(positions: torch.Tensor, num_entries: int, rate: int) -> torch.Tensor:
@@ -126,7 +124,7 @@ class Indexer(nn.Module):
         scale, k = config.index_head_dim**-0.5, config.index_topk
         if state.entry_scale is None:
             return ops.indexer_topk(q, weights, keys, start, self.rate, scale, k)
-        key_scale = state.entry_scale[:, : state.num_entries]
+        key_scale = state.entry_scale[:batch, : keys.shape[1]]
         return ops.indexer_topk_fp8(q, weights, keys, key_scale, start, self.rate, scale, k)
 
 
@@ -179,10 +177,9 @@ class Attention(nn.Module):
         q = self.wq_b(q_residual).view(batch, seq_len, self.num_heads, config.head_dim)
         q = ops.rms_norm_rope(q, None, config.rms_norm_eps, cos, sin)  # [B, S, H, D]
         kv = ops.rms_norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [B, S, D]: K = V
-        keys, indices = self._sliding_window(kv, state)
         fp8 = state.kv_format == FP8_KV
-        if fp8:  # the window and this chunk, rounded as the stored entries are (row by row: chunking-proof)
-            keys = ops.quantize_kv_fp8(keys)
+        # the window and this chunk as stored (FP8: rounded as the entries are, row by row: chunking-proof)
+        keys, indices = self._sliding_window(ops.quantize_kv_fp8(kv) if fp8 else kv, start, state)
         if self.compressor is not None:
             entries = self.compressor(x, start, state.compressor, self.inv_freq)  # [B, T, D]
             if self.indexer is not None:
@@ -205,18 +202,18 @@ class Attention(nn.Module):
         visible = compressed_visibility(positions, num_entries, self.compressor.rate)
         return torch.where(visible, entries[None, :], -1)[None]
 
-    def _sliding_window(self, kv: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (the window kept in the state, then this chunk) and, per query, the indices of the
-        `sliding_window` keys it sees (itself and the ones before it; -1 before the sequence starts):
-        `[B, held + S, D]` and `[B, S, window]` int32."""
+    def _sliding_window(self, rows: torch.Tensor, start: int, state: LayerState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (the window kept in the state's ring, then this chunk's `rows` as stored) and, per query,
+        the indices of the `sliding_window` keys it sees (itself and the ones before it; -1 before the
+        sequence starts): `[B, held + S, row]` and `[B, S, window]` int32. Writes the chunk's last rows
+        (as many as the ring holds) into the ring."""
         window = self.config.sliding_window
-        held_count = state.num_window
-        keys = torch.cat([state.window[:, window - held_count :], kv], dim=1)
-        seq_len = kv.shape[1]
-        indices = (torch.arange(seq_len, device=kv.device, dtype=torch.int32)[:, None] + held_count
-                   - torch.arange(window, device=kv.device, dtype=torch.int32)[None, :])
-        indices = torch.where(indices >= 0, indices, -1).expand(kv.shape[0], -1, -1)
-        kept = min(window, keys.shape[1])
-        state.window[:, window - kept :] = keys[:, -kept:]
-        state.num_window = kept
+        batch, seq_len = rows.shape[:2]
+        held = state.window_rows(start, window)[:batch]
+        keys = torch.cat([held, rows], dim=1)
+        kept = min(seq_len, state.ring)
+        state.kv[:batch, state.ring_slots(start + seq_len - kept, start + seq_len)] = rows[:, seq_len - kept :]
+        indices = (torch.arange(seq_len, device=rows.device, dtype=torch.int32)[:, None] + held.shape[1]
+                   - torch.arange(window, device=rows.device, dtype=torch.int32)[None, :])
+        indices = torch.where(indices >= 0, indices, -1).expand(batch, -1, -1)
         return keys, indices

@@ -10,9 +10,9 @@ A step feeds `tokens` consecutive positions per row (1 for plain decoding, 2 for
 step: static_verify.py); every index below has a token axis `[B, T, ...]`, RoPE angles are flattened to
 `[B * T, R/2]` for the rows-first kernels.
 
-The buffer layout this module and static_decode.py agree on, per row:
+The layout (state.py's, which the eager path shares), per row:
 - `kv` `[entries + ring + 1, row]`: the compressed entries (entry w in slot w), the sliding window as
-  a ring of `ring` >= window + tokens - 1 slots (position p in slot entries + p % ring, so a step's later
+  a ring of `ring` = window + MAX_STEP_TOKENS - 1 slots (position p in slot entries + p % ring, so a step's later
   token never overwrites a position its earlier token still sees), then one scratch slot. Entries come first so the
   indexer's top-k indices address `kv` as they are; the attention's index list keeps the window first.
 - indexer keys (and their FP8 scales) `[entries + 1, ...]`: entry w in slot w, then one scratch slot.
@@ -100,7 +100,7 @@ class DecodePositions:
 
     def entries(self, rate: int) -> int:
         """Compressed entries a row holds at `rate` (0: a sliding layer)."""
-        return self.capacity // rate if rate else 0
+        return -(-self.capacity // rate) if rate else 0  # as state.new_layer_state allocates them
 
     def update(self, positions: Tensor, active: Tensor) -> None:
         """Recompute everything for rows whose first token is at `positions` `[B]` (int64), the others

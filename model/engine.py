@@ -110,6 +110,20 @@ class Engine:
         `capacity` tokens per row."""
         return self._bucketed(self._decoders, StaticDecoder, batch, capacity)
 
+    def state_decoder(self, state: DecodeState, capacity: int, draft: bool = False) -> StaticDecoder:
+        """The one-row decoder (a DraftDecoder with `draft`) that steps `state` in place, grown to
+        `capacity` tokens: nothing is copied in or out around an answer, and the state's memory is
+        not held twice. Kept with the state (`state.decoders`), so its graphs are captured once for a
+        state that lives long, a session's."""
+        kind = "draft" if draft else "plain"
+        decoder = state.decoders.get(kind)
+        if decoder is None:
+            make = DraftDecoder if draft else StaticDecoder
+            decoder = state.decoders[kind] = make(self.model, 1, capacity, state=state)
+        assert isinstance(decoder, StaticDecoder)
+        decoder.grow(capacity)
+        return decoder
+
     def draft_decoder(self, batch: int, capacity: int) -> DraftDecoder:
         """The engine's speculative static decoder (static_verify.py) for at least `batch` rows, kept
         and bucketed as `static_decoder` keeps its decoders."""

@@ -424,6 +424,10 @@ class DrivenEngine(Engine):
         return self._proxy(self.driver.call(ENGINE, "static_decoder", (batch, capacity), {},
                                             lambda: Engine.static_decoder(self, batch, capacity)))
 
+    def state_decoder(self, state: DecodeState, capacity: int, draft: bool = False) -> _Replicated:  # type: ignore[override]
+        return self._proxy(self.driver.call(ENGINE, "state_decoder", (state, capacity), {"draft": draft},
+                                            lambda: Engine.state_decoder(self, state, capacity, draft)))
+
     def draft_decoder(self, batch: int, capacity: int) -> _Replicated:  # type: ignore[override]
         return self._proxy(self.driver.call(ENGINE, "draft_decoder", (batch, capacity), {},
                                             lambda: Engine.draft_decoder(self, batch, capacity)))

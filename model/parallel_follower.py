@@ -24,7 +24,7 @@ import torch
 
 from .engine import load
 from .parallel import NO_MULTICAST, Parallel
-from .parallel_protocol import (DECODER_CALLS, ENGINE, ENGINE_CALLS, Call, Free, NewState, StateRef, Stop, Sync,
+from .parallel_protocol import (DECODER_CALLS, DECODER_MAKERS, ENGINE, ENGINE_CALLS, Call, Free, NewState, StateRef, Stop, Sync,
                                 apply_counters, changed_parts, counters, decoder_key, make_group, share_parts)
 from .state import DecodeState
 
@@ -107,7 +107,7 @@ class Follower:
             result = getattr(target, call.method)(*args, **kwargs)
         except ValueError:
             return  # a caller's error, raised on every rank before any collective: the driver has it too
-        if call.method in ("static_decoder", "draft_decoder"):
+        if call.method in DECODER_MAKERS:
             self.objects[decoder_key(result)] = result
 
     def _resolve(self, value: object) -> object:

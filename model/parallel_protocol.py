@@ -10,8 +10,8 @@ A decode state is the same on every rank (parallel.py: one KV vector per token, 
 replayed call changes it alike. The driver also changes states on its own, outside any call: the runner
 rewinds to a mark, the prefix-state store restores a snapshot. So before a call that reads a state, the
 driver compares its counters (`counters`) with those recorded after the last call; when they differ it
-sends `Sync` and broadcasts what changed (`changed_parts`): the small per-point tensors (windows,
-partial windows, overlaps, the MTP pending streams) and the compressed entries past what the worker
+sends `Sync` and broadcasts what changed (`changed_parts`): the small per-point tensors (rings,
+partial windows, the MTP pending streams) and the compressed entries past what the worker
 holds. Entries are append-only, and what changes a state out of band either rewinds it (lowering its
 counts: no entry is sent) or fills a fresh one (every entry is sent), so the entries a worker holds
 below both counts are the driver's.
@@ -26,12 +26,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .state import CompressorState, DecodeState, LayerState
+from .state import DecodeState
 
 ENGINE = "engine"  # the target of engine calls; decoders are named by `decoder_key`
 # Engine and decoder methods a worker replays: those that run the model (collectives) or change what
 # a later one reads. Anything else the driver does alone.
-ENGINE_CALLS = frozenset({"forward", "prefill", "draft", "static_decoder", "draft_decoder"})
+ENGINE_CALLS = frozenset({"forward", "prefill", "draft", "static_decoder", "draft_decoder", "state_decoder"})
+DECODER_MAKERS = frozenset({"static_decoder", "draft_decoder", "state_decoder"})  # engine calls that return one
 DECODER_CALLS = frozenset({"grow", "load_row", "store_row", "step", "start", "first_drafts", "settle", "verify",
                            "set_sampling"})
 ALIGN = 16  # bytes: every part of a packed broadcast starts aligned, so it can be viewed as its dtype
@@ -116,60 +117,55 @@ def states_in(values: tuple | list | dict) -> list[DecodeState]:
 
 # ------------------------------------------------------------------------------ state sync
 
-def _compressor_counters(comp: CompressorState | None) -> tuple | None:
-    return None if comp is None else (comp.num_entries, comp.num_partial, comp.has_overlap)
-
-
-def _layer_counters(layer: LayerState) -> tuple:
-    return (layer.num_window, _compressor_counters(layer.compressor), _compressor_counters(layer.indexer),
-            None if layer.engram is None else layer.engram.num_tokens)
-
-
 def counters(state: DecodeState) -> Counters:
-    """Every count a call or an out-of-band change (rewind, restore) moves, and the MTP pending
-    streams' shape and dtype: equal counters mean equal states (module docstring)."""
+    """What a call or an out-of-band change (rewind, restore) moves: the token count (every layer's
+    counts follow from it, state.py), the MTP pending streams' shape and dtype, and the Engram layers'
+    counts. Equal counters mean equal states (module docstring)."""
     pending = state.mtp_pending
-    return (state.num_tokens, None if pending is None else (tuple(pending.shape), str(pending.dtype)),
-            tuple(_layer_counters(layer) for layer in (*state.layers, *state.mtp_layers)))
+    engram = tuple(layer.engram.num_tokens for layer in (*state.layers, *state.mtp_layers) if layer.engram is not None)
+    return (state.num_tokens, None if pending is None else (tuple(pending.shape), str(pending.dtype)), engram)
 
 
 def apply_counters(state: DecodeState, new: Counters) -> None:
     """Set `state`'s counts to `new` (a worker, before the parts arrive); a fresh MTP pending tensor
     of the announced shape receives the driver's."""
-    num_tokens, pending, layers = new
+    num_tokens, pending, engram = new
     state.num_tokens = num_tokens
     if pending is None:
         state.mtp_pending = None
     else:
         shape, dtype = pending
-        device = state.layers[0].window.device
+        device = state.layers[0].kv.device
         state.mtp_pending = torch.empty(shape, dtype=getattr(torch, dtype.removeprefix("torch.")), device=device)
-    for layer, (num_window, comp, index, engram) in zip((*state.layers, *state.mtp_layers), layers):
-        layer.num_window = num_window
-        for held, count in ((layer.compressor, comp), (layer.indexer, index)):
-            if held is not None:
-                held.num_entries, held.num_partial, held.has_overlap = count
-        if layer.engram is not None:
-            layer.engram.num_tokens = engram
+    for layer, count in zip([layer for layer in (*state.layers, *state.mtp_layers) if layer.engram is not None],
+                            engram):
+        layer.engram.num_tokens = count  # type: ignore[union-attr]
+
+
+def _layer_tokens(state: DecodeState, count: Counters) -> list[int]:
+    """The tokens each layer (main, then MTP) has seen under `count`: MTP layers run one behind."""
+    num_tokens, pending, _ = count
+    mtp = num_tokens - 1 if pending is not None else 0
+    return [num_tokens] * len(state.layers) + [mtp] * len(state.mtp_layers)
 
 
 def changed_parts(state: DecodeState, old: Counters, new: Counters) -> list[torch.Tensor]:
     """The tensors of `state` to broadcast for a sync from `old` counters (what the worker holds) to
-    `new` (the driver's), the same list on every rank: each layer's window, partial windows and
-    overlaps, Engram context, the MTP pending streams, and the entries from min(old, new) count on."""
+    `new` (the driver's), the same list on every rank: each layer's ring and partial windows, Engram
+    context, the MTP pending streams, and the entries from min(old, new) count on."""
     parts = [] if state.mtp_pending is None else [state.mtp_pending]
-    for layer, before, after in zip((*state.layers, *state.mtp_layers), old[2], new[2]):
-        parts.append(layer.window)
-        for comp, was, now in ((layer.compressor, before[1], after[1]), (layer.indexer, before[2], after[2])):
+    layers = (*state.layers, *state.mtp_layers)
+    for layer, was, now in zip(layers, _layer_tokens(state, old), _layer_tokens(state, new)):
+        parts.append(layer.kv[:, layer.entries :])
+        for comp, keys, scales in ((layer.compressor, layer.kv, None),
+                                   (layer.indexer, layer.index_keys, layer.index_scales)):
             if comp is None:
                 continue
-            start, end = min(was[0], now[0]), now[0]
-            parts.append(comp.entries[:, start:end])
-            if comp.entry_scale is not None:
-                parts.append(comp.entry_scale[:, start:end])
+            start, end = min(was, now) // comp.rate, now // comp.rate
+            parts.append(keys[:, start:end])  # type: ignore[index]
+            if scales is not None:
+                parts.append(scales[:, start:end])
             parts += [comp.partial_kv, comp.partial_gate]
-            if comp.overlap_kv is not None:
-                parts += [comp.overlap_kv, comp.overlap_gate]  # type: ignore[list-item]
         if layer.engram is not None:
             parts += [layer.engram.tokens, layer.engram.conv]
     return parts

@@ -6,25 +6,39 @@ from __future__ import annotations
 
 import torch
 
-from .state import CompressorState, DecodeState, LayerState
+from .state import DecodeState, LayerState
 
 
-def _layer_groups(state: DecodeState) -> list[tuple[str, LayerState]]:
-    return [(f"L{i}", layer) for i, layer in enumerate(state.layers)] + \
-           [(f"M{i}", layer) for i, layer in enumerate(state.mtp_layers)]
+def _layer_groups(state: DecodeState) -> list[tuple[str, LayerState, int]]:
+    """Each layer's name, state and the tokens it has seen (MTP layers run one behind)."""
+    return [(f"L{i}", layer, state.num_tokens) for i, layer in enumerate(state.layers)] + \
+           [(f"M{i}", layer, state.mtp_tokens) for i, layer in enumerate(state.mtp_layers)]
 
 
-def _compressors(name: str, layer: LayerState) -> list[tuple[str, CompressorState]]:
-    found = []
-    if layer.compressor is not None:
-        found.append((f"{name}.c", layer.compressor))
+def _entry_tensors(name: str, layer: LayerState) -> list[tuple[str, torch.Tensor, int]]:
+    """The layer's append-only tensors `[B, capacity, ...]` by name, with the tokens one entry covers:
+    the compressed K=V entries (`.c`), and for CSA the indexer's keys (`.x`) and their FP8 scales."""
+    if layer.compressor is None:
+        return []
+    rate = layer.compressor.rate
+    found = [(f"{name}.c", layer.compressor.entries, rate)]
     if layer.indexer is not None:
-        found.append((f"{name}.x", layer.indexer))
+        found.append((f"{name}.x", layer.indexer.entries, rate))
+        if layer.indexer.entry_scale is not None:
+            found.append((f"{name}.x.scale", layer.indexer.entry_scale, rate))
     return found
 
 
-def _entries_per_chunk(compressor: CompressorState, chunk_tokens: int) -> int:
-    return chunk_tokens // compressor.partial_kv.shape[1]  # partial_kv is [B, rate, width]
+def _partial_tensors(name: str, layer: LayerState) -> list[tuple[str, torch.Tensor]]:
+    """The layer's small per-point tensors: the window's ring and each compressor's partial windows
+    (scratch slot and row left out)."""
+    batch = layer.kv.shape[0]
+    found = [(f"{name}.ring", layer.kv[:, layer.entries : layer.entries + layer.ring])]
+    for tag, comp in (("c", layer.compressor), ("x", layer.indexer)):
+        if comp is not None:
+            found += [(f"{name}.{tag}.partial_kv", comp.partial_kv[:batch]),
+                      (f"{name}.{tag}.partial_gate", comp.partial_gate[:batch])]
+    return found
 
 
 def snapshot_tensors(state: DecodeState, last_logits: torch.Tensor, chunk_tokens: int
@@ -35,18 +49,10 @@ def snapshot_tensors(state: DecodeState, last_logits: torch.Tensor, chunk_tokens
     counters: dict[str, object] = {"num_tokens": state.num_tokens, "whole_chunks": whole_chunks}
     if state.mtp_pending is not None:
         tensors["mtp_pending"] = state.mtp_pending
-    for name, layer in _layer_groups(state):
-        tensors[f"{name}.window"] = layer.window
-        counters[f"{name}.num_window"] = layer.num_window
-        for cname, comp in _compressors(name, layer):
-            start = whole_chunks * _entries_per_chunk(comp, chunk_tokens)
-            tensors[f"{cname}.tail"] = comp.entries[:, start : comp.num_entries]
-            if comp.entry_scale is not None:
-                tensors[f"{cname}.tail_scale"] = comp.entry_scale[:, start : comp.num_entries]
-            tensors[f"{cname}.partial_kv"], tensors[f"{cname}.partial_gate"] = comp.partial_kv, comp.partial_gate
-            if comp.overlap_kv is not None:
-                tensors[f"{cname}.overlap_kv"], tensors[f"{cname}.overlap_gate"] = comp.overlap_kv, comp.overlap_gate
-            counters[cname] = [comp.num_entries, comp.num_partial, comp.has_overlap]
+    for name, layer, seen in _layer_groups(state):
+        tensors.update(_partial_tensors(name, layer))
+        for key, entries, rate in _entry_tensors(name, layer):
+            tensors[f"{key}.tail"] = entries[:, whole_chunks * (chunk_tokens // rate) : seen // rate]
         if layer.engram is not None:
             tensors[f"{name}.e.tokens"], tensors[f"{name}.e.conv"] = layer.engram.tokens, layer.engram.conv
             counters[f"{name}.e"] = layer.engram.num_tokens
@@ -56,47 +62,37 @@ def snapshot_tensors(state: DecodeState, last_logits: torch.Tensor, chunk_tokens
 def chunk_tensors(state: DecodeState, chunk: int, chunk_tokens: int) -> dict[str, torch.Tensor]:
     """The compressed entries of whole chunk `chunk` (tokens chunk*C .. (chunk+1)*C), every layer."""
     tensors = {}
-    for name, layer in _layer_groups(state):
-        for cname, comp in _compressors(name, layer):
-            per = _entries_per_chunk(comp, chunk_tokens)
-            tensors[cname] = comp.entries[:, chunk * per : (chunk + 1) * per]
-            if comp.entry_scale is not None:
-                tensors[f"{cname}.scale"] = comp.entry_scale[:, chunk * per : (chunk + 1) * per]
+    for name, layer, _ in _layer_groups(state):
+        for key, entries, rate in _entry_tensors(name, layer):
+            per = chunk_tokens // rate
+            tensors[key] = entries[:, chunk * per : (chunk + 1) * per]
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
 def _fill(target: torch.Tensor, source: torch.Tensor) -> None:
-    """`target.copy_(source)`, refusing another dtype: a copy would convert FP8 bytes as numbers."""
-    if source.dtype != target.dtype:
-        raise ValueError(f"stored {source.dtype} where the state holds {target.dtype}")
+    """`target.copy_(source)`, refusing another dtype or shape: a copy would convert FP8 bytes as
+    numbers, or broadcast a tensor of another layout."""
+    if source.dtype != target.dtype or source.shape != target.shape:
+        raise ValueError(f"stored {source.dtype} {tuple(source.shape)} where the state holds {target.dtype} "
+                         f"{tuple(target.shape)}")
     target.copy_(source)
 
 
 def restore(state: DecodeState, snapshot: dict[str, torch.Tensor], counters: dict,
             chunks: list[dict[str, torch.Tensor]], chunk_tokens: int) -> torch.Tensor:
     """Fill a fresh `state` from a snapshot and its chunks; returns the last logits."""
-    device = state.layers[0].window.device
+    device = state.layers[0].kv.device
     state.num_tokens = int(counters["num_tokens"])
-    for name, layer in _layer_groups(state):
-        _fill(layer.window, snapshot[f"{name}.window"])
-        layer.num_window = int(counters[f"{name}.num_window"])
-        for cname, comp in _compressors(name, layer):
-            per = _entries_per_chunk(comp, chunk_tokens)
+    for name, layer, _ in _layer_groups(state):
+        for key, target in _partial_tensors(name, layer):
+            _fill(target, snapshot[key])
+        for key, entries, rate in _entry_tensors(name, layer):
+            per = chunk_tokens // rate
             for index, chunk in enumerate(chunks):
-                _fill(comp.entries[:, index * per : (index + 1) * per], chunk[cname])
-                if comp.entry_scale is not None:
-                    _fill(comp.entry_scale[:, index * per : (index + 1) * per], chunk[f"{cname}.scale"])
-            tail = snapshot[f"{cname}.tail"]
+                _fill(entries[:, index * per : (index + 1) * per], chunk[key])
+            tail = snapshot[f"{key}.tail"]
             start = len(chunks) * per
-            _fill(comp.entries[:, start : start + tail.shape[1]], tail)
-            if comp.entry_scale is not None:
-                _fill(comp.entry_scale[:, start : start + tail.shape[1]], snapshot[f"{cname}.tail_scale"])
-            comp.partial_kv.copy_(snapshot[f"{cname}.partial_kv"])
-            comp.partial_gate.copy_(snapshot[f"{cname}.partial_gate"])
-            if comp.overlap_kv is not None:
-                comp.overlap_kv.copy_(snapshot[f"{cname}.overlap_kv"])
-                comp.overlap_gate.copy_(snapshot[f"{cname}.overlap_gate"])
-            comp.num_entries, comp.num_partial, comp.has_overlap = counters[cname]
+            _fill(entries[:, start : start + tail.shape[1]], tail)
         if layer.engram is not None:
             layer.engram.tokens.copy_(snapshot[f"{name}.e.tokens"])
             layer.engram.conv.copy_(snapshot[f"{name}.e.conv"])

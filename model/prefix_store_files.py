@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 # apart from the Engram layer): renaming the format, the manifest or the default directory would orphan
 # every store already written, which this version neither reads nor deletes.
 FORMAT = "v4-engram"
-FORMAT_VERSION = 2  # 2: the store owns what it lists in its manifest; the checksum covers the whole file
+FORMAT_VERSION = 3  # 2: the store owns what it lists in its manifest; the checksum covers the whole file;
+# 3: states in the decoder's layout (state.py: the window as a ring, partial windows by parity)
 STORE_FORMAT = "v4-engram-store"
 MANIFEST = "v4-engram-store.json"
 LOCK = ".lock"

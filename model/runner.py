@@ -230,16 +230,17 @@ class Runner:
         self.last_answer.seconds = time.perf_counter() - started
 
     def _static_decoder(self, room: int) -> StaticDecoder | None:
-        """The engine's one-row static decoder loaded with the state, when static decoding applies (by
-        default on CUDA; never with Engram layers). MTP layers do not stop it here, unlike in
-        `engine.generate`: an answer's tokens never stay in the state (the next prompt rewinds to a
-        prompt-end mark, which also restores the MTP layers the decoder does not advance)."""
+        """The static decoder that steps the session's state in place, set at the state's end, when
+        static decoding applies (by default on CUDA; never with Engram layers). MTP layers do not stop
+        it here, unlike in `engine.generate`: an answer's tokens never stay in the state (the next
+        prompt rewinds to a prompt-end mark, which also restores the MTP layers the decoder does not
+        advance)."""
         engine = self.engine
         wanted = self.static_decode if self.static_decode is not None else engine.device.type == "cuda"
         if not wanted or engine.model.config.engram is not None:
             return None
-        decoder = engine.static_decoder(1, self._state.num_tokens + room)
-        decoder.load_row(0, self._state)
+        decoder = engine.state_decoder(self._state, self._state.num_tokens + room)
+        decoder.load_row(0, self._state)  # the decoder's own state: sets its position, copies nothing
         return decoder
 
     def _decode_one(self, token: int) -> torch.Tensor:
@@ -249,7 +250,7 @@ class Runner:
         return self.engine.forward([token], self._state)[-1]
 
     def _sync_decoder(self) -> None:
-        """Write the static decoder's row back into the state (also for an answer abandoned mid-way)."""
+        """Give the state the static decoder's token count (also for an answer abandoned mid-way)."""
         if self._decoder is not None:
             self._decoder.store_row(0, self._state)
             self._decoder = None

@@ -1,11 +1,20 @@
-"""Decode state: everything a layer must remember to continue a sequence, in plain tensors the Engram
-store can copy. Per layer: the last `sliding_window` K=V vectors; for CSA/HCA the compressed entries
-so far (append-only), the partial window not yet compressed, and for CSA the previous window's first
-series (the overlap) plus the same three for the indexer's keys.
+"""Decode state: everything a layer must remember to continue a sequence, in one layout that the eager
+path (attention.py), the shape-static decoder (static_decode.py: its rows are a state's rows), the
+prefix-state store and the parallel sync all read and write, so a state feature is written once (issue 27).
 
-With kv_format "fp8" the entries and indexer keys, the part that grows with the sequence, are kept in
-DeepSeek's FP8 layout (`ops.quantize_kv_fp8` rows, e4m3 keys with a float32 scale each); the windows,
-a fixed cost, stay in the model's dtype."""
+Per layer, for B rows:
+- `kv` `[B, entries + ring + 1, row]`: the compressed entries (entry w in slot w), the sliding window as
+  a ring (position p in slot entries + p % ring; ring = window + MAX_STEP_TOKENS - 1, so a step feeding
+  two tokens never overwrites a position its first token still sees), then one scratch slot. With
+  kv_format "fp8" a row is DeepSeek's packed FP8 K=V row (`ops.quantize_kv_fp8`), quantised as it is
+  written, window included; else `head_dim` values in the model's dtype.
+- each compressor's partial windows `[B + 1, L, dim]` (row B is scratch), kept as the windows it pools
+  (decode_positions.py: for CSA two assembled windows by parity).
+- for CSA the indexer's keys `[B, entries + 1, index_head_dim]` (e4m3 with a float32 scale each in FP8).
+
+Every count is the state's `num_tokens` (a layer that has seen n tokens holds n // rate entries and
+n % rate partial tokens; an MTP layer runs one position behind): nothing else can disagree with it.
+"""
 
 from __future__ import annotations
 
@@ -18,54 +27,53 @@ from . import ops
 from .config import CSA, FLOAT_KV, FP8_KV, KV_FORMATS, SLIDING, ConfigError, V4Config
 from .engram import EngramState, new_engram_state
 
+MAX_STEP_TOKENS = 2  # the most tokens a decode step feeds per row (the speculative verify step's two)
+
 
 @dataclass(slots=True)
 class CompressorState:
-    """One compressor's memory: entries `[B, max_entries, dim]` (the first `num_entries` valid), the
-    partial window `[B, rate, width]` (the first `num_partial` valid), and for overlapping compressors
-    the last closed window's first series `[B, rate, dim]`.
-
-    FP8 entries are either packed K=V rows `[B, max_entries, ops.FP8_KV_ROW_BYTES]` uint8 or indexer
-    keys `[B, max_entries, dim]` float8_e4m3fn with `entry_scale` `[B, max_entries]` float32 (append-only
-    like the entries; None otherwise)."""
+    """One compressor's memory: its partial windows `[B + 1, L, dim]` (decode_positions.py) and the entries it has
+    made, a view `[B, capacity, ...]` of its layer's `kv` (attention) or `index_keys` (indexer), with the
+    FP8 indexer keys' scales `[B, capacity]` (None otherwise)."""
 
     entries: torch.Tensor
     partial_kv: torch.Tensor
     partial_gate: torch.Tensor
-    overlap_kv: torch.Tensor | None = None
-    overlap_gate: torch.Tensor | None = None
+    rate: int
+    overlap: bool
     entry_scale: torch.Tensor | None = None
-    num_entries: int = 0
-    num_partial: int = 0
-    has_overlap: bool = False
 
     @classmethod
-    def empty(cls, batch: int, max_entries: int, rate: int, dim: int, overlap: bool,
-              dtype: torch.dtype, device: torch.device | str, fp8: str | None = None) -> CompressorState:
-        """`fp8`: None (entries in `dtype`), "rows" (packed K=V rows) or "keys" (scaled e4m3 indexer keys)."""
-        width = 2 * dim if overlap else dim
-        make = lambda *shape, kind=dtype: torch.zeros(*shape, dtype=kind, device=device)  # noqa: E731
-        scale = make(batch, max_entries, kind=torch.float32) if fp8 == "keys" else None
-        if fp8 == "rows":
-            entries = make(batch, max_entries, ops.FP8_KV_ROW_BYTES, kind=torch.uint8)
-        else:
-            entries = make(batch, max_entries, dim, kind=torch.float8_e4m3fn if fp8 == "keys" else dtype)
-        return cls(entries, make(batch, rate, width), make(batch, rate, width),
-                   make(batch, rate, dim) if overlap else None, make(batch, rate, dim) if overlap else None, scale)
+    def empty(cls, batch: int, max_entries: int, rate: int, dim: int, overlap: bool, dtype: torch.dtype,
+              device: torch.device | str) -> CompressorState:
+        """A compressor's state with entries of its own `[B, max_entries, dim]` in `dtype` (a layer's
+        compressors use its tensors: new_layer_state)."""
+        entries = torch.zeros(batch, max_entries, dim, dtype=dtype, device=device)
+        return _new_compressor(entries, rate, dim, overlap, batch, dtype, device)
 
 
 @dataclass(slots=True)
 class LayerState:
-    """One attention layer's memory: the sliding window `[B, sliding_window, head_dim]` (its last
-    `num_window` rows valid, oldest first) and, for compressed layers, the compressors' states.
-    `kv_format` "fp8": attention reads every key FP8-rounded (the window's quantised as it is read)."""
+    """One attention layer's memory (module docstring): `kv`, and for compressed layers `entries` slots
+    of it, the compressors' partial windows and for CSA the indexer's keys."""
 
-    window: torch.Tensor
-    num_window: int = 0
+    kv: torch.Tensor
+    entries: int
+    ring: int
     compressor: CompressorState | None = None
+    index_keys: torch.Tensor | None = None
+    index_scales: torch.Tensor | None = None
     indexer: CompressorState | None = None
     engram: EngramState | None = None
     kv_format: str = FLOAT_KV
+
+    def ring_slots(self, first: int, end: int) -> torch.Tensor:
+        """The `kv` slots of positions first..end-1 (at most `ring` of them)."""
+        return self.entries + torch.arange(first, end, device=self.kv.device) % self.ring
+
+    def window_rows(self, tokens: int, window: int) -> torch.Tensor:
+        """The window's rows as stored, oldest first, after `tokens` tokens: `[B, min(tokens, window), row]`."""
+        return self.kv[:, self.ring_slots(tokens - min(tokens, window), tokens)]
 
 
 @dataclass(slots=True, weakref_slot=True)
@@ -88,33 +96,32 @@ class DecodeState:
     mtp_layers: list[LayerState] = field(default_factory=list)
     mtp_pending: torch.Tensor | None = None
     kv_format: str = FLOAT_KV  # how every layer keeps its entries (config.KV_FORMATS)
+    # the decoders that step this state in place (Engine.state_decoder), by kind: kept with the state,
+    # their graphs live exactly as long as it does
+    decoders: dict[str, object] = field(default_factory=dict, repr=False)
 
+    @property
+    def mtp_tokens(self) -> int:
+        """Positions the MTP layers have seen: all but the pending one."""
+        return self.num_tokens - 1 if self.mtp_pending is not None else 0
 
-@dataclass(frozen=True, slots=True)
-class CompressorMark:
-    partial_kv: torch.Tensor
-    partial_gate: torch.Tensor
-    overlap_kv: torch.Tensor | None
-    overlap_gate: torch.Tensor | None
-    num_entries: int
-    num_partial: int
-    has_overlap: bool
+    def all_layers(self) -> list[tuple[LayerState, int]]:
+        """Every layer with the tokens it has seen (main layers, then MTP layers)."""
+        return [(layer, self.num_tokens) for layer in self.layers] + [(layer, self.mtp_tokens) for layer in self.mtp_layers]
 
 
 @dataclass(frozen=True, slots=True)
 class LayerMark:
-    window: torch.Tensor
-    num_window: int
-    compressor: CompressorMark | None
-    indexer: CompressorMark | None
+    ring: torch.Tensor  # kv's ring and scratch slots
+    partials: tuple[torch.Tensor, ...]  # each compressor's partial kv and gate
     engram: tuple[torch.Tensor, torch.Tensor, int] | None  # n-gram context ids, conv inputs, tokens seen
 
 
 @dataclass(frozen=True, slots=True)
 class StateMark:
-    """What `rewind` needs to undo the tokens fed after `mark`: the small mutable parts (windows,
-    partial windows, overlaps) copied and the counters; entries (and FP8 entry scales) are append-only,
-    so rewinding only lowers their counts. Costs O(layers x window), not O(tokens)."""
+    """What `rewind` needs to undo the tokens fed after `mark`: the small mutable parts (ring, partial
+    windows) copied and the count; entries (and FP8 entry scales) are append-only and a position only
+    ever writes its own window's entry, so rewinding only lowers the count. Costs O(layers x window)."""
 
     num_tokens: int
     layers: tuple[LayerMark, ...]
@@ -122,28 +129,54 @@ class StateMark:
     mtp_pending: torch.Tensor | None
 
 
-def _mark_compressor(state: CompressorState | None) -> CompressorMark | None:
-    if state is None:
-        return None
-    clone = lambda t: None if t is None else t.clone()  # noqa: E731
-    return CompressorMark(state.partial_kv.clone(), state.partial_gate.clone(), clone(state.overlap_kv),
-                          clone(state.overlap_gate), state.num_entries, state.num_partial, state.has_overlap)
+def partial_slots(rate: int, tokens: int, overlap: bool) -> tuple[slice, slice, slice | None]:
+    """Where a row after `tokens` tokens keeps its partial window (decode_positions.py's layout): the
+    slots of the filled tokens' first series, of their second series (the same without overlap) and of
+    the previous window's first series (None without overlap)."""
+    window_index, filled = divmod(tokens, rate)
+    if not overlap:
+        return slice(0, filled), slice(0, filled), None
+    this, following = (window_index % 2) * 2 * rate, ((window_index + 1) % 2) * 2 * rate
+    return slice(following, following + filled), slice(this + rate, this + rate + filled), slice(this, this + rate)
 
 
-def _rewind_compressor(state: CompressorState | None, mark: CompressorMark | None) -> None:
-    if state is None or mark is None:
-        return
-    state.partial_kv.copy_(mark.partial_kv)
-    state.partial_gate.copy_(mark.partial_gate)
-    if mark.overlap_kv is not None:
-        state.overlap_kv.copy_(mark.overlap_kv)  # type: ignore[union-attr]
-        state.overlap_gate.copy_(mark.overlap_gate)  # type: ignore[union-attr]
-    state.num_entries, state.num_partial, state.has_overlap = mark.num_entries, mark.num_partial, mark.has_overlap
+def read_partial(comp: CompressorState, tokens: int, batch: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Rows 0..batch-1's partial window after `tokens` tokens as the eager path pools it: kv and gate
+    `[B, filled, width]` (the two series side by side with overlap) and, with overlap once a window has
+    closed, the previous window's first series (kv, gate) `[B, rate, dim]`."""
+    first, second, previous = partial_slots(comp.rate, tokens, comp.overlap)
+    kv, gate = comp.partial_kv[:batch], comp.partial_gate[:batch]
+    if not comp.overlap:
+        return kv[:, first], gate[:, first], None
+    carried = (kv[:, previous], gate[:, previous]) if tokens >= comp.rate else None
+    return (torch.cat([kv[:, first], kv[:, second]], dim=-1), torch.cat([gate[:, first], gate[:, second]], dim=-1),
+            carried)
+
+
+def write_partial(comp: CompressorState, tokens: int, kv: torch.Tensor, gate: torch.Tensor,
+                  carried: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Keep what `read_partial` returns at `tokens` tokens: the partial window `kv`, `gate` `[B, filled,
+    width]` and, with overlap, the last closed window's first series `carried` (None: unchanged)."""
+    first, second, previous = partial_slots(comp.rate, tokens, comp.overlap)
+    batch, dim = kv.shape[0], comp.partial_kv.shape[-1]
+    for target, values, index in ((comp.partial_kv, kv, 0), (comp.partial_gate, gate, 1)):
+        if comp.overlap:
+            target[:batch, first] = values[..., :dim]
+            target[:batch, second] = values[..., dim:]
+            if carried is not None:
+                target[:batch, previous] = carried[index]
+        else:
+            target[:batch, first] = values
+
+
+def _partials(layer: LayerState) -> list[torch.Tensor]:
+    return [t for comp in (layer.compressor, layer.indexer) if comp is not None
+            for t in (comp.partial_kv, comp.partial_gate)]
 
 
 def _mark_layers(layers: list[LayerState]) -> tuple[LayerMark, ...]:
-    return tuple(LayerMark(layer.window.clone(), layer.num_window, _mark_compressor(layer.compressor),
-                           _mark_compressor(layer.indexer),
+    return tuple(LayerMark(layer.kv[:, layer.entries :].clone(), tuple(t.clone() for t in _partials(layer)),
                            None if layer.engram is None else
                            (layer.engram.tokens.clone(), layer.engram.conv.clone(), layer.engram.num_tokens))
                  for layer in layers)
@@ -161,10 +194,9 @@ def rewind(state: DecodeState, to: StateMark) -> None:
     """Return `state` to the mark `to` (taken from this state, with no rewind past it since)."""
     for layers, marks in ((state.layers, to.layers), (state.mtp_layers, to.mtp_layers)):
         for layer, saved in zip(layers, marks):
-            layer.window.copy_(saved.window)
-            layer.num_window = saved.num_window
-            _rewind_compressor(layer.compressor, saved.compressor)
-            _rewind_compressor(layer.indexer, saved.indexer)
+            layer.kv[:, layer.entries :].copy_(saved.ring)
+            for target, held in zip(_partials(layer), saved.partials):
+                target.copy_(held)
             if layer.engram is not None and saved.engram is not None:
                 tokens, conv, seen = saved.engram
                 layer.engram.tokens.copy_(tokens)
@@ -185,6 +217,11 @@ def check_kv_format(config: V4Config, kv_format: str) -> None:
                          f"{config.head_dim} and qk_rope_head_dim {config.qk_rope_head_dim}")
 
 
+def ring_size(config: V4Config) -> int:
+    """The sliding window's ring slots in every state: room for a step of MAX_STEP_TOKENS per row."""
+    return config.sliding_window + MAX_STEP_TOKENS - 1
+
+
 def new_decode_state(config: V4Config, max_tokens: int, owner: str, dtype: torch.dtype,
                      device: torch.device | str, batch: int = 1, mtp_layers: int = 0,
                      kv_format: str = FLOAT_KV) -> DecodeState:
@@ -192,25 +229,91 @@ def new_decode_state(config: V4Config, max_tokens: int, owner: str, dtype: torch
     its entries and indexer keys in `kv_format` ("float": `dtype`; "fp8": DeepSeek's layout)."""
     check_kv_format(config, kv_format)
     n = config.num_hidden_layers
-    layers = [_new_layer_state(config, layer, max_tokens, dtype, device, batch, kv_format)
+    layers = [new_layer_state(config, layer, max_tokens, dtype, device, batch, kv_format)
               for layer in range(n + mtp_layers)]
     return DecodeState(layers[:n], max_tokens, owner, batch=batch, mtp_layers=layers[n:], kv_format=kv_format)
 
 
-def _new_layer_state(config: V4Config, layer: int, max_tokens: int, dtype: torch.dtype,
-                     device: torch.device | str, batch: int, kv_format: str) -> LayerState:
-    layer_type = config.attention_type(layer)
-    state = LayerState(torch.zeros(batch, config.sliding_window, config.head_dim, dtype=dtype, device=device),
-                       kv_format=kv_format)
+def new_layer_state(config: V4Config, layer: int, max_tokens: int, dtype: torch.dtype,
+                    device: torch.device | str, batch: int, kv_format: str) -> LayerState:
+    """Layer `layer`'s empty state for `batch` rows of up to `max_tokens` tokens."""
+    zeros = lambda *shape, kind=dtype: torch.zeros(*shape, dtype=kind, device=device)  # noqa: E731
+    fp8 = kv_format == FP8_KV
+    row = (ops.FP8_KV_ROW_BYTES, torch.uint8) if fp8 else (config.head_dim, dtype)
+    layer_type, ring = config.attention_type(layer), ring_size(config)
+    rate = config.compress_rates[layer_type] if layer_type != SLIDING else 0
+    entries = -(-max_tokens // rate) if rate else 0  # the open window's too: the decoder writes it before it closes
+    state = LayerState(zeros(batch, entries + ring + 1, row[0], kind=row[1]), entries, ring, kv_format=kv_format)
     if config.engram is not None and layer in config.engram.layer_ids:
         state.engram = new_engram_state(config.engram, batch, config.hc_mult, config.hidden_size, dtype, device)
-    if layer_type != SLIDING:
-        rate = config.compress_rates[layer_type]
-        overlap = layer_type == CSA
-        fp8 = kv_format == FP8_KV
-        state.compressor = CompressorState.empty(batch, max_tokens // rate, rate, config.head_dim, overlap,
-                                                 dtype, device, "rows" if fp8 else None)
-        if overlap:
-            state.indexer = CompressorState.empty(batch, max_tokens // rate, rate, config.index_head_dim, True,
-                                                  dtype, device, "keys" if fp8 else None)
+    if not rate:
+        return state
+    overlap = layer_type == CSA
+    state.compressor = _new_compressor(state.kv[:, :entries], rate, config.head_dim, overlap, batch, dtype, device)
+    if overlap:
+        state.index_keys = zeros(batch, entries + 1, config.index_head_dim,
+                                 kind=torch.float8_e4m3fn if fp8 else dtype)
+        state.index_scales = zeros(batch, entries + 1, kind=torch.float32) if fp8 else None
+        state.indexer = _new_compressor(state.index_keys[:, :entries], rate, config.index_head_dim, True, batch,
+                                        dtype, device,
+                                        None if state.index_scales is None else state.index_scales[:, :entries])
     return state
+
+
+def _new_compressor(entries: torch.Tensor, rate: int, dim: int, overlap: bool, batch: int, dtype: torch.dtype,
+                    device: torch.device | str, entry_scale: torch.Tensor | None = None) -> CompressorState:
+    """Empty partial windows; with overlap, window 0's previous half masked (gate -inf: nothing comes
+    before the first window)."""
+    slots = 4 * rate if overlap else rate
+    kv, gate = (torch.zeros(batch + 1, slots, dim, dtype=dtype, device=device) for _ in range(2))
+    if overlap:
+        gate[:, :rate] = float("-inf")
+    return CompressorState(entries, kv, gate, rate, overlap, entry_scale)
+
+
+def copy_rows(source: DecodeState, target: DecodeState, rows: list[tuple[int, int]], tokens: int,
+              mtp_tokens: int) -> None:
+    """Copy each (source row, target row) of `rows` holding `tokens` tokens (`mtp_tokens` in the MTP
+    layers) from `source` into `target`: the same layout, so plain copies of the entries made so far,
+    the ring and the partial windows. States of other capacities may exchange rows that fit both."""
+    if source.kv_format != target.kv_format:
+        raise ValueError(f"a {source.kv_format!r} state's rows cannot move into a {target.kv_format!r} state")
+    if tokens > min(source.max_tokens, target.max_tokens):
+        raise ValueError(f"{tokens} tokens do not fit a state of {min(source.max_tokens, target.max_tokens)}")
+    pairs = [(s, t, tokens) for s, t in zip(source.layers, target.layers)]
+    pairs += [(s, t, mtp_tokens) for s, t in zip(source.mtp_layers, target.mtp_layers)]
+    for held, into, seen in pairs:
+        for s_row, t_row in rows:
+            into.kv[t_row, into.entries :].copy_(held.kv[s_row, held.entries :])
+            for a, b in zip(_partials(held), _partials(into)):
+                b[t_row].copy_(a[s_row])
+            if held.compressor is None:
+                continue
+            made = seen // held.compressor.rate
+            into.kv[t_row, :made].copy_(held.kv[s_row, :made])
+            if held.index_keys is not None:
+                into.index_keys[t_row, :made].copy_(held.index_keys[s_row, :made])  # type: ignore[index]
+            if held.index_scales is not None:
+                into.index_scales[t_row, :made].copy_(held.index_scales[s_row, :made])  # type: ignore[index]
+
+
+def grow_state(state: DecodeState, config: V4Config, max_tokens: int, dtype: torch.dtype) -> None:
+    """Make room in `state` for `max_tokens` tokens per row, keeping all it holds. In place: the state's
+    layer lists get the new layers, so whoever holds the state sees them (`dtype`: the model's)."""
+    if max_tokens <= state.max_tokens:
+        return
+    first_mtp = config.num_hidden_layers
+    for layers, offset in ((state.layers, 0), (state.mtp_layers, first_mtp)):
+        for index, old in enumerate(layers):
+            new = new_layer_state(config, offset + index, max_tokens, dtype, old.kv.device, state.batch,
+                                  state.kv_format)
+            new.kv[:, : old.entries].copy_(old.kv[:, : old.entries])
+            new.kv[:, new.entries :].copy_(old.kv[:, old.entries :])
+            for held, into in zip(_partials(old), _partials(new)):
+                into.copy_(held)
+            for held, into in ((old.index_keys, new.index_keys), (old.index_scales, new.index_scales)):
+                if held is not None and into is not None:
+                    into[:, : old.entries].copy_(held[:, : old.entries])
+            new.engram = old.engram
+            layers[index] = new
+    state.max_tokens = max_tokens

@@ -1,18 +1,14 @@
 """Shape-static, batched decoding: one token for each of B sequences per step, every tensor a fixed
 size, so the whole step can be captured once in a CUDA graph and replayed.
 
-The eager path (attention.py) grows tensors with the sequence and decides on the host when a
-compression window closes; a graph can do neither. Here each row carries its own position in a
-device tensor, and per layer the state lives in buffers sized for `capacity` tokens:
+The eager path (attention.py) feeds chunks of any length and decides on the host when a compression
+window closes; a graph can do neither. Here each row carries its own position in a device tensor. The
+rows are the rows of a `DecodeState` (state.py: the one layout every path shares, sized for `capacity`
+tokens): `kv` `[B, entries + ring + 1, row]` holds the compressed entries, the sliding window as a ring
+and a scratch slot, so attention reads one tensor and nothing is concatenated; each compressor keeps
+its partial windows as the windows it pools, plus a scratch row; CSA keeps the indexer's keys.
 
-- `kv` `[B, entries + ring + 1, head_dim]`: the compressed entries, then the sliding window as a ring
-  (position p in slot entries + p % ring; ring = window, or window + 1 in a decoder whose steps feed two
-  tokens per row), then a scratch slot, so attention reads one tensor and nothing is concatenated;
-- each compressor's partial windows, kept as the windows it pools (for CSA two assembled windows by
-  parity: the previous window's first series beside this one's second), plus a scratch row;
-- the indexer's compressed keys `[B, entries + 1, index_head_dim]`.
-
-decode_positions.py owns this layout and computes, once per step for all layers, every index the
+decode_positions.py computes the indices of this layout and computes, once per step for all layers, every index the
 positions decide (slots, window indices, visibility, attention indices, RoPE angles), so a layer's
 bookkeeping is one launch per write (kernels/kv_write.py, or an index_put in a float decoder) and one
 per compressor and token (kernels/compress_step.py) (issue 27).
@@ -25,9 +21,11 @@ row: nothing they hold changes. The layer code takes T tokens per row at consecu
 speculative verify step, static_verify.py, feeds two), each token's partial-window write and pooling
 in order, so a window closed by one token is pooled before the next token starts the next window.
 
-Capacity grows by whole pages (buffers reallocated, state copied, graphs captured again), never by
-concatenating per step. States move in and out of the eager `DecodeState` layout (`load_row`,
-`store_row`), so prefill, the prefix-state store and everything else keep one format.
+Capacity grows by whole pages (the state reallocated and copied, graphs captured again), never by
+concatenating per step. A decoder made over a single-sequence state (`state=`) steps that state
+itself: prefill, decoding, marks, the prefix-state store and the parallel sync all see one set of
+tensors, with no copy around an answer. A batched decoder's rows are its own state's; `load_row` and
+`store_row` copy a sequence's rows in and out (plain copies: the layout is the same).
 
 With kv_format "fp8" (the engine's, which its states share) `kv` holds DeepSeek's packed FP8 rows, ring
 slots included (each token's kv quantised as it is written, as the eager path quantises the window as
@@ -38,21 +36,21 @@ so the step still captures in one graph.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import ops
 from .attention import Attention, Compressor
-from .config import CSA, FLOAT_KV, FP8_KV, SLIDING
+from .config import FLOAT_KV, FP8_KV
 from .decode_positions import DecodePositions, Rope, WindowStep
 from .fused_inputs import attention_inputs
 from .offload import expert_caches, fewest_slots, has_offload
 from .parallel import world_of
 from .piecewise_graph import PiecewiseGraph
 from .quantized_linear import grouped_linear
-from .state import CompressorState, DecodeState, LayerState, check_kv_format
+from .state import (MAX_STEP_TOKENS, CompressorState, DecodeState, LayerState, check_kv_format, copy_rows, grow_state,
+                    new_decode_state, ring_size)
 from .v4 import Block, Transformer
 
 PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of every compression rate)
@@ -60,26 +58,6 @@ PAGE_TOKENS = 4096  # default: capacity grows by this many tokens (a multiple of
 
 class StaticDecodeError(ValueError):
     """A model or state the static path cannot run (e.g. Engram layers), or a row out of range."""
-
-
-@dataclass(slots=True)
-class _CompressorBuffers:
-    """A compressor's partial windows `[B + 1, L, dim]` (layout: decode_positions.py; the last row is
-    scratch)."""
-
-    kv: Tensor
-    gate: Tensor
-
-
-@dataclass(slots=True)
-class _LayerBuffers:
-    kv: Tensor  # [B, entries + ring + 1, head_dim], or packed FP8 rows [..., row bytes] uint8
-    entries: int = 0  # compressed entries per row (0: a sliding layer)
-    table: int = 0  # the layer's RoPE frequency table (DecodePositions.tables)
-    compressor: _CompressorBuffers | None = None
-    index_keys: Tensor | None = None  # [B, entries + 1, index_head_dim] (float8_e4m3fn in an FP8 decoder)
-    indexer: _CompressorBuffers | None = None
-    index_scales: Tensor | None = None  # [B, entries + 1] float32: the FP8 keys' scales
 
 
 def _rows_first(x: Tensor, batch: int | None = None) -> Tensor:
@@ -93,25 +71,35 @@ def _rows_first(x: Tensor, batch: int | None = None) -> Tensor:
 class StaticDecoder:
     """B decode rows over `model`, each at its own position; `step` is graph-captured on CUDA.
 
-    Rows are filled from prefilled eager states (`load_row`) and written back (`store_row`); their
-    `kv_format` must be the decoder's. `max_step_tokens` (tokens a step may feed per row) sizes the
-    ring; `mtp_layers` of the model's MTP blocks get buffers after the main layers' (static_verify.py).
+    The rows are those of `self.state`: `state`, a single-sequence state the decoder then steps in
+    place (batch 1, its `kv_format`), or one the decoder makes; `load_row` sets a row from a prefilled
+    state and `store_row` writes it back (no copy for the decoder's own `state`). `max_step_tokens`
+    (tokens a step may feed per row, at most state.MAX_STEP_TOKENS) is checked against the ring;
+    `mtp_layers` of the model's MTP blocks follow the main layers' (static_verify.py).
     """
 
     def __init__(self, model: Transformer, batch: int, capacity: int, use_graph: bool | None = None,
                  page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV, *, max_step_tokens: int = 1,
-                 mtp_layers: int = 0) -> None:
+                 mtp_layers: int = 0, state: DecodeState | None = None) -> None:
         config = model.config
+        if state is not None:
+            kv_format, batch = state.kv_format, 1
+            if state.batch != 1 or len(state.mtp_layers) < mtp_layers:
+                raise StaticDecodeError(f"a decoder over a state needs a single-sequence state with {mtp_layers} "
+                                        "MTP layers")
         check_kv_format(config, kv_format)
         self.kv_format, self.fp8 = kv_format, kv_format == FP8_KV
         if page_tokens % max(config.compress_rates.values(), default=1):
             raise StaticDecodeError(f"page_tokens must be a multiple of every compression rate, got {page_tokens}")
+        if max_step_tokens > MAX_STEP_TOKENS:
+            raise StaticDecodeError(f"a step feeds at most {MAX_STEP_TOKENS} tokens per row, not {max_step_tokens}")
         self.page_tokens = page_tokens
         if config.engram is not None:
             raise StaticDecodeError("static decoding does not run Engram layers yet; use the eager path")
         self.model, self.config, self.batch = model, config, batch
-        self.ring = config.sliding_window + max_step_tokens - 1
-        self._blocks = list(model.layers) + list(model.mtp[:mtp_layers])  # each has a _LayerBuffers
+        self.ring = ring_size(config)
+        self._mtp = mtp_layers
+        self._blocks = list(model.layers) + list(model.mtp[:mtp_layers])  # each has a LayerState
         self.device, self.dtype = model.embed.weight.device, model.embed.weight.dtype
         # Offloaded experts are fetched after a host sync per layer: the step is then a piecewise graph,
         # which needs a cache slot for every (row, expert) pair; with fewer the step runs eagerly.
@@ -125,8 +113,8 @@ class StaticDecoder:
         # pairs NO_EXPERT) but stays eager unless asked: NCCL collectives in a graph are untried (no GPUs here).
         fits = fits and world_of(model) == 1
         self.use_graph = self.device.type == "cuda" and fits if use_graph is None else use_graph
-        self.capacity = 0
-        self.layers: list[_LayerBuffers] = []
+        self.state = state if state is not None else new_decode_state(
+            config, 0, "", self.dtype, self.device, batch, mtp_layers, kv_format)
         self.token_ids = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch, dtype=torch.long, device=self.device)
         self.active = torch.ones(batch, dtype=torch.bool, device=self.device)
@@ -139,30 +127,23 @@ class StaticDecoder:
         self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
         self._logits: Tensor | None = None
-        self.grow(capacity)
+        self.capacity = -1
+        self.grow(max(capacity, self.state.max_tokens))
+
+    @property
+    def layers(self) -> list[LayerState]:
+        """The state's layers this decoder steps: the main layers, then its MTP layers."""
+        return self.state.layers + self.state.mtp_layers[: self._mtp]
 
     # ------------------------------------------------------------------ buffers
 
     def grow(self, capacity: int) -> None:
-        """Make room for `capacity` tokens per row (rounded up to whole pages), keeping what is held."""
-        capacity = -(-capacity // self.page_tokens) * self.page_tokens
+        """Make room for `capacity` tokens per row (growing the state by whole pages), keeping what is held."""
         if capacity <= self.capacity:
             return
-        old = self.layers
-        self.layers = [self._new_layer(layer, capacity) for layer in range(len(self._blocks))]
-        ring = self.ring
-        for new, held in zip(self.layers, old):
-            new.kv[:, : held.entries].copy_(held.kv[:, : held.entries])
-            new.kv[:, new.entries : new.entries + ring].copy_(held.kv[:, held.entries : held.entries + ring])
-            for name in ("compressor", "indexer"):
-                if getattr(held, name) is not None:
-                    getattr(new, name).kv.copy_(getattr(held, name).kv)
-                    getattr(new, name).gate.copy_(getattr(held, name).gate)
-            if held.index_keys is not None:
-                new.index_keys[:, : held.entries].copy_(held.index_keys[:, : held.entries])
-            if held.index_scales is not None:
-                new.index_scales[:, : held.entries].copy_(held.index_scales[:, : held.entries])
-        self.capacity = capacity
+        if capacity > self.state.max_tokens:
+            grow_state(self.state, self.config, -(-capacity // self.page_tokens) * self.page_tokens, self.dtype)
+        self.capacity = self.state.max_tokens
         self._positions = self._decode_positions(1)
         self._graph = None  # buffers moved: capture again
 
@@ -170,36 +151,6 @@ class StaticDecoder:
         """The per-step indices of a step feeding `tokens` per row (allocated anew when buffers grow)."""
         return DecodePositions(self.config, self.batch, self.capacity, self._tables, self._table_of, self.device,
                                tokens, self.ring)
-
-    def _new_layer(self, layer: int, capacity: int) -> _LayerBuffers:
-        config, batch, ring = self.config, self.batch, self.ring
-        zeros = lambda *shape, kind=self.dtype: torch.zeros(*shape, dtype=kind, device=self.device)  # noqa: E731
-        row = (ops.FP8_KV_ROW_BYTES, torch.uint8) if self.fp8 else (config.head_dim, self.dtype)
-        attention = config.attention_type(layer)
-        table = self._table_of[layer]
-        if attention == SLIDING:
-            return _LayerBuffers(zeros(batch, ring + 1, row[0], kind=row[1]), table=table)
-        rate = config.compress_rates[attention]
-        overlap = attention == CSA
-        entries = capacity // rate
-        buffers = _LayerBuffers(zeros(batch, entries + ring + 1, row[0], kind=row[1]), entries, table,
-                                self._partial_buffers(rate, config.head_dim, overlap))
-        if overlap:
-            key_dtype = torch.float8_e4m3fn if self.fp8 else self.dtype
-            buffers.index_keys = zeros(batch, entries + 1, config.index_head_dim, kind=key_dtype)
-            buffers.index_scales = zeros(batch, entries + 1, kind=torch.float32) if self.fp8 else None
-            buffers.indexer = self._partial_buffers(rate, config.index_head_dim, overlap)
-        return buffers
-
-    def _partial_buffers(self, rate: int, dim: int, overlap: bool) -> _CompressorBuffers:
-        """Empty partial windows; with overlap, window 0's previous half masked (gate -inf) as the
-        eager path masks a first window (load_row sets it again for a row it loads)."""
-        slots = 4 * rate if overlap else rate
-        buffers = _CompressorBuffers(*(torch.zeros(self.batch + 1, slots, dim, dtype=self.dtype, device=self.device)
-                                       for _ in range(2)))
-        if overlap:
-            buffers.gate[:, :rate] = float("-inf")
-        return buffers
 
     def _as_stored(self, kv: Tensor) -> Tensor:
         """K=V rows as `kv` holds them: packed FP8 rows in an FP8 decoder."""
@@ -220,61 +171,27 @@ class StaticDecoder:
     # ------------------------------------------------------------------ moving states in and out
 
     def load_row(self, row: int, state: DecodeState) -> None:
-        """Copy a prefilled single-sequence eager state into `row` (its position = its token count)."""
+        """Set `row` from a prefilled single-sequence state (its position = its token count): nothing
+        to copy for the decoder's own state, else its rows copied in."""
         self._check_row(row, state)
         n = state.num_tokens
         self.grow(n + 1)
-        for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
-            self._load_layer(row, layer, buffers, held, n)
+        if state is not self.state:
+            copy_rows(state, self.state, [(0, row)], n, state.mtp_tokens)
         self.lengths[row] = n
         self.positions[row] = n
 
-    def _load_layer(self, row: int, layer: int, buffers: _LayerBuffers, held: LayerState, n: int) -> None:
-        """`held` (a layer's eager state after `n` tokens) into `row` of `buffers`."""
-        window = self.config.sliding_window
-        kept = held.num_window
-        slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % self.ring
-        buffers.kv[row, slots] = self._as_stored(held.window[0, window - kept :])
-        if held.compressor is not None:
-            rate = self.config.compress_rate(layer)
-            entries = held.compressor.num_entries
-            buffers.kv[row, :entries] = held.compressor.entries[0, :entries]
-            self._load_partial(row, buffers.compressor, held.compressor, rate, n)
-        if held.indexer is not None:
-            entries = held.indexer.num_entries
-            buffers.index_keys[row, :entries] = held.indexer.entries[0, :entries]
-            if held.indexer.entry_scale is not None:
-                buffers.index_scales[row, :entries] = held.indexer.entry_scale[0, :entries]
-            self._load_partial(row, buffers.indexer, held.indexer, rate, n)
-
     def store_row(self, row: int, state: DecodeState) -> None:
-        """Write `row` back into a single-sequence eager state (which must have room for it)."""
+        """Leave `row`'s tokens in a single-sequence state (which must have room for them): its count
+        for the decoder's own state, else its rows copied out."""
         n = self.lengths[row]
         if state.batch != 1 or state.max_tokens < n:
             raise StaticDecodeError(f"the state must be single-sequence with room for {n} tokens")
         self._check_format(state)
-        for layer, (buffers, held) in enumerate(zip(self.layers, state.layers)):
-            self._store_layer(row, layer, buffers, held, n)
+        if state is not self.state:  # the MTP layers (a draft decoder's) one position behind
+            copy_rows(self.state, state, [(row, 0)], n, max(n - 1, 0))
         state.num_tokens = n
         state.mtp_pending = None  # the draft head did not follow these tokens
-
-    def _store_layer(self, row: int, layer: int, buffers: _LayerBuffers, held: LayerState, n: int) -> None:
-        """The first `n` tokens of `row` in `buffers` into `held` (a layer's eager state)."""
-        window = self.config.sliding_window
-        kept = min(window, n)
-        slots = buffers.entries + torch.arange(n - kept, n, device=self.device) % self.ring
-        held.window[0, window - kept :] = self._as_read(buffers.kv[row, slots])
-        held.num_window = kept
-        if held.compressor is not None:
-            rate = self.config.compress_rate(layer)
-            entries = n // rate
-            held.compressor.entries[0, :entries] = buffers.kv[row, :entries]
-            self._store_partial(row, buffers.compressor, held.compressor, rate, n)
-        if held.indexer is not None:
-            held.indexer.entries[0, : n // rate] = buffers.index_keys[row, : n // rate]
-            if held.indexer.entry_scale is not None:
-                held.indexer.entry_scale[0, : n // rate] = buffers.index_scales[row, : n // rate]
-            self._store_partial(row, buffers.indexer, held.indexer, rate, n)
 
     def _check_row(self, row: int, state: DecodeState) -> None:
         if not 0 <= row < self.batch:
@@ -286,52 +203,6 @@ class StaticDecoder:
     def _check_format(self, state: DecodeState) -> None:
         if state.kv_format != self.kv_format:
             raise StaticDecodeError(f"a {state.kv_format!r} state cannot move into a {self.kv_format!r} decoder")
-
-    @staticmethod
-    def _partial_slots(rate: int, n: int, overlap: bool) -> tuple[slice, slice, slice | None]:
-        """Where a row at `n` tokens keeps its partial window (decode_positions.py's layout): slots of the
-        filled tokens' first series, of their second series (the same without overlap) and of the
-        previous window's first series (None without overlap)."""
-        window_index, filled = divmod(n, rate)
-        if not overlap:
-            return slice(0, filled), slice(0, filled), None
-        this, following = (window_index % 2) * 2 * rate, ((window_index + 1) % 2) * 2 * rate
-        return slice(following, following + filled), slice(this + rate, this + rate + filled), slice(this, this + rate)
-
-    def _load_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
-        filled = n % rate
-        overlap = held.overlap_kv is not None
-        first, second, previous = self._partial_slots(rate, n, overlap)
-        dim = buffers.kv.shape[-1]
-        for target, partial, carried, masked in ((buffers.kv, held.partial_kv, held.overlap_kv, 0.0),
-                                                 (buffers.gate, held.partial_gate, held.overlap_gate, float("-inf"))):
-            if overlap:
-                target[row, first] = partial[0, :filled, :dim]
-                target[row, second] = partial[0, :filled, dim:]
-                if held.has_overlap:
-                    target[row, previous] = carried[0]
-                else:  # a first window: nothing before it (the eager path masks it the same way)
-                    target[row, previous] = masked
-            else:
-                target[row, first] = partial[0, :filled]
-
-    def _store_partial(self, row: int, buffers: _CompressorBuffers, held: CompressorState, rate: int, n: int) -> None:
-        window_index, filled = divmod(n, rate)
-        overlap = held.overlap_kv is not None
-        first, second, previous = self._partial_slots(rate, n, overlap)
-        dim = buffers.kv.shape[-1]
-        for source, partial, carried in ((buffers.kv, held.partial_kv, held.overlap_kv),
-                                         (buffers.gate, held.partial_gate, held.overlap_gate)):
-            if overlap:
-                partial[0, :filled, :dim] = source[row, first]
-                partial[0, :filled, dim:] = source[row, second]
-                if window_index >= 1:
-                    carried[0] = source[row, previous]
-            else:
-                partial[0, :filled] = source[row, first]
-        held.num_entries, held.num_partial = window_index, filled
-        if overlap:
-            held.has_overlap = window_index >= 1
 
     # ------------------------------------------------------------------ the step
 
@@ -401,16 +272,18 @@ class StaticDecoder:
         streams `[B, T, hc, hidden]`."""
         model = self.model
         streams = model.embed_streams(ids)
-        for block, buffers in zip(model.layers, self.layers):
-            streams = block.mix(streams, ids, lambda x, a=block.attn, b=buffers: self._attend(a, x, b, steps))
+        for index, (block, buffers) in enumerate(zip(model.layers, self.layers)):
+            streams = block.mix(streams, ids, lambda x, a=block.attn, b=buffers, i=index: self._attend(a, x, b, steps, i))
         return streams
 
-    def _attend(self, attn: Attention, x: Tensor, buffers: _LayerBuffers, steps: DecodePositions) -> Tensor:
-        """Attention for T tokens per row (`x` `[B, T, hidden]`) at the positions of `steps`: the
-        step's ring writes first (the ring holds window + T - 1), then each query its own window."""
+    def _attend(self, attn: Attention, x: Tensor, buffers: LayerState, steps: DecodePositions, layer: int) -> Tensor:
+        """Attention of layer `layer` (the decoder's numbering) for T tokens per row (`x` `[B, T, hidden]`)
+        at the positions of `steps`: the step's ring writes first (the ring holds window + T - 1), then
+        each query its own window."""
         config = self.config
         batch, tokens = x.shape[:2]
-        rope = steps.rope[buffers.table]
+        table = self._table_of[layer]
+        rope = steps.rope[table]
         fused = self._inputs[id(attn)]
         outs = fused(x) if fused is not None else {}
         project = lambda name, linear: outs[name] if name in outs else linear(x)  # noqa: E731
@@ -426,14 +299,14 @@ class StaticDecoder:
             step = steps.windows[attn.compressor.rate]
             compressor = attn.compressor
             entry = self._compress(compressor, project("kv", compressor.wkv), project("gate", compressor.wgate),
-                                   buffers.compressor, step, buffers.table)
+                                   buffers.compressor, step, table)
             self._write_kv(buffers.kv, step.entry_slot, entry)
             if attn.indexer is not None:
                 indices = steps.csa_indices
                 indexer = attn.indexer
                 keys = self._compress(indexer.compressor, project("index_kv", indexer.compressor.wkv),
                                       project("index_gate", indexer.compressor.wgate), buffers.indexer, step,
-                                      buffers.table)
+                                      table)
                 weights = project("index_weights", indexer.weights_proj)
                 indices[:, :, config.sliding_window :] = self._select(attn, keys, weights, q_residual, buffers, rope,
                                                                       step)
@@ -446,7 +319,7 @@ class StaticDecoder:
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))
         return out if attn.reduce is None else attn.reduce(out)
 
-    def _compress(self, compressor: Compressor, new_kv: Tensor, new_gate: Tensor, buffers: _CompressorBuffers,
+    def _compress(self, compressor: Compressor, new_kv: Tensor, new_gate: Tensor, buffers: CompressorState,
                   step: WindowStep, table: int) -> Tensor:
         """Put each token (its projections `new_kv`, `new_gate` `[B, T, width]`) in its partial windows;
         return its window's entry `[B, T, dim]` as it stands (exact once the window is full). Each
@@ -455,13 +328,13 @@ class StaticDecoder:
         tokens = new_kv.shape[1]
         cos, sin = step.rope[table]
         rows = step.window_rows
-        entries = [ops.compress_step(new_kv[:, t], new_gate[:, t], compressor.ape, step.ape_slot[:, t], buffers.kv,
-                                     buffers.gate, step.write_rows[:, 0], step.write_slots[:, t],
+        entries = [ops.compress_step(new_kv[:, t], new_gate[:, t], compressor.ape, step.ape_slot[:, t],
+                                     buffers.partial_kv, buffers.partial_gate, step.write_rows[:, 0], step.write_slots[:, t],
                                      None if rows is None else rows[:, t], compressor.norm.weight,
                                      compressor.norm.eps, cos[:, t], sin[:, t]) for t in range(tokens)]
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
-    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q_residual: Tensor, buffers: _LayerBuffers,
+    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q_residual: Tensor, buffers: LayerState,
                 rope: Rope, step: WindowStep) -> Tensor:
         """The lightning indexer over each query's closed entries, its key `entry` `[B, T, index_head_dim]`
         just compressed, `weights` its weights_proj output: `[B, T, index_topk]` int32, -1 padded."""

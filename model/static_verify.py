@@ -28,10 +28,11 @@ own correction, and a draft is always drawn from the MTP block's distribution gi
 A step is never replayed at its own first position once it ran (its second token may have started a
 window whose previous half the first token pools), so the graph is warmed up on inactive rows.
 
-In and out of eager states: `start` loads a prefilled state whose MTP layer follows it (the eager
-convention: the MTP layer one position behind, `mtp_pending` the last position's streams) and drafts
-the first token (`first_drafts` drafts for several loaded rows at once); `store_row` writes the row back in
-the same convention, as plain decoding leaves it.
+States: `start` loads a prefilled state whose MTP layer follows it (the eager convention: the MTP layer
+one position behind, `mtp_pending` the last position's streams) and drafts the first token
+(`first_drafts` drafts for several loaded rows at once); `store_row` leaves the row in the same
+convention, as plain decoding leaves it. The layout is the eager one (state.py), so a decoder over the
+state (`state=`) moves nothing and a batched one copies rows.
 
 Sampling's randomness is drawn from the generator of `set_sampling`'s seed into static buffers before
 each step (sampling.StepNoise), so the step stays one graph; the greedy and sampling steps are two
@@ -79,14 +80,15 @@ class DraftDecoder(StaticDecoder):
     """A StaticDecoder whose `verify` steps feed [token, draft] per row and keep the MTP layer's state."""
 
     def __init__(self, model: Transformer, batch: int, capacity: int, use_graph: bool | None = None,
-                 page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV) -> None:
+                 page_tokens: int = PAGE_TOKENS, kv_format: str = FLOAT_KV, *, state: DecodeState | None = None) -> None:
         if not len(model.mtp):
             raise StaticDecodeError("this model has no MTP block (mtp.*) to draft with")
         self._verify_positions: DecodePositions | None = None
         # the captured verify steps by mode (greedy, sample, nucleus) and their outputs
         self._verify_graphs: dict[str, tuple[torch.cuda.CUDAGraph | PiecewiseGraph, Tensor]] = {}
         super().__init__(model, batch, capacity + 1, use_graph, page_tokens, kv_format, max_step_tokens=2,
-                         mtp_layers=1)
+                         mtp_layers=1, state=state)
+        batch = self.batch
         config = model.config
         self.pairs = torch.zeros(batch, 2, dtype=torch.long, device=self.device)
         # the final streams of each row's last verify step (its two positions), the MTP block's input
@@ -98,11 +100,6 @@ class DraftDecoder(StaticDecoder):
         self.sampling: Sampling | None = None  # None: greedy
         self._sampled: _SamplingBuffers | None = None  # made at the first set_sampling
         self._generator: torch.Generator | None = None
-
-    @property
-    def mtp_layer(self) -> int:
-        """The MTP block's layer index (config numbering: after the main layers)."""
-        return self.config.num_hidden_layers
 
     def grow(self, capacity: int) -> None:
         held = self.capacity
@@ -121,7 +118,6 @@ class DraftDecoder(StaticDecoder):
                                     "Engine.forward, with at least one token")
         super().load_row(row, state)
         n = state.num_tokens
-        self._load_layer(row, self.mtp_layer, self.layers[-1], state.mtp_layers[0], n - 1)
         self.streams[row, 0] = state.mtp_pending[0, 0]
         self._first[row], self._reach[row] = n - 1, n
 
@@ -186,7 +182,6 @@ class DraftDecoder(StaticDecoder):
         n = self.lengths[row]
         if not state.mtp_layers or n == 0:
             return
-        self._store_layer(row, self.mtp_layer, self.layers[-1], state.mtp_layers[0], n - 1)
         state.mtp_pending = self.streams[row, n - 1 - self._first[row]][None, None].clone()
 
     def settle(self, row: int, length: int) -> None:
@@ -309,5 +304,6 @@ class DraftDecoder(StaticDecoder):
         the positions of `steps`: logits `[B, T, vocab]` of the tokens two after."""
         block, model = self.model.mtp[0], self.model
         x = block.inputs(streams, next_ids, model.embed)
-        out = block.mix(x, next_ids, lambda h: self._attend(block.attn, h, self.layers[-1], steps))
+        layer = len(self.layers) - 1
+        out = block.mix(x, next_ids, lambda h: self._attend(block.attn, h, self.layers[layer], steps, layer))
         return block.logits(out, model.head)

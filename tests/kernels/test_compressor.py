@@ -58,8 +58,7 @@ def assembled_windows(module: Compressor, x: torch.Tensor) -> tuple[torch.Tensor
     kv = module.wkv(x).unflatten(1, (-1, rate))
     gate = (module.wgate(x) + module.ape[slots]).unflatten(1, (-1, rate))
     if module.overlap:
-        fresh = CompressorState.empty(x.shape[0], kv.shape[1], rate, module.dim, True, x.dtype, "cpu")
-        kv, gate = module._overlap(kv, gate, fresh)
+        kv, gate, _ = module._overlap(kv, gate, None)  # nothing before the first window
     return kv, gate
 
 

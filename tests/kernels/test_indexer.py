@@ -99,7 +99,7 @@ def test_reference_equals_the_models_indexer() -> None:
         cos, sin = rope_cos_sin(inv_freq, torch.arange(seq_len) + start)
         with torch.no_grad():
             chosen = indexer(x, q_residual, start, state, inv_freq, cos, sin)
-            keys = state.entries[:, : state.num_entries]
+            keys = state.entries[:, : (start + seq_len) // indexer.rate]
             q = apply_rope(indexer.wq_b(q_residual).view(1, seq_len, config.index_n_heads, -1), cos, sin)
             weights = indexer.weights_proj(x).float() * config.index_n_heads**-0.5
         got = ix.indexer_topk_reference(q, weights, keys, start, indexer.rate, config.index_head_dim**-0.5,

@@ -21,7 +21,7 @@ from v4.model.checkpoint import state_bytes_per_token
 from v4.model.config import EngineConfig
 from v4.model.prefix_store import PrefixStore, model_fingerprint
 from v4.model.random_checkpoint import init_checkpoint
-from v4.model.state import DecodeState, mark, rewind
+from v4.model.state import MAX_STEP_TOKENS, DecodeState, mark, read_partial, rewind
 from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 # The tiny preset at the sizes DeepSeek's FP8 rows are fixed at (512 dims, 64 of them RoPE; the indexer's
@@ -77,18 +77,20 @@ def _growing_bytes(state: DecodeState) -> int:
 
 def _state_tensors(state: DecodeState) -> dict[str, torch.Tensor]:
     """Every valid part of a state, by name, for exact comparisons."""
-    out = {}
+    out, held = {}, state.num_tokens
     for i, layer in enumerate(state.layers):
-        out[f"{i}.window"] = layer.window[:, layer.window.shape[1] - layer.num_window :]
+        out[f"{i}.window"] = layer.window_rows(held, layer.ring - MAX_STEP_TOKENS + 1)
         for name, comp in (("c", layer.compressor), ("x", layer.indexer)):
             if comp is None:
                 continue
-            out[f"{i}.{name}.entries"] = comp.entries[:, : comp.num_entries].view(torch.uint8)
-            out[f"{i}.{name}.partial"] = comp.partial_kv[:, : comp.num_partial]
+            made = held // comp.rate
+            out[f"{i}.{name}.entries"] = comp.entries[:, :made].view(torch.uint8)
+            partial, _, carried = read_partial(comp, held, 1)
+            out[f"{i}.{name}.partial"] = partial
             if comp.entry_scale is not None:
-                out[f"{i}.{name}.scale"] = comp.entry_scale[:, : comp.num_entries]
-            if comp.has_overlap:
-                out[f"{i}.{name}.overlap"] = comp.overlap_kv
+                out[f"{i}.{name}.scale"] = comp.entry_scale[:, :made]
+            if carried is not None:
+                out[f"{i}.{name}.overlap"] = carried[0]
     return out
 
 
@@ -104,7 +106,8 @@ def test_fp8_state_is_deepseeks_layout_at_the_bytes_per_token_checkpoint_counts(
     assert csa.indexer.entries.dtype == torch.float8_e4m3fn and csa.indexer.entries.shape == (1, 64, 64)
     assert csa.indexer.entry_scale.dtype == torch.float32 and csa.indexer.entry_scale.shape == (1, 64)
     assert csa.compressor.entry_scale is None
-    assert csa.window.dtype == csa.compressor.partial_kv.dtype == torch.float32  # small: the model's dtype
+    assert csa.kv.dtype == torch.uint8  # the window's ring too: rows quantised as they are written
+    assert csa.compressor.partial_kv.dtype == torch.float32  # small: the model's dtype
     assert _growing_bytes(state) / 256 == state_bytes_per_token(config, fp8=True)  # 584-byte rows, 64 + 4
     float_state = floating.new_state(256, draft=False)
     assert float_state.layers[1].compressor.entry_scale is None

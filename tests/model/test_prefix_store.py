@@ -540,7 +540,7 @@ def test_prefix_keys(tiny: Tiny, other: Tiny) -> None:
         130: "0c9cd73c0d95bf4a5cb3e110b395c4a3",
         200: "754256468e34d0443a0d48af552acd15",
     }
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
 
 
 # ---------------------------------------------------------------------------------- 8. stats, clear

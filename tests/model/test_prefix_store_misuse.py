@@ -122,7 +122,7 @@ def test_a_store_of_the_older_format_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_manifest_is_refused(store_dir: Path) -> None:
-    (store_dir / MANIFEST).write_text('{"format": "v4-engram-store", "version": 2, "entries": ["../model.safetensors"]}')
+    (store_dir / MANIFEST).write_text('{"format": "v4-engram-store", "version": 3, "entries": ["../model.safetensors"]}')
     with pytest.raises(StoreDirectoryError, match="not an entry path"):
         PrefixStore(store_dir)
     (store_dir / MANIFEST).write_text("{")

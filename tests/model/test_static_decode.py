@@ -142,7 +142,7 @@ def _held(decoder: StaticDecoder, row: int) -> list[torch.Tensor]:
         held.append(buffers.kv[row, :-1].clone())
         for partial in (buffers.compressor, buffers.indexer):
             if partial is not None:
-                held += [partial.kv[row].clone(), partial.gate[row].clone()]
+                held += [partial.partial_kv[row].clone(), partial.partial_gate[row].clone()]
         for keys in (buffers.index_keys, buffers.index_scales):
             if keys is not None:
                 held.append(keys[row, :-1].clone())

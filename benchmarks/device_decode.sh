@@ -5,6 +5,7 @@
 #                                            #   benchmarks/.work/base too when carried), the decode
 #                                            #   kernels against their bytes (experts at 1, 2, 8 tokens,
 #                                            #   projections at 2 rows)
+#   bash benchmarks/device_decode.sh layout  # ~5 min: the same without the kernel benchmarks
 #   bash benchmarks/device_decode.sh perf    # ~8 min: launches per layer, the MTP verify step, and
 #                                            #   bench_perf's graphed step on the tree before (benchmarks/.work/base,
 #                                            #   made by `git archive BASE | tar -x -C benchmarks/.work/base` and
@@ -20,7 +21,7 @@ part=${1:-checks}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
-if [ "$part" = checks ]; then
+if [ "$part" = checks ] || [ "$part" = layout ]; then
   timeout 240 python -m pytest -q -p no:cacheprovider tests/kernels/test_kv_write.py tests/kernels/test_compress_step.py \
     tests/kernels/test_swiglu.py tests/kernels/test_decode_moe.py \
     tests/kernels/test_decode_gemv.py tests/model/test_static_decode.py tests/model/test_static_verify.py \
@@ -40,6 +41,9 @@ if [ "$part" = checks ]; then
     tests/model/test_offload_policy.py tests/model/test_offload_prefetch.py tests/model/test_cpu_experts.py \
     > "$OUT/checks_offload.txt" 2>&1
   echo "offload checks exit $?: $(tail -1 "$OUT/checks_offload.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks_offload.txt" | head -10
+fi
+
+if [ "$part" = checks ]; then
   timeout 180 python benchmarks/bench_decode_gemv.py --sections experts --rows 1,2,8 --quick --out "$OUT/experts" \
     > "$OUT/experts.log" 2>&1
   echo "experts exit $?"; grep "^|" "$OUT/experts.md"

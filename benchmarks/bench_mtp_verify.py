@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_perf import cuda_ms, flash_hf_config  # noqa: E402
+from bench_perf import cuda_ms, flash_hf_config, module_bytes  # noqa: E402
 from v4 import model  # noqa: E402
 from v4.model.config import EngineConfig, V4Config  # noqa: E402
 from v4.model.quantized_linear import quantize_model  # noqa: E402
@@ -79,6 +79,21 @@ def graphed(fn):
     return graph.replay
 
 
+def layer_bytes(net: torch.nn.Module, tokens: int) -> float:
+    """Weight bytes a main layer moves for a step of `tokens` tokens: every weight of the block once,
+    and of the routed experts the expected distinct ones of `tokens` x top-k uniform picks (random
+    weights route near-uniformly; as bench_perf.step_bytes). The state a query reads at 4K tokens is
+    under 1% of it and left out."""
+    config = net.config
+    total = 0.0
+    for block in net.layers:
+        routed = module_bytes(block.ffn.experts)
+        experts, top = config.n_routed_experts, config.num_experts_per_tok
+        distinct = experts * (1 - (1 - top / experts) ** tokens)
+        total += module_bytes(block) - routed + distinct * routed / experts
+    return total / len(net.layers)
+
+
 def timings(engine: model.Engine, context: int, batch: int, repeats: int) -> dict:
     net, capacity = engine.model, context + 256
     prompt = torch.randint(0, net.config.vocab_size, (context,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -121,6 +136,8 @@ def timings(engine: model.Engine, context: int, batch: int, repeats: int) -> dic
     layer_verify = (out["verify_ms"] - out["head_ms_2"] - out["mtp_ms_2"]) / 2
     plain43 = out["head_ms_1"] + 43 * layer_plain
     verify43 = out["head_ms_2"] + out["mtp_ms_2"] + 43 * layer_verify
+    # a 2-token row touches about twice the routed experts: the ratio its bytes allow, measured beside
+    out["layer_bytes_ratio"] = layer_bytes(net, 2 * batch) / layer_bytes(net, batch)
     out.update(layer_plain_ms=layer_plain, layer_verify_ms=layer_verify, layer_ratio=layer_verify / layer_plain,
                plain_43_ms=plain43, verify_43_ms=verify43, ratio_43=verify43 / plain43,
                plain_43_tok_s=batch * 1e3 / plain43)
@@ -130,12 +147,12 @@ def timings(engine: model.Engine, context: int, batch: int, repeats: int) -> dic
 
 
 def markdown(results: dict) -> str:
-    lines = ["| weights | B | plain ms | verify ms | ratio (2 layers) | layer ratio | 43-layer ratio | plain tok/s "
-             "| spec tok/s @0.85 | @0.90 |", "|" + "---|" * 10]
+    lines = ["| weights | B | plain ms | verify ms | ratio (2 layers) | layer ratio | layer bytes ratio | 43-layer ratio "
+             "| plain tok/s | spec tok/s @0.85 | @0.90 |", "|" + "---|" * 11]
     for key, r in results["timings"].items():
         weights, batch = key.rsplit("_b", 1)
         lines.append(f"| {weights} | {batch} | {r['plain_ms']:.3f} | {r['verify_ms']:.3f} | {r['ratio_2_layers']:.3f} "
-                     f"| {r['layer_ratio']:.3f} | {r['ratio_43']:.3f} | {r['plain_43_tok_s']:.1f} "
+                     f"| {r['layer_ratio']:.3f} | {r['layer_bytes_ratio']:.3f} | {r['ratio_43']:.3f} | {r['plain_43_tok_s']:.1f} "
                      f"| {r['spec_43_tok_s_at_0.85']:.1f} | {r['spec_43_tok_s_at_0.90']:.1f} |")
     return "\n".join(lines) + "\n"
 

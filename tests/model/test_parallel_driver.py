@@ -79,6 +79,17 @@ def test_the_runner_and_the_store_on_two_ranks(engines, tmp_path: Path) -> None:
     assert any("prefilled on 2 ranks" in w and "this run has 1" in w for w in warnings), warnings
 
 
+def test_the_runners_in_place_decoder_on_two_ranks(engines) -> None:
+    """The runner decodes on a decoder over its own state (Engine.state_decoder) on every rank, with
+    rewinds to prompt marks between answers: the eager path's answers."""
+    one, two = engines
+    prompts = [PROMPT, PROMPT[:25] + [9, 8, 7], PROMPT + [11, 12]]
+    expected = ["".join(Runner(one, static_decode=False).generate(ids, 6)) for ids in prompts]
+    runner = Runner(two, static_decode=True)
+    assert ["".join(runner.generate(ids, 6)) for ids in prompts] == expected
+    assert runner.state is not None and "plain" in runner.state.decoders
+
+
 def test_a_worker_that_dies_stops_the_engine_naming_it(checkpoint: Path) -> None:
     engine = model.load(checkpoint, device="cpu", dtype="float32", cpu_threads=1, ranks=2)
     heard: list[Exception] = []

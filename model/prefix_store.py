@@ -94,7 +94,7 @@ class Verified:
 
 
 def default_store_dir() -> Path:
-    """`$V4_ENGRAM_DIR`, else the platform's per-user cache (`~/.cache/v4/engram-v2` on Linux). The
+    """`$V4_ENGRAM_DIR`, else the platform's per-user cache (`~/.cache/v4/engram-v3` on Linux). The
     default is named by format version, like Aider's tag cache, so an upgrade starts a new store instead
     of refusing the old one (which it can neither read nor prove it wrote). The names keep the store's
     first name (see `prefix_store_files.FORMAT`) so that existing stores stay valid."""

@@ -55,6 +55,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def free() -> None:
+    """Collect what the last measurement left (a state and its decoder hold each other) and return it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def allocated() -> int:
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
 
@@ -123,12 +130,10 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "by_length": []}
     for tokens in (int(n) for n in args.lengths.split(",")):
         runs["by_length"].append(handoff(engine, tokens, shared))
-        gc.collect()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        free()
         if shared:  # the batched decoder's path on this tree: plain copies of the same layout
             copied = handoff(engine, tokens, False)
-            gc.collect()
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            free()
             runs["by_length"][-1]["copy_path"] = {k: copied[k] for k in ("handoff_ms", "decoder_bytes")}
         print(json.dumps(runs["by_length"][-1]), flush=True)
     args.out.write_text(json.dumps(runs, indent=1))

@@ -6,8 +6,9 @@
 #                                            #   kernels against their bytes (experts at 1, 2, 8 tokens,
 #                                            #   projections at 2 rows)
 #   bash benchmarks/device_decode.sh layout  # ~5 min: the same without the kernel benchmarks
-#   bash benchmarks/device_decode.sh final   # ~8 min: layout's parity tests (offload's graphed ones too),
-#                                            #   the handoff, then the MTP verify step
+#   bash benchmarks/device_decode.sh final   # ~6 min: the parity tests of the paths the decode state
+#                                            #   touches (offload's graphed ones too), the handoff, then the
+#                                            #   MTP verify step
 #   bash benchmarks/device_decode.sh perf    # ~8 min: launches per layer, the MTP verify step, and
 #                                            #   bench_perf's graphed step on the tree before (benchmarks/.work/base,
 #                                            #   made by `git archive BASE | tar -x -C benchmarks/.work/base` and
@@ -23,14 +24,16 @@ part=${1:-checks}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
+KERNEL_TESTS="tests/kernels/test_kv_write.py tests/kernels/test_compress_step.py tests/kernels/test_swiglu.py
+  tests/kernels/test_decode_moe.py tests/kernels/test_decode_gemv.py tests/model/test_sampling.py
+  tests/model/test_native_quant.py tests/model/test_fused_inputs.py"
+STATE_TESTS="tests/model/test_static_decode.py tests/model/test_static_verify.py tests/model/test_mtp.py
+  tests/model/test_speculative_sampling.py tests/model/test_fp8_state.py tests/model/test_runner.py
+  tests/model/test_engine.py tests/model/test_state_layout.py"
 if [ "$part" = checks ] || [ "$part" = layout ] || [ "$part" = final ]; then
-  timeout 270 python -m pytest -q -p no:cacheprovider tests/kernels/test_kv_write.py tests/kernels/test_compress_step.py \
-    tests/kernels/test_swiglu.py tests/kernels/test_decode_moe.py \
-    tests/kernels/test_decode_gemv.py tests/model/test_static_decode.py tests/model/test_static_verify.py \
-    tests/model/test_mtp.py tests/model/test_sampling.py tests/model/test_speculative_sampling.py \
-    tests/model/test_fp8_state.py tests/model/test_native_quant.py tests/model/test_runner.py \
-    tests/model/test_fused_inputs.py tests/model/test_engine.py tests/model/test_state_layout.py \
-    $([ "$part" = final ] && echo tests/model/test_offload.py) > "$OUT/checks.txt" 2>&1
+  # final: the paths the state touches (and offload's graphed ones), not the kernels' own tests
+  tests="$STATE_TESTS $([ "$part" = final ] && echo tests/model/test_offload.py || echo "$KERNEL_TESTS")"
+  timeout 270 python -m pytest -q -p no:cacheprovider $tests > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
   timeout 100 python benchmarks/bench_state_handoff.py --out "$OUT/handoff_new.json" > "$OUT/handoff_new.log" 2>&1
   echo "handoff new exit $?"; cat "$OUT/handoff_new.log" | tail -3

@@ -159,6 +159,19 @@ def test_warm_prefill_from_memory_and_disk_equals_cold(tiny: Tiny, tmp_path: Pat
     assert _rel(engine.forward(extra, state), cold_next) < TOLERANCE
 
 
+def test_a_snapshot_restores_into_a_state_of_another_capacity(tiny: Tiny, tmp_path: Path) -> None:
+    """Snapshots hold the ring, partial windows and entries made, none sized by the state's capacity: a
+    state saved with room for 64 more tokens restores into one of 4x the prompt (another session's)."""
+    engine, ids, extra = tiny.engine, tiny.ids(0), tiny.ids(1, 40)
+    cold_state = engine.new_state()
+    engine.forward(ids, cold_state)
+    cold_next = engine.forward(extra, cold_state)
+    PrefixStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(engine, ids, max_tokens=len(ids) + 64)
+    state, _, stats = PrefixStore(tmp_path / "store", chunk_tokens=CHUNK).prefill(engine, ids, max_tokens=4 * len(ids))
+    assert stats.reused_tokens == len(ids) and state.max_tokens == 4 * len(ids)
+    assert _rel(engine.forward(extra, state), cold_next) < TOLERANCE
+
+
 # ------------------------------------------------------------------------------- 2. edits
 
 @pytest.mark.parametrize(("edit", "reused"), [(420, 400), (256, 256), (255, 250)])

@@ -247,7 +247,10 @@ class Engine:
         (sampling.py), so the ids follow plain sampling's distribution exactly (the same seed gives the
         same ids on either path, not plain sampling's ids past the first). `static` decodes with the
         shape-static (CUDA-graphed) decoder after an eager prefill: default on CUDA for states without
-        MTP layers (speculative: with them); the same ids either way."""
+        MTP layers (speculative: with them); the same ids either way. A caller's `state` is decoded in
+        place (`state_decoder`: graphs kept with it); the throwaway state made here goes through the
+        engine's bucketed decoder, whose graphs serve every call."""
+        in_place = state is not None
         state = state or self.new_state(draft=speculative)
         if speculative:
             sampling = self._sampling(temperature, top_p, seed)
@@ -255,7 +258,7 @@ class Engine:
                 if state.num_tokens + len(prompt_ids) + max_new_tokens - 1 > state.max_tokens:
                     raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used "
                                            f"and {len(prompt_ids)} + up to {max_new_tokens - 1} more would be fed")
-                yield from static_speculative(self, prompt_ids, max_new_tokens, stop, state, sampling)
+                yield from static_speculative(self, prompt_ids, max_new_tokens, stop, state, sampling, in_place)
             else:
                 yield from eager_speculative(self, prompt_ids, max_new_tokens, stop, state, sampling)
             return
@@ -264,7 +267,8 @@ class Engine:
             generator.manual_seed(seed)
         logits = self.prefill(prompt_ids, state)
         if self.static_decoding(static, state) and max_new_tokens > 1:
-            yield from self._generate_static(logits, max_new_tokens, temperature, top_p, stop, state, generator)
+            yield from self._generate_static(logits, max_new_tokens, temperature, top_p, stop, state, generator,
+                                             in_place)
             return
         for produced in range(1, max_new_tokens + 1):
             token = sample(logits, temperature, top_p, generator)
@@ -285,13 +289,16 @@ class Engine:
             raise EngineInputError(str(exc)) from None
 
     def _generate_static(self, logits: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                         stop: Sequence[int], state: DecodeState, generator: torch.Generator) -> Iterator[int]:
-        """Decode on the static decoder from a prefilled `state`; the state gets the tokens back even
-        when the caller stops early."""
+                         stop: Sequence[int], state: DecodeState, generator: torch.Generator,
+                         in_place: bool = False) -> Iterator[int]:
+        """Decode on the static decoder from a prefilled `state` (on a decoder over it, `in_place`, or
+        copied into the bucketed one's row); the state gets the tokens back even when the caller stops
+        early."""
         if state.num_tokens + max_new_tokens - 1 > state.max_tokens:
             raise EngineInputError(f"the state holds {state.max_tokens} tokens; {state.num_tokens} are used and "
                                    f"up to {max_new_tokens - 1} more would be fed")
-        decoder = self.static_decoder(1, state.num_tokens + max_new_tokens)
+        room = state.num_tokens + max_new_tokens
+        decoder = self.state_decoder(state, room) if in_place else self.static_decoder(1, room)
         decoder.load_row(0, state)
         try:
             for produced in range(1, max_new_tokens + 1):

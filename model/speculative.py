@@ -22,6 +22,7 @@ import torch
 
 from .sampling import FIRST_STREAM, STEP_STREAM, Sampling, StepNoise, accept_or_resample, draw, processed, sample
 from .state import DecodeState, mark, rewind
+from .static_decode import StaticDecoder
 from .static_verify import DraftDecoder
 
 
@@ -43,6 +44,7 @@ class SpeculativeEngine(Protocol):
     def forward(self, token_ids: Sequence[int], state: DecodeState) -> torch.Tensor: ...
     def draft(self, state: DecodeState, next_token: int) -> torch.Tensor: ...
     def draft_decoder(self, batch: int, capacity: int) -> DraftDecoder: ...
+    def state_decoder(self, state: DecodeState, capacity: int, draft: bool = False) -> StaticDecoder: ...
     def new_state(self, max_tokens: int | None = None, draft: bool = True) -> DecodeState: ...
 
     @property
@@ -144,10 +146,10 @@ def eager_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_
 
 
 def static_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max_new_tokens: int, stop: Sequence[int],
-                       state: DecodeState, sampling: Sampling | None = None) -> Iterator[int]:
-    """Verify steps on the engine's draft decoder (1 or 2 ids each) after an eager prefill; the state
-    gets the tokens back even when the caller stops early. The caller checks that `state` has room
-    for the prompt and `max_new_tokens - 1` more."""
+                       state: DecodeState, sampling: Sampling | None = None, in_place: bool = False) -> Iterator[int]:
+    """Verify steps on a draft decoder (1 or 2 ids each) after an eager prefill: one over `state`
+    (`in_place`) or the engine's bucketed one; the state gets the tokens back even when the caller
+    stops early. The caller checks that `state` has room for the prompt and `max_new_tokens - 1` more."""
     if max_new_tokens <= 0:
         return
     engine.draft_stats = DraftStats()
@@ -155,7 +157,8 @@ def static_speculative(engine: SpeculativeEngine, prompt_ids: Sequence[int], max
     yield token
     if token in stop or max_new_tokens == 1:
         return
-    decoder = engine.draft_decoder(1, state.num_tokens + max_new_tokens)
+    room = state.num_tokens + max_new_tokens
+    decoder = engine.state_decoder(state, room, draft=True) if in_place else engine.draft_decoder(1, room)
     decoder.set_sampling(sampling)
     pair = (token, decoder.start(0, state, token))
     produced = 1

@@ -105,10 +105,6 @@ class DecodeState:
         """Positions the MTP layers have seen: all but the pending one."""
         return self.num_tokens - 1 if self.mtp_pending is not None else 0
 
-    def all_layers(self) -> list[tuple[LayerState, int]]:
-        """Every layer with the tokens it has seen (main layers, then MTP layers)."""
-        return [(layer, self.num_tokens) for layer in self.layers] + [(layer, self.mtp_tokens) for layer in self.mtp_layers]
-
 
 @dataclass(frozen=True, slots=True)
 class LayerMark:
@@ -271,11 +267,22 @@ def _new_compressor(entries: torch.Tensor, rate: int, dim: int, overlap: bool, b
     return CompressorState(entries, kv, gate, rate, overlap, entry_scale)
 
 
-def copy_rows(source: DecodeState, target: DecodeState, rows: list[tuple[int, int]], tokens: int,
+def _copy_layer(held: LayerState, into: LayerState, source: int | slice, target: int | slice, made: int) -> None:
+    """Row(s) `source` of `held` into row(s) `target` of `into`: the ring and scratch slots, the partial
+    windows and the first `made` entries (and indexer keys and scales). One layout: plain copies."""
+    into.kv[target, into.entries :].copy_(held.kv[source, held.entries :])
+    for a, b in zip(_partials(held), _partials(into)):
+        b[target].copy_(a[source])
+    into.kv[target, :made].copy_(held.kv[source, :made])
+    for a, b in ((held.index_keys, into.index_keys), (held.index_scales, into.index_scales)):
+        if a is not None and b is not None:
+            b[target, :made].copy_(a[source, :made])
+
+
+def copy_rows(source: DecodeState, source_row: int, target: DecodeState, target_row: int, tokens: int,
               mtp_tokens: int) -> None:
-    """Copy each (source row, target row) of `rows` holding `tokens` tokens (`mtp_tokens` in the MTP
-    layers) from `source` into `target`: the same layout, so plain copies of the entries made so far,
-    the ring and the partial windows. States of other capacities may exchange rows that fit both."""
+    """Copy row `source_row` of `source`, holding `tokens` tokens (`mtp_tokens` in the MTP layers), into
+    row `target_row` of `target`. States of other capacities may exchange rows that fit both."""
     if source.kv_format != target.kv_format:
         raise ValueError(f"a {source.kv_format!r} state's rows cannot move into a {target.kv_format!r} state")
     if tokens > min(source.max_tokens, target.max_tokens):
@@ -283,18 +290,8 @@ def copy_rows(source: DecodeState, target: DecodeState, rows: list[tuple[int, in
     pairs = [(s, t, tokens) for s, t in zip(source.layers, target.layers)]
     pairs += [(s, t, mtp_tokens) for s, t in zip(source.mtp_layers, target.mtp_layers)]
     for held, into, seen in pairs:
-        for s_row, t_row in rows:
-            into.kv[t_row, into.entries :].copy_(held.kv[s_row, held.entries :])
-            for a, b in zip(_partials(held), _partials(into)):
-                b[t_row].copy_(a[s_row])
-            if held.compressor is None:
-                continue
-            made = seen // held.compressor.rate
-            into.kv[t_row, :made].copy_(held.kv[s_row, :made])
-            if held.index_keys is not None:
-                into.index_keys[t_row, :made].copy_(held.index_keys[s_row, :made])  # type: ignore[index]
-            if held.index_scales is not None:
-                into.index_scales[t_row, :made].copy_(held.index_scales[s_row, :made])  # type: ignore[index]
+        made = seen // held.compressor.rate if held.compressor is not None else 0
+        _copy_layer(held, into, source_row, target_row, made)
 
 
 def grow_state(state: DecodeState, config: V4Config, max_tokens: int, dtype: torch.dtype) -> None:
@@ -307,13 +304,7 @@ def grow_state(state: DecodeState, config: V4Config, max_tokens: int, dtype: tor
         for index, old in enumerate(layers):
             new = new_layer_state(config, offset + index, max_tokens, dtype, old.kv.device, state.batch,
                                   state.kv_format)
-            new.kv[:, : old.entries].copy_(old.kv[:, : old.entries])
-            new.kv[:, new.entries :].copy_(old.kv[:, old.entries :])
-            for held, into in zip(_partials(old), _partials(new)):
-                into.copy_(held)
-            for held, into in ((old.index_keys, new.index_keys), (old.index_scales, new.index_scales)):
-                if held is not None and into is not None:
-                    into[:, : old.entries].copy_(held[:, : old.entries])
+            _copy_layer(old, new, slice(None), slice(None), old.entries)
             new.engram = old.engram
             layers[index] = new
     state.max_tokens = max_tokens

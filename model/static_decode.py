@@ -152,21 +152,12 @@ class StaticDecoder:
         return DecodePositions(self.config, self.batch, self.capacity, self._tables, self._table_of, self.device,
                                tokens, self.ring)
 
-    def _as_stored(self, kv: Tensor) -> Tensor:
-        """K=V rows as `kv` holds them: packed FP8 rows in an FP8 decoder."""
-        return ops.quantize_kv_fp8(kv) if self.fp8 else kv
-
     def _write_kv(self, kv: Tensor, slots: Tensor, rows: Tensor) -> None:
         """kv[b, slots[b, t]] = rows[b, t] as stored (FP8: quantised and written in one kernel)."""
         if self.fp8:
             ops.write_kv_fp8(kv, slots, rows)
         else:
             kv[self._rows[:, None], slots] = rows
-
-    def _as_read(self, rows: Tensor) -> Tensor:
-        """`kv` rows back in the model's dtype (FP8 rows dequantised: the eager path, which rounds its
-        window as it reads it, gets the same values back)."""
-        return ops.dequantize_kv_fp8(rows, self.dtype) if self.fp8 else rows
 
     # ------------------------------------------------------------------ moving states in and out
 
@@ -177,7 +168,7 @@ class StaticDecoder:
         n = state.num_tokens
         self.grow(n + 1)
         if state is not self.state:
-            copy_rows(state, self.state, [(0, row)], n, state.mtp_tokens)
+            copy_rows(state, 0, self.state, row, n, state.mtp_tokens)
         self.lengths[row] = n
         self.positions[row] = n
 
@@ -189,7 +180,7 @@ class StaticDecoder:
             raise StaticDecodeError(f"the state must be single-sequence with room for {n} tokens")
         self._check_format(state)
         if state is not self.state:  # the MTP layers (a draft decoder's) one position behind
-            copy_rows(self.state, state, [(row, 0)], n, max(n - 1, 0))
+            copy_rows(self.state, row, state, 0, n, max(n - 1, 0))
         state.num_tokens = n
         state.mtp_pending = None  # the draft head did not follow these tokens
 

@@ -96,13 +96,13 @@ def test_rows_copied_between_states_of_other_capacities_continue_exactly(engine)
     source, target, reference = (engine.new_state(size, draft=True) for size in (32, 200, 200))
     engine.prefill(prompt, source)
     engine.prefill(prompt, reference)
-    copy_rows(source, target, [(0, 0)], source.num_tokens, source.mtp_tokens)
+    copy_rows(source, 0, target, 0, source.num_tokens, source.mtp_tokens)
     target.num_tokens, target.mtp_pending = source.num_tokens, source.mtp_pending
     probe = _ids(12, 6)
     assert _close(engine.forward(probe, target), engine.forward(probe, reference))
     assert _close(engine.draft(target, 3), engine.draft(reference, 3))  # the MTP layer came along
     with pytest.raises(ValueError, match="do not fit"):
-        copy_rows(target, source, [(0, 0)], 40, 39)
+        copy_rows(target, 0, source, 0, 40, 39)
 
 
 def test_a_rewind_after_static_decoding_restores_the_prompts_state(engine) -> None:

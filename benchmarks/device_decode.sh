@@ -13,6 +13,9 @@
 #                                            #   bench_perf's graphed step on the tree before (benchmarks/.work/base,
 #                                            #   made by `git archive BASE | tar -x -C benchmarks/.work/base` and
 #                                            #   carried) and on this tree, side by side on one machine
+#   bash benchmarks/device_decode.sh prefill # ~8 min: the CUDA tests of the attention paths, prefill attention
+#                                            #   before/now (bench_prefill_attention.py), then the prefill sweep
+#                                            #   8K..1M (FP8 state) on this tree and on benchmarks/.work/base
 #   bash benchmarks/device_decode.sh verify  # ~5 min: the MTP verify step against a 1-token step, then
 #                                            #   the prefill sweep 8K..1M (FP8 state) with growth per doubling
 # The last lines printed are a summary.
@@ -81,6 +84,26 @@ if [ "$part" = perf ]; then
     echo "perf base exit $?"
   fi
   python benchmarks/summarize_decode.py "$OUT/perf_base.json" "$OUT/perf_new.json"
+fi
+
+if [ "$part" = prefill ]; then
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/kernels/test_sparse_attention.py tests/model/test_fp8_state.py \
+    tests/kernels/test_indexer.py > "$OUT/checks_prefill.txt" 2>&1
+  echo "prefill checks exit $?: $(tail -1 "$OUT/checks_prefill.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks_prefill.txt" | head
+  timeout 150 python benchmarks/bench_prefill_attention.py --quick --out "$OUT/prefill_attention" \
+    > "$OUT/prefill_attention.log" 2>&1
+  echo "prefill attention exit $?"; grep "^|" "$OUT/prefill_attention.md"
+  sweep="--prefill-only --kv-format fp8 --prefill 131072,524288,1048576 --budget-s 120"
+  timeout 170 python benchmarks/bench_perf.py $sweep --out "$OUT/prefill_new.json" > "$OUT/prefill_new.log" 2>&1
+  echo "prefill new exit $?"
+  if [ -d "$BASE" ]; then
+    (cd "$BASE" && timeout 150 python benchmarks/bench_perf.py $sweep --out "$OUT/prefill_base.json" > "$OUT/prefill_base.log" 2>&1)
+    echo "prefill base exit $?"
+  fi
+  for tree in new base; do
+    [ -f "$OUT/prefill_$tree.json" ] && python -c "import json, sys; p = json.load(open(sys.argv[1])).get('flash_prefill'); \
+print(sys.argv[2], json.dumps(p))" "$OUT/prefill_$tree.json" $tree
+  done
 fi
 
 if [ "$part" = verify ]; then

@@ -29,6 +29,8 @@ repeated slot once, the kernel once per occurrence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -46,16 +48,46 @@ SCALES_AT = NOPE_DIM + 2 * ROPE_DIM
 FP8_MAX = 448.0
 
 
+DEQUANT_MIN_ROWS = 256  # from this many query rows on, FP8 rows are dequantised once, not per query
+
+
+@dataclass(frozen=True)
+class KeyPrefix:
+    """Slots that follow each row's listed indices: kv rows `first .. first + count - 1`, of which query row
+    (b, s) uses the first `lengths[b, s]` (int32 [B, S], or [S] for every batch row). HCA's compressed
+    entries are such a run (a query sees every entry whose window has closed), so a prefill chunk passes
+    one length per query instead of a [B, S, T] index list that grows with the context."""
+
+    first: int
+    count: int
+    lengths: Tensor
+
+    def row_lengths(self, batch: int, seq_len: int) -> Tensor:
+        """int32 [B * S], clamped to [0, count]."""
+        lengths = self.lengths.expand(batch, seq_len) if self.lengths.dim() == 1 else self.lengths
+        return lengths.clamp(0, self.count).to(torch.int32).contiguous().view(-1)
+
+    def as_indices(self, dtype: torch.dtype) -> Tensor:
+        """The same slots as an index list [B or 1, S, count] (-1 past a row's length): the reference's form."""
+        lengths = self.lengths if self.lengths.dim() == 2 else self.lengths[None]
+        slots = torch.arange(self.count, device=lengths.device)
+        return torch.where(slots < lengths[..., None], slots + self.first, -1).to(dtype)
+
+
 # ----------------------------------------------------------------------------------------- references
-def sparse_attention_reference(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
+def sparse_attention_reference(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float,
+                               prefix: KeyPrefix | None = None) -> Tensor:
     """Attention of each query over the key rows its indices name, the model's dense masked way.
 
     Args: q [B, S, H, D]; kv [B, T, D] (q's dtype); indices [B, S, K] int32/int64 in [0, T) or -1 (unused),
-    no repeats in a row; sink [H] float32; scale the logit scale.
+    no repeats in a row; sink [H] float32; scale the logit scale; `prefix` more slots per row, a run of
+    consecutive rows (see KeyPrefix), which must not repeat a listed row.
     Returns [B, S, H, D] in q's dtype: softmax over the used slots plus the sink (its column dropped),
     computed in float32; a query with no used slot gives zeros.
     """
-    _check_inputs(q, kv, indices, sink, packed=False)
+    _check_inputs(q, kv, indices, sink, packed=False, prefix=prefix)
+    if prefix is not None:
+        indices = torch.cat([indices, prefix.as_indices(indices.dtype).expand(indices.shape[0], -1, -1)], dim=-1)
     batch, seq_len = q.shape[:2]
     visible = _visibility(indices, kv.shape[1])  # [B, S, T]
     keys = kv.float()
@@ -74,10 +106,10 @@ def _visibility(indices: Tensor, num_keys: int) -> Tensor:
 
 
 def sparse_attention_fp8_reference(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor,
-                                   scale: float) -> Tensor:
+                                   scale: float, prefix: KeyPrefix | None = None) -> Tensor:
     """`sparse_attention_reference` over `dequantize_kv_fp8(kv_packed, q.dtype)`; kv_packed [B, T, 584] uint8."""
-    _check_inputs(q, kv_packed, indices, sink, packed=True)
-    return sparse_attention_reference(q, dequantize_kv_fp8(kv_packed, q.dtype), indices, sink, scale)
+    _check_inputs(q, kv_packed, indices, sink, packed=True, prefix=prefix)
+    return sparse_attention_reference(q, dequantize_kv_fp8(kv_packed, q.dtype), indices, sink, scale, prefix)
 
 
 # ------------------------------------------------------------------------------------ FP8 cache rows
@@ -181,12 +213,15 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.autotune(configs=_configs(), key=["HEADS", "K_BUCKET", "ROWS_BUCKET", "DIM", "NUM_SPLITS", "FP8"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _sparse_attention_kernel(q_ptr, kv_ptr, rope_ptr, idx_ptr, sink_ptr, out_ptr, part_ptr, lse_ptr,
-                             stride_kb, stride_kt, seq_len, HEADS, num_keys, num_slots, qk_scale,
-                             K_BUCKET, ROWS_BUCKET, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                             NUM_SPLITS: tl.constexpr, FP8: tl.constexpr, PRECISION: tl.constexpr,
-                             UPCAST: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One (head block, split, row): online softmax over the split's slots; output or partial + lse."""
+def _sparse_attention_kernel(q_ptr, kv_ptr, rope_ptr, idx_ptr, prefix_ptr, sink_ptr, out_ptr, part_ptr, lse_ptr,
+                             stride_kb, stride_kt, seq_len, HEADS, num_keys, num_listed, num_slots, prefix_first,
+                             qk_scale, K_BUCKET, ROWS_BUCKET, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                             NUM_SPLITS: tl.constexpr, FP8: tl.constexpr, PREFIX: tl.constexpr,
+                             PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_H: tl.constexpr,
+                             BLOCK_N: tl.constexpr):
+    """One (head block, split, row): online softmax over the split's slots; output or partial + lse. Slots
+    [0, num_listed) are read from the row's index list; with PREFIX, slot num_listed + j is kv row
+    prefix_first + j for j below the row's prefix length, and the loop stops at the row's last used slot."""
     pid = tl.program_id(0)
     head_blocks = tl.cdiv(HEADS, BLOCK_H)
     split = (pid // head_blocks) % NUM_SPLITS
@@ -201,13 +236,18 @@ def _sparse_attention_kernel(q_ptr, kv_ptr, rope_ptr, idx_ptr, sink_ptr, out_ptr
     tiles = tl.cdiv(tl.cdiv(num_slots, BLOCK_N), NUM_SPLITS)
     lo = split * tiles * BLOCK_N
     hi = tl.minimum(lo + tiles * BLOCK_N, num_slots)
+    if PREFIX:
+        hi = tl.minimum(hi, num_listed + tl.load(prefix_ptr + row))
 
     m = tl.full([BLOCK_H], -1.0e30, tl.float32)  # finite: an all-masked tile gives exp2(-inf) = 0, not NaN
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        idx = tl.load(idx_ptr + row.to(tl.int64) * num_slots + offs_n, mask=offs_n < hi, other=-1)
+        idx = tl.load(idx_ptr + row.to(tl.int64) * num_listed + offs_n, mask=(offs_n < hi) & (offs_n < num_listed),
+                      other=-1)
+        if PREFIX:
+            idx = tl.where((offs_n >= num_listed) & (offs_n < hi), prefix_first + offs_n - num_listed, idx)
         valid = (idx >= 0) & (idx < num_keys)
         offsets = batch_offset + tl.where(valid, idx, 0).to(tl.int64) * stride_kt
         keys = _load_keys(kv_ptr, rope_ptr, offsets, valid, offs_d, DIM, BLOCK_N, FP8, q.dtype)
@@ -256,26 +296,62 @@ def _combine_kernel(part_ptr, lse_ptr, sink_ptr, out_ptr, HEADS, DIM: tl.constex
 
 
 # ------------------------------------------------------------------------------------------ launchers
-def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
+def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float,
+                     prefix: KeyPrefix | None = None) -> Tensor:
     """Triton `sparse_attention_reference` (same contract); CUDA tensors, or CPU under TRITON_INTERPRET=1.
     D must be a multiple of 16 up to 512. Slots outside [0, T) are skipped, not checked (no host sync)."""
-    _check_inputs(q, kv, indices, sink, packed=False)
+    _check_inputs(q, kv, indices, sink, packed=False, prefix=prefix)
     if q.shape[-1] % 16 or q.shape[-1] > KV_DIM:
         raise ValueError(f"the kernel needs head_dim a multiple of 16 up to {KV_DIM}, got {q.shape[-1]}")
-    return _launch(q, kv, indices, sink, scale, fp8=False)
+    return _launch(q, kv, indices, sink, scale, fp8=False, prefix=prefix)
 
 
-def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
-    """Triton `sparse_attention_fp8_reference`: kv_packed [B, T, 584] uint8 rows dequantised in the kernel."""
-    _check_inputs(q, kv_packed, indices, sink, packed=True)
-    return _launch(q, kv_packed, indices, sink, scale, fp8=True)
+def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor, scale: float,
+                         prefix: KeyPrefix | None = None) -> Tensor:
+    """Triton `sparse_attention_fp8_reference`: kv_packed [B, T, 584] uint8 rows. Few query rows (decode)
+    dequantise each gathered tile in the kernel; from DEQUANT_MIN_ROWS rows on (prefill) the rows are
+    dequantised once (exactly, to q's dtype) and the q-dtype kernel runs: a tile is then not dequantised
+    again for every query and head block, and the 64-head blocks that FP8 tiles cannot afford run."""
+    _check_inputs(q, kv_packed, indices, sink, packed=True, prefix=prefix)
+    if q.shape[0] * q.shape[1] >= DEQUANT_MIN_ROWS:
+        return _launch(q, dequantize_kv_rows(kv_packed, q.dtype), indices, sink, scale, fp8=False, prefix=prefix)
+    return _launch(q, kv_packed, indices, sink, scale, fp8=True, prefix=prefix)
+
+
+def dequantize_kv_rows(packed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Triton `dequantize_kv_fp8` (the same values: the attention kernel's own tile dequantisation), one read
+    of the 584-byte rows and one write of the [..., 512] rows."""
+    if packed.dtype != torch.uint8 or packed.shape[-1] != PACKED_DIM:
+        raise ValueError(f"packed FP8 KV rows must be uint8 [..., {PACKED_DIM}], got {packed.dtype} "
+                         f"{tuple(packed.shape)}")
+    flat = packed.reshape(-1, PACKED_DIM)
+    if flat.stride(0) % 8:
+        flat = flat.contiguous()
+    out = torch.empty(*packed.shape[:-1], KV_DIM, dtype=dtype, device=packed.device)
+    if flat.shape[0]:
+        block = 16 if interpreting() else 64
+        _dequantize_kernel[(triton.cdiv(flat.shape[0], block),)](flat, flat.view(torch.bfloat16), out, flat.shape[0],
+                                                                 flat.stride(0) // 8, BLOCK_N=block, num_warps=4)
+    return out
+
+
+@triton.jit
+def _dequantize_kernel(kv_ptr, rope_ptr, out_ptr, rows, stride_r, BLOCK_N: tl.constexpr):
+    """BLOCK_N packed rows -> [BLOCK_N, 512] in the output's dtype (row strides in 8-byte units)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    valid = offs_n < rows
+    offs_d = tl.arange(0, 512)
+    tile = _load_keys(kv_ptr, rope_ptr, offs_n.to(tl.int64) * stride_r, valid, offs_d, 512, BLOCK_N, True,
+                      out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs_n.to(tl.int64)[:, None] * 512 + offs_d[None, :], tile, mask=valid[:, None])
 
 
 def _launch(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float, fp8: bool,
-            num_splits: int | None = None, out: Tensor | None = None) -> Tensor:
+            num_splits: int | None = None, out: Tensor | None = None, prefix: KeyPrefix | None = None) -> Tensor:
     """Launch the attention kernel (and the combine when split); `num_splits`/`out` let tests force a path."""
     batch, seq_len, heads, dim = q.shape
-    rows, num_slots = batch * seq_len, indices.shape[-1]
+    rows, num_listed = batch * seq_len, indices.shape[-1]
+    num_slots = num_listed + (prefix.count if prefix is not None else 0)
     q, indices, sink = q.contiguous(), indices.contiguous(), sink.contiguous()
     if kv.stride(-1) != 1 or (fp8 and (kv.stride(0) % 8 or kv.stride(1) % 8)):
         kv = kv.contiguous()
@@ -285,13 +361,15 @@ def _launch(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float, 
     if num_splits is None:
         num_splits = _num_splits(rows, num_slots, q.device)
     part, lse = _workspace(rows, num_splits, heads, dim, q.device) if num_splits > 1 else (out, sink)
+    lengths = prefix.row_lengths(batch, seq_len) if prefix is not None else indices  # unread without a prefix
     rope = kv.view(torch.bfloat16) if fp8 else kv  # the packed rows' RoPE dims, read as bf16
     stride_b, stride_t = (kv.stride(0) // 8, kv.stride(1) // 8) if fp8 else (kv.stride(0), kv.stride(1))
     grid = lambda meta: (triton.cdiv(heads, meta["BLOCK_H"]) * num_splits * rows,)  # noqa: E731
     _sparse_attention_kernel[grid](
-        q, kv, rope, indices, sink, out, part, lse, stride_b, stride_t, seq_len, heads, kv.shape[1],
-        num_slots, scale * LOG2E, triton.next_power_of_2(max(num_slots, 1)), min(triton.next_power_of_2(rows), 4096),
-        DIM=dim, BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, FP8=fp8,
+        q, kv, rope, indices, lengths, sink, out, part, lse, stride_b, stride_t, seq_len, heads, kv.shape[1],
+        num_listed, num_slots, prefix.first if prefix is not None else 0, scale * LOG2E,
+        triton.next_power_of_2(max(num_slots, 1)), min(triton.next_power_of_2(rows), 4096),
+        DIM=dim, BLOCK_D=triton.next_power_of_2(dim), NUM_SPLITS=num_splits, FP8=fp8, PREFIX=prefix is not None,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=interpreting() and q.dtype == torch.bfloat16)
     if num_splits > 1:
         _combine_kernel[(rows * heads,)](part, lse, sink, out, heads, DIM=dim, BLOCK_D=triton.next_power_of_2(dim),
@@ -313,7 +391,8 @@ def _workspace(rows: int, num_splits: int, heads: int, dim: int, device: torch.d
             torch.empty(rows, num_splits, heads, dtype=torch.float32, device=device))
 
 
-def _check_inputs(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, packed: bool) -> None:
+def _check_inputs(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, packed: bool,
+                  prefix: KeyPrefix | None = None) -> None:
     """Shapes and dtypes of the public entry points, with messages naming the tensor."""
     if q.dim() != 4 or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"q must be [B, S, H, D] bf16/fp16/fp32, got {q.dtype} {tuple(q.shape)}")
@@ -332,6 +411,16 @@ def _check_inputs(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, packed: 
                          f"{tuple(indices.shape)}")
     if sink.dtype != torch.float32 or tuple(sink.shape) != (heads,):
         raise ValueError(f"sink must be float32 [H] = [{heads}], got {sink.dtype} {tuple(sink.shape)}")
-    devices = {t.device for t in (q, kv, indices, sink)}
+    if prefix is not None:
+        if (prefix.lengths.dtype not in (torch.int32, torch.int64)
+                or tuple(prefix.lengths.shape) not in ((seq_len,), (batch, seq_len))):
+            raise ValueError(f"prefix lengths must be int32/int64 [S] or [B, S] = [{batch}, {seq_len}], got "
+                             f"{prefix.lengths.dtype} {tuple(prefix.lengths.shape)}")
+        if prefix.first < 0 or prefix.count < 0 or prefix.first + prefix.count > kv.shape[1]:
+            raise ValueError(f"prefix rows {prefix.first}..{prefix.first + prefix.count - 1} are not within the "
+                             f"{kv.shape[1]} kv rows")
+    tensors = (q, kv, indices, sink) + ((prefix.lengths,) if prefix is not None else ())
+    devices = {t.device for t in tensors}
     if len(devices) != 1:
-        raise ValueError(f"q, kv, indices and sink must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(f"q, kv, indices, sink (and prefix lengths) must be on one device, got "
+                         f"{sorted(map(str, devices))}")

@@ -93,10 +93,10 @@ def store_entries(state: CompressorState, first: int, entries: torch.Tensor) -> 
         state.entries[:rows, first:end] = entries
 
 
-def compressed_visibility(positions: torch.Tensor, num_entries: int, rate: int) -> torch.Tensor:
-    """Query at position t sees entry w once its window has closed: w < (t + 1) // rate. `[S, T]`."""
-    threshold = (positions + 1) // rate
-    return torch.arange(num_entries, device=positions.device)[None, :] < threshold[:, None]
+def closed_entries(positions: torch.Tensor, rate: int) -> torch.Tensor:
+    """How many compressed entries the query at position t sees: entry w once its window has closed,
+    w < (t + 1) // rate. int32 `[S]`."""
+    return ((positions + 1) // rate).to(torch.int32)
 
 
 class Indexer(nn.Module):
@@ -180,27 +180,23 @@ class Attention(nn.Module):
         fp8 = state.kv_format == FP8_KV
         # the window and this chunk as stored (FP8: rounded as the entries are, row by row: chunking-proof)
         keys, indices = self._sliding_window(ops.quantize_kv_fp8(kv) if fp8 else kv, start, state)
+        prefix = None
         if self.compressor is not None:
             entries = self.compressor(x, start, state.compressor, self.inv_freq)  # [B, T, D]
             if self.indexer is not None:
                 chosen = self.indexer(x, q_residual, start, state.indexer, self.inv_freq, cos, sin)
-            else:
-                chosen = self._all_closed_entries(positions, entries.shape[1]).expand(batch, -1, -1)
-            chosen = torch.where(chosen >= 0, chosen + keys.shape[1], chosen)  # entries follow the window's keys
+                chosen = torch.where(chosen >= 0, chosen + keys.shape[1], chosen)  # entries follow the window's keys
+                indices = torch.cat([indices, chosen.to(indices.dtype)], dim=-1)
+            else:  # HCA: every entry whose window has closed, w < (t + 1) // rate: a run, one length per query
+                closed = closed_entries(positions, self.compressor.rate)
+                prefix = ops.KeyPrefix(keys.shape[1], entries.shape[1], closed)
             keys = torch.cat([keys, entries], dim=1)
-            indices = torch.cat([indices, chosen.to(indices.dtype)], dim=-1)
         attend = ops.sparse_attention_fp8 if fp8 else ops.sparse_attention
-        out = attend(q, keys, indices, self.attn_sink, config.head_dim**-0.5)
+        out = attend(q, keys, indices, self.attn_sink, config.head_dim**-0.5, prefix)
         out = apply_rope(out, cos, -sin)  # undo the rotation: outputs depend on relative position only
         groups = out.reshape(batch, seq_len, self.num_groups, -1)
         out = self.wo_b(grouped_linear(self.wo_a, groups).flatten(2))
         return out if self.reduce is None else self.reduce(out)
-
-    def _all_closed_entries(self, positions: torch.Tensor, num_entries: int) -> torch.Tensor:
-        """HCA: every entry whose window has closed, as indices `[1, S, T]` (-1 where not yet closed)."""
-        entries = torch.arange(num_entries, device=positions.device, dtype=torch.int32)
-        visible = compressed_visibility(positions, num_entries, self.compressor.rate)
-        return torch.where(visible, entries[None, :], -1)[None]
 
     def _sliding_window(self, rows: torch.Tensor, start: int, state: LayerState) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (the window kept in the state's ring, then this chunk's `rows` as stored) and, per query,

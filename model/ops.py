@@ -35,6 +35,10 @@ from v4.kernels import swiglu as _swiglu
 # scales, the RoPE dims in bf16; the layout is fixed at these sizes.
 FP8_KV_DIM, FP8_KV_ROPE_DIM, FP8_KV_ROW_BYTES = _attention.KV_DIM, _attention.ROPE_DIM, _attention.PACKED_DIM
 
+# Attention slots given as a run of consecutive rows and a length per query (HCA's compressed entries)
+# rather than an index list per query.
+KeyPrefix = _attention.KeyPrefix
+
 # The expert id of a (token, slot) pair that runs no expert here (expert parallel: another rank's
 # expert): every routed-expert kernel and reference reads no weights for it and gives it a zero row.
 NO_EXPERT = _moe.NO_EXPERT
@@ -137,16 +141,19 @@ def topk_indices(scores: Tensor, k: int) -> Tensor:
     return fn(scores, k)
 
 
-def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
-    """Softmax over each query's listed K=V entries plus the per-head sink: `[B, S, H, D]`."""
+def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float,
+                     prefix: KeyPrefix | None = None) -> Tensor:
+    """Softmax over each query's listed K=V entries (and its `prefix` run of rows) plus the per-head sink:
+    `[B, S, H, D]`."""
     fn = _attention.sparse_attention if kernels_enabled(q) else _attention.sparse_attention_reference
-    return fn(q, kv, indices, sink, scale)
+    return fn(q, kv, indices, sink, scale, prefix)
 
 
-def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor, scale: float) -> Tensor:
+def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Tensor, scale: float,
+                         prefix: KeyPrefix | None = None) -> Tensor:
     """`sparse_attention` over packed FP8 rows `[B, T, FP8_KV_ROW_BYTES]` uint8, dequantised to q's dtype."""
     fn = _attention.sparse_attention_fp8 if kernels_enabled(q) else _attention.sparse_attention_fp8_reference
-    return fn(q, kv_packed, indices, sink, scale)
+    return fn(q, kv_packed, indices, sink, scale, prefix)
 
 
 def quantize_kv_fp8(kv: Tensor) -> Tensor:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import v4.kernels.sparse_attention as sa
-from v4.kernels.sparse_attention import (dequantize_kv_fp8, quantize_kv_fp8, sparse_attention, sparse_attention_fp8,
-                                      sparse_attention_fp8_reference, sparse_attention_reference)
+from v4.kernels.sparse_attention import (KeyPrefix, dequantize_kv_fp8, dequantize_kv_rows, quantize_kv_fp8,
+                                      sparse_attention, sparse_attention_fp8, sparse_attention_fp8_reference,
+                                      sparse_attention_reference)
 
 from .device import KERNEL_DEVICE, needs_kernel
 
@@ -82,7 +83,7 @@ def test_reference_ignores_slot_order_and_keeps_dtype() -> None:
 def test_reference_matches_model_attention(layer: int) -> None:
     """A tiny model's Attention.forward equals its own math with the core replaced by the reference over
     the indices of the keys it lets each query see (window, then the compressed entries chosen)."""
-    from v4.model.attention import Attention, compressed_visibility
+    from v4.model.attention import Attention
     from v4.model.config import CSA, HCA, SLIDING, V4Config
     from v4.model.layers import apply_rope, rope_cos_sin, unweighted_rms_norm
     from v4.model.state import new_decode_state
@@ -119,7 +120,8 @@ def test_reference_matches_model_attention(layer: int) -> None:
                 chosen = torch.zeros(batch, seq_len, entries.shape[1] + 1, dtype=torch.bool)
                 chosen = chosen.scatter(-1, picked, True)[..., :-1]
             else:
-                chosen = compressed_visibility(positions, entries.shape[1], attn.compressor.rate).expand(batch, -1, -1)
+                window_ends = (torch.arange(entries.shape[1]) + 1) * attn.compressor.rate - 1
+                chosen = (window_ends[None, :] <= positions[:, None]).expand(batch, -1, -1)  # closed windows
             assert chosen.any()
             keys, visible = torch.cat([keys, entries], dim=1), torch.cat([visible, chosen], dim=-1)
         slots = torch.where(visible, torch.arange(keys.shape[1]), -1)
@@ -239,6 +241,91 @@ def test_fp8_public_entry() -> None:
     packed = quantize_kv_fp8(kv)
     out = sparse_attention_fp8(q, packed, indices, sink, 0.05)
     assert rel_error(out, sparse_attention_fp8_reference(q, packed, indices, sink, 0.05)) < TOLERANCE[torch.bfloat16]
+
+
+# ------------------------------------------------------------------------------ key prefix (HCA's entries)
+def prefix_inputs(batch: int, seq_len: int, heads: int, dim: int, dtype: torch.dtype, per_batch: bool, seed: int):
+    """Rows 0..W-1 listed (a causal window, -1 holes), then a run of `count` entries after them; lengths
+    0..count (the first query sees none, one row sees all)."""
+    generator = torch.Generator().manual_seed(seed)
+    window, count = 20, 37
+    q = torch.randn(batch, seq_len, heads, dim, generator=generator).to(dtype)
+    kv = torch.randn(batch, window + count + 3, dim, generator=generator).to(dtype)  # 3 rows past the run
+    indices = random_indices(batch, seq_len, window, 11, generator, holes=0.2).to(torch.int32)
+    shape = (batch, seq_len) if per_batch else (seq_len,)
+    lengths = torch.randint(0, count + 1, shape, generator=generator, dtype=torch.int32)
+    lengths.view(-1)[0], lengths.view(-1)[-1] = 0, count
+    return q, kv, indices, torch.randn(heads, generator=generator), KeyPrefix(window, count, lengths)
+
+
+def test_prefix_reference_is_the_listed_form() -> None:
+    """A prefix is the same attention as the index list it stands for (the gathered float64 oracle)."""
+    q, kv, indices, sink, prefix = prefix_inputs(2, 3, 4, 32, torch.float32, per_batch=True, seed=1)
+    listed = torch.cat([indices, prefix.as_indices(torch.int32)], dim=-1)
+    assert listed.shape == (2, 3, 11 + 37) and int((listed >= 20).sum()) == int(prefix.lengths.sum())
+    ref = sparse_attention_reference(q, kv, indices, sink, 0.2, prefix)
+    assert rel_error(ref, gathered_attention(q, kv, listed, sink, 0.2)) < 1e-6
+
+
+@needs_kernel
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("per_batch", [True, False], ids=["lengths_BS", "lengths_S"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_prefix_kernel_matches_reference(dtype, per_batch, num_splits, monkeypatch) -> None:
+    monkeypatch.setattr(sa, "_workspace", nan_workspace)
+    q, kv, indices, sink, prefix = prefix_inputs(2, 3, 8, 64, dtype, per_batch, seed=2 + num_splits)
+    q, kv, indices, sink = (t.to(KERNEL_DEVICE) for t in (q, kv, indices, sink))
+    prefix = KeyPrefix(prefix.first, prefix.count, prefix.lengths.to(KERNEL_DEVICE))
+    out = torch.full(q.shape, float("nan"), dtype=dtype, device=KERNEL_DEVICE)
+    out = sa._launch(q, kv, indices, sink, 0.125, fp8=False, num_splits=num_splits, out=out, prefix=prefix)
+    ref = sparse_attention_reference(q, kv, indices, sink, 0.125, prefix)
+    assert not out.isnan().any()
+    assert rel_error(out, ref) < TOLERANCE[dtype]
+
+
+def test_prefix_bad_inputs_raise() -> None:
+    q, kv, indices, sink, prefix = prefix_inputs(1, 2, 4, 32, torch.float32, per_batch=False, seed=3)
+    with pytest.raises(ValueError, match="not within"):
+        sparse_attention(q, kv, indices, sink, 1.0, KeyPrefix(30, 37, prefix.lengths))
+    with pytest.raises(ValueError, match="prefix lengths"):
+        sparse_attention(q, kv, indices, sink, 1.0, KeyPrefix(20, 37, prefix.lengths[None, None]))
+
+
+# ----------------------------------------------------------------------------- FP8 rows dequantised once
+@needs_kernel
+def test_dequantize_kv_rows_is_exact() -> None:
+    """The kernel's dequantisation gives the reference's values bit for bit, strided input included."""
+    generator = torch.Generator().manual_seed(9)
+    kv = torch.randn(2, 21, 512, generator=generator) * torch.logspace(-4, 3, 21).view(1, 21, 1)
+    packed = torch.zeros(2, 24, 584, dtype=torch.uint8)
+    packed[:, :21] = quantize_kv_fp8(kv)
+    packed = packed.to(KERNEL_DEVICE)[:, :21]  # a slice of a larger state: row stride 584, batch stride 24 rows
+    for dtype in (torch.bfloat16, torch.float32):
+        got = dequantize_kv_rows(packed, dtype)
+        assert got.dtype == dtype and got.shape == (2, 21, 512)
+        assert torch.equal(got.cpu(), dequantize_kv_fp8(packed.cpu(), dtype))
+    with pytest.raises(ValueError, match="uint8"):
+        dequantize_kv_rows(packed[..., :580], torch.bfloat16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("with_prefix", [False, True], ids=["listed", "prefix"])
+def test_fp8_prefill_rows_dequantise_once(with_prefix, monkeypatch) -> None:
+    """From DEQUANT_MIN_ROWS query rows on, the FP8 entry point runs the bf16 kernel on rows dequantised once,
+    and matches the FP8 reference like the per-tile path does."""
+    q, kv, indices, sink, prefix = prefix_inputs(1, 4, 8, 512, torch.bfloat16, per_batch=False, seed=4)
+    packed = quantize_kv_fp8(kv * 2.0).to(KERNEL_DEVICE)
+    q, indices, sink = q.to(KERNEL_DEVICE), indices.to(KERNEL_DEVICE), sink.to(KERNEL_DEVICE)
+    prefix = KeyPrefix(prefix.first, prefix.count, prefix.lengths.to(KERNEL_DEVICE)) if with_prefix else None
+    ref = sparse_attention_fp8_reference(q, packed, indices, sink, 0.04, prefix)
+    calls: list[bool] = []
+    launch = sa._launch
+    monkeypatch.setattr(sa, "_launch", lambda *a, **k: calls.append(k["fp8"]) or launch(*a, **k))
+    for min_rows, fp8_tiles in ((4, False), (5, True)):  # 4 query rows: dequantised once; under 5: per tile
+        monkeypatch.setattr(sa, "DEQUANT_MIN_ROWS", min_rows)
+        out = sparse_attention_fp8(q, packed, indices, sink, 0.04, prefix)
+        assert calls[-1] is fp8_tiles
+        assert rel_error(out, ref) < TOLERANCE[torch.bfloat16]
 
 
 # ------------------------------------------------------------------------------------------- inputs

@@ -118,9 +118,9 @@ def test_fp8_state_is_deepseeks_layout_at_the_bytes_per_token_checkpoint_counts(
 
 
 def _rounded_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sink: torch.Tensor,
-                       scale: float) -> torch.Tensor:
+                       scale: float, prefix: ops.KeyPrefix | None = None) -> torch.Tensor:
     return sparse_attention_reference(q, ops.dequantize_kv_fp8(ops.quantize_kv_fp8(kv), kv.dtype), indices, sink,
-                                      scale)
+                                      scale, prefix)
 
 
 def _rounded_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,

@@ -35,7 +35,7 @@ STATE_TESTS="tests/model/test_static_decode.py tests/model/test_static_verify.py
   tests/model/test_engine.py tests/model/test_state_layout.py"
 if [ "$part" = checks ] || [ "$part" = layout ] || [ "$part" = final ]; then
   # final: the paths the state touches (and offload's graphed ones), not the kernels' own tests
-  tests="$STATE_TESTS $([ "$part" = final ] && echo tests/model/test_offload.py || echo "$KERNEL_TESTS")"
+  tests="$STATE_TESTS $([ "$part" = final ] && echo tests/model/test_offload.py tests/kernels/test_sparse_attention.py || echo "$KERNEL_TESTS")"
   timeout 270 python -m pytest -q -p no:cacheprovider $tests > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
   timeout 100 python benchmarks/bench_state_handoff.py --out "$OUT/handoff_new.json" > "$OUT/handoff_new.log" 2>&1

@@ -63,9 +63,10 @@ class KeyPrefix:
     lengths: Tensor
 
     def row_lengths(self, batch: int, seq_len: int) -> Tensor:
-        """int32 [B * S], clamped to [0, count]."""
+        """int32 [B * S] as the kernel reads them (no copy for a contiguous int32 [B, S]; the kernel itself
+        keeps each length within [0, count], so a graphed step adds no clamp kernel)."""
         lengths = self.lengths.expand(batch, seq_len) if self.lengths.dim() == 1 else self.lengths
-        return lengths.clamp(0, self.count).to(torch.int32).contiguous().view(-1)
+        return lengths.to(torch.int32).contiguous().view(-1)
 
     def as_indices(self, dtype: torch.dtype) -> Tensor:
         """The same slots as an index list [B or 1, S, count] (-1 past a row's length): the reference's form."""
@@ -237,7 +238,7 @@ def _sparse_attention_kernel(q_ptr, kv_ptr, rope_ptr, idx_ptr, prefix_ptr, sink_
     lo = split * tiles * BLOCK_N
     hi = tl.minimum(lo + tiles * BLOCK_N, num_slots)
     if PREFIX:
-        hi = tl.minimum(hi, num_listed + tl.load(prefix_ptr + row))
+        hi = tl.minimum(hi, num_listed + tl.maximum(tl.load(prefix_ptr + row), 0))  # and <= num_slots: <= count
 
     m = tl.full([BLOCK_H], -1.0e30, tl.float32)  # finite: an all-masked tile gives exp2(-inf) = 0, not NaN
     l = tl.zeros([BLOCK_H], tl.float32)

@@ -284,6 +284,7 @@ class StaticDecoder:
         kv = ops.rms_norm_rope(_rows_first(project("wkv", attn.wkv)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos,
                                rope.sin)
         self._write_kv(buffers.kv, steps.ring_slot[buffers.entries], _rows_first(kv, batch))
+        prefix = None
         if attn.compressor is None:
             indices = steps.window_indices[buffers.entries]
         else:
@@ -302,9 +303,9 @@ class StaticDecoder:
                 indices[:, :, config.sliding_window :] = self._select(attn, keys, weights, q_residual, buffers, rope,
                                                                       step)
             else:
-                indices = step.attention
+                indices, prefix = steps.window_indices[buffers.entries], ops.KeyPrefix(0, buffers.entries, step.closed)
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
-        out = attend(q, buffers.kv, indices, attn.attn_sink, config.head_dim**-0.5)
+        out = attend(q, buffers.kv, indices, attn.attn_sink, config.head_dim**-0.5, prefix)
         out = _rows_first(ops.apply_rope(_rows_first(out), rope.cos, rope.neg_sin), batch)
         groups = out.reshape(batch, tokens, attn.num_groups, -1)
         out = attn.wo_b(grouped_linear(attn.wo_a, groups).flatten(2))

@@ -246,7 +246,7 @@ def test_fp8_public_entry() -> None:
 # ------------------------------------------------------------------------------ key prefix (HCA's entries)
 def prefix_inputs(batch: int, seq_len: int, heads: int, dim: int, dtype: torch.dtype, per_batch: bool, seed: int):
     """Rows 0..W-1 listed (a causal window, -1 holes), then a run of `count` entries after them; lengths
-    0..count (the first query sees none, one row sees all)."""
+    0..count (the first query sees none, the last all), and two outside that range."""
     generator = torch.Generator().manual_seed(seed)
     window, count = 20, 37
     q = torch.randn(batch, seq_len, heads, dim, generator=generator).to(dtype)
@@ -254,7 +254,8 @@ def prefix_inputs(batch: int, seq_len: int, heads: int, dim: int, dtype: torch.d
     indices = random_indices(batch, seq_len, window, 11, generator, holes=0.2).to(torch.int32)
     shape = (batch, seq_len) if per_batch else (seq_len,)
     lengths = torch.randint(0, count + 1, shape, generator=generator, dtype=torch.int32)
-    lengths.view(-1)[0], lengths.view(-1)[-1] = 0, count
+    flat = lengths.view(-1)
+    flat[0], flat[1], flat[2], flat[-1] = 0, count + 5, -3, count  # out of [0, count]: clamped to it
     return q, kv, indices, torch.randn(heads, generator=generator), KeyPrefix(window, count, lengths)
 
 
@@ -262,7 +263,7 @@ def test_prefix_reference_is_the_listed_form() -> None:
     """A prefix is the same attention as the index list it stands for (the gathered float64 oracle)."""
     q, kv, indices, sink, prefix = prefix_inputs(2, 3, 4, 32, torch.float32, per_batch=True, seed=1)
     listed = torch.cat([indices, prefix.as_indices(torch.int32)], dim=-1)
-    assert listed.shape == (2, 3, 11 + 37) and int((listed >= 20).sum()) == int(prefix.lengths.sum())
+    assert listed.shape == (2, 3, 11 + 37) and int((listed >= 20).sum()) == int(prefix.lengths.clamp(0, 37).sum())
     ref = sparse_attention_reference(q, kv, indices, sink, 0.2, prefix)
     assert rel_error(ref, gathered_attention(q, kv, listed, sink, 0.2)) < 1e-6
 
@@ -284,7 +285,7 @@ def test_prefix_kernel_matches_reference(dtype, per_batch, num_splits, monkeypat
 
 
 def test_prefix_bad_inputs_raise() -> None:
-    q, kv, indices, sink, prefix = prefix_inputs(1, 2, 4, 32, torch.float32, per_batch=False, seed=3)
+    q, kv, indices, sink, prefix = prefix_inputs(1, 3, 4, 32, torch.float32, per_batch=False, seed=3)
     with pytest.raises(ValueError, match="not within"):
         sparse_attention(q, kv, indices, sink, 1.0, KeyPrefix(30, 37, prefix.lengths))
     with pytest.raises(ValueError, match="prefix lengths"):

@@ -138,11 +138,15 @@ def quantize_kv_fp8(kv: Tensor, rope_dim: int = ROPE_DIM) -> Tensor:
     return torch.cat([codes.view(torch.uint8).flatten(-2), rope, scales, pad], dim=-1)
 
 
-def dequantize_kv_fp8(packed: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """Unpack `quantize_kv_fp8` rows: [..., 584] uint8 -> [..., 512] in `dtype`."""
+def _check_packed(packed: Tensor) -> None:
     if packed.dtype != torch.uint8 or packed.shape[-1] != PACKED_DIM:
         raise ValueError(f"packed FP8 KV rows must be uint8 [..., {PACKED_DIM}], got {packed.dtype} "
                          f"{tuple(packed.shape)}")
+
+
+def dequantize_kv_fp8(packed: Tensor, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Unpack `quantize_kv_fp8` rows: [..., 584] uint8 -> [..., 512] in `dtype`."""
+    _check_packed(packed)
     codes = packed[..., :NOPE_DIM].contiguous().view(torch.float8_e4m3fn).float()
     scales = packed[..., SCALES_AT:SCALES_AT + NOPE_DIM // SCALE_BLOCK].contiguous().view(torch.float8_e8m0fnu)
     nope = codes.unflatten(-1, (-1, SCALE_BLOCK)) * scales.float().unsqueeze(-1)
@@ -322,9 +326,7 @@ def sparse_attention_fp8(q: Tensor, kv_packed: Tensor, indices: Tensor, sink: Te
 def dequantize_kv_rows(packed: Tensor, dtype: torch.dtype) -> Tensor:
     """Triton `dequantize_kv_fp8` (the same values: the attention kernel's own tile dequantisation), one read
     of the 584-byte rows and one write of the [..., 512] rows."""
-    if packed.dtype != torch.uint8 or packed.shape[-1] != PACKED_DIM:
-        raise ValueError(f"packed FP8 KV rows must be uint8 [..., {PACKED_DIM}], got {packed.dtype} "
-                         f"{tuple(packed.shape)}")
+    _check_packed(packed)
     flat = packed.reshape(-1, PACKED_DIM)
     if flat.stride(0) % 8:
         flat = flat.contiguous()

@@ -284,10 +284,8 @@ class StaticDecoder:
         kv = ops.rms_norm_rope(_rows_first(project("wkv", attn.wkv)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos,
                                rope.sin)
         self._write_kv(buffers.kv, steps.ring_slot[buffers.entries], _rows_first(kv, batch))
-        prefix = None
-        if attn.compressor is None:
-            indices = steps.window_indices[buffers.entries]
-        else:
+        indices, prefix = steps.window_indices[buffers.entries], None
+        if attn.compressor is not None:
             step = steps.windows[attn.compressor.rate]
             compressor = attn.compressor
             entry = self._compress(compressor, project("kv", compressor.wkv), project("gate", compressor.wgate),
@@ -302,8 +300,8 @@ class StaticDecoder:
                 weights = project("index_weights", indexer.weights_proj)
                 indices[:, :, config.sliding_window :] = self._select(attn, keys, weights, q_residual, buffers, rope,
                                                                       step)
-            else:
-                indices, prefix = steps.window_indices[buffers.entries], ops.KeyPrefix(0, buffers.entries, step.closed)
+            else:  # HCA: the window's indices, then its closed entries as a run
+                prefix = ops.KeyPrefix(0, buffers.entries, step.closed)
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
         out = attend(q, buffers.kv, indices, attn.attn_sink, config.head_dim**-0.5, prefix)
         out = _rows_first(ops.apply_rope(_rows_first(out), rope.cos, rope.neg_sin), batch)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from v4.model.random_checkpoint import init_checkpoint
+
 TINY = {
     "vocab_size": 97, "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "head_dim": 32,
     "q_lora_rank": 24, "o_groups": 2, "o_lora_rank": 16, "sliding_window": 8, "qk_rope_head_dim": 8,
@@ -50,3 +52,10 @@ def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, objec
     path = tmp_path_factory.mktemp("tiny_v4")
     model.save_pretrained(path)
     return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_mtp_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The "tiny" random checkpoint of random_checkpoint.py with seed 4 (window 8, CSA rate 4, HCA rate 8,
+    an MTP block), written once for every module that loads it."""
+    return init_checkpoint(tmp_path_factory.mktemp("tiny_mtp") / "tiny", "tiny", seed=4)

@@ -3,19 +3,19 @@ greedy decoding yields exactly the ids plain greedy decoding yields, with the st
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from v4 import model
 from v4.model import EngineInputError
-from v4.model.random_checkpoint import init_checkpoint
 from v4.model.state import mark, new_decode_state, rewind
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> model.Engine:
-    path = init_checkpoint(tmp_path_factory.mktemp("mtp") / "tiny", "tiny", seed=4)
-    return model.load(path, device="cpu", dtype="float32")
+def engine(tiny_mtp_checkpoint: Path) -> model.Engine:
+    return model.load(tiny_mtp_checkpoint, device="cpu", dtype="float32")
 
 
 def _ids(n: int, seed: int) -> list[int]:

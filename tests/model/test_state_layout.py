@@ -4,21 +4,21 @@ marks, rewinds and copies between states of other capacities exact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from v4 import model
 from v4.model import static_decode
-from v4.model.random_checkpoint import init_checkpoint
 from v4.model.state import copy_rows, mark, rewind
 from v4.model.static_decode import StaticDecodeError, StaticDecoder
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> model.Engine:
+def engine(tiny_mtp_checkpoint: Path) -> model.Engine:
     """A tiny model with an MTP block: window 8, CSA rate 4, HCA rate 8."""
-    path = init_checkpoint(tmp_path_factory.mktemp("layout") / "tiny", "tiny", seed=4)
-    return model.load(path, device="cpu", dtype="float32")
+    return model.load(tiny_mtp_checkpoint, device="cpu", dtype="float32")
 
 
 def _ids(n: int, seed: int) -> list[int]:

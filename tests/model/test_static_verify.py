@@ -5,6 +5,8 @@ rows that accept independently; the state afterwards is the one plain decoding l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,8 +19,8 @@ FP8_SIZES = {"head_dim": 512, "qk_rope_head_dim": 64, "index_head_dim": 64}
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, model.Engine]:
-    tiny = init_checkpoint(tmp_path_factory.mktemp("verify") / "tiny", "tiny", seed=4)
+def engines(tiny_mtp_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, model.Engine]:
+    tiny = tiny_mtp_checkpoint
     wide = init_checkpoint(tmp_path_factory.mktemp("verify_fp8") / "tiny", "tiny", seed=5, overrides=FP8_SIZES)
     return {"float": model.load(tiny, device="cpu", dtype="float32"),
             "fp8": model.load(wide, device="cpu", dtype="float32", kv_format="fp8")}

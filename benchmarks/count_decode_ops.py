@@ -37,7 +37,7 @@ from v4.model.static_decode import StaticDecoder  # noqa: E402
 from v4.model.v4 import Transformer  # noqa: E402
 
 # ops.py entries that run one Triton kernel on CUDA (counted as one op on CPU)
-KERNEL_OPS = ("rms_norm", "apply_rope", "rms_norm_rope", "compress_windows", "indexer_scores", "topk_indices",
+KERNEL_OPS = ("rms_norm", "apply_rope", "rms_norm_rope", "compress_windows", "indexer_topk", "indexer_topk_fp8",
               "sparse_attention", "sparse_attention_fp8", "hc_pre", "hc_post", "hc_head", "route", "moe_experts",
               "moe_experts_quantized", "fp8_linear", "write_kv_fp8", "write_index_keys_fp8",
               "compress_step", "clamped_swiglu", "moe_experts_gemv", "fp8_gemv", "fp8_gemv_grouped")

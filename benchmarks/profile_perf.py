@@ -47,17 +47,17 @@ def kernel_table(prof, runs: int, top: int = 30) -> dict:
                     for k, c, us in rows[:top]]}
 
 
-def profiled(fn, runs: int) -> dict:
+def profiled(fn, runs: int, top: int = 30) -> dict:
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(runs):
             fn()
         torch.cuda.synchronize()
-    return kernel_table(prof, runs)
+    return kernel_table(prof, runs, top)
 
 
-def decode_profile(engine: Engine, context: int, batch: int) -> dict:
+def decode_profile(engine: Engine, context: int, batch: int, top: int = 30) -> dict:
     net = engine.model
     prompt = torch.randint(0, net.config.vocab_size, (context,), device="cuda")
     state = engine.new_state(context + 64, draft=False)
@@ -69,7 +69,7 @@ def decode_profile(engine: Engine, context: int, batch: int) -> dict:
     decoder.positions.fill_(context)
     decoder.capture()
     out = {"graph_ms": cuda_ms(decoder.replay, 50)}
-    out["graph"] = profiled(decoder.replay, 10)
+    out["graph"] = profiled(decoder.replay, 10, top)
     out["kernel_share_of_replay"] = out["graph"]["kernel_us_per_run"] / 1e3 / out["graph_ms"]
     del decoder, state
     gc.collect()
@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=4096)
     parser.add_argument("--prefill", type=int, default=262144)
     parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--top", type=int, default=30, help="kernel names listed per decode profile")
+    parser.add_argument("--batches", default="1,8", help="decode batch sizes to profile")
     args = parser.parse_args()
     started = time.perf_counter()
     results = Results(args.out)
@@ -110,8 +112,8 @@ def main() -> None:
         results.put("model", info)
         engine = Engine(net, EngineConfig(dtype="bfloat16", device="cuda", kv_format=args.kv_format))
         results.put("kv_format", args.kv_format)
-        for batch in (1, 8):
-            results.put(f"decode_b{batch}", decode_profile(engine, args.context, batch))
+        for batch in map(int, args.batches.split(",")):
+            results.put(f"decode_b{batch}", decode_profile(engine, args.context, batch, args.top))
         gc.collect()
         results.put("prefill_chunk", prefill_profile(engine, args.prefill, args.chunk))
     results.put("wall_s", time.perf_counter() - started)

@@ -1,8 +1,9 @@
 """Lightning indexer (V4 CSA): score every compressed key for each query and keep the top k.
 
 score[b, s, t] = sum_h w[b, s, h] * relu(q[b, s, h] . k[b, t]) * scale, or -inf while key t is not
-visible (t >= (start + s + 1) // rate); a row keeps its k largest finite scores, ties to the lowest
-index, listed in ascending index order and padded with -1.
+visible (t >= (start + s + 1) // rate, or t >= visible[b, s] when each query's count is given: the
+static decoder's rows sit at their own positions); a row keeps its k largest finite scores, ties to the
+lowest index, listed in ascending index order and padded with -1.
 
 The two numbers (Hi = 64 heads, Di = 128): 2 * Hi * Di = 16K FLOPs per (query, key) pair against
 2 * Di = 256 bytes per bf16 key (132 per FP8 key + scale). Decode reads every key for one query:
@@ -42,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import check_device, interpreting, num_sms
+from .common import check_device, interpreting, num_sms, to_e4m3
 from .indexer_select import CHUNK, launch_select
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -52,15 +53,18 @@ _REF_ELEMENTS = 1 << 27  # float32 elements of one [B, S-chunk, Hi, T] product i
 # ----------------------------------------------------------------------------- references
 
 
-def indexer_scores_reference(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float) -> Tensor:
+def indexer_scores_reference(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
+                             visible: Tensor | None = None) -> Tensor:
     """The indexer's scores exactly as model/attention.py computes them, in float32.
 
     Args:
         q: `[B, S, Hi, Di]`, queries at positions start..start+S-1.
         weights: `[B, S, Hi]` float32, already multiplied by Hi**-0.5.
         keys: `[B, T, Di]` compressed keys.
+        visible: `[B, S]` int, how many keys each query sees (then start and rate are unused).
     Returns:
-        `[B, S, T]` float32: sum_h weights * (relu(q . k) * scale), -inf where t >= (position + 1) // rate.
+        `[B, S, T]` float32: sum_h weights * (relu(q . k) * scale), -inf where t >= (position + 1) // rate
+        (or t >= visible).
     """
     batch, seq_len, heads, _ = q.shape
     num_keys = keys.shape[1]
@@ -70,9 +74,11 @@ def indexer_scores_reference(q: Tensor, weights: Tensor, keys: Tensor, start: in
     for s0 in range(0, seq_len, step):
         part = F.relu(torch.einsum("bshi,bti->bsht", q[:, s0 : s0 + step].float(), keys)) * scale
         out[:, s0 : s0 + step] = (part * weights[:, s0 : s0 + step].unsqueeze(-1)).sum(dim=2)
-    positions = torch.arange(seq_len, device=q.device) + start
-    visible = torch.arange(num_keys, device=q.device)[None, :] < ((positions + 1) // rate)[:, None]
-    return out.masked_fill_(~visible, float("-inf"))
+    if visible is None:
+        positions = torch.arange(seq_len, device=q.device) + start
+        visible = ((positions + 1) // rate).expand(batch, seq_len)
+    seen = torch.arange(num_keys, device=q.device) < visible[..., None]
+    return out.masked_fill_(~seen, float("-inf"))
 
 
 def _stable_topk_mask(scores: Tensor, k: int) -> Tensor:
@@ -96,9 +102,9 @@ def topk_indices_reference(scores: Tensor, k: int) -> Tensor:
 
 
 def indexer_topk_reference(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
-                           k: int) -> Tensor:
+                           k: int, visible: Tensor | None = None) -> Tensor:
     """Which k compressed keys each query attends: `[B, S, k]` int32 (see the two functions above)."""
-    return topk_indices_reference(indexer_scores_reference(q, weights, keys, start, rate, scale), k)
+    return topk_indices_reference(indexer_scores_reference(q, weights, keys, start, rate, scale, visible), k)
 
 
 def quantize_index_keys_fp8(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,9 +125,10 @@ def dequantize_index_keys_fp8(keys_fp8: Tensor, key_scale: Tensor) -> Tensor:
 
 
 def indexer_topk_fp8_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int,
-                               rate: int, scale: float, k: int) -> Tensor:
+                               rate: int, scale: float, k: int, visible: Tensor | None = None) -> Tensor:
     """indexer_topk_reference on the dequantised keys."""
-    return indexer_topk_reference(q, weights, dequantize_index_keys_fp8(keys_fp8, key_scale), start, rate, scale, k)
+    return indexer_topk_reference(q, weights, dequantize_index_keys_fp8(keys_fp8, key_scale), start, rate, scale, k,
+                                  visible)
 
 
 # ----------------------------------------------------------------------------- score kernel
@@ -154,6 +161,36 @@ def _prune_score_configs(configs: list[triton.Config], named_args: dict, **kwarg
 
 
 @triton.jit
+def quantize_query_rows(q, INTERPRET: tl.constexpr):
+    """q [N, DP], one query head per row -> (e4m3 codes [N, DP], float32 scales [N]), as
+    `indexer_fp8.quantize_index_queries_fp8`: max(amax, 1e-4) / 448 rounded up to a power of two, codes =
+    q / scale. q stays in its dtype until each element is scaled: a float32 copy of bf16 queries holds
+    twice the registers through the amax."""
+    amax = tl.maximum(tl.max(tl.abs(q), axis=1).to(tl.float32), 1e-4)  # exact in q's dtype
+    # amax = m * 2^E, m in [1, 2), and 448 = 1.75 * 2^8: amax / 448 lies in (2^(E-9), 2^(E-8)] when
+    # m <= 1.75, else in (2^(E-8), 2^(E-7)). So the power of two above the correctly rounded quotient
+    # comes from amax's bits alone (the quotient never rounds onto a power of two it is not), without
+    # a division: an IEEE division per row is a slow-path subroutine on the GPU.
+    bits = amax.to(tl.int32, bitcast=True)
+    exponent = ((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)  # biased
+    scale = (exponent << 23).to(tl.float32, bitcast=True)
+    inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)  # 1 / scale, exact: a power of two
+    codes = tl.minimum(tl.maximum(q.to(tl.float32) * inverse[:, None], -448.0), 448.0)
+    return to_e4m3(codes, INTERPRET), scale
+
+
+@triton.jit
+def visible_keys(v_ptr, sv_b, b, s_row, s0, S, start, rate, t_hi, G: tl.constexpr, PER_QUERY: tl.constexpr):
+    """(keys each query of the group sees [G], the group's last visible key bounded by t_hi): from the
+    positions start + s, or read from `visible[b, s]` (PER_QUERY)."""
+    if PER_QUERY:
+        visible = tl.load(v_ptr + b * sv_b + s_row, mask=s_row < S, other=0)
+        return visible, tl.minimum(tl.max(visible, axis=0), t_hi)
+    visible = (start + s_row + 1) // rate
+    return visible, tl.minimum((start + tl.minimum(s0 + G, S)) // rate, t_hi)
+
+
+@triton.jit
 def _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T: tl.constexpr, G: tl.constexpr,
                   CHUNK: tl.constexpr, WRITE_MAX: tl.constexpr):
     """score: [BLOCK_T, G] for keys t0.. of queries s_row; also the max of each CHUNK keys."""
@@ -170,10 +207,11 @@ def _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T: tl.conste
 @triton.autotune(configs=_score_configs(), key=["s_class", "Hi", "Di", "FP8"],
                  prune_configs_by={"early_config_prune": _prune_score_configs})
 @triton.jit(do_not_specialize=["S", "T", "M", "start", "s_class"])  # s_class: min(S, 4) rounded up, autotune key
-def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
-                   sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t,
+def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
+                   sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t, sv_b,
                    G: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
-                   CHUNK: tl.constexpr, FP8: tl.constexpr, IEEE: tl.constexpr, WRITE_MAX: tl.constexpr):
+                   CHUNK: tl.constexpr, FP8: tl.constexpr, IEEE: tl.constexpr, WRITE_MAX: tl.constexpr,
+                   PER_QUERY: tl.constexpr, ROUND_Q: tl.constexpr, INTERPRET: tl.constexpr):
     b = tl.program_id(2).to(tl.int64)
     s0 = tl.program_id(1) * G
     per = tl.cdiv(tl.cdiv(T, BLOCK_T), tl.num_programs(0)) * BLOCK_T
@@ -184,14 +222,19 @@ def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, s
     h = col % HP
     col_ok = (s_col < S) & (h < Hi)
     d = tl.arange(0, DP)
-    q = tl.load(q_ptr + b * sq_b + s_col[None, :] * sq_s + h[None, :] * sq_h + d[:, None],
-                mask=col_ok[None, :] & (d[:, None] < Di), other=0.0)  # q^T: [DP, G * HP]
+    if ROUND_Q:  # each head row FP8-rounded (exact in q's dtype): as ops rounds queries for FP8 keys
+        q = tl.load(q_ptr + b * sq_b + s_col[:, None] * sq_s + h[:, None] * sq_h + d[None, :],
+                    mask=col_ok[:, None] & (d[None, :] < Di), other=0.0)  # [G * HP, DP]
+        codes, q_scale = quantize_query_rows(q, INTERPRET)
+        q = tl.trans((codes.to(tl.float32) * q_scale[:, None]).to(q_ptr.dtype.element_ty))
+    else:
+        q = tl.load(q_ptr + b * sq_b + s_col[None, :] * sq_s + h[None, :] * sq_h + d[:, None],
+                    mask=col_ok[None, :] & (d[:, None] < Di), other=0.0)  # q^T: [DP, G * HP]
     if IEEE:
         q = q.to(tl.float32)
     w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0)
     s_row = s0 + tl.arange(0, G)
-    visible = (start + s_row + 1) // rate  # [G]: keys each query sees
-    t_vis = tl.minimum((start + tl.minimum(s0 + G, S)) // rate, t_hi)  # ... the group's last query
+    visible, t_vis = visible_keys(v_ptr, sv_b, b, s_row, s0, S, start, rate, t_hi, G, PER_QUERY)
     t_mid = t_lo + tl.cdiv(tl.maximum(t_vis - t_lo, 0), BLOCK_T) * BLOCK_T
     for t0 in tl.range(t_lo, t_mid, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -218,7 +261,8 @@ def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, s
 
 
 def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
-                   scale: float, scores: Tensor, maxima: Tensor | None) -> None:
+                   scale: float, scores: Tensor, maxima: Tensor | None, visible: Tensor | None = None,
+                   round_queries: bool = False) -> None:
     batch, seq_len, heads, head_dim = q.shape
     num_keys = keys.shape[1]
     q, weights, keys = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, weights, keys))
@@ -229,13 +273,15 @@ def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor |
         return max(1, min(num_blocks, triton.cdiv(target, batch * num_groups))), num_groups, batch
 
     ks = weights if key_scale is None else key_scale  # an unused pointer when not FP8
+    vis = scores if visible is None else visible  # likewise without per-query counts
     m = scores if maxima is None else maxima
     _scores_kernel[grid](
-        q, weights, keys, ks, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start, rate, scale,
+        q, weights, keys, ks, vis, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start, rate, scale,
         min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
-        weights.stride(0), weights.stride(1), keys.stride(0), keys.stride(1), ks.stride(0), ks.stride(1),
+        weights.stride(0), weights.stride(1), keys.stride(0), keys.stride(1), ks.stride(0), ks.stride(1), vis.stride(0),
         HP=max(16, triton.next_power_of_2(heads)), DP=max(16, triton.next_power_of_2(head_dim)), CHUNK=CHUNK,
-        FP8=key_scale is not None, IEEE=_dot_in_fp32(q.dtype), WRITE_MAX=maxima is not None)
+        FP8=key_scale is not None, IEEE=_dot_in_fp32(q.dtype), WRITE_MAX=maxima is not None,
+        PER_QUERY=visible is not None, ROUND_Q=round_queries, INTERPRET=interpreting())
 
 
 def _dot_in_fp32(dtype: torch.dtype) -> bool:
@@ -248,7 +294,7 @@ def _dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int,
-                  rate: int) -> None:
+                  rate: int, visible: Tensor | None = None) -> None:
     if q.dim() != 4:
         raise ValueError(f"q must be [B, S, Hi, Di], got shape {tuple(q.shape)}")
     batch, seq_len, heads, head_dim = q.shape
@@ -271,7 +317,11 @@ def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
                              f"{tuple(key_scale.shape)}")
     if start < 0 or rate < 1:
         raise ValueError(f"need start >= 0 and rate >= 1, got start={start}, rate={rate}")
-    check_device(q, weights, keys, *([key_scale] if key_scale is not None else []))
+    if visible is not None and (tuple(visible.shape) != (batch, seq_len) or visible.dtype != torch.int32
+                                or visible.stride(-1) != 1):
+        raise ValueError(f"visible must be int32 [{batch}, {seq_len}] (rows contiguous), got {visible.dtype} "
+                         f"{tuple(visible.shape)}")
+    check_device(q, weights, keys, *(t for t in (key_scale, visible) if t is not None))
 
 
 def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -284,12 +334,14 @@ def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, devi
 
 
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
-                   key_scale: Tensor | None = None, *, out: Tensor | None = None) -> Tensor:
-    """Triton indexer_scores_reference: `[B, S, T]` float32 (FP8 keys when `key_scale` is given)."""
-    _check_inputs(q, weights, keys, key_scale, start, rate)
+                   key_scale: Tensor | None = None, *, out: Tensor | None = None, visible: Tensor | None = None,
+                   round_queries: bool = False) -> Tensor:
+    """Triton indexer_scores_reference: `[B, S, T]` float32 (FP8 keys when `key_scale` is given; the
+    queries FP8-rounded first with `round_queries`, as `indexer_fp8.quantize_index_queries_fp8` does)."""
+    _check_inputs(q, weights, keys, key_scale, start, rate, visible)
     out = _output(out, (*q.shape[:2], keys.shape[1]), torch.float32, q.device)
     if out.numel():
-        _launch_scores(q, weights, keys, key_scale, start, rate, scale, out, None)
+        _launch_scores(q, weights, keys, key_scale, start, rate, scale, out, None, visible, round_queries)
     return out
 
 
@@ -318,11 +370,12 @@ def topk_indices(scores: Tensor, k: int, *, out: Tensor | None = None) -> Tensor
 
 
 def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
-                  scale: float, k: int, out: Tensor | None, launch_scores: Callable[..., None] | None = None
-                  ) -> Tensor:
-    """Scores (with per-chunk maxima) by `launch_scores` (default: this module's kernel; indexer_fp8's
-    FP8-query kernel takes the same arguments), then the exact top-k selection."""
-    _check_inputs(q, weights, keys, key_scale, start, rate)
+                  scale: float, k: int, out: Tensor | None, launch_scores: Callable[..., None] | None = None,
+                  visible: Tensor | None = None, round_queries: bool = False) -> Tensor:
+    """Scores (with per-chunk maxima) by `launch_scores` (default: this module's kernel, which FP8-rounds
+    the queries with `round_queries`; indexer_fp8's FP8-query kernel takes the same arguments but that
+    flag, rounding them always), then the exact top-k selection."""
+    _check_inputs(q, weights, keys, key_scale, start, rate, visible)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     batch, seq_len = q.shape[:2]
@@ -333,25 +386,32 @@ def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
     if out.numel():
         scores = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
         maxima = torch.empty(batch, seq_len, triton.cdiv(num_keys, CHUNK), dtype=torch.float32, device=q.device)
-        (launch_scores or _launch_scores)(q, weights, keys, key_scale, start, rate, scale, scores, maxima)
+        if launch_scores is None:
+            _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible, round_queries)
+        else:
+            launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible)
         launch_select(scores, maxima, k, out)
     return out
 
 
 def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int, *,
-                 out: Tensor | None = None) -> Tensor:
+                 out: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
     """Triton indexer_topk_reference: the score kernel then the selection kernel.
 
     Args:
         q: `[B, S, Hi, Di]` bfloat16/float16/float32; weights: `[B, S, Hi]` float32 (times Hi**-0.5);
         keys: `[B, T, Di]` in q's dtype (the last dim contiguous; batch/T strides are free).
+        visible: `[B, S]` int32, how many keys each query sees (instead of start and rate).
     Returns:
         `[B, S, k]` int32 key indices, ascending, -1 padded.
     """
-    return _indexer_topk(q, weights, keys, None, start, rate, scale, k, out)
+    return _indexer_topk(q, weights, keys, None, start, rate, scale, k, out, visible=visible)
 
 
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int,
-                     scale: float, k: int, *, out: Tensor | None = None) -> Tensor:
-    """indexer_topk on float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`."""
-    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out)
+                     scale: float, k: int, *, out: Tensor | None = None, visible: Tensor | None = None,
+                     round_queries: bool = False) -> Tensor:
+    """indexer_topk on float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]` (the queries
+    FP8-rounded in the kernel with `round_queries`: no launches around it in a decode step)."""
+    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out, visible=visible,
+                         round_queries=round_queries)

@@ -43,9 +43,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import interpreting, num_sms, to_e4m3
+from .common import interpreting, num_sms
 from .indexer import (FP8_MAX, _check_inputs, _indexer_topk, _output, _store_scores, dequantize_index_keys_fp8,
-                      indexer_scores_reference, topk_indices_reference)
+                      indexer_scores_reference, quantize_query_rows, topk_indices_reference, visible_keys)
 from .indexer_select import CHUNK
 
 AMAX_FLOOR = 1e-4  # DeepSeek's act_quant: an all-zero row gets a finite scale (and zero codes)
@@ -85,7 +85,7 @@ def dequantize_index_queries_fp8(codes: Tensor, scale: Tensor) -> Tensor:
 
 
 def indexer_scores_fp8q_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int,
-                                  rate: int, scale: float) -> Tensor:
+                                  rate: int, scale: float, visible: Tensor | None = None) -> Tensor:
     """`indexer.indexer_scores_reference` on FP8-rounded queries and the dequantised FP8 keys.
 
     Args:
@@ -96,14 +96,14 @@ def indexer_scores_fp8q_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, 
     """
     rounded = dequantize_index_queries_fp8(*quantize_index_queries_fp8(q))
     return indexer_scores_reference(rounded, weights, dequantize_index_keys_fp8(keys_fp8, key_scale), start, rate,
-                                    scale)
+                                    scale, visible)
 
 
 def indexer_topk_fp8q_reference(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int,
-                                rate: int, scale: float, k: int) -> Tensor:
+                                rate: int, scale: float, k: int, visible: Tensor | None = None) -> Tensor:
     """`[B, S, k]` int32: the top k of `indexer_scores_fp8q_reference` (ascending, ties low, -1 padded)."""
-    return topk_indices_reference(indexer_scores_fp8q_reference(q, weights, keys_fp8, key_scale, start, rate, scale),
-                                  k)
+    return topk_indices_reference(
+        indexer_scores_fp8q_reference(q, weights, keys_fp8, key_scale, start, rate, scale, visible), k)
 
 
 # ----------------------------------------------------------------------------- score kernel
@@ -134,31 +134,13 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     return kept[-1:] if interpreting() else kept
 
 
-@triton.jit
-def _quantize_rows(q, INTERPRET: tl.constexpr):
-    """q [N, DP], one query head per row -> (e4m3 codes [N, DP], float32 scales [N]), as
-    `quantize_index_queries_fp8`: max(amax, 1e-4) / 448 rounded up to a power of two, codes = q / scale.
-    q stays in its dtype until each element is scaled: a float32 copy of bf16 queries holds twice the
-    registers through the amax."""
-    amax = tl.maximum(tl.max(tl.abs(q), axis=1).to(tl.float32), 1e-4)  # exact in q's dtype
-    # amax = m * 2^E, m in [1, 2), and 448 = 1.75 * 2^8: amax / 448 lies in (2^(E-9), 2^(E-8)] when
-    # m <= 1.75, else in (2^(E-8), 2^(E-7)). So the power of two above the correctly rounded quotient
-    # comes from amax's bits alone (the quotient never rounds onto a power of two it is not), without
-    # a division: an IEEE division per row is a slow-path subroutine on the GPU.
-    bits = amax.to(tl.int32, bitcast=True)
-    exponent = ((bits >> 23) & 0xFF) - 8 + ((bits & 0x7FFFFF) > 0x600000).to(tl.int32)  # biased
-    scale = (exponent << 23).to(tl.float32, bitcast=True)
-    inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)  # 1 / scale, exact: a power of two
-    codes = tl.minimum(tl.maximum(q.to(tl.float32) * inverse[:, None], -448.0), 448.0)
-    return to_e4m3(codes, INTERPRET), scale
-
-
 @triton.autotune(configs=_configs(), key=["s_class", "Hi", "Di"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit(do_not_specialize=["S", "T", "M", "start", "s_class"])  # s_class: min(S, 4) rounded up, autotune key
-def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
-                       sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t,
+def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
+                       sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t, sv_b,
                        G: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
-                       CHUNK: tl.constexpr, INTERPRET: tl.constexpr, WRITE_MAX: tl.constexpr):
+                       CHUNK: tl.constexpr, INTERPRET: tl.constexpr, WRITE_MAX: tl.constexpr,
+                       PER_QUERY: tl.constexpr):
     b = tl.program_id(2).to(tl.int64)
     s0 = tl.program_id(1) * G
     per = tl.cdiv(tl.cdiv(T, BLOCK_T), tl.num_programs(0)) * BLOCK_T
@@ -171,11 +153,10 @@ def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, D
     d = tl.arange(0, DP)
     q = tl.load(q_ptr + b * sq_b + s_col[:, None] * sq_s + h[:, None] * sq_h + d[None, :],
                 mask=col_ok[:, None] & (d[None, :] < Di), other=0.0)  # [G * HP, DP]
-    q8, q_scale = _quantize_rows(q, INTERPRET)
+    q8, q_scale = quantize_query_rows(q, INTERPRET)
     w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0) * q_scale * scale
     s_row = s0 + tl.arange(0, G)
-    visible = (start + s_row + 1) // rate  # [G]: keys each query sees
-    t_vis = tl.minimum((start + tl.minimum(s0 + G, S)) // rate, t_hi)  # ... the group's last query
+    visible, t_vis = visible_keys(v_ptr, sv_b, b, s_row, s0, S, start, rate, t_hi, G, PER_QUERY)
     t_mid = t_lo + tl.cdiv(tl.maximum(t_vis - t_lo, 0), BLOCK_T) * BLOCK_T
     for t0 in tl.range(t_lo, t_mid, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
@@ -197,7 +178,7 @@ def _scores_fp8_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, s_ptr, m_ptr, S, T, M, Hi, D
 
 
 def _launch(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int, scale: float,
-            scores: Tensor, maxima: Tensor | None) -> None:
+            scores: Tensor, maxima: Tensor | None, visible: Tensor | None = None) -> None:
     batch, seq_len, heads, head_dim = q.shape
     num_keys = keys_fp8.shape[1]
     q, weights, keys_fp8 = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, weights, keys_fp8))
@@ -208,20 +189,21 @@ def _launch(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, sta
         return max(1, min(num_blocks, triton.cdiv(target, batch * num_groups))), num_groups, batch
 
     m = scores if maxima is None else maxima
+    vis = scores if visible is None else visible  # an unused pointer without per-query counts
     _scores_fp8_kernel[grid](
-        q, weights, keys_fp8, key_scale, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start, rate,
-        scale, min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
+        q, weights, keys_fp8, key_scale, vis, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start,
+        rate, scale, min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
         weights.stride(0), weights.stride(1), keys_fp8.stride(0), keys_fp8.stride(1), key_scale.stride(0),
-        key_scale.stride(1), HP=max(16, triton.next_power_of_2(heads)),
+        key_scale.stride(1), vis.stride(0), HP=max(16, triton.next_power_of_2(heads)),
         DP=max(MIN_DOT_DIM, triton.next_power_of_2(head_dim)), CHUNK=CHUNK, INTERPRET=interpreting(),
-        WRITE_MAX=maxima is not None)
+        WRITE_MAX=maxima is not None, PER_QUERY=visible is not None)
 
 
 # ----------------------------------------------------------------------------- launchers
 
 
 def indexer_scores_fp8q(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int,
-                        scale: float, *, out: Tensor | None = None) -> Tensor:
+                        scale: float, *, out: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
     """Triton `indexer_scores_fp8q_reference`: `[B, S, T]` float32.
 
     Args:
@@ -229,18 +211,18 @@ def indexer_scores_fp8q(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale:
         weights: `[B, S, Hi]` float32 (times Hi**-0.5); keys_fp8: `[B, T, Di]` float8_e4m3fn with
         key_scale `[B, T]` float32 (the last dims contiguous; batch/T strides are free).
     """
-    _check_inputs(q, weights, keys_fp8, key_scale, start, rate)
+    _check_inputs(q, weights, keys_fp8, key_scale, start, rate, visible)
     out = _output(out, (*q.shape[:2], keys_fp8.shape[1]), torch.float32, q.device)
     if out.numel():
-        _launch(q, weights, keys_fp8, key_scale, start, rate, scale, out, None)
+        _launch(q, weights, keys_fp8, key_scale, start, rate, scale, out, None, visible)
     return out
 
 
 def indexer_topk_fp8q(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int,
-                      scale: float, k: int, *, out: Tensor | None = None) -> Tensor:
+                      scale: float, k: int, *, out: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
     """Triton `indexer_topk_fp8q_reference`: this module's scores, then indexer's selection kernel.
 
     Returns:
         `[B, S, k]` int32 key indices, ascending, -1 padded.
     """
-    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out, _launch)
+    return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out, _launch, visible)

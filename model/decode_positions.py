@@ -60,8 +60,7 @@ class WindowStep:
     entry_slot: Tensor
     key_slot: Tensor  # [B, T]: the same entry in the indexer keys (scratch slot likewise)
     rope: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # by table: cos, sin [B, T, R/2] at the window's start
-    visible: Tensor | None = None  # CSA: [B, T, entries] bool: entries a query may see (closed windows)
-    closed: Tensor | None = None  # HCA: [B, T] int32: how many entries a query sees (entries 0.. in `kv`)
+    closed: Tensor | None = None  # [B, T] int32: how many entries a query sees (entries 0.. in `kv`)
 
 
 class DecodePositions:
@@ -142,12 +141,9 @@ class DecodePositions:
         for table in sorted(self.rate_tables[rate]):
             cos, sin = rope_cos_sin(self.tables[table], starts.reshape(-1))
             step.rope[table] = cos.view(batch, self.tokens, -1), sin.view(batch, self.tokens, -1)
-        closed = closed_entries(tokens, rate)  # [B, T]
+        step.closed = closed_entries(tokens, rate)  # [B, T]: HCA attends them as a run, CSA's indexer scores them
         if overlap:
-            step.visible = torch.arange(entries, device=device) < closed[..., None]  # [B, T, entries]
             topk = self.config.index_topk
             self.csa_indices = torch.empty(batch, self.tokens, window + topk, dtype=torch.int32, device=device)
             self.csa_indices[:, :, :window] = self.window_indices[entries]
-        else:  # HCA attends the window's indices, then entries 0 .. closed - 1 as a run (ops.KeyPrefix)
-            step.closed = closed
         return step

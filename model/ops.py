@@ -87,10 +87,14 @@ def compress_windows(kv: Tensor, gate: Tensor, norm_weight: Tensor, eps: float, 
     return fn(kv, gate, norm_weight, eps, cos, sin)
 
 
-def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int) -> Tensor:
-    """The lightning indexer's top-k compressed entries per query: `[B, S, k]` int32, -1 = none."""
-    fn = _indexer.indexer_topk if kernels_enabled(q) else _indexer.indexer_topk_reference
-    return fn(q, weights, keys, start, rate, scale, k)
+def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int,
+                 visible: Tensor | None = None) -> Tensor:
+    """The lightning indexer's top-k compressed entries per query: `[B, S, k]` int32, -1 = none. A query at
+    position p sees the entries of closed windows, (p + 1) // rate of them; `visible` `[B, S]` int32 gives
+    each query's count instead (the static decoder's rows sit at their own positions)."""
+    if kernels_enabled(q):
+        return _indexer.indexer_topk(q, weights, keys, start, rate, scale, k, visible=visible)
+    return _indexer.indexer_topk_reference(q, weights, keys, start, rate, scale, k, visible)
 
 
 def fp8_queries(q: Tensor, key_scale: Tensor | None) -> bool:
@@ -105,17 +109,20 @@ def _rounded_queries(q: Tensor) -> Tensor:
 
 
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor, start: int, rate: int,
-                     scale: float, k: int) -> Tensor:
+                     scale: float, k: int, visible: Tensor | None = None) -> Tensor:
     """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`; the
-    queries are FP8-rounded too (on FP8 tensor cores when `fp8_queries` says so)."""
+    queries are FP8-rounded too (on FP8 tensor cores when `fp8_queries` says so, else in the float-query
+    kernel: a decode step launches nothing around it)."""
     kernels = kernels_enabled(q)
     if fp8_queries(q, key_scale):
-        fn = _indexer_fp8.indexer_topk_fp8q if kernels else _indexer_fp8.indexer_topk_fp8q_reference
-        return fn(q, weights, keys, key_scale, start, rate, scale, k)
-    q = _rounded_queries(q)
+        if kernels:
+            return _indexer_fp8.indexer_topk_fp8q(q, weights, keys, key_scale, start, rate, scale, k, visible=visible)
+        return _indexer_fp8.indexer_topk_fp8q_reference(q, weights, keys, key_scale, start, rate, scale, k, visible)
     if kernels:
-        return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k)
-    return _indexer.indexer_topk_fp8_reference(q, weights, keys, key_scale, start, rate, scale, k)
+        return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k, visible=visible,
+                                         round_queries=True)
+    return _indexer.indexer_topk_fp8_reference(_rounded_queries(q), weights, keys, key_scale, start, rate, scale, k,
+                                               visible)
 
 
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,

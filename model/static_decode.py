@@ -337,13 +337,12 @@ class StaticDecoder:
         q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
         weights = weights.float() * config.index_n_heads**-0.5
-        keys = buffers.index_keys[:, :entries]
-        scales = buffers.index_scales[:, :entries] if self.fp8 else None
-        # a start at which every key counts as closed; each query's own visibility is the mask below
-        scores = ops.indexer_scores(q, weights, keys, entries * indexer.rate, indexer.rate,
-                                    config.index_head_dim**-0.5, scales)
-        scores = torch.where(step.visible, scores, float("-inf"))
-        return ops.topk_indices(scores, config.index_topk)
+        keys, scale = buffers.index_keys[:, :entries], config.index_head_dim**-0.5
+        # each query sees its row's closed entries (step.closed), not those of a shared start
+        if self.fp8:
+            return ops.indexer_topk_fp8(q, weights, keys, buffers.index_scales[:, :entries], 0, indexer.rate, scale,
+                                        config.index_topk, step.closed)
+        return ops.indexer_topk(q, weights, keys, 0, indexer.rate, scale, config.index_topk, step.closed)
 
 
 def _rope_tables(blocks: list[Block]) -> tuple[list[Tensor], list[int]]:

@@ -205,6 +205,61 @@ def test_indexer_topk_matches_reference(batch: int, seq_len: int, heads: int, he
     assert torch.equal(out < 0, want < 0)
 
 
+def test_per_query_counts_are_the_positions_counts_when_they_agree() -> None:
+    """`visible` [B, S] replaces (start, rate): the same counts give the same scores; other counts mask
+    each query's own tail (a static decode step's rows at their own positions)."""
+    q, weights, keys = indexer_inputs(2, 3, 4, 16, 40, torch.float32, device="cpu")
+    counts = ((torch.arange(3) + 70 + 1) // 4).to(torch.int32).expand(2, 3).contiguous()
+    by_position = ix.indexer_scores_reference(q, weights, keys, 70, 4, 0.25)
+    assert torch.equal(ix.indexer_scores_reference(q, weights, keys, 0, 1, 0.25, counts), by_position)
+    own = torch.tensor([[0, 5, 40], [39, 1, 17]], dtype=torch.int32)
+    scores = ix.indexer_scores_reference(q, weights, keys, 0, 1, 0.25, own)
+    assert torch.equal(torch.isfinite(scores), torch.arange(40) < own[..., None])
+
+
+@needs_kernel
+@pytest.mark.parametrize(("batch", "seq_len", "heads", "num_keys", "fp8"), [
+    (3, 1, 4, 70, False),  # decode rows at their own positions
+    (2, 2, 64, 90, True),  # the verify step's two tokens per row, FP8 keys at V4's head count
+])
+def test_kernels_take_per_query_counts(batch: int, seq_len: int, heads: int, num_keys: int, fp8: bool) -> None:
+    q, weights, keys = indexer_inputs(batch, seq_len, heads, 32, num_keys, torch.float32, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    visible = torch.randint(0, num_keys + 1, (batch, seq_len), generator=gen, dtype=torch.int32)
+    visible[0, 0], visible[-1, -1] = 0, num_keys  # none and all
+    visible = visible.to(KERNEL_DEVICE)
+    key_scale = None
+    if fp8:
+        keys, key_scale = ix.quantize_index_keys_fp8(keys)
+        ref = ix.indexer_scores_reference(q, weights, ix.dequantize_index_keys_fp8(keys, key_scale), 0, 1, 0.5,
+                                          visible)
+    else:
+        ref = ix.indexer_scores_reference(q, weights, keys, 0, 1, 0.5, visible)
+    scores = ix.indexer_scores(q, weights, keys, 0, 1, 0.5, key_scale, visible=visible)
+    assert relative_error(scores, ref) < 1e-5
+    topk = ix.indexer_topk_fp8 if fp8 else ix.indexer_topk
+    chosen = topk(q, weights, keys, *((key_scale,) if fp8 else ()), 0, 1, 0.5, 8, visible=visible)
+    assert torch.equal(chosen, ix.topk_indices_reference(scores, 8))
+    with pytest.raises(ValueError, match="visible must be int32"):
+        ix.indexer_scores(q, weights, keys, 0, 1, 0.5, key_scale, visible=visible.long())
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_queries_rounded_in_the_kernel_are_the_queries_rounded_before_it(dtype: torch.dtype) -> None:
+    """`round_queries` FP8-rounds each head row in registers, exactly as `indexer_fp8`'s rounding of the
+    whole tensor: the scores are bit for bit those of the pre-rounded queries (no launches around it)."""
+    from v4.kernels import indexer_fp8 as f8
+
+    q, weights, keys = indexer_inputs(2, 2, 64, 128, 50, dtype, seed=5)
+    q = q * torch.logspace(-6, 3, 64, device=q.device)[None, None, :, None].to(dtype)  # scales far apart
+    keys_fp8, key_scale = ix.quantize_index_keys_fp8(keys)
+    rounded = f8.dequantize_index_queries_fp8(*f8.quantize_index_queries_fp8(q)).to(dtype)
+    want = ix.indexer_scores(rounded, weights, keys_fp8, 190, 4, 0.1, key_scale)
+    got = ix.indexer_scores(q, weights, keys_fp8, 190, 4, 0.1, key_scale, round_queries=True)
+    assert torch.equal(got, want) and not torch.equal(rounded, q)
+
+
 @needs_kernel
 def test_benchmark_cases_run_at_tiny_scale() -> None:
     from benchmarks.kernel_cases.indexer import cases

@@ -124,9 +124,9 @@ def _rounded_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
 
 
 def _rounded_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,
-                  k: int) -> torch.Tensor:
+                  k: int, visible: torch.Tensor | None = None) -> torch.Tensor:
     rounded = dequantize_index_keys_fp8(*ops.quantize_index_keys_fp8(keys))
-    return indexer_topk_reference(ops._rounded_queries(q), weights, rounded, start, rate, scale, k)
+    return indexer_topk_reference(ops._rounded_queries(q), weights, rounded, start, rate, scale, k, visible)
 
 
 def test_fp8_state_is_the_float_path_with_every_key_fp8_rounded(monkeypatch, fp8, floating) -> None:
@@ -192,17 +192,6 @@ def _prefilled(engine: model.Engine, ids: list[int]) -> DecodeState:
     return state
 
 
-INDEXER_SCORES = ops.indexer_scores  # the real one, for the stand-in below to call while it is patched in
-
-
-def _rounded_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,
-                    key_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """ops.indexer_scores over float keys FP8-rounded as an FP8 state stores them."""
-    assert key_scale is None
-    rounded, rounded_scale = ops.quantize_index_keys_fp8(keys)
-    return INDEXER_SCORES(q, weights, rounded, start, rate, scale, rounded_scale)
-
-
 # Rows at lengths 0, 13 and 50 decode 24 tokens each: window closes of every rate on different steps, and
 # row 2 passes the first page, so the buffers grow.
 STATIC_PROMPTS = [[], _ids(13, 1), _ids(50, 2)]
@@ -228,7 +217,6 @@ def test_the_static_fp8_decoder_is_the_static_float_decoder_with_every_key_fp8_r
     assert decoder.capacity == 2 * PAGE
     monkeypatch.setattr(ops, "sparse_attention", _rounded_attention)
     monkeypatch.setattr(ops, "indexer_topk", _rounded_topk)
-    monkeypatch.setattr(ops, "indexer_scores", _rounded_scores)
     _, theirs = _static_decoding(floating, "float")
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
@@ -315,7 +303,7 @@ def _kernel_and_reference(monkeypatch: pytest.MonkeyPatch, call: Callable, seen:
 def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
     """Every FP8 attention and indexer call of an eager prefill and decode and of static steps, on the
     kernel and on the reference: packed window + entry concatenations, the static ring buffer, -1 slots."""
-    calls = {name: [] for name in ("sparse_attention_fp8", "indexer_topk_fp8", "indexer_scores")}
+    calls = {name: [] for name in ("sparse_attention_fp8", "indexer_topk_fp8")}
     for name, seen in calls.items():
         monkeypatch.setattr(ops, name, _kernel_and_reference(monkeypatch, getattr(ops, name), seen))
     ids = _ids(24, seed=8)
@@ -331,10 +319,6 @@ def test_the_kernels_take_the_engines_fp8_inputs(monkeypatch, fp8) -> None:
         assert _relative_error(kernel, reference) < 1e-5
     for kernel, reference in calls["indexer_topk_fp8"]:
         assert torch.equal(kernel, reference)
-    for kernel, reference in calls["indexer_scores"]:
-        finite = torch.isfinite(reference)
-        assert torch.equal(finite, torch.isfinite(kernel))
-        assert torch.allclose(kernel[finite], reference[finite], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not interpreting(), reason="runs the kernels on CPU under the interpreter")

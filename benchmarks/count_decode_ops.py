@@ -40,7 +40,8 @@ from v4.model.v4 import Transformer  # noqa: E402
 KERNEL_OPS = ("rms_norm", "apply_rope", "rms_norm_rope", "compress_windows", "indexer_topk", "indexer_topk_fp8",
               "sparse_attention", "sparse_attention_fp8", "hc_pre", "hc_post", "hc_head", "route", "moe_experts",
               "moe_experts_quantized", "fp8_linear", "write_kv_fp8", "write_index_keys_fp8",
-              "compress_step", "clamped_swiglu", "moe_experts_gemv", "fp8_gemv", "fp8_gemv_grouped")
+              "compress_step", "clamped_swiglu", "moe_experts_gemv", "fp8_gemv", "fp8_gemv_grouped", "ring_indices",
+              "window_indices", "rope_angles")
 NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::view", "aten::reshape",
              "aten::_reshape_alias", "aten::as_strided", "aten::transpose", "aten::t", "aten::permute",
              "aten::expand", "aten::select", "aten::slice", "aten::unsqueeze", "aten::squeeze", "aten::alias",

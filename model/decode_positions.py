@@ -23,6 +23,10 @@ The layout (state.py's, which the eager path shares), per row:
   w + 1's, so a closing window is read as one contiguous block, never concatenated.
 
 Inactive rows write to the scratch slot or row: one index_put per write, and nothing visible changes.
+
+Every index lives in a buffer allocated once here (views of a few stacked tensors), and `update` fills
+them with 2 + (compression rates) launches (kernels/step_indices.py via ops; torch ops on CPU), so the
+graphed step holds no PyTorch glue kernels for its positions.
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .attention import closed_entries
+from . import ops
 from .config import CSA, SLIDING, V4Config
-from .layers import rope_cos_sin
 
 
 @dataclass(slots=True)
@@ -59,8 +62,8 @@ class WindowStep:
     # token continues the same window: its entry supersedes this one, and one index_put has no write order)
     entry_slot: Tensor
     key_slot: Tensor  # [B, T]: the same entry in the indexer keys (scratch slot likewise)
+    closed: Tensor  # [B, T] int32: how many entries a query sees (entries 0.. in `kv`)
     rope: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # by table: cos, sin [B, T, R/2] at the window's start
-    closed: Tensor | None = None  # [B, T] int32: how many entries a query sees (entries 0.. in `kv`)
 
 
 class DecodePositions:
@@ -75,75 +78,80 @@ class DecodePositions:
     def __init__(self, config: V4Config, batch: int, capacity: int, tables: list[Tensor], table_of: list[int],
                  device: torch.device, tokens: int = 1, ring: int | None = None) -> None:
         self.config, self.batch, self.capacity, self.device = config, batch, capacity, device
-        self.tables = tables
         self.window = config.sliding_window
         self.tokens, self.ring = tokens, ring or self.window
         if self.ring < self.window + tokens - 1:
             raise ValueError(f"a ring of {self.ring} slots cannot hold a window of {self.window} and {tokens} tokens")
-        self.rates: dict[int, bool] = {}  # rate -> overlap
-        self.rate_tables: dict[int, set[int]] = {}  # rate -> the tables its layers rotate entries with
-        self.entry_counts = set()  # of the layers' kv buffers (0: sliding layers)
+        if len({tuple(t.shape) for t in tables}) > 1:
+            raise ValueError("every RoPE table of a decoder must have the same length")
+        rates: dict[int, bool] = {}  # rate -> overlap
+        rate_tables: dict[int, set[int]] = {}  # rate -> the tables its layers rotate entries with
+        layouts = set()  # the layers' kv entry counts (0: sliding layers)
         for layer in range(len(table_of)):
             kind = config.attention_type(layer)
             rate = config.compress_rates[kind] if kind != SLIDING else 0
-            self.entry_counts.add(self.entries(rate))
+            layouts.add(self.entries(rate))
             if rate:
-                self.rates[rate] = kind == CSA
-                self.rate_tables.setdefault(rate, set()).add(table_of[layer])
-        # filled by `update`
-        self.rope: list[Rope] = []  # by table, [B * T, R/2]
-        self.write_rows: Tensor | None = None  # [B]: each row, or the scratch row B if inactive
-        self.ring_slot: dict[int, Tensor] = {}  # by entries: [B, T] the token's ring slot in `kv` (scratch if inactive)
-        self.window_indices: dict[int, Tensor] = {}  # by entries: [B, T, window] int32, newest first, -1 before 0
-        self.windows: dict[int, WindowStep] = {}
-        self.csa_indices: Tensor | None = None  # [B, T, window + index_topk] int32: window part filled
+                rates[rate] = kind == CSA
+                rate_tables.setdefault(rate, set()).add(table_of[layer])
+        self.rates = rates
+        self._allocate(sorted(layouts), rate_tables, tables)
 
     def entries(self, rate: int) -> int:
         """Compressed entries a row holds at `rate` (0: a sliding layer)."""
         return -(-self.capacity // rate) if rate else 0  # as state.new_layer_state allocates them
 
+    def _allocate(self, layouts: list[int], rate_tables: dict[int, set[int]], tables: list[Tensor]) -> None:
+        """Every buffer `update` fills, once: stacked per kind, handed out as views."""
+        batch, tokens, window, device = self.batch, self.tokens, self.window, self.device
+        dims = (batch, tokens)
+        self._layouts = torch.tensor(layouts, dtype=torch.long, device=device)
+        self._slots = torch.zeros(len(layouts), *dims, dtype=torch.long, device=device)
+        self._windows = torch.zeros(len(layouts), *dims, window, dtype=torch.int32, device=device)
+        self.write_rows = torch.zeros(batch, dtype=torch.long, device=device)  # each row, or scratch row B if inactive
+        self.ring_slot = {e: self._slots[i] for i, e in enumerate(layouts)}  # [B, T]: the token's ring slot in `kv`
+        self.window_indices = {e: self._windows[i] for i, e in enumerate(layouts)}  # [B, T, window], -1 before 0
+        self.csa_indices: Tensor | None = None  # [B, T, window + index_topk] int32: the window part filled here
+        self._csa_layout = -1
+        jobs = [(table, 1) for table in range(len(tables))]  # the tokens' own angles, then windows' starts
+        self.windows: dict[int, WindowStep] = {}
+        for rate, overlap in self.rates.items():
+            span = 2 * rate if overlap else rate  # a pooled window: [previous first series | second series]
+            step = WindowStep(
+                ape_slot=torch.zeros(dims, dtype=torch.long, device=device), write_rows=self.write_rows[:, None],
+                write_slots=torch.zeros(*dims, 2 if overlap else 1, dtype=torch.long, device=device),
+                window_rows=torch.zeros(dims, dtype=torch.long, device=device) if overlap else None,
+                current=torch.zeros(*dims, span, 1, dtype=torch.bool, device=device),
+                entry_slot=torch.zeros(dims, dtype=torch.long, device=device),
+                key_slot=torch.zeros(dims, dtype=torch.long, device=device),
+                closed=torch.zeros(dims, dtype=torch.int32, device=device))
+            for table in sorted(rate_tables[rate]):
+                step.rope[table] = (len(jobs), len(jobs))  # job numbers until the buffers exist (below)
+                jobs.append((table, rate))
+            self.windows[rate] = step
+            if overlap:
+                self.csa_indices = torch.zeros(*dims, window + self.config.index_topk, dtype=torch.int32,
+                                               device=device)
+                self._csa_layout = layouts.index(self.entries(rate))
+        self._jobs = torch.tensor(jobs, dtype=torch.long, device=device)
+        self._tables = torch.stack([t.to(device=device, dtype=torch.float32) for t in tables]).contiguous()
+        half = self._tables.shape[1]
+        self._cos, self._sin, self._neg_sin = (torch.zeros(len(jobs), batch * tokens, half, device=device)
+                                               for _ in range(3))
+        self.rope = [Rope(self._cos[j], self._sin[j], self._neg_sin[j]) for j in range(len(tables))]  # by table
+        for step in self.windows.values():
+            step.rope = {table: (self._cos[j].view(*dims, half), self._sin[j].view(*dims, half))
+                         for table, (j, _) in step.rope.items()}
+
     def update(self, positions: Tensor, active: Tensor) -> None:
         """Recompute everything for rows whose first token is at `positions` `[B]` (int64), the others
-        following it, with `active` `[B]` (bool)."""
-        window, batch, device, ring_size = self.window, self.batch, self.device, self.ring
-        tokens = positions[:, None] + torch.arange(self.tokens, device=device)  # [B, T]
-        flat = tokens.reshape(-1)
-        self.rope = [Rope(cos, sin, -sin) for cos, sin in (rope_cos_sin(t, flat) for t in self.tables)]
-        rows = torch.arange(batch, device=device)
-        self.write_rows = torch.where(active, rows, batch)
-        on = active[:, None]
-        behind = tokens[:, :, None] - torch.arange(window, device=device)
-        seen = behind >= 0
-        ring = tokens % ring_size
-        for entries in self.entry_counts:
-            self.ring_slot[entries] = torch.where(on, ring + entries, entries + ring_size)
-            self.window_indices[entries] = torch.where(seen, behind % ring_size + entries, -1).to(torch.int32)
+        following it, with `active` `[B]` (bool): 2 + (compression rates) launches, no host sync."""
+        csa = None if self.csa_indices is None else (self.csa_indices, self._csa_layout)
+        ops.ring_indices(positions, active, self._layouts, self.ring, self._slots, self._windows, self.write_rows, csa)
         for rate, overlap in self.rates.items():
-            self.windows[rate] = self._window_step(tokens, on, rows, self.write_rows[:, None], rate, overlap)
-
-    def _window_step(self, tokens: Tensor, on: Tensor, rows: Tensor, write_rows: Tensor, rate: int,
-                     overlap: bool) -> WindowStep:
-        window, device, entries, batch = self.window, self.device, self.entries(rate), self.batch
-        index, slot = tokens // rate, tokens % rate  # [B, T]
-        parity = index % 2
-        if overlap:  # first series -> window index + 1's half, second series -> this window's second half
-            write_slots = torch.stack([(1 - parity) * 2 * rate + slot, parity * 2 * rate + rate + slot], dim=-1)
-            window_rows, span = rows[:, None] * 2 + parity, 2 * rate
-            current = torch.arange(span, device=device) == (slot + rate)[..., None]
-        else:
-            write_slots, window_rows, span = slot[..., None], None, rate
-            current = torch.arange(span, device=device) == slot[..., None]
-        # a token whose window the step's next token continues leaves that entry to the next token
-        writes = on & torch.cat([index[:, :-1] != index[:, 1:], torch.ones_like(on)], dim=1)
-        step = WindowStep(slot, write_rows, write_slots, window_rows, current[..., None],
-                          torch.where(writes, index, entries + self.ring), torch.where(writes, index, entries))
-        starts = index * rate
-        for table in sorted(self.rate_tables[rate]):
-            cos, sin = rope_cos_sin(self.tables[table], starts.reshape(-1))
-            step.rope[table] = cos.view(batch, self.tokens, -1), sin.view(batch, self.tokens, -1)
-        step.closed = closed_entries(tokens, rate)  # [B, T]: HCA attends them as a run, CSA's indexer scores them
-        if overlap:
-            topk = self.config.index_topk
-            self.csa_indices = torch.empty(batch, self.tokens, window + topk, dtype=torch.int32, device=device)
-            self.csa_indices[:, :, :window] = self.window_indices[entries]
-        return step
+            step = self.windows[rate]
+            ops.window_indices(positions, active, rate, self.entries(rate), self.ring, overlap, {
+                "ape_slot": step.ape_slot, "write_slots": step.write_slots, "window_rows": step.window_rows,
+                "current": step.current, "entry_slot": step.entry_slot, "key_slot": step.key_slot,
+                "closed": step.closed})
+        ops.rope_angles(positions, self.tokens, self._tables, self._jobs, self._cos, self._sin, self._neg_sin)

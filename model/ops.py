@@ -28,6 +28,7 @@ from v4.kernels import moe as _moe
 from v4.kernels import moe_route as _moe_route
 from v4.kernels import norm_rope as _norm_rope
 from v4.kernels import sparse_attention as _attention
+from v4.kernels import step_indices as _step_indices
 from v4.kernels import swiglu as _swiglu
 
 
@@ -292,3 +293,24 @@ def moe_experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, fmt: str, w1: Tens
         raise ValueError(f"quantised experts are 'fp8' or 'fp4', got {fmt!r}")
     kernel, reference = impls[fmt]
     return (kernel if kernels_enabled(x) else reference)(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
+
+
+def ring_indices(positions: Tensor, active: Tensor, entries: Tensor, ring: int, slots: Tensor, windows: Tensor,
+                 write_rows: Tensor, csa: tuple[Tensor, int] | None = None) -> None:
+    """A static decode step's ring slots and window indices for every kv layout (decode_positions.py), in place."""
+    fn = _step_indices.ring_indices if kernels_enabled(positions) else _step_indices.ring_indices_reference
+    fn(positions, active, entries, ring, slots, windows, write_rows, csa)
+
+
+def window_indices(positions: Tensor, active: Tensor, rate: int, entries: int, ring: int, overlap: bool,
+                   out: dict[str, Tensor]) -> None:
+    """A static decode step's partial-window and entry indices for one compression rate, in place."""
+    fn = _step_indices.window_indices if kernels_enabled(positions) else _step_indices.window_indices_reference
+    fn(positions, active, rate, entries, ring, overlap, out)
+
+
+def rope_angles(positions: Tensor, tokens: int, tables: Tensor, jobs: Tensor, cos: Tensor, sin: Tensor,
+                neg_sin: Tensor) -> None:
+    """A static decode step's RoPE cos, sin and -sin for (table, rate) jobs, in place."""
+    fn = _step_indices.rope_angles if kernels_enabled(positions) else _step_indices.rope_angles_reference
+    fn(positions, tokens, tables, jobs, cos, sin, neg_sin)

@@ -207,7 +207,8 @@ def _store_scores(s_ptr, m_ptr, score, b, s_row, t0, S, T, M, BLOCK_T: tl.conste
 @triton.autotune(configs=_score_configs(), key=["s_class", "Hi", "Di", "FP8"],
                  prune_configs_by={"early_config_prune": _prune_score_configs})
 @triton.jit(do_not_specialize=["S", "T", "M", "start", "s_class"])  # s_class: min(S, 4) rounded up, autotune key
-def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, s_class,
+def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi, Di, start, rate, scale, w_scale,
+                   s_class,
                    sq_b, sq_s, sq_h, sw_b, sw_s, sk_b, sk_t, sks_b, sks_t, sv_b,
                    G: tl.constexpr, HP: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
                    CHUNK: tl.constexpr, FP8: tl.constexpr, IEEE: tl.constexpr, WRITE_MAX: tl.constexpr,
@@ -232,7 +233,8 @@ def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi
                     mask=col_ok[None, :] & (d[:, None] < Di), other=0.0)  # q^T: [DP, G * HP]
     if IEEE:
         q = q.to(tl.float32)
-    w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0)
+    # float32(w) * w_scale: what `weights.float() * w_scale` gives, without its two launches at decode
+    w = tl.load(w_ptr + b * sw_b + s_col * sw_s + h, mask=col_ok, other=0.0).to(tl.float32) * w_scale
     s_row = s0 + tl.arange(0, G)
     visible, t_vis = visible_keys(v_ptr, sv_b, b, s_row, s0, S, start, rate, t_hi, G, PER_QUERY)
     t_mid = t_lo + tl.cdiv(tl.maximum(t_vis - t_lo, 0), BLOCK_T) * BLOCK_T
@@ -262,7 +264,7 @@ def _scores_kernel(q_ptr, w_ptr, k_ptr, ks_ptr, v_ptr, s_ptr, m_ptr, S, T, M, Hi
 
 def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
                    scale: float, scores: Tensor, maxima: Tensor | None, visible: Tensor | None = None,
-                   round_queries: bool = False) -> None:
+                   round_queries: bool = False, weight_scale: float = 1.0) -> None:
     batch, seq_len, heads, head_dim = q.shape
     num_keys = keys.shape[1]
     q, weights, keys = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, weights, keys))
@@ -277,7 +279,7 @@ def _launch_scores(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor |
     m = scores if maxima is None else maxima
     _scores_kernel[grid](
         q, weights, keys, ks, vis, scores, m, seq_len, num_keys, m.shape[-1], heads, head_dim, start, rate, scale,
-        min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
+        weight_scale, min(triton.next_power_of_2(seq_len), 4), q.stride(0), q.stride(1), q.stride(2),
         weights.stride(0), weights.stride(1), keys.stride(0), keys.stride(1), ks.stride(0), ks.stride(1), vis.stride(0),
         HP=max(16, triton.next_power_of_2(heads)), DP=max(16, triton.next_power_of_2(head_dim)), CHUNK=CHUNK,
         FP8=key_scale is not None, IEEE=_dot_in_fp32(q.dtype), WRITE_MAX=maxima is not None,
@@ -302,9 +304,10 @@ def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
         raise ValueError(f"q must be bfloat16, float16 or float32, got {q.dtype}")
     if not (1 <= heads <= 256 and 1 <= head_dim <= 256):
         raise ValueError(f"q: 1..256 heads of dim 1..256 supported, got {heads} x {head_dim}")
-    if tuple(weights.shape) != (batch, seq_len, heads) or weights.dtype != torch.float32:
-        raise ValueError(f"weights must be float32 [{batch}, {seq_len}, {heads}], got {weights.dtype} "
-                         f"{tuple(weights.shape)}")
+    if tuple(weights.shape) != (batch, seq_len, heads) or weights.stride(-1) != 1 \
+            or weights.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"weights must be float32/bf16/fp16 [{batch}, {seq_len}, {heads}] (heads contiguous), got "
+                         f"{weights.dtype} {tuple(weights.shape)}")
     if keys.dim() != 3 or keys.shape[0] != batch or keys.shape[2] != head_dim:
         raise ValueError(f"keys must be [{batch}, T, {head_dim}], got shape {tuple(keys.shape)}")
     if key_scale is None and keys.dtype != q.dtype:
@@ -324,11 +327,16 @@ def _check_inputs(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
     check_device(q, weights, keys, *(t for t in (key_scale, visible) if t is not None))
 
 
-def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+def _output(out: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+            strided_rows: bool = False) -> Tensor:
+    """`out` checked (or made): contiguous, or with `strided_rows` its rows evenly strided (last dim contiguous)."""
     if out is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous {dtype} {shape} tensor on {device}, got {out.dtype} "
+    rows_ok = out.is_contiguous() or (strided_rows and out.dim() == 3 and out.stride(-1) == 1
+                                      and out.stride(0) == out.shape[1] * out.stride(1))
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != device or not rows_ok:
+        what = "evenly strided rows of" if strided_rows else "a contiguous"
+        raise ValueError(f"out must be {what} {dtype} {shape} tensor on {device}, got {out.dtype} "
                          f"{tuple(out.shape)} on {out.device}")
     return out
 
@@ -371,47 +379,53 @@ def topk_indices(scores: Tensor, k: int, *, out: Tensor | None = None) -> Tensor
 
 def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | None, start: int, rate: int,
                   scale: float, k: int, out: Tensor | None, launch_scores: Callable[..., None] | None = None,
-                  visible: Tensor | None = None, round_queries: bool = False) -> Tensor:
+                  visible: Tensor | None = None, round_queries: bool = False, weight_scale: float = 1.0) -> Tensor:
     """Scores (with per-chunk maxima) by `launch_scores` (default: this module's kernel, which FP8-rounds
-    the queries with `round_queries`; indexer_fp8's FP8-query kernel takes the same arguments but that
-    flag, rounding them always), then the exact top-k selection."""
+    the queries with `round_queries` and scales the weights by `weight_scale`; indexer_fp8's FP8-query
+    kernel takes the same arguments but those two, rounding the queries always), then the exact top-k
+    selection."""
     _check_inputs(q, weights, keys, key_scale, start, rate, visible)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     batch, seq_len = q.shape[:2]
     num_keys = keys.shape[1]
-    out = _output(out, (batch, seq_len, k), torch.int32, q.device)
+    out = _output(out, (batch, seq_len, k), torch.int32, q.device, strided_rows=True)
     if num_keys == 0:
         return out.fill_(-1)
     if out.numel():
         scores = torch.empty(batch, seq_len, num_keys, dtype=torch.float32, device=q.device)
         maxima = torch.empty(batch, seq_len, triton.cdiv(num_keys, CHUNK), dtype=torch.float32, device=q.device)
         if launch_scores is None:
-            _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible, round_queries)
+            _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible, round_queries,
+                           weight_scale)
         else:
-            launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible)
+            launch_scores(q, weights.float() * weight_scale, keys, key_scale, start, rate, scale, scores, maxima,
+                          visible)
         launch_select(scores, maxima, k, out)
     return out
 
 
 def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int, *,
-                 out: Tensor | None = None, visible: Tensor | None = None) -> Tensor:
+                 out: Tensor | None = None, visible: Tensor | None = None, weight_scale: float = 1.0) -> Tensor:
     """Triton indexer_topk_reference: the score kernel then the selection kernel.
 
     Args:
-        q: `[B, S, Hi, Di]` bfloat16/float16/float32; weights: `[B, S, Hi]` float32 (times Hi**-0.5);
+        q: `[B, S, Hi, Di]` bfloat16/float16/float32; weights: `[B, S, Hi]` float (times Hi**-0.5, or
+        taken times `weight_scale` in float32 here: a decode step passes weights_proj's output as it is);
         keys: `[B, T, Di]` in q's dtype (the last dim contiguous; batch/T strides are free).
         visible: `[B, S]` int32, how many keys each query sees (instead of start and rate).
+        out: the result's place; its rows may be evenly strided (a slice of a longer index list).
     Returns:
         `[B, S, k]` int32 key indices, ascending, -1 padded.
     """
-    return _indexer_topk(q, weights, keys, None, start, rate, scale, k, out, visible=visible)
+    return _indexer_topk(q, weights, keys, None, start, rate, scale, k, out, visible=visible,
+                         weight_scale=weight_scale)
 
 
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys_fp8: Tensor, key_scale: Tensor, start: int, rate: int,
                      scale: float, k: int, *, out: Tensor | None = None, visible: Tensor | None = None,
-                     round_queries: bool = False) -> Tensor:
+                     round_queries: bool = False, weight_scale: float = 1.0) -> Tensor:
     """indexer_topk on float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]` (the queries
     FP8-rounded in the kernel with `round_queries`: no launches around it in a decode step)."""
     return _indexer_topk(q, weights, keys_fp8, key_scale, start, rate, scale, k, out, visible=visible,
-                         round_queries=round_queries)
+                         round_queries=round_queries, weight_scale=weight_scale)

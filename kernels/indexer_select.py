@@ -126,11 +126,11 @@ def _emit(keys, idx, thr, room, out_row, n_sel, n_tie):
     return n_sel + tl.sum(taken, axis=0), n_tie + tl.sum(tie, axis=0)
 
 
-@triton.jit(do_not_specialize=["T", "M", "k"])
-def _select_kernel(s_ptr, m_ptr, cid_ptr, out_ptr, T, M, k, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "M", "k", "out_stride"])
+def _select_kernel(s_ptr, m_ptr, cid_ptr, out_ptr, T, M, k, out_stride, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                    CHUNK: tl.constexpr, BLOCK_PAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    s_row, m_row, cid_row, out_row = s_ptr + row * T, m_ptr + row * M, cid_ptr + row * M, out_ptr + row * k
+    s_row, m_row, cid_row, out_row = s_ptr + row * T, m_ptr + row * M, cid_ptr + row * M, out_ptr + row * out_stride
     keys0 = _maxima_keys(m_row, 0, M, BLOCK_M)
     tau = _chunk_threshold(keys0, m_row, M, k, BLOCK_M)
     n_q = _emit_chunks(keys0, 0, tau, cid_row, 0, BLOCK_M)
@@ -150,12 +150,13 @@ def _select_kernel(s_ptr, m_ptr, cid_ptr, out_ptr, T, M, k, BLOCK_M: tl.constexp
 
 def launch_select(scores: Tensor, maxima: Tensor, k: int, out: Tensor, max_block_m: int = 8192,
                    max_block_c: int = 512) -> None:
-    """One program per row; the block caps keep 16 warps within registers (tests lower them to loop)."""
+    """One program per row; the block caps keep 16 warps within registers (tests lower them to loop). `out`'s
+    rows may be evenly strided (the static decoder's index list, whose window part comes first)."""
     num_keys, num_chunks = scores.shape[-1], maxima.shape[-1]
     rows = scores.numel() // max(1, num_keys)
     chunk_ids = torch.empty(rows, num_chunks, dtype=torch.int32, device=scores.device)
     pow2 = triton.next_power_of_2(num_chunks)
     _select_kernel[(rows,)](
-        scores, maxima, chunk_ids, out, num_keys, num_chunks, k,
+        scores, maxima, chunk_ids, out, num_keys, num_chunks, k, out.stride(-2),
         BLOCK_M=min(max_block_m, max(16, pow2)), BLOCK_C=min(max_block_c, pow2), CHUNK=CHUNK,
         BLOCK_PAD=min(1024, max(16, triton.next_power_of_2(k))), num_warps=4 if interpreting() else 16)

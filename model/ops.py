@@ -89,13 +89,16 @@ def compress_windows(kv: Tensor, gate: Tensor, norm_weight: Tensor, eps: float, 
 
 
 def indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float, k: int,
-                 visible: Tensor | None = None) -> Tensor:
+                 visible: Tensor | None = None, *, weight_scale: float = 1.0, out: Tensor | None = None) -> Tensor:
     """The lightning indexer's top-k compressed entries per query: `[B, S, k]` int32, -1 = none. A query at
     position p sees the entries of closed windows, (p + 1) // rate of them; `visible` `[B, S]` int32 gives
-    each query's count instead (the static decoder's rows sit at their own positions)."""
+    each query's count instead (the static decoder's rows sit at their own positions). The head weights
+    are `weights.float() * weight_scale`; the result goes to `out` when given (rows may be strided)."""
     if kernels_enabled(q):
-        return _indexer.indexer_topk(q, weights, keys, start, rate, scale, k, visible=visible)
-    return _indexer.indexer_topk_reference(q, weights, keys, start, rate, scale, k, visible)
+        return _indexer.indexer_topk(q, weights, keys, start, rate, scale, k, visible=visible,
+                                     weight_scale=weight_scale, out=out)
+    chosen = _indexer.indexer_topk_reference(q, weights.float() * weight_scale, keys, start, rate, scale, k, visible)
+    return chosen if out is None else out.copy_(chosen)
 
 
 def fp8_queries(q: Tensor, key_scale: Tensor | None) -> bool:
@@ -110,20 +113,25 @@ def _rounded_queries(q: Tensor) -> Tensor:
 
 
 def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor, start: int, rate: int,
-                     scale: float, k: int, visible: Tensor | None = None) -> Tensor:
+                     scale: float, k: int, visible: Tensor | None = None, *, weight_scale: float = 1.0,
+                     out: Tensor | None = None) -> Tensor:
     """`indexer_topk` over float8_e4m3fn keys `[B, T, Di]` with float32 per-key scales `[B, T]`; the
     queries are FP8-rounded too (on FP8 tensor cores when `fp8_queries` says so, else in the float-query
-    kernel: a decode step launches nothing around it)."""
+    kernel, which also scales the weights: a decode step launches nothing around it)."""
     kernels = kernels_enabled(q)
+    if kernels and not fp8_queries(q, key_scale):
+        return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k, visible=visible,
+                                         round_queries=True, weight_scale=weight_scale, out=out)
+    weights = weights.float() * weight_scale
     if fp8_queries(q, key_scale):
         if kernels:
-            return _indexer_fp8.indexer_topk_fp8q(q, weights, keys, key_scale, start, rate, scale, k, visible=visible)
-        return _indexer_fp8.indexer_topk_fp8q_reference(q, weights, keys, key_scale, start, rate, scale, k, visible)
-    if kernels:
-        return _indexer.indexer_topk_fp8(q, weights, keys, key_scale, start, rate, scale, k, visible=visible,
-                                         round_queries=True)
-    return _indexer.indexer_topk_fp8_reference(_rounded_queries(q), weights, keys, key_scale, start, rate, scale, k,
-                                               visible)
+            return _indexer_fp8.indexer_topk_fp8q(q, weights, keys, key_scale, start, rate, scale, k, visible=visible,
+                                                  out=out)
+        chosen = _indexer_fp8.indexer_topk_fp8q_reference(q, weights, keys, key_scale, start, rate, scale, k, visible)
+    else:
+        chosen = _indexer.indexer_topk_fp8_reference(_rounded_queries(q), weights, keys, key_scale, start, rate, scale,
+                                                     k, visible)
+    return chosen if out is None else out.copy_(chosen)
 
 
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,

@@ -298,8 +298,7 @@ class StaticDecoder:
                                       project("index_gate", indexer.compressor.wgate), buffers.indexer, step,
                                       table)
                 weights = project("index_weights", indexer.weights_proj)
-                indices[:, :, config.sliding_window :] = self._select(attn, keys, weights, q_residual, buffers, rope,
-                                                                      step)
+                self._select(attn, keys, weights, q_residual, buffers, rope, step, indices[:, :, config.sliding_window :])
             else:  # HCA: the window's indices, then its closed entries as a run
                 prefix = ops.KeyPrefix(0, buffers.entries, step.closed)
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
@@ -325,9 +324,10 @@ class StaticDecoder:
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
     def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q_residual: Tensor, buffers: LayerState,
-                rope: Rope, step: WindowStep) -> Tensor:
+                rope: Rope, step: WindowStep, out: Tensor) -> None:
         """The lightning indexer over each query's closed entries, its key `entry` `[B, T, index_head_dim]`
-        just compressed, `weights` its weights_proj output: `[B, T, index_topk]` int32, -1 padded."""
+        just compressed, `weights` its weights_proj output, into `out` `[B, T, index_topk]` int32 (the
+        index list's top-k part), -1 padded."""
         indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
         batch, tokens = entry.shape[:2]
         if self.fp8:
@@ -336,13 +336,15 @@ class StaticDecoder:
             buffers.index_keys[rows, step.key_slot] = entry
         q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
-        weights = weights.float() * config.index_n_heads**-0.5
         keys, scale = buffers.index_keys[:, :entries], config.index_head_dim**-0.5
-        # each query sees its row's closed entries (step.closed), not those of a shared start
+        # each query sees its row's closed entries (step.closed), not those of a shared start; the kernel
+        # takes the weights as weights_proj gives them (float32 times n_heads**-0.5 inside)
+        common = dict(weight_scale=config.index_n_heads**-0.5, out=out)
         if self.fp8:
-            return ops.indexer_topk_fp8(q, weights, keys, buffers.index_scales[:, :entries], 0, indexer.rate, scale,
-                                        config.index_topk, step.closed)
-        return ops.indexer_topk(q, weights, keys, 0, indexer.rate, scale, config.index_topk, step.closed)
+            ops.indexer_topk_fp8(q, weights, keys, buffers.index_scales[:, :entries], 0, indexer.rate, scale,
+                                 config.index_topk, step.closed, **common)
+        else:
+            ops.indexer_topk(q, weights, keys, 0, indexer.rate, scale, config.index_topk, step.closed, **common)
 
 
 def _rope_tables(blocks: list[Block]) -> tuple[list[Tensor], list[int]]:

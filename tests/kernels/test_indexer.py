@@ -245,6 +245,21 @@ def test_kernels_take_per_query_counts(batch: int, seq_len: int, heads: int, num
 
 
 @needs_kernel
+def test_weights_scaled_in_the_kernel_and_a_strided_result() -> None:
+    """A decode step hands the kernel weights_proj's bf16 output (a column slice) with the head scale, and
+    the window-first index list's top-k part as `out`: the same selection as float32 weights scaled
+    first, written into those columns alone."""
+    q, _, keys = indexer_inputs(2, 1, 4, 32, 60, torch.float32, seed=7)
+    projected = torch.randn(2, 1, 10, device=KERNEL_DEVICE).bfloat16()  # [wq | weights] of one GEMM
+    weights = projected[..., 6:]
+    visible = torch.tensor([[60], [33]], dtype=torch.int32, device=KERNEL_DEVICE)
+    want = ix.indexer_topk(q, weights.float() * 0.5, keys, 0, 1, 0.25, 8, visible=visible)
+    index_list = torch.full((2, 1, 3 + 8), 77, dtype=torch.int32, device=KERNEL_DEVICE)
+    ix.indexer_topk(q, weights, keys, 0, 1, 0.25, 8, visible=visible, weight_scale=0.5, out=index_list[..., 3:])
+    assert torch.equal(index_list[..., 3:], want) and (index_list[..., :3] == 77).all()
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_queries_rounded_in_the_kernel_are_the_queries_rounded_before_it(dtype: torch.dtype) -> None:
     """`round_queries` FP8-rounds each head row in registers, exactly as `indexer_fp8`'s rounding of the

@@ -124,9 +124,12 @@ def _rounded_attention(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
 
 
 def _rounded_topk(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, start: int, rate: int, scale: float,
-                  k: int, visible: torch.Tensor | None = None) -> torch.Tensor:
+                  k: int, visible: torch.Tensor | None = None, *, weight_scale: float = 1.0,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     rounded = dequantize_index_keys_fp8(*ops.quantize_index_keys_fp8(keys))
-    return indexer_topk_reference(ops._rounded_queries(q), weights, rounded, start, rate, scale, k, visible)
+    chosen = indexer_topk_reference(ops._rounded_queries(q), weights.float() * weight_scale, rounded, start, rate,
+                                    scale, k, visible)
+    return chosen if out is None else out.copy_(chosen)
 
 
 def test_fp8_state_is_the_float_path_with_every_key_fp8_rounded(monkeypatch, fp8, floating) -> None:
@@ -289,12 +292,13 @@ def test_the_kernels_equal_the_references_for_the_fp8_ops(monkeypatch) -> None:
 def _kernel_and_reference(monkeypatch: pytest.MonkeyPatch, call: Callable, seen: list) -> Callable:
     """`call` run on the kernel (interpreted) and on the reference with the same arguments; the pair is
     kept in `seen` and the reference's result returned, so the model follows the reference path."""
-    def both(*args: object) -> torch.Tensor:
+    def both(*args: object, **kwargs: object) -> torch.Tensor:
+        out = kwargs.pop("out", None)  # the kernel fills a copy of it, the reference the place itself
         monkeypatch.setenv("V4_KERNELS", "interpret")
-        kernel = call(*args)
+        kernel = call(*args, **kwargs, **({} if out is None else {"out": out.clone()}))
         monkeypatch.setenv("V4_KERNELS", "0")
-        reference = call(*args)
-        seen.append((kernel, reference))
+        reference = call(*args, **kwargs, **({} if out is None else {"out": out}))
+        seen.append((kernel, reference.clone()))  # `out` is the decoder's index list, rewritten every step
         return reference
     return both
 

@@ -18,6 +18,9 @@
 #                                            #   8K..1M (FP8 state) on this tree and on benchmarks/.work/base
 #   bash benchmarks/device_decode.sh verify  # ~5 min: the MTP verify step against a 1-token step, then
 #                                            #   the prefill sweep 8K..1M (FP8 state) with growth per doubling
+#   bash benchmarks/device_decode.sh fused   # ~6 min: the CUDA tests of the step's index kernels and the
+#                                            #   decode indexer with every decode path's parity tests, the
+#                                            #   launches per layer, then a profile of the graphed B=1 step
 # The last lines printed are a summary.
 set -u
 OUT=${OUT:-$PWD/out}
@@ -104,6 +107,19 @@ if [ "$part" = prefill ]; then
     [ -f "$OUT/prefill_$tree.json" ] && python -c "import json, sys; p = json.load(open(sys.argv[1])).get('flash_prefill'); \
 print(sys.argv[2], json.dumps(p))" "$OUT/prefill_$tree.json" $tree
   done
+fi
+
+if [ "$part" = fused ]; then
+  timeout 300 python -m pytest -q -p no:cacheprovider tests/kernels/test_step_indices.py tests/kernels/test_indexer.py \
+    tests/kernels/test_indexer_fp8.py tests/model/test_decode_positions.py $STATE_TESTS > "$OUT/checks.txt" 2>&1
+  echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+  python benchmarks/count_decode_ops.py --device cuda --kv-format fp8 > "$OUT/ops.json" 2> "$OUT/ops.err"
+  echo "ops exit $?: $(cat "$OUT/ops.json")"
+  timeout 150 python benchmarks/profile_perf.py --out "$OUT/profile.json" --kv-format fp8 --prefill 65536 --top 80 \
+    --batches 1 > "$OUT/profile.log" 2>&1
+  echo "profile exit $?"; python -c "import json, sys; d = json.load(open(sys.argv[1]))['decode_b1']; \
+print(d['graph_ms'], d['graph']['launches_per_run'], d['graph']['kernel_us_per_run']); \
+[print(r['launches'], r['us'], r['kernel'][:90]) for r in d['graph']['top'][:40]]" "$OUT/profile.json"
 fi
 
 if [ "$part" = verify ]; then

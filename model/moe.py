@@ -89,7 +89,8 @@ class Gate(nn.Module):
         super().__init__()
         self.config = config
         self.hashed = config.mlp_type(layer) == HASH_MOE
-        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        # float32 whatever the model's dtype (formats.keeps_float32): scored in float32 as DeepSeek does
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size, dtype=torch.float32))
         if self.hashed:
             self.register_buffer("tid2eid", torch.zeros(config.vocab_size, config.num_experts_per_tok, dtype=torch.long))
         else:

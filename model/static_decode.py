@@ -44,7 +44,7 @@ from . import ops
 from .attention import Attention, Compressor
 from .config import FLOAT_KV, FP8_KV
 from .decode_positions import DecodePositions, Rope, WindowStep
-from .fused_inputs import attention_inputs
+from .fused_inputs import attention_inputs, query_inputs
 from .offload import expert_caches, fewest_slots, has_offload
 from .parallel import world_of
 from .piecewise_graph import PiecewiseGraph
@@ -121,8 +121,9 @@ class StaticDecoder:
         self.lengths = [0] * batch  # tokens each row holds (host copy of positions for bookkeeping)
         self._rows = torch.arange(batch, device=self.device)
         self._tables, self._table_of = _rope_tables(self._blocks)
-        # each layer's plain projections of its input in one GEMM (fused_inputs.py; shared by decoders)
+        # each layer's projections of one input in one GEMM per kind (fused_inputs.py; shared by decoders)
         self._inputs = {id(block.attn): attention_inputs(block.attn) for block in self._blocks}
+        self._query_inputs = {id(block.attn): query_inputs(block.attn) for block in self._blocks}
         # What every layer of one step derives from the positions alone, computed once per step
         self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None
@@ -275,11 +276,12 @@ class StaticDecoder:
         batch, tokens = x.shape[:2]
         table = self._table_of[layer]
         rope = steps.rope[table]
-        fused = self._inputs[id(attn)]
-        outs = fused(x) if fused is not None else {}
+        outs = {name: out for fused in self._inputs[id(attn)] for name, out in fused(x).items()}
         project = lambda name, linear: outs[name] if name in outs else linear(x)  # noqa: E731
         q_residual = attn.q_norm(project("wq_a", attn.wq_a))
-        q = attn.wq_b(q_residual).view(batch, tokens, attn.num_heads, config.head_dim)
+        query = self._query_inputs[id(attn)]
+        q_outs = query(q_residual) if query is not None else {"wq_b": attn.wq_b(q_residual)}
+        q = q_outs["wq_b"].view(batch, tokens, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin), batch)
         kv = ops.rms_norm_rope(_rows_first(project("wkv", attn.wkv)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos,
                                rope.sin)
@@ -298,7 +300,8 @@ class StaticDecoder:
                                       project("index_gate", indexer.compressor.wgate), buffers.indexer, step,
                                       table)
                 weights = project("index_weights", indexer.weights_proj)
-                self._select(attn, keys, weights, q_residual, buffers, rope, step, indices[:, :, config.sliding_window :])
+                self._select(attn, keys, weights, q_outs.get("index_wq_b"), q_residual, buffers, rope, step,
+                             indices[:, :, config.sliding_window :])
             else:  # HCA: the window's indices, then its closed entries as a run
                 prefix = ops.KeyPrefix(0, buffers.entries, step.closed)
         attend = ops.sparse_attention_fp8 if self.fp8 else ops.sparse_attention
@@ -323,18 +326,18 @@ class StaticDecoder:
                                      compressor.norm.eps, cos[:, t], sin[:, t]) for t in range(tokens)]
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
-    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q_residual: Tensor, buffers: LayerState,
-                rope: Rope, step: WindowStep, out: Tensor) -> None:
+    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q: Tensor | None, q_residual: Tensor,
+                buffers: LayerState, rope: Rope, step: WindowStep, out: Tensor) -> None:
         """The lightning indexer over each query's closed entries, its key `entry` `[B, T, index_head_dim]`
-        just compressed, `weights` its weights_proj output, into `out` `[B, T, index_topk]` int32 (the
-        index list's top-k part), -1 padded."""
+        just compressed, `weights` its weights_proj output, `q` its wq_b output (None: computed here from
+        `q_residual`), into `out` `[B, T, index_topk]` int32 (the index list's top-k part), -1 padded."""
         indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
         batch, tokens = entry.shape[:2]
         if self.fp8:
             ops.write_index_keys_fp8(buffers.index_keys, buffers.index_scales, step.key_slot, entry)
         else:
             buffers.index_keys[rows, step.key_slot] = entry
-        q = indexer.wq_b(q_residual).view(batch, tokens, config.index_n_heads, -1)
+        q = (indexer.wq_b(q_residual) if q is None else q).view(batch, tokens, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
         keys, scale = buffers.index_keys[:, :entries], config.index_head_dim**-0.5
         # each query sees its row's closed entries (step.closed), not those of a shared start; the kernel

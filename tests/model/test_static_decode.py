@@ -181,3 +181,39 @@ def test_rows_at_window_and_compression_boundaries_match_eager_decoding(engine) 
         for row, state in enumerate(eager):
             worst = max(worst, _relative_error(logits[row], engine.forward([tokens[row]], state)[-1]))
     assert worst < 1e-5
+
+
+def test_fp8_projections_of_one_input_run_stacked_and_decode_as_separate_ones(monkeypatch) -> None:
+    """With FP8 linears whose widths are whole 128-row scale blocks (V4's), the decoder stacks wq_a + wkv
+    and wq_b + the indexer's wq_b into one FP8 GEMV each (fused_inputs.py); the logits are those of the
+    same decoder running them one by one."""
+    from v4.model import fused_inputs
+    from v4.model.config import CSA, HCA, V4Config
+    from v4.model.quantized_linear import quantize_model
+    from v4.model.random_checkpoint import random_state
+    from v4.model.v4 import Transformer
+
+    config = V4Config.from_dict({
+        "model_type": "deepseek_v4", "vocab_size": 97, "hidden_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "head_dim": 128, "qk_rope_head_dim": 64, "q_lora_rank": 128, "o_groups": 2,
+        "o_lora_rank": 128, "index_n_heads": 2, "index_head_dim": 64, "index_topk": 4, "n_routed_experts": 4,
+        "num_experts_per_tok": 2, "moe_intermediate_size": 128, "layer_types": [CSA, HCA], "num_hash_layers": 0,
+        "num_nextn_predict_layers": 0, "sliding_window": 8, "max_position_embeddings": 4096})
+    torch.manual_seed(0)
+    net = Transformer(config, with_mtp=False).eval()
+    net.load_state_dict(random_state(net), strict=False)
+    net = quantize_model(net, linears="fp8", experts=None)
+    net.materialize_buffers(torch.device("cpu"))
+    ids = _ids(20, 3)
+
+    def decode() -> tuple[StaticDecoder, list[torch.Tensor]]:
+        decoder = StaticDecoder(net, batch=1, capacity=32, use_graph=False)
+        return decoder, [decoder.step([token]).clone() for token in ids]
+
+    stacked, ours = decode()
+    assert [f is not None for f in stacked._query_inputs.values()] == [True, False]  # CSA's two, HCA's one
+    assert any(f.scale is not None for fused in stacked._inputs.values() for f in fused)
+    monkeypatch.setattr(fused_inputs, "fuse_fp8_inputs", lambda linears: None)
+    monkeypatch.setattr("v4.model.static_decode.query_inputs", lambda attn: None)
+    _, theirs = decode()
+    assert max(_relative_error(a, b) for a, b in zip(ours, theirs, strict=True)) < 1e-5

@@ -18,6 +18,10 @@
 #                                            #   8K..1M (FP8 state) on this tree and on benchmarks/.work/base
 #   bash benchmarks/device_decode.sh verify  # ~5 min: the MTP verify step against a 1-token step, then
 #                                            #   the prefill sweep 8K..1M (FP8 state) with growth per doubling
+#   bash benchmarks/device_decode.sh margins # ~9 min: the CUDA tests of the step's index kernels, the decode
+#                                            #   indexer and the static paths, launches per layer, then the perf
+#                                            #   margins on this tree and on benchmarks/.work/base (as `perf`,
+#                                            #   without the verify step): one call when device time is short
 #   bash benchmarks/device_decode.sh fused   # ~6 min: the CUDA tests of the step's index kernels and the
 #                                            #   decode indexer with every decode path's parity tests, the
 #                                            #   launches per layer, then a profile of the graphed B=1 step
@@ -72,11 +76,20 @@ if [ "$part" = checks ]; then
   echo "projections exit $?"; grep "^|" "$OUT/projections2.md" | cut -c1-150
 fi
 
-if [ "$part" = perf ]; then
+if [ "$part" = margins ]; then
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/kernels/test_step_indices.py tests/kernels/test_indexer.py \
+    tests/model/test_decode_positions.py tests/model/test_static_decode.py tests/model/test_fp8_state.py \
+    tests/model/test_static_verify.py > "$OUT/checks.txt" 2>&1
+  echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+fi
+
+if [ "$part" = perf ] || [ "$part" = margins ]; then
   python benchmarks/count_decode_ops.py --device cuda --kv-format fp8 > "$OUT/ops.json" 2> /tmp/ops.err
   echo "ops exit $?: $(cat "$OUT/ops.json")"
-  timeout 150 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
-  echo "mtp exit $?"; tail -7 "$OUT/mtp_verify.log"
+  if [ "$part" = perf ]; then
+    timeout 150 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
+    echo "mtp exit $?"; tail -7 "$OUT/mtp_verify.log"
+  fi
   timeout 200 python benchmarks/bench_perf.py --skip-checks --prefill 8192 --budget-s 5 \
     --out "$OUT/perf_new.json" > "$OUT/perf_new.log" 2>&1
   echo "perf new exit $?"

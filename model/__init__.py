@@ -19,8 +19,8 @@ Run it:
   state.py         DecodeState: what each layer remembers, in the one layout eager and static paths share
   engine.py        Engine: `new_state`, `forward`, `generate` (the API other packages use)
   static_decode.py shape-static batched decoding, captured once as a CUDA graph
-  decode_positions.py  what a static step derives from the positions (slots, indices, RoPE), once for all layers
-  fused_inputs.py  a layer's plain projections of one input stacked into one GEMM (views: held once)
+  decode_positions.py  what a static step derives from the positions (slots, indices, RoPE), once for all layers, in place
+  fused_inputs.py  a layer's projections of one input stacked into one GEMM or FP8 GEMV (views: held once)
   static_verify.py  DraftDecoder: MTP drafts verified two tokens per row in one graphed step, rollback free
   sampling.py      ids from logits: nucleus sampling, and speculative sampling's rejection rule
   speculative.py   speculative generation, greedy or sampled, eager or static (and greedy batches); DraftStats

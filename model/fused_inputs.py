@@ -121,6 +121,11 @@ def attention_inputs(attn: nn.Module) -> list[FusedInputs]:
     return [f for f in (fuse_inputs(linears), fuse_fp8_inputs(linears)) if f is not None]
 
 
+def shared_expert_pair(expert: nn.Module) -> FusedInputs | None:
+    """A shared expert's FP8 w1 and w3 (both read the MoE's input) stacked, for `Expert.pair`."""
+    return fuse_fp8_inputs({"w1": expert.w1, "w3": expert.w3})
+
+
 def query_inputs(attn: nn.Module) -> FusedInputs | None:
     """The FP8 linears that read an attention layer's normed q_residual, stacked: wq_b and (CSA) the
     indexer's wq_b."""

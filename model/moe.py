@@ -25,6 +25,9 @@ from .config import HASH_MOE, V4Config
 # an H100 (benchmarks/results/decode_gemv_h100.md, V4-Flash experts, top 6): FP8 59 vs 94 us at 1 token
 # and even at 8; FP4 99 vs 122 us at 1 token but 771 vs 657 at 8, so FP4 takes it for one token only.
 GEMV_MAX_TOKENS = {"fp8": 8, "fp4": 1}
+# Up to this many rows (a decode or verify step) the shared expert's w1 and w3 run as one stacked FP8 GEMV
+# when a decoder has stacked them (Expert.pair); the FP8 projections take the GEMV up to 2 rows too.
+PAIR_MAX_ROWS = 2
 
 
 class RoutedExperts(Protocol):
@@ -69,7 +72,11 @@ class ExpertStrategy:
 
 
 class Expert(nn.Module):
-    """SwiGLU `w2(silu(w1 x) * w3 x)` with the gate clamped above and the up projection both ways."""
+    """SwiGLU `w2(silu(w1 x) * w3 x)` with the gate clamped above and the up projection both ways.
+
+    `pair`, when a decoder sets it (fused_inputs.shared_expert_pair), computes w1 and w3 of a few rows as
+    one FP8 GEMV over their stacked weights (outputs by name); more rows keep the two GEMMs, so a
+    prefill's numbers do not depend on whether a decoder was made."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, limit: float) -> None:
         super().__init__()
@@ -77,8 +84,12 @@ class Expert(nn.Module):
         self.w1 = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.w2 = nn.Linear(intermediate_size, hidden_size, bias=False)
         self.w3 = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.pair: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pair is not None and x.numel() <= PAIR_MAX_ROWS * x.shape[-1]:
+            outs = self.pair(x)
+            return self.w2(ops.clamped_swiglu(outs["w1"], outs["w3"], self.limit))
         return self.w2(ops.clamped_swiglu(self.w1(x), self.w3(x), self.limit))
 
 

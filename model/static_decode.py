@@ -44,7 +44,8 @@ from . import ops
 from .attention import Attention, Compressor
 from .config import FLOAT_KV, FP8_KV
 from .decode_positions import DecodePositions, Rope, WindowStep
-from .fused_inputs import attention_inputs, query_inputs
+from .fused_inputs import attention_inputs, query_inputs, shared_expert_pair
+from .moe import MoE
 from .offload import expert_caches, fewest_slots, has_offload
 from .parallel import world_of
 from .piecewise_graph import PiecewiseGraph
@@ -124,6 +125,9 @@ class StaticDecoder:
         # each layer's projections of one input in one GEMM per kind (fused_inputs.py; shared by decoders)
         self._inputs = {id(block.attn): attention_inputs(block.attn) for block in self._blocks}
         self._query_inputs = {id(block.attn): query_inputs(block.attn) for block in self._blocks}
+        for block in self._blocks:  # the shared expert's w1 and w3 as one FP8 GEMV at decode
+            if isinstance(block.ffn, MoE):
+                block.ffn.shared_experts.pair = shared_expert_pair(block.ffn.shared_experts)
         # What every layer of one step derives from the positions alone, computed once per step
         self._positions: DecodePositions | None = None
         self._graph: torch.cuda.CUDAGraph | PiecewiseGraph | None = None

@@ -184,9 +184,9 @@ def test_rows_at_window_and_compression_boundaries_match_eager_decoding(engine) 
 
 
 def test_fp8_projections_of_one_input_run_stacked_and_decode_as_separate_ones(monkeypatch) -> None:
-    """With FP8 linears whose widths are whole 128-row scale blocks (V4's), the decoder stacks wq_a + wkv
-    and wq_b + the indexer's wq_b into one FP8 GEMV each (fused_inputs.py); the logits are those of the
-    same decoder running them one by one."""
+    """With FP8 linears whose widths are whole 128-row scale blocks (V4's), the decoder stacks wq_a + wkv,
+    wq_b + the indexer's wq_b and the shared expert's w1 + w3 into one FP8 GEMV each (fused_inputs.py);
+    the logits are those of the same decoder running them one by one."""
     from v4.model import fused_inputs
     from v4.model.config import CSA, HCA, V4Config
     from v4.model.quantized_linear import quantize_model
@@ -213,7 +213,9 @@ def test_fp8_projections_of_one_input_run_stacked_and_decode_as_separate_ones(mo
     stacked, ours = decode()
     assert [f is not None for f in stacked._query_inputs.values()] == [True, False]  # CSA's two, HCA's one
     assert any(f.scale is not None for fused in stacked._inputs.values() for f in fused)
+    assert all(block.ffn.shared_experts.pair is not None for block in net.layers)  # w1 + w3
     monkeypatch.setattr(fused_inputs, "fuse_fp8_inputs", lambda linears: None)
     monkeypatch.setattr("v4.model.static_decode.query_inputs", lambda attn: None)
+    monkeypatch.setattr("v4.model.static_decode.shared_expert_pair", lambda expert: None)
     _, theirs = decode()
     assert max(_relative_error(a, b) for a, b in zip(ours, theirs, strict=True)) < 1e-5

@@ -117,7 +117,8 @@ def test_startup_reports_each_step_then_ready(repo: Path, tmp_path: Path) -> Non
     review = ReviewController(workspace=Workspace(repo))
     StartupController(root=repo, options=_options(replay=script), review=review, post_message=posted.append).run()
     finished = [p.step for p in posted if isinstance(p, m.StartupStep) and p.finished]
-    assert finished == ["index", "model", "plan", "prefill"]
+    # a machine without bubblewrap adds the sandbox's warning as one more "plan" note
+    assert list(dict.fromkeys(finished)) == ["index", "model", "plan", "prefill"]
     ready = posted[-1]
     assert isinstance(ready, m.StartupReady) and ready.info.kind == "replay" and ready.prefill is None
     assert sorted(f.path for f in ready.context.files) == ["calc.py", "notes.md"]

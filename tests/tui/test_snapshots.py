@@ -1,8 +1,9 @@
 """Snapshots of the main screens at 80x24 and 120x40 (pytest-textual-snapshot).
 
 Values that change from run to run (the replay's timings) are pinned before the picture is taken,
-and the prompt's cursor does not blink. Update with `--snapshot-update` only after looking at the
-report of what changed.
+and the prompt's cursor does not blink. So is what the host decides: the pictures show a machine whose
+command sandbox starts (without bubblewrap the start-up log adds its warning; tests/agent test that).
+Update with `--snapshot-update` only after looking at the report of what changed.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from textual.widgets import Input
 
 from tests.tui.conftest import TYPED, MakeApp, ask, ready, submit, until
 from v4.agent.options import AgentOptions
+from v4.agent.sandbox import BwrapSandbox
 from v4.tui.screens.approval import ApprovalScreen
 from v4.tui.screens.review import ReviewScreen
 from v4.tui.widgets.thinking_view import ThinkingView
 
 SIZES = [(80, 24), (120, 40)]
 SnapCompare = Callable[..., bool]
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same pictures on a host with or without bubblewrap."""
+    monkeypatch.setattr(BwrapSandbox, "_probe", lambda self: None)
 
 
 def _steady(pilot: Pilot) -> None:

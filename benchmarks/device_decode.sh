@@ -109,7 +109,7 @@ if [ "$part" = prefill ]; then
   timeout 150 python benchmarks/bench_prefill_attention.py --quick --out "$OUT/prefill_attention" \
     > "$OUT/prefill_attention.log" 2>&1
   echo "prefill attention exit $?"; grep "^|" "$OUT/prefill_attention.md"
-  sweep="--prefill-only --kv-format fp8 --prefill 131072,524288,1048576 --budget-s 120"
+  sweep="--prefill-only --skip-checks --kv-format fp8 --prefill 131072,524288,1048576 --budget-s 120"
   timeout 170 python benchmarks/bench_perf.py $sweep --out "$OUT/prefill_new.json" > "$OUT/prefill_new.log" 2>&1
   echo "prefill new exit $?"
   if [ -d "$BASE" ]; then
@@ -138,7 +138,7 @@ fi
 if [ "$part" = verify ]; then
   timeout 170 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
   echo "mtp exit $?"; grep "^|" "$OUT/mtp_verify/mtp_verify.md"
-  timeout 260 python benchmarks/bench_perf.py --prefill-only --kv-format fp8 --budget-s 200 \
+  timeout 260 python benchmarks/bench_perf.py --prefill-only --skip-checks --kv-format fp8 --budget-s 200 \
     --out "$OUT/prefill_fp8.json" > "$OUT/prefill.log" 2>&1
   echo "prefill exit $?"
   python -c "import json, sys; p = json.load(open(sys.argv[1]))['flash_prefill']; print(json.dumps(p, indent=1))" \

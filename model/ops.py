@@ -137,24 +137,18 @@ def indexer_topk_fp8(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor
 def indexer_scores(q: Tensor, weights: Tensor, keys: Tensor, start: int, rate: int, scale: float,
                    key_scale: Tensor | None = None) -> Tensor:
     """The indexer's scores `[B, S, T]` float32, -inf where a key's window has not closed for the query;
-    with `key_scale`, `keys` are float8_e4m3fn scaled per key and the queries FP8-rounded."""
+    with `key_scale`, `keys` are float8_e4m3fn scaled per key and the queries FP8-rounded. (The model
+    calls `indexer_topk*`; this is what those select from, for inspection and tests.)"""
     kernels = kernels_enabled(q)
     if fp8_queries(q, key_scale):
         fn = _indexer_fp8.indexer_scores_fp8q if kernels else _indexer_fp8.indexer_scores_fp8q_reference
         return fn(q, weights, keys, key_scale, start, rate, scale)
-    if key_scale is not None:
-        q = _rounded_queries(q)
     if kernels:
-        return _indexer.indexer_scores(q, weights, keys, start, rate, scale, key_scale)
+        return _indexer.indexer_scores(q, weights, keys, start, rate, scale, key_scale,
+                                       round_queries=key_scale is not None)
     if key_scale is not None:
-        keys = _indexer.dequantize_index_keys_fp8(keys, key_scale)
+        q, keys = _rounded_queries(q), _indexer.dequantize_index_keys_fp8(keys, key_scale)
     return _indexer.indexer_scores_reference(q, weights, keys, start, rate, scale)
-
-
-def topk_indices(scores: Tensor, k: int) -> Tensor:
-    """The k best finite scores per row as ascending int32 indices `[B, S, k]`, ties to the lowest, -1 padded."""
-    fn = _indexer.topk_indices if kernels_enabled(scores) else _indexer.topk_indices_reference
-    return fn(scores, k)
 
 
 def sparse_attention(q: Tensor, kv: Tensor, indices: Tensor, sink: Tensor, scale: float,

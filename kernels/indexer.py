@@ -382,8 +382,8 @@ def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
                   visible: Tensor | None = None, round_queries: bool = False, weight_scale: float = 1.0) -> Tensor:
     """Scores (with per-chunk maxima) by `launch_scores` (default: this module's kernel, which FP8-rounds
     the queries with `round_queries` and scales the weights by `weight_scale`; indexer_fp8's FP8-query
-    kernel takes the same arguments but those two, rounding the queries always), then the exact top-k
-    selection."""
+    kernel takes the same arguments but those two: it rounds the queries always and takes the weights
+    scaled), then the exact top-k selection."""
     _check_inputs(q, weights, keys, key_scale, start, rate, visible)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -399,8 +399,7 @@ def _indexer_topk(q: Tensor, weights: Tensor, keys: Tensor, key_scale: Tensor | 
             _launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible, round_queries,
                            weight_scale)
         else:
-            launch_scores(q, weights.float() * weight_scale, keys, key_scale, start, rate, scale, scores, maxima,
-                          visible)
+            launch_scores(q, weights, keys, key_scale, start, rate, scale, scores, maxima, visible)
         launch_select(scores, maxima, k, out)
     return out
 

@@ -117,7 +117,7 @@ def ring_indices_reference(positions: Tensor, active: Tensor, entries: Tensor, r
 
 
 def window_indices_reference(positions: Tensor, active: Tensor, rate: int, entries: int, ring: int, overlap: bool,
-                             out: dict[str, Tensor]) -> None:
+                             out: dict[str, Tensor | None]) -> None:
     """Fill `out`'s `ape_slot`, `write_slots`, `window_rows` (overlap), `current`, `entry_slot`, `key_slot` and
     `closed` (shapes: model/decode_positions.py's WindowStep) for one compression rate."""
     tokens = out["ape_slot"].shape[1]
@@ -188,7 +188,7 @@ def ring_indices(positions: Tensor, active: Tensor, entries: Tensor, ring: int, 
 
 
 def window_indices(positions: Tensor, active: Tensor, rate: int, entries: int, ring: int, overlap: bool,
-                   out: dict[str, Tensor]) -> None:
+                   out: dict[str, Tensor | None]) -> None:
     """Triton `window_indices_reference` (every output contiguous; `current` bool `[B, T, span, 1]`)."""
     _check_rows(positions, active)
     batch, tokens = out["ape_slot"].shape

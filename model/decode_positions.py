@@ -114,7 +114,9 @@ class DecodePositions:
         self.csa_indices: Tensor | None = None  # [B, T, window + index_topk] int32: the window part filled here
         self._csa_layout = -1
         jobs = [(table, 1) for table in range(len(tables))]  # the tokens' own angles, then windows' starts
+        window_jobs: dict[int, dict[int, int]] = {}  # rate -> table -> its job
         self.windows: dict[int, WindowStep] = {}
+        self._window_outs: dict[int, dict[str, Tensor | None]] = {}  # rate -> what window_indices fills
         for rate, overlap in self.rates.items():
             span = 2 * rate if overlap else rate  # a pooled window: [previous first series | second series]
             step = WindowStep(
@@ -125,10 +127,13 @@ class DecodePositions:
                 entry_slot=torch.zeros(dims, dtype=torch.long, device=device),
                 key_slot=torch.zeros(dims, dtype=torch.long, device=device),
                 closed=torch.zeros(dims, dtype=torch.int32, device=device))
+            window_jobs[rate] = {}
             for table in sorted(rate_tables[rate]):
-                step.rope[table] = (len(jobs), len(jobs))  # job numbers until the buffers exist (below)
+                window_jobs[rate][table] = len(jobs)
                 jobs.append((table, rate))
             self.windows[rate] = step
+            self._window_outs[rate] = {name: getattr(step, name) for name in (
+                "ape_slot", "write_slots", "window_rows", "current", "entry_slot", "key_slot", "closed")}
             if overlap:
                 self.csa_indices = torch.zeros(*dims, window + self.config.index_topk, dtype=torch.int32,
                                                device=device)
@@ -139,9 +144,9 @@ class DecodePositions:
         self._cos, self._sin, self._neg_sin = (torch.zeros(len(jobs), batch * tokens, half, device=device)
                                                for _ in range(3))
         self.rope = [Rope(self._cos[j], self._sin[j], self._neg_sin[j]) for j in range(len(tables))]  # by table
-        for step in self.windows.values():
+        for rate, step in self.windows.items():
             step.rope = {table: (self._cos[j].view(*dims, half), self._sin[j].view(*dims, half))
-                         for table, (j, _) in step.rope.items()}
+                         for table, j in window_jobs[rate].items()}
 
     def update(self, positions: Tensor, active: Tensor) -> None:
         """Recompute everything for rows whose first token is at `positions` `[B]` (int64), the others
@@ -149,9 +154,5 @@ class DecodePositions:
         csa = None if self.csa_indices is None else (self.csa_indices, self._csa_layout)
         ops.ring_indices(positions, active, self._layouts, self.ring, self._slots, self._windows, self.write_rows, csa)
         for rate, overlap in self.rates.items():
-            step = self.windows[rate]
-            ops.window_indices(positions, active, rate, self.entries(rate), self.ring, overlap, {
-                "ape_slot": step.ape_slot, "write_slots": step.write_slots, "window_rows": step.window_rows,
-                "current": step.current, "entry_slot": step.entry_slot, "key_slot": step.key_slot,
-                "closed": step.closed})
+            ops.window_indices(positions, active, rate, self.entries(rate), self.ring, overlap, self._window_outs[rate])
         ops.rope_angles(positions, self.tokens, self._tables, self._jobs, self._cos, self._sin, self._neg_sin)

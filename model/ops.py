@@ -305,7 +305,7 @@ def ring_indices(positions: Tensor, active: Tensor, entries: Tensor, ring: int, 
 
 
 def window_indices(positions: Tensor, active: Tensor, rate: int, entries: int, ring: int, overlap: bool,
-                   out: dict[str, Tensor]) -> None:
+                   out: dict[str, Tensor | None]) -> None:
     """A static decode step's partial-window and entry indices for one compression rate, in place."""
     fn = _step_indices.window_indices if kernels_enabled(positions) else _step_indices.window_indices_reference
     fn(positions, active, rate, entries, ring, overlap, out)

@@ -38,13 +38,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import ops
 from .attention import Attention, Compressor
 from .config import FLOAT_KV, FP8_KV
 from .decode_positions import DecodePositions, Rope, WindowStep
-from .fused_inputs import attention_inputs, query_inputs, shared_expert_pair
+from .fused_inputs import FusedInputs, attention_inputs, query_inputs, shared_expert_pair
 from .moe import MoE
 from .offload import expert_caches, fewest_slots, has_offload
 from .parallel import world_of
@@ -280,12 +280,11 @@ class StaticDecoder:
         batch, tokens = x.shape[:2]
         table = self._table_of[layer]
         rope = steps.rope[table]
-        outs = {name: out for fused in self._inputs[id(attn)] for name, out in fused(x).items()}
-        project = lambda name, linear: outs[name] if name in outs else linear(x)  # noqa: E731
+        project = _projector(x, self._inputs[id(attn)])
         q_residual = attn.q_norm(project("wq_a", attn.wq_a))
         query = self._query_inputs[id(attn)]
-        q_outs = query(q_residual) if query is not None else {"wq_b": attn.wq_b(q_residual)}
-        q = q_outs["wq_b"].view(batch, tokens, attn.num_heads, config.head_dim)
+        project_q = _projector(q_residual, [query] if query is not None else [])
+        q = project_q("wq_b", attn.wq_b).view(batch, tokens, attn.num_heads, config.head_dim)
         q = _rows_first(ops.rms_norm_rope(_rows_first(q), None, config.rms_norm_eps, rope.cos, rope.sin), batch)
         kv = ops.rms_norm_rope(_rows_first(project("wkv", attn.wkv)), attn.kv_norm.weight, attn.kv_norm.eps, rope.cos,
                                rope.sin)
@@ -304,7 +303,7 @@ class StaticDecoder:
                                       project("index_gate", indexer.compressor.wgate), buffers.indexer, step,
                                       table)
                 weights = project("index_weights", indexer.weights_proj)
-                self._select(attn, keys, weights, q_outs.get("index_wq_b"), q_residual, buffers, rope, step,
+                self._select(attn, keys, weights, project_q("index_wq_b", indexer.wq_b), buffers, rope, step,
                              indices[:, :, config.sliding_window :])
             else:  # HCA: the window's indices, then its closed entries as a run
                 prefix = ops.KeyPrefix(0, buffers.entries, step.closed)
@@ -330,18 +329,18 @@ class StaticDecoder:
                                      compressor.norm.eps, cos[:, t], sin[:, t]) for t in range(tokens)]
         return torch.stack(entries, dim=1) if tokens > 1 else entries[0][:, None]
 
-    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q: Tensor | None, q_residual: Tensor,
-                buffers: LayerState, rope: Rope, step: WindowStep, out: Tensor) -> None:
+    def _select(self, attn: Attention, entry: Tensor, weights: Tensor, q: Tensor, buffers: LayerState, rope: Rope,
+                step: WindowStep, out: Tensor) -> None:
         """The lightning indexer over each query's closed entries, its key `entry` `[B, T, index_head_dim]`
-        just compressed, `weights` its weights_proj output, `q` its wq_b output (None: computed here from
-        `q_residual`), into `out` `[B, T, index_topk]` int32 (the index list's top-k part), -1 padded."""
+        just compressed, `weights` its weights_proj output, `q` its wq_b output, into `out`
+        `[B, T, index_topk]` int32 (the index list's top-k part), -1 padded."""
         indexer, config, rows, entries = attn.indexer, self.config, self._rows[:, None], buffers.entries
         batch, tokens = entry.shape[:2]
         if self.fp8:
             ops.write_index_keys_fp8(buffers.index_keys, buffers.index_scales, step.key_slot, entry)
         else:
             buffers.index_keys[rows, step.key_slot] = entry
-        q = (indexer.wq_b(q_residual) if q is None else q).view(batch, tokens, config.index_n_heads, -1)
+        q = q.view(batch, tokens, config.index_n_heads, -1)
         q = _rows_first(ops.apply_rope(_rows_first(q), rope.cos, rope.sin), batch)
         keys, scale = buffers.index_keys[:, :entries], config.index_head_dim**-0.5
         # each query sees its row's closed entries (step.closed), not those of a shared start; the kernel
@@ -352,6 +351,13 @@ class StaticDecoder:
                                  config.index_topk, step.closed, **common)
         else:
             ops.indexer_topk(q, weights, keys, 0, indexer.rate, scale, config.index_topk, step.closed, **common)
+
+
+def _projector(x: Tensor, stacks: list[FusedInputs]) -> Callable[[str, nn.Module], Tensor]:
+    """`project(name, linear)`: the named output of one of the stacked GEMMs over `x` (run once, here),
+    else `linear(x)` for a projection no stack holds."""
+    outs = {name: out for fused in stacks for name, out in fused(x).items()}
+    return lambda name, linear: outs[name] if name in outs else linear(x)
 
 
 def _rope_tables(blocks: list[Block]) -> tuple[list[Tensor], list[int]]:

@@ -128,8 +128,9 @@ def projections(result: dict, quick: bool, rep: int, save, rows_list: tuple[int,
         torch.cuda.empty_cache()
 
 
-def experts(result: dict, quick: bool, rep: int, save, rows_list: tuple[int, ...] = (1, 8)) -> None:
-    for kind in ("fp4", "fp8"):
+def experts(result: dict, quick: bool, rep: int, save, rows_list: tuple[int, ...] = (1, 8),
+            kinds: tuple[str, ...] = ("fp4", "fp8")) -> None:
+    for kind in kinds:
         stacks = []
         for rows, cols in ((INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)):
             ws, ss = [], []
@@ -198,6 +199,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="no launch sweep, shorter timing")
     parser.add_argument("--rows", default="1,8", help="comma-separated rows (tokens) per call, e.g. 2 for a verify step")
     parser.add_argument("--sections", default="projections,experts", help="comma-separated: projections, experts")
+    parser.add_argument("--kinds", default="fp4,fp8", help="comma-separated expert formats: fp4, fp8")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_decode_gemv: needs a CUDA GPU", file=sys.stderr)
@@ -225,7 +227,11 @@ def main() -> int:
             continue
         print(f"== {section.__name__}", flush=True)
         try:
-            section(result, args.quick, rep, save, tuple(int(r) for r in args.rows.split(",")))
+            rows = tuple(int(r) for r in args.rows.split(","))
+            if section is experts:
+                experts(result, args.quick, rep, save, rows, tuple(args.kinds.split(",")))
+            else:
+                section(result, args.quick, rep, save, rows)
         except Exception as exc:  # noqa: BLE001 - recorded; the next section still runs
             import traceback
 

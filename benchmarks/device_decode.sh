@@ -22,6 +22,12 @@
 #                                            #   indexer and the static paths, launches per layer, then the perf
 #                                            #   margins on this tree and on benchmarks/.work/base (as `perf`,
 #                                            #   without the verify step): one call when device time is short
+#   bash benchmarks/device_decode.sh fp4     # ~5 min: the CUDA tests of the expert kernels and the static
+#                                            #   decode, then the FP4 expert GEMV at 1, 2, 8 tokens on this
+#                                            #   tree (with the launch sweep) and on benchmarks/.work/base
+#   bash benchmarks/device_decode.sh pair    # ~6 min: `margins` without its tests
+#   bash benchmarks/device_decode.sh profile # ~2 min: `fused` without its tests
+#   bash benchmarks/device_decode.sh sweep   # ~4 min: `verify` without the MTP verify step
 #   bash benchmarks/device_decode.sh fused   # ~6 min: the CUDA tests of the step's index kernels and the
 #                                            #   decode indexer with every decode path's parity tests, the
 #                                            #   launches per layer, then a profile of the graphed B=1 step
@@ -83,7 +89,22 @@ if [ "$part" = margins ]; then
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
 fi
 
-if [ "$part" = perf ] || [ "$part" = margins ]; then
+if [ "$part" = fp4 ]; then
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/kernels/test_decode_moe.py tests/kernels/test_moe.py \
+    tests/model/test_native_quant.py tests/model/test_static_decode.py > "$OUT/checks.txt" 2>&1
+  echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+  timeout 200 python benchmarks/bench_decode_gemv.py --sections experts --kinds fp4 --rows 1,2,8 \
+    --out "$OUT/experts_new" > "$OUT/experts_new.log" 2>&1
+  echo "experts new exit $?"; grep "^|" "$OUT/experts_new.md"
+  if [ -d "$BASE" ]; then
+    cp benchmarks/bench_decode_gemv.py "$BASE/benchmarks/"
+    (cd "$BASE" && timeout 100 python benchmarks/bench_decode_gemv.py --sections experts --kinds fp4 --rows 1,2,8 \
+      --quick --out "$OUT/experts_base" > "$OUT/experts_base.log" 2>&1)
+    echo "experts base exit $?"; grep "^|" "$OUT/experts_base.md"
+  fi
+fi
+
+if [ "$part" = perf ] || [ "$part" = margins ] || [ "$part" = pair ]; then
   python benchmarks/count_decode_ops.py --device cuda --kv-format fp8 > "$OUT/ops.json" 2> /tmp/ops.err
   echo "ops exit $?: $(cat "$OUT/ops.json")"
   if [ "$part" = perf ]; then
@@ -122,10 +143,12 @@ print(sys.argv[2], json.dumps(p))" "$OUT/prefill_$tree.json" $tree
   done
 fi
 
-if [ "$part" = fused ]; then
-  timeout 300 python -m pytest -q -p no:cacheprovider tests/kernels/test_step_indices.py tests/kernels/test_indexer.py \
-    tests/kernels/test_indexer_fp8.py tests/model/test_decode_positions.py $STATE_TESTS > "$OUT/checks.txt" 2>&1
-  echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+if [ "$part" = fused ] || [ "$part" = profile ]; then
+  if [ "$part" = fused ]; then
+    timeout 300 python -m pytest -q -p no:cacheprovider tests/kernels/test_step_indices.py tests/kernels/test_indexer.py \
+      tests/kernels/test_indexer_fp8.py tests/model/test_decode_positions.py $STATE_TESTS > "$OUT/checks.txt" 2>&1
+    echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
+  fi
   python benchmarks/count_decode_ops.py --device cuda --kv-format fp8 > "$OUT/ops.json" 2> "$OUT/ops.err"
   echo "ops exit $?: $(cat "$OUT/ops.json")"
   timeout 150 python benchmarks/profile_perf.py --out "$OUT/profile.json" --kv-format fp8 --prefill 65536 --top 80 \
@@ -135,9 +158,11 @@ print(d['graph_ms'], d['graph']['launches_per_run'], d['graph']['kernel_us_per_r
 [print(r['launches'], r['us'], r['kernel'][:90]) for r in d['graph']['top'][:40]]" "$OUT/profile.json"
 fi
 
-if [ "$part" = verify ]; then
-  timeout 170 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
-  echo "mtp exit $?"; grep "^|" "$OUT/mtp_verify/mtp_verify.md"
+if [ "$part" = verify ] || [ "$part" = sweep ]; then
+  if [ "$part" = verify ]; then
+    timeout 170 python benchmarks/bench_mtp_verify.py --out "$OUT/mtp_verify" > "$OUT/mtp_verify.log" 2>&1
+    echo "mtp exit $?"; grep "^|" "$OUT/mtp_verify/mtp_verify.md"
+  fi
   timeout 260 python benchmarks/bench_perf.py --prefill-only --skip-checks --kv-format fp8 --budget-s 200 \
     --out "$OUT/prefill_fp8.json" > "$OUT/prefill.log" 2>&1
   echo "prefill exit $?"

@@ -92,7 +92,7 @@ def _expert_rows(ids_ptr, P, TOPK, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr)
 @triton.jit
 def _rows_dot(x_ptr, x_rows, count, w_ptr, s_ptr, n0, N, K, stride_wn, stride_sn, FMT: tl.constexpr,
               SCALE_E8M0: tl.constexpr, ROUND_W: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr):
     """acc[r, n] = x[x_rows[r]] . dequantised w[n0 + n] for r < count: [BLOCK_R, BLOCK_N] float32."""
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -101,39 +101,11 @@ def _rows_dot(x_ptr, x_rows, count, w_ptr, s_ptr, n0, N, K, stride_wn, stride_sn
     dtype = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
     if FMT == 2:
-        words = tl.arange(0, BLOCK_K // 8)
-        s_rows = s_ptr + cols.to(tl.int64)[:, None] * stride_sn
-        for k0 in range(0, K, BLOCK_K):
-            wj = k0 // 8 + words
-            w_ok = col_ok[:, None] & (wj < tl.cdiv(K, 8))[None, :]
-            w = tl.load(w_rows + wj[None, :], mask=w_ok, other=0).to(tl.uint32, bitcast=True)
-            # f16x2 pairs: columns (8j + c, 8j + c + 4) from the codes at bits 4c and 4c + 16
-            p0 = ((w << 12) & 0x80008000) | ((w << 9) & 0x0E000E00)
-            p1 = ((w << 8) & 0x80008000) | ((w << 5) & 0x0E000E00)
-            p2 = ((w << 4) & 0x80008000) | ((w << 1) & 0x0E000E00)
-            p3 = (w & 0x80008000) | ((w >> 3) & 0x0E000E00)
-            v0, v4 = _halves(p0)
-            v1, v5 = _halves(p1)
-            v2, v6 = _halves(p2)
-            v3, v7 = _halves(p3)
-            s = _scale_f32(tl.load(s_rows + (k0 // 32 + words // 4)[None, :], mask=w_ok, other=0), SCALE_E8M0, 14)
-            if ROUND_W:  # per element, rounded to x's dtype (moe.py's dequantisation)
-                v0, v1, v2, v3 = _round4(v0, v1, v2, v3, s, dtype, INTERPRET)
-                v4, v5, v6, v7 = _round4(v4, v5, v6, v7, s, dtype, INTERPRET)
-            for r in range(count):
-                x_row = x_ptr + tl.sum(tl.where(r_idx == r, x_rows, 0), axis=0) + k0 + words * 8
-                x_ok = words * 8 + k0 < K
-                t = v0 * tl.load(x_row, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v1 * tl.load(x_row + 1, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v2 * tl.load(x_row + 2, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v3 * tl.load(x_row + 3, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v4 * tl.load(x_row + 4, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v5 * tl.load(x_row + 5, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v6 * tl.load(x_row + 6, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                t += v7 * tl.load(x_row + 7, mask=x_ok, other=0.0).to(tl.float32)[None, :]
-                if not ROUND_W:
-                    t = t * s
-                acc = tl.where(r_idx[:, None] == r, acc + tl.sum(t, axis=1)[None, :], acc)
+        for r in range(count):  # a row's whole dot before the next: one 2-D accumulator, reduced once
+            x_row = x_ptr + tl.sum(tl.where(r_idx == r, x_rows, 0), axis=0)
+            row = _fp4_row_dot(x_row, w_ptr, s_ptr, cols, col_ok, K, stride_wn, stride_sn, dtype, SCALE_E8M0,
+                               ROUND_W, INTERPRET, BLOCK_N, BLOCK_K, WHOLE_GROUPS)
+            acc = tl.where(r_idx[:, None] == r, row[None, :], acc)
     else:
         ks = tl.arange(0, BLOCK_K)
         s_row = s_ptr + (n0 // 128) * stride_sn  # BLOCK_N divides 128: one scale row for the tile
@@ -151,6 +123,99 @@ def _rows_dot(x_ptr, x_rows, count, w_ptr, s_ptr, n0, N, K, stride_wn, stride_sn
                     x = x * s
                 acc = tl.where(r_idx[:, None] == r, acc + tl.sum(w * x[None, :], axis=1)[None, :], acc)
     return acc
+
+
+@triton.jit
+def _fp4_row_dot(x_row, w_ptr, s_ptr, cols, col_ok, K, stride_wn, stride_sn, dtype: tl.constexpr,
+                 SCALE_E8M0: tl.constexpr, ROUND_W: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr):
+    """x_row . dequantised FP4 w[cols] as [BLOCK_N] float32. Tiles are [BLOCK_N, groups, 4 words]: a
+    32-column scale group is one 16-byte load, its scale is read and applied once, and partial sums stay
+    in a [BLOCK_N, groups] accumulator across the K loop (one cross-thread reduction at the end, not one
+    per step; the SASS of the per-step form spent ~70 instructions a word, half of them on that)."""
+    groups = tl.arange(0, BLOCK_K // 32)
+    quads = tl.arange(0, 4)
+    w_rows = w_ptr + cols.to(tl.int64)[:, None, None] * stride_wn
+    s_rows = s_ptr + cols.to(tl.int64)[:, None] * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 32), tl.float32)
+    w_next, s_next = _fp4_tile(w_rows, s_rows, col_ok, 0, K, groups, quads, WHOLE_GROUPS)
+    for k0 in range(0, K, BLOCK_K):
+        # the next step's tile is loaded before this one is decoded: its latency hides behind the math
+        w, s_raw = w_next, s_next
+        w_next, s_next = _fp4_tile(w_rows, s_rows, col_ok, k0 + BLOCK_K, K, groups, quads,
+                                   WHOLE_GROUPS)
+        wj = k0 // 8 + groups[:, None] * 4 + quads[None, :]  # [groups, 4] word index
+        s = _scale_f32(s_raw, SCALE_E8M0, 14)  # [BLOCK_N, groups]
+        x_at = x_row + wj * 8
+        x_ok = wj * 8 < K
+        t = tl.zeros((BLOCK_N, BLOCK_K // 32, 4), tl.float32)
+        for c in tl.static_range(4):  # a pair's decode beside its products: few values live at once
+            lo, hi = _fp4_pair(w, c, INTERPRET)
+            if ROUND_W:  # per element, rounded to x's dtype (moe.py's dequantisation)
+                lo = round_to(lo * s[:, :, None], dtype, INTERPRET).to(tl.float32)
+                hi = round_to(hi * s[:, :, None], dtype, INTERPRET).to(tl.float32)
+            t += lo * tl.load(x_at + c, mask=x_ok, other=0.0).to(tl.float32)[None, :, :]
+            t += hi * tl.load(x_at + c + 4, mask=x_ok, other=0.0).to(tl.float32)[None, :, :]
+        if ROUND_W:
+            acc += tl.sum(t, axis=2)
+        else:
+            acc += tl.sum(t, axis=2) * s
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _fp4_tile(w_rows, s_rows, col_ok, k0, K, groups, quads, WHOLE_GROUPS: tl.constexpr):
+    """Words [BLOCK_N, groups, 4] (int32) and raw scales [BLOCK_N, groups] of columns k0.. (none past K).
+    WHOLE_GROUPS (K a multiple of 32): masks constant over a group's 4 words, so each is one 16-byte load."""
+    wj = k0 // 8 + groups[:, None] * 4 + quads[None, :]
+    g_ok = (k0 // 32 + groups) * 32 < K
+    if WHOLE_GROUPS:
+        w = tl.load(w_rows + wj[None, :, :], mask=col_ok[:, None, None] & g_ok[None, :, None], other=0)
+    else:
+        w = tl.load(w_rows + wj[None, :, :], mask=col_ok[:, None, None] & (wj < tl.cdiv(K, 8))[None, :, :], other=0)
+    s = tl.load(s_rows + (k0 // 32 + groups)[None, :], mask=col_ok[:, None] & g_ok[None, :], other=0)
+    return w, s
+
+
+def _pair_decode_ptx(c: int) -> str:
+    """PTX for one f16x2 pair of `_fp4_word`: the codes at bits 4c and 4c + 16 of word $2 -> float32 $0 and
+    $1, with two shifts, two masks and an OR, each half converted where it lies (Triton's lowering of the
+    same bit ops repacked the halves with an extra PRMT per pair, ~10% of the loop's instructions)."""
+    sign = f"shl.b32 a, $2, {12 - 4 * c};" if c < 3 else "mov.b32 a, $2;"
+    mag = f"shl.b32 b, $2, {9 - 4 * c};" if c < 3 else "shr.b32 b, $2, 3;"
+    return "\n".join(["{", ".reg .b32 a, b;", ".reg .b16 lo, hi;", sign, mag, "and.b32 a, a, 0x80008000;",
+                      "and.b32 b, b, 0x0E000E00;", "or.b32 a, a, b;", "mov.b32 {lo, hi}, a;", "cvt.f32.f16 $0, lo;",
+                      "cvt.f32.f16 $1, hi;", "}"])
+
+
+PAIR0_PTX, PAIR1_PTX, PAIR2_PTX, PAIR3_PTX = (tl.constexpr(_pair_decode_ptx(c)) for c in range(4))
+
+
+@triton.jit
+def _fp4_pair(w, C: tl.constexpr, INTERPRET: tl.constexpr):
+    """The codes at bits 4C and 4C + 16 of each word (columns 8j + C and 8j + C + 4) -> two float32 tensors,
+    each the e2m1 value times 2^-14: an f16x2 pair built with two shifts and an AND-OR, the sign to bit 15
+    and exponent and mantissa to bits 11..9; the hardware's f16 -> f32 convert decodes the subnormal 0.5
+    exactly. Inline PTX on the GPU, the same bit ops interpreted."""
+    if INTERPRET:
+        w = w.to(tl.uint32, bitcast=True)
+        if C == 3:
+            lo, hi = _halves((w & 0x80008000) | ((w >> 3) & 0x0E000E00))
+        else:
+            lo, hi = _halves(((w << (12 - 4 * C)) & 0x80008000) | ((w << (9 - 4 * C)) & 0x0E000E00))
+    elif C == 0:
+        lo, hi = tl.inline_asm_elementwise(PAIR0_PTX, "=f,=f,r", [w], dtype=(tl.float32, tl.float32), is_pure=True,
+                                           pack=1)
+    elif C == 1:
+        lo, hi = tl.inline_asm_elementwise(PAIR1_PTX, "=f,=f,r", [w], dtype=(tl.float32, tl.float32), is_pure=True,
+                                           pack=1)
+    elif C == 2:
+        lo, hi = tl.inline_asm_elementwise(PAIR2_PTX, "=f,=f,r", [w], dtype=(tl.float32, tl.float32), is_pure=True,
+                                           pack=1)
+    else:
+        lo, hi = tl.inline_asm_elementwise(PAIR3_PTX, "=f,=f,r", [w], dtype=(tl.float32, tl.float32), is_pure=True,
+                                           pack=1)
+    return lo, hi
 
 
 @triton.jit
@@ -172,16 +237,18 @@ def _round4(a, b, c, d, s, dtype: tl.constexpr, INTERPRET: tl.constexpr):
 def _gate_up_kernel(x_ptr, ids_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr, h_ptr, P, TOPK, H, I, limit,
                     stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr,
                     ROUND_W: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr):
     """h[pair, n] = silu(min(x w1^T, limit)) * clamp(x w3^T, +-limit) for the rows of one expert."""
     leads, expert, count, pairs, tokens = _expert_rows(ids_ptr, P, TOPK, BLOCK_P, BLOCK_R)
     if leads:
         n0 = tl.program_id(0) * BLOCK_N
         x_rows = tokens.to(tl.int64) * H
         gate = _rows_dot(x_ptr, x_rows, count, w1_ptr + expert * stride_we, s1_ptr + expert * stride_se, n0, I, H,
-                         stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K)
+                         stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K,
+                         WHOLE_GROUPS)
         up = _rows_dot(x_ptr, x_rows, count, w3_ptr + expert * stride_we, s3_ptr + expert * stride_se, n0, I, H,
-                       stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K)
+                       stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K,
+                         WHOLE_GROUPS)
         gate = tl.minimum(gate, limit)
         up = tl.minimum(tl.maximum(up, -limit), limit)
         cols = n0 + tl.arange(0, BLOCK_N)
@@ -194,7 +261,7 @@ def _gate_up_kernel(x_ptr, ids_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr, h_ptr, P, TO
 def _down_kernel(h_ptr, ids_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, P, TOPK, H, I, stride_we, stride_wn, stride_se,
                  stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, ROUND_W: tl.constexpr,
                  INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+                 BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr):
     """y[pair, n] = routing weight * (h[pair] @ w2^T)[n] for the rows of one expert; 0 for a NO_EXPERT pair."""
     leads, expert, count, pairs, tokens = _expert_rows(ids_ptr, P, TOPK, BLOCK_P, BLOCK_R)
     if expert < 0:  # this program's own pair: no expert, a zero row
@@ -204,7 +271,8 @@ def _down_kernel(h_ptr, ids_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, P, TOPK, H, I, s
     if leads:
         n0 = tl.program_id(0) * BLOCK_N
         acc = _rows_dot(h_ptr, pairs.to(tl.int64) * I, count, w2_ptr + expert * stride_we, s2_ptr + expert * stride_se,
-                        n0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K)
+                        n0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K,
+                         WHOLE_GROUPS)
         rows_ok = tl.arange(0, BLOCK_R) < count
         acc *= tl.load(rw_ptr + pairs, mask=rows_ok, other=0.0)[:, None]
         cols = n0 + tl.arange(0, BLOCK_N)
@@ -239,6 +307,8 @@ def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tens
     cfg = config or (INTERPRET_CONFIG if interpreting() else FP4_DEFAULT if fmt == FP4 else DEFAULT)
     if fmt == FP8 and max(cfg.gate_up_n, cfg.down_n) > 128:
         raise ValueError("FP8 tiles must lie in one 128-row scale block (block_n <= 128)")
+    if fmt == FP4 and (cfg.gate_up_k % 32 or cfg.down_k % 32):
+        raise ValueError("FP4 K steps must be whole 32-column scale groups (block_k a multiple of 32)")
     x = x.contiguous()
     if fmt == FP4:  # packed bytes read as words: [E, out, in / 8] int32
         w1, w3, w2 = (t.view(torch.uint8).view(torch.int32) for t in w)
@@ -249,6 +319,7 @@ def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tens
     round_w = not e8m0 and x.dtype != torch.float32  # float scales: round w * s to x's dtype first
     ids_flat = ids.reshape(-1).contiguous()
     common = dict(FMT=fmt, SCALE_E8M0=e8m0, ROUND_W=round_w, INTERPRET=interpreting(),
+                  WHOLE_GROUPS=hidden % 32 == 0 and inter % 32 == 0,
                   BLOCK_P=triton.next_power_of_2(num_pairs), BLOCK_R=triton.next_power_of_2(num_tokens),
                   num_warps=cfg.num_warps)
     h = _alloc((num_pairs, inter), x.dtype, x.device)

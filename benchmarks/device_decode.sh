@@ -90,8 +90,8 @@ if [ "$part" = margins ]; then
 fi
 
 if [ "$part" = fp4 ]; then
-  timeout 200 python -m pytest -q -p no:cacheprovider tests/kernels/test_decode_moe.py tests/kernels/test_moe.py \
-    tests/model/test_native_quant.py tests/model/test_static_decode.py > "$OUT/checks.txt" 2>&1
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/kernels/test_decode_moe.py tests/kernels/test_fp8_gemm.py \
+    tests/model/test_native_quant.py tests/model/test_static_decode.py tests/model/test_offload.py > "$OUT/checks.txt" 2>&1
   echo "checks exit $?: $(tail -1 "$OUT/checks.txt")"; grep -E "^FAILED|^ERROR" "$OUT/checks.txt" | head -10
   timeout 200 python benchmarks/bench_decode_gemv.py --sections experts --kinds fp4 --rows 1,2,8 \
     --out "$OUT/experts_new" > "$OUT/experts_new.log" 2>&1

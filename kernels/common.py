@@ -1,5 +1,6 @@
-"""What every kernel module shares: the one "interpreted or CUDA" decision, the SM count, and the
-round-to-nearest-even cast the interpreter needs (issue 23: these were copied per file)."""
+"""What every kernel module shares: the one "interpreted or CUDA" decision, the SM count, the arrival
+counters of kernels whose last program sums the others' partials, and the round-to-nearest-even cast the
+interpreter needs (issue 23: these were copied per file)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,25 @@ def num_sms(device: torch.device, fallback: int) -> int:
     """SMs to fill on a CUDA device; `fallback` elsewhere (the interpreter: small, so that small test
     shapes still exercise the split paths)."""
     return _cuda_sms(device) if device.type == "cuda" else fallback
+
+
+_COUNTERS: dict[torch.device, Tensor] = {}
+COUNTER_SLOTS = 4096  # tiles (or column blocks) that sum in-kernel at once: far more than any caller's
+
+
+def arrival_counters(device: torch.device, tiles: int) -> Tensor | None:
+    """The device's per-tile arrival counters for sums finished by a kernel's last program (all zero
+    between calls, as each call's last program resets its tile's). Kernels on one device run one at a
+    time per stream and such kernels are not issued on two streams at once here, so one set per device
+    serves every caller (fp8_gemm's split-K, decode_moe's pair sum). None (the caller's separate sum
+    instead) when too many tiles, or when the counters would have to be made inside a CUDA graph capture
+    (their memory would belong to the graph)."""
+    counters = _COUNTERS.get(device)
+    if counters is None:
+        if tiles > COUNTER_SLOTS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return None
+        counters = _COUNTERS[device] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
+    return counters if tiles <= COUNTER_SLOTS else None
 
 
 @triton.jit

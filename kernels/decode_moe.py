@@ -19,7 +19,9 @@ Pipeline (no host sync, grid fixed by shapes, so the decode step can be CUDA-gra
      appears first at that pair computes every row routed to that expert (at most one per token);
      the others exit. h[pair] = silu(min(x w1^T, limit)) * clamp(x w3^T, +-limit), rounded to x's dtype.
   2. `_down_kernel`, grid (H blocks, pairs), the same way: y[pair] = weight * (h[pair] @ w2^T).
-  3. out = y.view(N, k, H).sum(1) (float32 accumulation), as moe.py does.
+  3. out = y.view(N, k, H).sum(1) (float32 accumulation), as moe.py does, optionally + an addend (the
+     shared expert's output): done by the down kernel's last program per column block (an arrival
+     counter, kernels/common.py), so the MoE's sum and the shared expert's add take no launches of their own.
 A pair whose id is NO_EXPERT (-1, moe.py) leads nothing and reads no weights: its own program of the
 down kernel writes its row of y as zeros.
 """
@@ -33,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import interpreting, round_to
+from .common import arrival_counters, interpreting, round_to
 from .moe import FP4, FP8, _check_experts, _scale_f32, moe_experts_fp4_reference, moe_experts_fp8_reference
 
 MAX_TOKENS = 8  # rows per expert are at most the tokens: one accumulator row each
@@ -258,26 +260,46 @@ def _gate_up_kernel(x_ptr, ids_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr, h_ptr, P, TO
 
 
 @triton.jit
-def _down_kernel(h_ptr, ids_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, P, TOPK, H, I, stride_we, stride_wn, stride_se,
-                 stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr, ROUND_W: tl.constexpr,
-                 INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr):
-    """y[pair, n] = routing weight * (h[pair] @ w2^T)[n] for the rows of one expert; 0 for a NO_EXPERT pair."""
+def _down_kernel(h_ptr, ids_ptr, rw_ptr, w2_ptr, s2_ptr, y_ptr, out_ptr, add_ptr, counter_ptr, P, TOPK, H, I,
+                 stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr,
+                 ROUND_W: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WHOLE_GROUPS: tl.constexpr, SUM: tl.constexpr,
+                 ADD: tl.constexpr):
+    """y[pair, n] = routing weight * (h[pair] @ w2^T)[n] for the rows of one expert; 0 for a NO_EXPERT pair.
+    With SUM, the last of a column block's programs to arrive (an arrival counter per block, reset by it)
+    also writes out[t] = sum of token t's k rows of y in slot order (float32, then x's dtype), plus
+    add[t] with ADD, rounded again: `y.view(N, k, H).sum(1)` and then `+ add` without two more launches."""
     leads, expert, count, pairs, tokens = _expert_rows(ids_ptr, P, TOPK, BLOCK_P, BLOCK_R)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if expert < 0:  # this program's own pair: no expert, a zero row
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + tl.program_id(1).to(tl.int64) * H + cols, tl.zeros((BLOCK_N,), y_ptr.dtype.element_ty),
                  mask=cols < H)
     if leads:
         n0 = tl.program_id(0) * BLOCK_N
         acc = _rows_dot(h_ptr, pairs.to(tl.int64) * I, count, w2_ptr + expert * stride_we, s2_ptr + expert * stride_se,
                         n0, H, I, stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K,
-                         WHOLE_GROUPS)
+                        WHOLE_GROUPS)
         rows_ok = tl.arange(0, BLOCK_R) < count
         acc *= tl.load(rw_ptr + pairs, mask=rows_ok, other=0.0)[:, None]
-        cols = n0 + tl.arange(0, BLOCK_N)
         tl.store(y_ptr + pairs.to(tl.int64)[:, None] * H + cols[None, :],
                  round_to(acc, y_ptr.dtype.element_ty, INTERPRET), mask=rows_ok[:, None] & (cols < H)[None, :])
+    if SUM:
+        tl.debug_barrier()  # every thread's rows are stored before the release below publishes them
+        arrived = tl.atomic_add(counter_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(1) - 1:
+            ok = cols < H
+            for t in range(P // TOPK):
+                total = tl.zeros((BLOCK_N,), tl.float32)
+                for k in range(TOPK):  # in slot order: deterministic
+                    total += tl.load(y_ptr + (t * TOPK + k) * H + cols, mask=ok, other=0.0,
+                                     cache_modifier=".cg").to(tl.float32)
+                out = round_to(total, out_ptr.dtype.element_ty, INTERPRET)
+                if ADD:
+                    out = round_to(out.to(tl.float32) + tl.load(add_ptr + t * H + cols, mask=ok,
+                                                                other=0.0).to(tl.float32),
+                                   out_ptr.dtype.element_ty, INTERPRET)
+                tl.store(out_ptr + t * H + cols, out, mask=ok)  # < 8 x 8 rows: int32 offsets
+            tl.atomic_xchg(counter_ptr + tl.program_id(0), 0)  # ready for the next call (and graph replay)
 
 
 # ------------------------------------------------------------------------------------------------ launcher
@@ -293,8 +315,10 @@ def supports(x: Tensor, fmt: str, w1: Tensor) -> bool:
 
 def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tensor, Tensor],
                   scales: tuple[Tensor, Tensor, Tensor], limit: float, fmt: int,
-                  config: ExpertGemvConfig | None) -> Tensor:
-    """Check, launch the two GEMVs, sum the k slots."""
+                  config: ExpertGemvConfig | None, addend: Tensor | None, fused_sum: bool) -> Tensor:
+    """Check, launch the two GEMVs; the k slots summed (and `addend` added) by the down kernel's last
+    program per column block, or by PyTorch where no arrival counters can be had (first call inside a
+    graph capture)."""
     num_experts, inter = _check_experts(x, weights, ids, w, scales, fmt)
     (num_tokens, hidden), topk = x.shape, ids.shape[1]
     if num_tokens > MAX_TOKENS:
@@ -302,14 +326,18 @@ def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tens
     if fmt == FP4 and (hidden % 8 or inter % 8):
         raise ValueError(f"FP4 rows must be whole 32-bit words: H ({hidden}) and I ({inter}) multiples of 8")
     num_pairs = num_tokens * topk
+    if addend is not None and (addend.shape != x.shape or addend.dtype != x.dtype):
+        raise ValueError(f"addend must be [N, H] in x's dtype like x {tuple(x.shape)} {x.dtype}, got "
+                         f"{tuple(addend.shape)} {addend.dtype}")
     if num_pairs == 0:
-        return torch.zeros_like(x)
+        return torch.zeros_like(x) if addend is None else addend.clone()
     cfg = config or (INTERPRET_CONFIG if interpreting() else FP4_DEFAULT if fmt == FP4 else DEFAULT)
     if fmt == FP8 and max(cfg.gate_up_n, cfg.down_n) > 128:
         raise ValueError("FP8 tiles must lie in one 128-row scale block (block_n <= 128)")
     if fmt == FP4 and (cfg.gate_up_k % 32 or cfg.down_k % 32):
         raise ValueError("FP4 K steps must be whole 32-column scale groups (block_k a multiple of 32)")
     x = x.contiguous()
+    addend = addend.contiguous() if addend is not None else None
     if fmt == FP4:  # packed bytes read as words: [E, out, in / 8] int32
         w1, w3, w2 = (t.view(torch.uint8).view(torch.int32) for t in w)
     else:
@@ -327,26 +355,39 @@ def _experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, w: tuple[Tensor, Tens
         x, ids_flat, w1, w3, s1, s3, h, num_pairs, topk, hidden, inter, float(limit), w1.stride(0), w1.stride(1),
         s1.stride(0), s1.stride(1), **common, BLOCK_N=cfg.gate_up_n, BLOCK_K=cfg.gate_up_k)
     y = _alloc((num_pairs, hidden), x.dtype, x.device)
-    _down_kernel[(triton.cdiv(hidden, cfg.down_n), num_pairs)](
-        h, ids_flat, weights.reshape(-1).float().contiguous(), w2, s2, y, num_pairs, topk, hidden, inter,
-        w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), **common, BLOCK_N=cfg.down_n, BLOCK_K=cfg.down_k)
-    return y.view(num_tokens, topk, hidden).sum(dim=1)
+    blocks = triton.cdiv(hidden, cfg.down_n)
+    counters = arrival_counters(x.device, blocks) if fused_sum else None
+    out = _alloc((num_tokens, hidden), x.dtype, x.device) if counters is not None else y
+    _down_kernel[(blocks, num_pairs)](
+        h, ids_flat, weights.reshape(-1).float().contiguous(), w2, s2, y, out,
+        addend if addend is not None else out, counters if counters is not None else ids_flat, num_pairs, topk,
+        hidden, inter, w2.stride(0), w2.stride(1), s2.stride(0), s2.stride(1), **common, BLOCK_N=cfg.down_n,
+        BLOCK_K=cfg.down_k, SUM=counters is not None, ADD=addend is not None)
+    if counters is not None:
+        return out
+    routed = y.view(num_tokens, topk, hidden).sum(dim=1)
+    return routed if addend is None else routed + addend
 
 
 def moe_experts_gemv_fp8(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, w1_scale: Tensor, w3: Tensor,
                          w3_scale: Tensor, w2: Tensor, w2_scale: Tensor, limit: float, *,
-                         config: ExpertGemvConfig | None = None) -> Tensor:
+                         config: ExpertGemvConfig | None = None, addend: Tensor | None = None,
+                         fused_sum: bool = True) -> Tensor:
     """Triton `moe_experts_fp8_reference` for at most MAX_TOKENS tokens: e4m3 [E, out, in] weights with
-    [E, out/128, in/128] scales -> [N, H] in x's dtype."""
-    return _experts_gemv(x, weights, ids, (w1, w3, w2), (w1_scale, w3_scale, w2_scale), limit, FP8, config)
+    [E, out/128, in/128] scales -> [N, H] in x's dtype, plus `addend` [N, H] (rounded as `routed + addend`)."""
+    return _experts_gemv(x, weights, ids, (w1, w3, w2), (w1_scale, w3_scale, w2_scale), limit, FP8, config, addend,
+                         fused_sum)
 
 
 def moe_experts_gemv_fp4(x: Tensor, weights: Tensor, ids: Tensor, w1: Tensor, w1_scale: Tensor, w3: Tensor,
                          w3_scale: Tensor, w2: Tensor, w2_scale: Tensor, limit: float, *,
-                         config: ExpertGemvConfig | None = None) -> Tensor:
+                         config: ExpertGemvConfig | None = None, addend: Tensor | None = None,
+                         fused_sum: bool = True) -> Tensor:
     """Triton `moe_experts_fp4_reference` for at most MAX_TOKENS tokens: packed e2m1 [E, out, in/2] weights
-    with [E, out, in/32] e8m0 (or float32) scales -> [N, H] in x's dtype."""
-    return _experts_gemv(x, weights, ids, (w1, w3, w2), (w1_scale, w3_scale, w2_scale), limit, FP4, config)
+    with [E, out, in/32] e8m0 (or float32) scales -> [N, H] in x's dtype, plus `addend` [N, H] (rounded as
+    `routed + addend`)."""
+    return _experts_gemv(x, weights, ids, (w1, w3, w2), (w1_scale, w3_scale, w2_scale), limit, FP4, config, addend,
+                         fused_sum)
 
 
 moe_experts_gemv_fp8_reference = moe_experts_fp8_reference

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import interpreting, num_sms, to_e4m3
+from .common import arrival_counters, interpreting, num_sms, to_e4m3
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 BLOCK = 128  # quantisation block along K (and along N for weights)
@@ -361,7 +361,7 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
     splits, per_split = _split_k(tiles, k_blocks, num_sms(out.device, 8), cfg.programs_per_sm)
     c = out if splits == 1 else _empty((splits, m, n), torch.float32, out.device)
     c_split_stride = 0 if splits == 1 else c.stride(0)
-    locks = _split_locks(out.device, tiles) if splits > 1 and cfg.fuse_split_sum else None
+    locks = arrival_counters(out.device, tiles) if splits > 1 and cfg.fuse_split_sum else None
     _fp8_gemm_kernel[(tiles, splits)](
         a, sa, b, bs, c, out, out if locks is None else locks, m, n, k_blocks, per_split, a.stride(0), a.stride(1),
         *sa_strides, b.stride(0), b.stride(1), bs.stride(0), bs.stride(1), c_split_stride, c.stride(-2),
@@ -370,24 +370,6 @@ def _launch_gemm(a: Tensor, a_scale: Tensor | None, b: Tensor, b_scale: Tensor, 
         FIXUP=locks is not None, **flags)
     if splits > 1 and locks is None:
         _split_sum_kernel[(triton.cdiv(m * n, 1024),)](c, out, m * n, splits, BLOCK=1024, num_warps=4)
-
-
-_LOCKS: dict[torch.device, Tensor] = {}
-LOCK_SLOTS = 4096  # split-K runs only when the output tiles are fewer than SMs: far fewer than this
-
-
-def _split_locks(device: torch.device, tiles: int) -> Tensor | None:
-    """The device's per-tile arrival counters for the fused split-K sum (all zero between calls, as
-    each call's last split resets its tile's). Kernels on one device run one at a time per stream and
-    split-K GEMMs are not issued on two streams at once here, so one set per device serves every call.
-    None (the separate sum kernel instead) when too many tiles, or when the counters would have to be
-    made inside a CUDA graph capture (their memory would belong to the graph)."""
-    locks = _LOCKS.get(device)
-    if locks is None:
-        if tiles > LOCK_SLOTS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            return None
-        locks = _LOCKS[device] = torch.zeros(LOCK_SLOTS, dtype=torch.int32, device=device)
-    return locks if tiles <= LOCK_SLOTS else None
 
 
 def act_quant(x: Tensor, block: int = BLOCK, ue8m0: bool = True) -> tuple[Tensor, Tensor]:

@@ -143,25 +143,30 @@ class MoE(nn.Module):
             return (routed + shared).view_as(x)
         if strategy.shard is not None:
             routed = self._local_routed(flat, weights, indices, strategy.shard)
-        else:
-            routed = self._routed(flat, weights, indices)
-        return (routed + self.shared_experts(flat)).view_as(x)
+            return (routed + self.shared_experts(flat)).view_as(x)
+        return self._routed(flat, weights, indices, self.shared_experts(flat)).view_as(x)
 
-    def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The held experts' weighted sum through the grouped GEMM, on quantised stacks if quantised."""
+    def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                shared: torch.Tensor | None = None) -> torch.Tensor:
+        """The held experts' weighted sum through the grouped GEMM, on quantised stacks if quantised, plus
+        the shared expert's output `shared` if given."""
         stacks = self.stacked_weights() if self.strategy.fmt is None else self.stacked_quantized()
-        return self._run_experts(x, weights, ids, stacks)
+        return self._run_experts(x, weights, ids, stacks, shared)
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
-                     stacks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                     stacks: tuple[torch.Tensor, ...], addend: torch.Tensor | None = None) -> torch.Tensor:
         """The grouped GEMM on `stacks` (this MoE's experts, or the offload cache's slots); the decode
-        GEMV for a few tokens. Both are chosen by shape alone: no host sync (the step is graphed)."""
+        GEMV for a few tokens. Both are chosen by shape alone: no host sync (the step is graphed). Plus
+        `addend` if given (`routed + addend`): the decode GEMV adds it in its own last launch."""
         fmt = self.strategy.fmt
+        if fmt is not None and x.shape[0] <= GEMV_MAX_TOKENS.get(fmt, 0) and \
+                ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
+            return ops.moe_experts_gemv(x, weights, ids, fmt, *stacks, self.limit, addend)
         if fmt is None:
-            return ops.moe_experts(x, weights, ids, *stacks, self.limit)
-        if x.shape[0] <= GEMV_MAX_TOKENS.get(fmt, 0) and ops.moe_experts_gemv_supported(x, fmt, stacks[0]):
-            return ops.moe_experts_gemv(x, weights, ids, fmt, *stacks, self.limit)
-        return ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)
+            routed = ops.moe_experts(x, weights, ids, *stacks, self.limit)
+        else:
+            routed = ops.moe_experts_quantized(x, weights, ids, fmt, *stacks, self.limit)
+        return routed if addend is None else routed + addend
 
     def _local_routed(self, flat: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                       shard: ExpertShard) -> torch.Tensor:

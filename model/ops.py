@@ -287,14 +287,18 @@ def moe_experts_gemv_supported(x: Tensor, fmt: str, w1: Tensor) -> bool:
 
 
 def moe_experts_gemv(x: Tensor, weights: Tensor, ids: Tensor, fmt: str, w1: Tensor, s1: Tensor, w3: Tensor,
-                     s3: Tensor, w2: Tensor, s2: Tensor, limit: float) -> Tensor:
-    """`moe_experts_quantized` for a decode batch: each used expert's weights read once, no host sync."""
+                     s3: Tensor, w2: Tensor, s2: Tensor, limit: float, addend: Tensor | None = None) -> Tensor:
+    """`moe_experts_quantized` for a decode batch: each used expert's weights read once, no host sync;
+    plus `addend` (the shared expert's output) in the same launch, rounded as `routed + addend`."""
     impls = {"fp8": (_decode_moe.moe_experts_gemv_fp8, _decode_moe.moe_experts_gemv_fp8_reference),
              "fp4": (_decode_moe.moe_experts_gemv_fp4, _decode_moe.moe_experts_gemv_fp4_reference)}
     if fmt not in impls:
         raise ValueError(f"quantised experts are 'fp8' or 'fp4', got {fmt!r}")
     kernel, reference = impls[fmt]
-    return (kernel if kernels_enabled(x) else reference)(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
+    if kernels_enabled(x):
+        return kernel(x, weights, ids, w1, s1, w3, s3, w2, s2, limit, addend=addend)
+    routed = reference(x, weights, ids, w1, s1, w3, s3, w2, s2, limit)
+    return routed if addend is None else routed + addend
 
 
 def ring_indices(positions: Tensor, active: Tensor, entries: Tensor, ring: int, slots: Tensor, windows: Tensor,

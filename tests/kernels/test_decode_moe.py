@@ -154,11 +154,14 @@ if kernel == "_gate_up_kernel":
                     h_ptr="*bf16")
     scalars = dict(P="i32", TOPK="i32", H="i32", I="i32", limit="fp32")
 else:
-    pointers = dict(h_ptr="*bf16", ids_ptr="*i32", rw_ptr="*fp32", w2_ptr="*i32", s2_ptr="*u8", y_ptr="*bf16")
+    pointers = dict(h_ptr="*bf16", ids_ptr="*i32", rw_ptr="*fp32", w2_ptr="*i32", s2_ptr="*u8", y_ptr="*bf16",
+                    out_ptr="*bf16", add_ptr="*bf16", counter_ptr="*i32")
     scalars = dict(P="i32", TOPK="i32", H="i32", I="i32")
 strides = {name: "i64" for name in ("stride_we", "stride_wn", "stride_se", "stride_sn")}
 constants = dict(FMT=2, SCALE_E8M0=True, ROUND_W=False, INTERPRET=False, BLOCK_P=8, BLOCK_R=1, BLOCK_N=16,
                  BLOCK_K=1024, WHOLE_GROUPS=True)
+if kernel == "_down_kernel":
+    constants.update(SUM=True, ADD=True)
 signature = {**pointers, **scalars, **strides, **{name: "constexpr" for name in constants}}
 source = ASTSource(fn=getattr(decode_moe, kernel), signature=signature, constexprs=constants)
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -181,3 +184,29 @@ def test_fp4_gpu_path_assembles_for_hopper(kernel: str) -> None:
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER, kernel], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0 and "assembled" in done.stdout, done.stderr[-3000:]
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind,tokens", [("fp4", 1), ("fp8", 3), ("fp4", 8)])
+def test_in_kernel_sum_and_add_equal_the_separate_ones(kind: str, tokens: int) -> None:
+    """The down kernel's last program per column block sums the k slots and adds the addend: the same
+    bits as the PyTorch sum and add after the kernel (fused_sum=False), every arrival counter back at 0."""
+    from v4.kernels import common
+
+    weights, ids = routed(tokens, 6, 3, seed=tokens + 5)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(3)).bfloat16().to(KERNEL_DEVICE)
+    addend = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(4)).bfloat16().to(KERNEL_DEVICE)
+    weights, ids = weights.to(KERNEL_DEVICE), ids.to(KERNEL_DEVICE)
+    w = quantized(kind, 6, 64, 96, torch.float8_e8m0fnu, seed=2)
+    kernel = decode_moe.moe_experts_gemv_fp4 if kind == "fp4" else decode_moe.moe_experts_gemv_fp8
+    config = decode_moe.ExpertGemvConfig(16, 64, 16, 64, 4)  # 4 column blocks, each summed by its last program
+    fused = kernel(x, weights, ids, *w, LIMIT, config=config, addend=addend)
+    separate = kernel(x, weights, ids, *w, LIMIT, config=config, addend=addend, fused_sum=False)
+    plain = kernel(x, weights, ids, *w, LIMIT, config=config)
+    assert torch.equal(fused, separate) and torch.equal(plain, kernel(x, weights, ids, *w, LIMIT, config=config,
+                                                                       fused_sum=False))
+    assert torch.equal(fused, plain + addend)
+    device = torch.device(KERNEL_DEVICE) if KERNEL_DEVICE == "cpu" else x.device
+    assert int(common._COUNTERS[device].abs().sum()) == 0
+    with pytest.raises(ValueError, match="addend"):
+        kernel(x, weights, ids, *w, LIMIT, addend=addend.float())

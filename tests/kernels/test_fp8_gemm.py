@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from v4.kernels import fp8_gemm as fp8
+from v4.kernels import common
 from v4.kernels.common import to_e4m3
 from v4.model.quant import dequantize_fp8, quantize_fp8
 
@@ -249,7 +250,7 @@ def test_fused_split_sum_equals_the_separate_sum_kernel(poisoned: list) -> None:
     a, sa = fp8.act_quant_reference(activations(5, 384).to(KERNEL_DEVICE))
     b, sb = (t.to(KERNEL_DEVICE) for t in weight(200, 384, torch.float8_e8m0fnu))
     fused = [fp8.fp8_gemm(a, sa, b, sb, dtype) for dtype in (torch.float32, torch.bfloat16, torch.float32)]
-    locks = fp8._LOCKS[torch.device(KERNEL_DEVICE) if KERNEL_DEVICE == "cpu" else a.device]
+    locks = common._COUNTERS[torch.device(KERNEL_DEVICE) if KERNEL_DEVICE == "cpu" else a.device]
     assert int(locks.abs().sum()) == 0
     unfused = fp8.DecodeTiles(fuse_split_sum=False)
     separate = [fp8.fp8_gemm(a, sa, b, sb, dtype, tiles=unfused)

@@ -59,7 +59,7 @@ class ExpertGemvConfig:
 
 
 DEFAULT = ExpertGemvConfig()  # FP8 experts: the best of the H100 sweep at B = 1 and 8 (decode_gemv_h100.md)
-FP4_DEFAULT = ExpertGemvConfig(16, 1024, 16, 1024, 4)  # FP4: the sweep's best at B = 1 (98.9 us vs 146.8)
+FP4_DEFAULT = ExpertGemvConfig(16, 256, 16, 256, 4)  # FP4: the H100 sweep's best at B = 1, 2, 8 (decode_experts_fp4_h100.md)
 INTERPRET_CONFIG = ExpertGemvConfig(16, 64, 16, 64, 4)
 
 

@@ -23,8 +23,9 @@ from .config import HASH_MOE, V4Config
 # At or below this many tokens quantised routed experts run the decode grouped GEMV (kernels/decode_moe.py:
 # each used expert's weights read once, CUDA-core dequantisation), above it the grouped GEMM. Measured on
 # an H100 (benchmarks/results/decode_gemv_h100.md, V4-Flash experts, top 6): FP8 59 vs 94 us at 1 token
-# and even at 8; FP4 99 vs 122 us at 1 token but 771 vs 657 at 8, so FP4 takes it for one token only.
-GEMV_MAX_TOKENS = {"fp8": 8, "fp4": 1}
+# and even at 8; FP4, since its GEMV keeps one accumulator and loads whole scale groups (session 11,
+# benchmarks/results/decode_experts_fp4_h100.md), 72 vs 122 us at 1 token, 134 vs 211 at 2, 490 vs 662 at 8.
+GEMV_MAX_TOKENS = {"fp8": 8, "fp4": 8}
 # Up to this many rows (a decode or verify step) the shared expert's w1 and w3 run as one stacked FP8 GEMV
 # when a decoder has stacked them (Expert.pair); the FP8 projections take the GEMV up to 2 rows too.
 PAIR_MAX_ROWS = 2

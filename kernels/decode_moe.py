@@ -49,7 +49,8 @@ def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 @dataclass(frozen=True)
 class ExpertGemvConfig:
     """Output rows per program and K (weight columns, unpacked) per step for the two GEMVs; to be tuned on
-    the device (benchmarks/bench_decode_gemv.py). block_n <= 128 keeps one FP8 scale row per tile."""
+    the device (benchmarks/bench_decode_gemv.py). block_n <= 128 keeps one FP8 scale row per tile; FP4's
+    K steps are whole 32-column scale groups."""
 
     gate_up_n: int = 16
     gate_up_k: int = 512
@@ -59,7 +60,8 @@ class ExpertGemvConfig:
 
 
 DEFAULT = ExpertGemvConfig()  # FP8 experts: the best of the H100 sweep at B = 1 and 8 (decode_gemv_h100.md)
-FP4_DEFAULT = ExpertGemvConfig(16, 256, 16, 256, 4)  # FP4: the H100 sweep's best at B = 1, 2, 8 (decode_experts_fp4_h100.md)
+# FP4: the H100 sweep's best at B = 1, 2 and 8 (benchmarks/results/decode_experts_fp4_h100.md)
+FP4_DEFAULT = ExpertGemvConfig(16, 256, 16, 256, 4)
 INTERPRET_CONFIG = ExpertGemvConfig(16, 64, 16, 64, 4)
 
 
@@ -134,7 +136,9 @@ def _fp4_row_dot(x_row, w_ptr, s_ptr, cols, col_ok, K, stride_wn, stride_sn, dty
     """x_row . dequantised FP4 w[cols] as [BLOCK_N] float32. Tiles are [BLOCK_N, groups, 4 words]: a
     32-column scale group is one 16-byte load, its scale is read and applied once, and partial sums stay
     in a [BLOCK_N, groups] accumulator across the K loop (one cross-thread reduction at the end, not one
-    per step; the SASS of the per-step form spent ~70 instructions a word, half of them on that)."""
+    per step). With the next step's tile loaded ahead and the PTX decode, the sm_90 SASS of the K loop at
+    16 x 1024 tiles went from 882 to 675 instructions per step, 163 to 127 registers
+    (benchmarks/sass_decode_moe.py)."""
     groups = tl.arange(0, BLOCK_K // 32)
     quads = tl.arange(0, 4)
     w_rows = w_ptr + cols.to(tl.int64)[:, None, None] * stride_wn
@@ -174,13 +178,14 @@ def _fp4_tile(w_rows, s_rows, col_ok, k0, K, groups, quads, WHOLE_GROUPS: tl.con
     if WHOLE_GROUPS:
         w = tl.load(w_rows + wj[None, :, :], mask=col_ok[:, None, None] & g_ok[None, :, None], other=0)
     else:
-        w = tl.load(w_rows + wj[None, :, :], mask=col_ok[:, None, None] & (wj < tl.cdiv(K, 8))[None, :, :], other=0)
+        in_k = (wj < tl.cdiv(K, 8))[None, :, :]
+        w = tl.load(w_rows + wj[None, :, :], mask=col_ok[:, None, None] & in_k, other=0)
     s = tl.load(s_rows + (k0 // 32 + groups)[None, :], mask=col_ok[:, None] & g_ok[None, :], other=0)
     return w, s
 
 
 def _pair_decode_ptx(c: int) -> str:
-    """PTX for one f16x2 pair of `_fp4_word`: the codes at bits 4c and 4c + 16 of word $2 -> float32 $0 and
+    """PTX for one f16x2 pair of `_fp4_pair`: the codes at bits 4c and 4c + 16 of word $2 -> float32 $0 and
     $1, with two shifts, two masks and an OR, each half converted where it lies (Triton's lowering of the
     same bit ops repacked the halves with an extra PRMT per pair, ~10% of the loop's instructions)."""
     sign = f"shl.b32 a, $2, {12 - 4 * c};" if c < 3 else "mov.b32 a, $2;"
@@ -229,13 +234,6 @@ def _halves(pair):
 
 
 @triton.jit
-def _round4(a, b, c, d, s, dtype: tl.constexpr, INTERPRET: tl.constexpr):
-    """Four value tiles times their scales, each rounded to dtype (back in float32)."""
-    return (round_to(a * s, dtype, INTERPRET).to(tl.float32), round_to(b * s, dtype, INTERPRET).to(tl.float32),
-            round_to(c * s, dtype, INTERPRET).to(tl.float32), round_to(d * s, dtype, INTERPRET).to(tl.float32))
-
-
-@triton.jit
 def _gate_up_kernel(x_ptr, ids_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr, h_ptr, P, TOPK, H, I, limit,
                     stride_we, stride_wn, stride_se, stride_sn, FMT: tl.constexpr, SCALE_E8M0: tl.constexpr,
                     ROUND_W: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -250,7 +248,7 @@ def _gate_up_kernel(x_ptr, ids_ptr, w1_ptr, w3_ptr, s1_ptr, s3_ptr, h_ptr, P, TO
                          WHOLE_GROUPS)
         up = _rows_dot(x_ptr, x_rows, count, w3_ptr + expert * stride_we, s3_ptr + expert * stride_se, n0, I, H,
                        stride_wn, stride_sn, FMT, SCALE_E8M0, ROUND_W, INTERPRET, BLOCK_R, BLOCK_N, BLOCK_K,
-                         WHOLE_GROUPS)
+                       WHOLE_GROUPS)
         gate = tl.minimum(gate, limit)
         up = tl.minimum(tl.maximum(up, -limit), limit)
         cols = n0 + tl.arange(0, BLOCK_N)

@@ -160,13 +160,13 @@ def test_fp4_gpu_path_assembles_for_hopper() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("kind,tokens", [("fp4", 1), ("fp8", 3), ("fp4", 8)])
-def test_in_kernel_sum_and_add_equal_the_separate_ones(kind: str, tokens: int) -> None:
+@pytest.mark.parametrize("kind,tokens,k", [("fp4", 1, 3), ("fp8", 3, 3), ("fp4", 4, 2)])
+def test_in_kernel_sum_and_add_equal_the_separate_ones(kind: str, tokens: int, k: int) -> None:
     """The down kernel's last program per column block sums the k slots and adds the addend: the same
     bits as the PyTorch sum and add after the kernel (fused_sum=False), every arrival counter back at 0."""
     from v4.kernels import common
 
-    weights, ids = routed(tokens, 6, 3, seed=tokens + 5)
+    weights, ids = routed(tokens, 6, k, seed=tokens + 5)
     x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(3)).bfloat16().to(KERNEL_DEVICE)
     addend = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(4)).bfloat16().to(KERNEL_DEVICE)
     weights, ids = weights.to(KERNEL_DEVICE), ids.to(KERNEL_DEVICE)

@@ -100,7 +100,6 @@ def _rows_dot(x_ptr, x_rows, count, w_ptr, s_ptr, n0, N, K, stride_wn, stride_sn
     """acc[r, n] = x[x_rows[r]] . dequantised w[n0 + n] for r < count: [BLOCK_R, BLOCK_N] float32."""
     cols = n0 + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
     r_idx = tl.arange(0, BLOCK_R)
     dtype = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_R, BLOCK_N), tl.float32)
@@ -111,6 +110,7 @@ def _rows_dot(x_ptr, x_rows, count, w_ptr, s_ptr, n0, N, K, stride_wn, stride_sn
                                ROUND_W, INTERPRET, BLOCK_N, BLOCK_K, WHOLE_GROUPS)
             acc = tl.where(r_idx[:, None] == r, row[None, :], acc)
     else:
+        w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
         ks = tl.arange(0, BLOCK_K)
         s_row = s_ptr + (n0 // 128) * stride_sn  # BLOCK_N divides 128: one scale row for the tile
         for k0 in range(0, K, BLOCK_K):
